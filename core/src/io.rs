@@ -1,0 +1,243 @@
+//! The I/O the core asks its runtime to perform, and what comes back.
+//!
+//! Every `Effect::Io { io, request }` gets exactly one `Core::handle_completion(io, result)`.
+//! Requests are grouped by the service that executes them: the metadata store ([`MetaRequest`]),
+//! the object store ([`StoreRequest`]) and the local staging area with its journal
+//! ([`StagingRequest`]). The runtime executes `Meta` requests strictly in the order they were
+//! emitted (one transaction stream); the others may run concurrently.
+
+use crate::types::{FileKind, Ino, Timespec};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Names one object in the object store: a Tahoe capability, or a file name in the local object
+/// directory. A capability is a secret, so `Debug` and `Display` print only a short fingerprint.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub String);
+
+impl ObjectId {
+    /// A short, stable, non-reversible fingerprint of the id for logs and errors.
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: enough to tell objects apart in a log, useless for recovering the id.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in self.0.as_bytes() {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("obj#{:08x}", (h >> 32) as u32)
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.fingerprint())
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.fingerprint())
+    }
+}
+
+/// One row of the `inodes` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InodeRow {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (`& 0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub rdev: u32,
+    /// Bumped by every committed update; updates name the version they read (optimistic concurrency).
+    pub version: u64,
+    /// The object holding the file's contents; `None` for an empty file and for non-regular files.
+    pub object: Option<ObjectId>,
+    /// The target of a symlink.
+    pub target: Option<Vec<u8>>,
+}
+
+/// An inode row with its extended attributes, as loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedInode {
+    pub row: InodeRow,
+    pub xattrs: BTreeMap<Vec<u8>, Bytes>,
+}
+
+/// One row of the `dentries` table. `pos` is unique within the directory and never reused, so
+/// readdir offsets stay stable while entries come and go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DentryRow {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub pos: u64,
+}
+
+/// One change inside a metadata transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Insert a new inode; `row.version` is its first version. Fails with `Conflict` if it exists.
+    InsertInode(InodeRow),
+    /// Replace an inode row if its stored version is `expect_version`; the stored row becomes
+    /// `row` (whose `version` is `expect_version + 1`). Otherwise the transaction fails with
+    /// `IoErrorKind::Conflict`.
+    UpdateInode { row: InodeRow, expect_version: u64 },
+    /// Delete an inode and its xattrs.
+    DeleteInode { ino: Ino },
+    /// Insert a directory entry. Fails with `Conflict` if `(parent, name)` exists.
+    InsertDentry(DentryRow),
+    /// Delete a directory entry; fails with `Conflict` if it does not exist or points elsewhere.
+    DeleteDentry { parent: Ino, name: Vec<u8>, ino: Ino },
+    SetXattr { ino: Ino, name: Vec<u8>, value: Bytes },
+    RemoveXattr { ino: Ino, name: Vec<u8> },
+}
+
+/// An atomic group of changes: all apply or none.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Txn {
+    pub ops: Vec<TxnOp>,
+    /// The transaction must survive power loss before completion (set for fsync/fsyncdir).
+    pub durable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaRequest {
+    /// Reserve `count` fresh ids (used for inode numbers and dentry positions).
+    /// Reply: [`IoReply::Ids`] with the first id of the reserved range.
+    AllocIds { count: u64 },
+    /// Reply: [`IoReply::Inode`].
+    LoadInode { ino: Ino },
+    /// Every entry of a directory with its inode. Reply: [`IoReply::Dir`].
+    LoadDir { ino: Ino },
+    /// Reply: [`IoReply::Done`], or `Conflict` when a version check or uniqueness fails.
+    Commit(Txn),
+    /// Inodes with no links left (orphans of a crash while a file was open-but-unlinked).
+    /// Reply: [`IoReply::Orphans`].
+    ListOrphans,
+    /// Reply: [`IoReply::Usage`].
+    Usage,
+}
+
+/// A staged file found by the journal scan at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedEntry {
+    pub ino: Ino,
+    /// The journal record written by the last `Seal`, if any.
+    pub sealed: Option<SealRecord>,
+    /// The length of the staged data file now.
+    pub data_len: u64,
+}
+
+/// What the journal records about a staged file when it is sealed (on close or fsync).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealRecord {
+    pub size: u64,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StagingRequest {
+    /// List every staged file (journal replay at start). Reply: [`IoReply::Staged`].
+    Scan,
+    /// Create the staged copy of a file: the first `size` bytes of `from` (zero-extended), or
+    /// empty and zero-extended to `size` when `from` is `None`. Replaces any earlier copy.
+    Init { ino: Ino, from: Option<ObjectId>, size: u64 },
+    /// Reply: [`IoReply::Written`].
+    Write { ino: Ino, offset: u64, data: Bytes },
+    /// Reply: [`IoReply::Data`] (shorter than `len` only at the end of the staged file).
+    Read { ino: Ino, offset: u64, len: u32 },
+    Truncate { ino: Ino, size: u64 },
+    /// Make sure the byte range is allocated (fallocate mode 0); extends the file if needed.
+    Allocate { ino: Ino, offset: u64, len: u64 },
+    /// Make the staged data durable and write the journal record, atomically replacing the last.
+    Seal { ino: Ino, record: SealRecord },
+    /// Drop the staged copy and its journal record.
+    Remove { ino: Ino },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreRequest {
+    /// Upload the staged copy of `ino` as it is now. Reply: [`IoReply::Object`].
+    PutStaged { ino: Ino },
+    /// Reply: [`IoReply::Data`] (shorter than `len` only at the end of the object).
+    Read { object: ObjectId, offset: u64, len: u32 },
+    Delete { object: ObjectId },
+    /// Free space of the store. Reply: [`IoReply::Space`].
+    Space,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IoRequest {
+    Meta(MetaRequest),
+    Staging(StagingRequest),
+    Store(StoreRequest),
+}
+
+/// Free and total space, in bytes, of whatever holds the file data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Space {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub avail_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IoReply {
+    Done,
+    Ids { first: u64 },
+    Inode(Option<LoadedInode>),
+    Dir(Vec<(DentryRow, LoadedInode)>),
+    Orphans(Vec<InodeRow>),
+    Usage { files: u64, bytes: u64 },
+    Staged(Vec<StagedEntry>),
+    Written(u32),
+    Data(Bytes),
+    Object(ObjectId),
+    Space(Space),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoErrorKind {
+    /// A version check or uniqueness constraint failed: someone else changed the row first.
+    Conflict,
+    /// The thing asked for does not exist (an object, a staged file).
+    NotFound,
+    /// Stored data failed a check (bad row, short object, bad journal record).
+    Corrupt,
+    /// No space left where the data was to go.
+    NoSpace,
+    /// The service did not answer in time.
+    Timeout,
+    /// Any other failure.
+    Other,
+}
+
+/// A failed I/O. `message` names what failed (a file, a table) and never contains a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoError {
+    pub kind: IoErrorKind,
+    pub message: String,
+}
+
+impl IoError {
+    pub fn new(kind: IoErrorKind, message: impl Into<String>) -> IoError {
+        IoError { kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+pub type IoResult = Result<IoReply, IoError>;
