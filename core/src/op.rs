@@ -57,8 +57,9 @@ pub enum Op {
     Fsync { ino: Ino, fh: u64, datasync: bool },
     Release { ino: Ino, fh: u64, lock_owner: Option<u64> },
     OpenDir { ino: Ino, flags: i32 },
-    /// Entries after `offset` (0 = from the start). `plus`: readdirplus.
-    ReadDir { ino: Ino, fh: u64, offset: u64, plus: bool },
+    /// Entries after `offset` (0 = from the start) that fit in `size` bytes of the kernel's
+    /// buffer. `plus`: readdirplus (each entry other than `.` and `..` counts as a lookup).
+    ReadDir { ino: Ino, fh: u64, offset: u64, size: u32, plus: bool },
     ReleaseDir { ino: Ino, fh: u64 },
     FsyncDir { ino: Ino, fh: u64 },
     StatFs,

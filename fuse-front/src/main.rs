@@ -1,1 +1,157 @@
-fn main(){}
+//! `truckeefs`: the command line.
+
+mod cli;
+mod fuse;
+
+use cli::{Command, MountArgs};
+use fuser::MountOption;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use truckeefs_runtime_smol::{MountDirs, Runtime};
+
+fn main() -> ExitCode {
+    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("truckeefs: {e}");
+            eprintln!("Try 'truckeefs --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Help => {
+            print!("{}", cli::HELP);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("truckeefs {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Mount(args) => {
+            init_logging(args.verbose);
+            match mount(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("truckeefs: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,truckeefs=info,truckeefs_runtime_smol=info,fuser::mnt=off",
+        1 => "info,truckeefs=debug,truckeefs_runtime_smol=debug,truckeefs_core=debug,fuser::mnt=off",
+        _ => "debug,truckeefs=trace,truckeefs_runtime_smol=trace,truckeefs_core=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Checks that give one clear line instead of a kernel errno.
+fn preflight(mountpoint: &Path) -> Result<(), String> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("mountpoint {shown} does not exist; create it with mkdir first"))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "mountpoint {shown} is a dead mount (transport endpoint is not connected); run 'fusermount3 -u {shown}' first"
+            ))
+        }
+        Err(e) => return Err(format!("mountpoint {shown}: {e}")),
+        Ok(m) if !m.is_dir() => return Err(format!("mountpoint {shown} is not a directory")),
+        Ok(_) => {}
+    }
+    let canonical = std::fs::canonicalize(mountpoint).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if is_mount_point(&canonical) {
+        return Err(format!("mountpoint {shown} is busy: something is already mounted there; unmount it first"));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: load the fuse kernel module (modprobe fuse), or pass the device into the container".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && which("fusermount3").is_none() {
+        return Err("fusermount3 was not found: install the fuse3 package".into());
+    }
+    Ok(())
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| unescape_mountinfo(mp) == want))
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+}
+
+fn mount(args: MountArgs) -> Result<(), String> {
+    preflight(&args.mountpoint)?;
+    let dirs = MountDirs { data_dir: args.data_dir.clone(), cache_dir: args.cache_dir.clone() };
+    let replies = fuse::Replies::new(args.ttl);
+    let runtime = Runtime::start(&dirs, args.core.clone(), Box::new(fuse::ReplySink(replies.clone())))
+        .map_err(|e| e.to_string())?;
+    let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
+    let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone());
+
+    let mut options = vec![
+        MountOption::FSName("truckeefs".into()),
+        MountOption::Subtype("truckeefs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    options.extend(args.mount_options.iter().cloned());
+    let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
+        .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
+    replies.set_notifier(session.notifier());
+    tracing::info!(
+        mountpoint = %args.mountpoint.display(),
+        data_dir = %args.data_dir.display(),
+        cache_dir = %args.cache_dir.display(),
+        "mounted"
+    );
+
+    // SIGTERM, SIGINT and SIGHUP unmount; open files keep being served until they are closed
+    // (a lazy unmount), then the session ends and every pending upload is finished.
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signal_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "unmounting");
+            let _ = unmounter.unmount();
+        }
+    });
+
+    let run = session.run();
+    // Dropping the session calls `destroy`, which waits for the uploads.
+    drop(session);
+    signal_handle.close();
+    run.map_err(|e| format!("FUSE session failed: {e}"))?;
+    let result = shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match result {
+        Some(r) => r,
+        None => Ok(()),
+    }
+}
+
+#[allow(dead_code)]
+const _TTL_DEFAULT: Duration = cli::TTL_DEFAULT;

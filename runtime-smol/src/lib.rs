@@ -1,1 +1,13 @@
+//! The production runtime of TruckeeFS: drives the pure core with real stores.
+//!
+//! - [`driver`]: the thread that owns the core and performs its effects;
+//! - [`meta_sqlite`]: the embedded metadata store (SQLite);
+//! - [`objects`]: the local object directory, the default object store;
+//! - [`staging`]: the staging area and journal of dirty file data.
 
+pub mod driver;
+pub mod meta_sqlite;
+pub mod objects;
+pub mod staging;
+
+pub use driver::{MountDirs, Runtime, Sink, StartError};

@@ -1,0 +1,2118 @@
+//! The filesystem state machine: [`Core`].
+//!
+//! Methods fall into four groups, used in this order by a runtime:
+//! - inputs: [`Core::handle_request`], [`Core::handle_forget`], [`Core::handle_completion`],
+//!   [`Core::handle_timeout`], [`Core::begin_shutdown`];
+//! - drains: [`Core::poll_effect`] (call until `None` after every input) and
+//!   [`Core::poll_timeout`] (the next deadline; a spurious timeout is harmless);
+//! - getters: [`Core::is_idle`], [`Core::status`].
+//!
+//! How a request runs: `exec` first makes sure everything it needs is in memory (inodes,
+//! directory listings, fresh ids, a staged copy of the file). Anything missing is asked for with
+//! an I/O effect and the request is parked; it runs again from the start when a load completes,
+//! so nothing before the last `ensure_*` call may change state. Once everything is there the
+//! request decides, changes the in-memory state, and either replies at once (reads of cached
+//! state) or emits a metadata transaction and replies when it has committed. Transactions run in
+//! emission order, so the in-memory state is always the store's state plus the transactions
+//! still in flight.
+//!
+//! File data: a regular file's contents are one object in the store (`row.object`). The first
+//! change creates a staged copy (the staging area); reads and writes then use it. Close
+//! (flush) seals it — durable locally, with a journal record — and starts an upload; fsync waits
+//! until the upload's object is committed to the metadata store. Only then is the staged copy
+//! released. Nothing acknowledged is ever dropped: a staged copy outlives failures and restarts
+//! (the journal is replayed at start).
+
+use crate::dir::{Dentry, Dir};
+use crate::io::*;
+use crate::locks::LockTable;
+use crate::op::*;
+use crate::types::*;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use libc::{
+    E2BIG, EAGAIN, EEXIST, EINVAL, EIO, EISDIR, EMLINK, ENAMETOOLONG, ENODATA, ENOENT,
+    ENOSPC, ENOTDIR, ENOTEMPTY, EOPNOTSUPP, EPERM, ERANGE, EACCES,
+};
+
+/// The most links one inode may have (ext4's `EXT4_LINK_MAX`).
+pub const LINK_MAX: u32 = 65000;
+/// The largest extended attribute value (Linux `XATTR_SIZE_MAX`).
+pub const XATTR_SIZE_MAX: usize = 65536;
+/// Bytes one `copy_file_range` call moves at most (it may return short; callers loop).
+const COPY_CHUNK_MAX: u64 = 4 << 20;
+
+/// Tunables of the core; every bound the core keeps comes from here.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Ids reserved from the metadata store at a time (inode numbers and entry positions).
+    pub ids_per_alloc: u64,
+    /// A file written but not closed is uploaded after this long without writes.
+    pub upload_delay: Duration,
+    /// Wait before retrying a failed upload.
+    pub upload_retry: Duration,
+    /// fsync answers once the data is sealed in the staging area instead of committed upstream.
+    pub staged_is_durable: bool,
+    /// Cached inodes kept beyond those the kernel references.
+    pub inode_cache_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ids_per_alloc: 1024,
+            upload_delay: Duration::from_secs(5),
+            upload_retry: Duration::from_secs(5),
+            staged_is_durable: false,
+            inode_cache_max: 100_000,
+        }
+    }
+}
+
+/// What `truckeefs status` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub dirty_files: usize,
+    pub dirty_bytes: u64,
+    pub uploads_in_flight: usize,
+    pub cached_inodes: usize,
+    pub open_handles: usize,
+    pub failed_uploads: u64,
+}
+
+#[derive(Debug)]
+struct Inode {
+    /// The current attributes. `row.object` is always the committed object; `row.size` may run
+    /// ahead of it while the file is dirty (see `Data::committed_size`).
+    row: InodeRow,
+    xattrs: BTreeMap<Vec<u8>, Bytes>,
+    /// A directory's parent, known once it was reached through a directory listing.
+    parent: Option<Ino>,
+    /// Kernel lookup references (lookup, create, readdirplus minus forget).
+    lookups: u64,
+    /// Open file and directory handles.
+    opens: u32,
+    data: Data,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    /// A staged copy exists and is authoritative for the contents.
+    staged: bool,
+    /// `Staging::Init` in flight.
+    init_pending: bool,
+    /// `Staging::Remove` in flight: no new staged copy may be made until it is done.
+    removing: bool,
+    /// The size that goes with `row.object` in the store.
+    committed_size: u64,
+    /// Bumped by every change of the contents.
+    dirty_gen: u64,
+    /// The last generation sealed (durable in the staging area).
+    sealed_gen: u64,
+    /// The last generation whose object is committed.
+    uploaded_gen: u64,
+    writes_in_flight: u32,
+    staging_reads: u32,
+    store_reads: u32,
+    upload: Option<Upload>,
+    /// An upload should start as soon as nothing is in flight.
+    want_upload: bool,
+    deadline: Option<Instant>,
+    flush_waiters: Vec<(RequestId, u64)>,
+    fsync_waiters: Vec<(RequestId, u64)>,
+    /// Old objects to delete once no read of them is in flight.
+    garbage: Vec<ObjectId>,
+    failures: u32,
+}
+
+impl Data {
+    fn dirty(&self) -> bool {
+        self.dirty_gen > self.uploaded_gen
+    }
+    fn busy(&self) -> bool {
+        self.init_pending || self.removing || self.writes_in_flight > 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Upload {
+    gen: u64,
+    size: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Handle {
+    ino: Ino,
+    flags: i32,
+}
+
+/// A request that waits for state to arrive, or for a lock.
+#[derive(Debug, Clone)]
+struct Parked {
+    id: RequestId,
+    ctx: Ctx,
+    wall: Timespec,
+    op: Op,
+}
+
+/// Why a request did not finish now.
+enum Stop {
+    Errno(i32),
+    /// Parked until a load, id allocation or staging change completes.
+    Wait,
+    /// Parked until a record lock is released.
+    WaitLock,
+    /// Will be answered by an I/O completion.
+    Later,
+}
+
+impl From<i32> for Stop {
+    fn from(e: i32) -> Stop {
+        Stop::Errno(e)
+    }
+}
+
+type Exec = Result<Reply, Stop>;
+
+/// What an outstanding I/O is for.
+#[derive(Debug)]
+enum Pending {
+    Startup,
+    LoadInode(Ino),
+    LoadDir(Ino),
+    AllocIds,
+    Orphans,
+    Commit { reply: Option<(RequestId, Result<Reply, i32>)>, after: Vec<Cleanup> },
+    Init(Ino),
+    Write { id: RequestId, ino: Ino, end: u64, wall: Timespec },
+    Truncate { id: RequestId, ino: Ino, set: SetAttr, wall: Timespec },
+    Allocate { id: RequestId, ino: Ino, end: u64, wall: Timespec },
+    StagingRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
+    StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
+    Seal { ino: Ino },
+    Put { ino: Ino },
+    UploadCommit { ino: Ino, object: Option<ObjectId>, old: Option<ObjectId> },
+    Remove(Ino),
+    Ignore,
+    Space { id: RequestId },
+    Usage { id: RequestId, space: Space },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CopyTo {
+    ctx: Ctx,
+    wall: Timespec,
+    ino: Ino,
+    fh: u64,
+    offset: u64,
+}
+
+/// Data to drop once the transaction that unlinked its inode has committed.
+#[derive(Debug)]
+enum Cleanup {
+    Object(ObjectId),
+    Staged(Ino),
+}
+
+/// The pure filesystem core. See the module documentation for the run loop.
+pub struct Core {
+    config: Config,
+    now: Instant,
+    ready: bool,
+    shutting_down: bool,
+    startup_pending: u32,
+    inodes: HashMap<Ino, Inode>,
+    dirs: HashMap<Ino, Dir>,
+    /// Inodes the store said do not exist (answers ENOENT to parked requests).
+    absent: HashSet<Ino>,
+    /// Inodes destroyed here while a load may still return them.
+    deleted: HashSet<Ino>,
+    loading_inodes: HashSet<Ino>,
+    loading_dirs: HashSet<Ino>,
+    loads_in_flight: u32,
+    ids: std::ops::Range<u64>,
+    ids_loading: bool,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    locks: LockTable,
+    parked: Vec<Parked>,
+    lock_waiters: Vec<Parked>,
+    pending: HashMap<IoId, Pending>,
+    next_io: u64,
+    effects: VecDeque<Effect>,
+    deadlines: BTreeSet<(Instant, Ino)>,
+    failed_uploads: u64,
+    /// Staged files found at start, waiting for their inode to load.
+    replaying: HashMap<Ino, StagedEntry>,
+}
+
+impl Core {
+    /// A new core. It first replays the staging journal and cleans up orphans; requests that
+    /// arrive meanwhile wait.
+    pub fn new(config: Config, now: Instant) -> Core {
+        let mut core = Core {
+            config,
+            now,
+            ready: false,
+            shutting_down: false,
+            startup_pending: 0,
+            inodes: HashMap::new(),
+            dirs: HashMap::new(),
+            absent: HashSet::new(),
+            deleted: HashSet::new(),
+            loading_inodes: HashSet::new(),
+            loading_dirs: HashSet::new(),
+            loads_in_flight: 0,
+            ids: 0..0,
+            ids_loading: false,
+            handles: HashMap::new(),
+            next_fh: 1,
+            locks: LockTable::default(),
+            parked: Vec::new(),
+            lock_waiters: Vec::new(),
+            pending: HashMap::new(),
+            next_io: 1,
+            effects: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            failed_uploads: 0,
+            replaying: HashMap::new(),
+        };
+        core.startup_pending = 2;
+        core.io(IoRequest::Staging(StagingRequest::Scan), Pending::Startup);
+        core.io(IoRequest::Meta(MetaRequest::ListOrphans), Pending::Orphans);
+        core
+    }
+
+    // ----- inputs -----
+
+    /// One kernel request. Exactly one `Effect::Reply` with this id follows, now or later.
+    pub fn handle_request(&mut self, now: Instant, wall: SystemTime, id: RequestId, ctx: Ctx, op: Op) {
+        self.now = now;
+        let p = Parked { id, ctx, wall: Timespec::from_system(wall), op };
+        if !self.ready {
+            self.parked.push(p);
+            return;
+        }
+        self.run(p);
+    }
+
+    /// The kernel dropped `nlookup` references to `ino` (forget has no reply).
+    pub fn handle_forget(&mut self, now: Instant, ino: Ino, nlookup: u64) {
+        self.now = now;
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(nlookup);
+        }
+        self.maybe_evict(ino);
+    }
+
+    /// The result of the I/O effect `io`.
+    pub fn handle_completion(&mut self, now: Instant, io: IoId, result: IoResult) {
+        self.now = now;
+        let Some(pending) = self.pending.remove(&io) else {
+            debug_assert!(false, "completion for unknown io {io:?}");
+            return;
+        };
+        self.complete(pending, result);
+        self.wake_parked();
+    }
+
+    /// Time has reached a deadline given by `poll_timeout` (or not: spurious calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(&(when, ino)) = self.deadlines.iter().next() {
+            if when > now {
+                break;
+            }
+            self.deadlines.remove(&(when, ino));
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                if inode.data.deadline == Some(when) {
+                    inode.data.deadline = None;
+                    inode.data.want_upload = true;
+                }
+            }
+            self.pump_upload(ino);
+        }
+    }
+
+    /// Unmount: upload everything dirty. Poll effects until [`Core::is_idle`].
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.now = now;
+        self.shutting_down = true;
+        let dirty: Vec<Ino> = self.inodes.iter().filter(|(_, i)| i.data.dirty()).map(|(k, _)| *k).collect();
+        for ino in dirty {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.data.want_upload = true;
+            }
+            self.pump_upload(ino);
+        }
+    }
+
+    // ----- drains and getters -----
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.iter().next().map(|(t, _)| *t)
+    }
+
+    /// Nothing in flight and nothing left to upload.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && !self.inodes.values().any(|i| i.data.dirty() && i.row.nlink > 0)
+    }
+
+    pub fn status(&self) -> Status {
+        let mut s = Status {
+            cached_inodes: self.inodes.len(),
+            open_handles: self.handles.len(),
+            failed_uploads: self.failed_uploads,
+            ..Status::default()
+        };
+        for i in self.inodes.values() {
+            if i.data.dirty() && i.row.nlink > 0 {
+                s.dirty_files += 1;
+                s.dirty_bytes += i.row.size;
+            }
+            if i.data.upload.is_some() {
+                s.uploads_in_flight += 1;
+            }
+        }
+        s
+    }
+
+    // ----- the request loop -----
+
+    fn run(&mut self, p: Parked) {
+        match self.exec(&p) {
+            Ok(reply) => self.reply(p.id, Ok(reply)),
+            Err(Stop::Errno(e)) => self.reply(p.id, Err(e)),
+            Err(Stop::Wait) => self.parked.push(p),
+            Err(Stop::WaitLock) => self.lock_waiters.push(p),
+            Err(Stop::Later) => {}
+        }
+    }
+
+    fn wake_parked(&mut self) {
+        if !self.ready || self.parked.is_empty() {
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for p in parked {
+            self.run(p);
+        }
+        if self.parked.is_empty() && self.loads_in_flight == 0 {
+            self.absent.clear();
+        }
+    }
+
+    fn wake_lock_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.lock_waiters);
+        for p in waiters {
+            self.run(p);
+        }
+    }
+
+    fn reply(&mut self, id: RequestId, result: Result<Reply, i32>) {
+        self.effects.push_back(Effect::Reply { id, result });
+    }
+
+    fn io(&mut self, request: IoRequest, pending: Pending) -> IoId {
+        let io = IoId(self.next_io);
+        self.next_io += 1;
+        self.pending.insert(io, pending);
+        self.effects.push_back(Effect::Io { io, request });
+        io
+    }
+
+    fn exec(&mut self, p: &Parked) -> Exec {
+        let (ctx, wall) = (p.ctx, p.wall);
+        match &p.op {
+            Op::Lookup { parent, name } => self.lookup(*parent, name),
+            Op::GetAttr { ino } => {
+                self.ensure_inode(*ino)?;
+                Ok(Reply::Attr(self.attr(*ino)))
+            }
+            Op::SetAttr { ino, fh: _, set } => self.setattr(p.id, *ino, *set, wall),
+            Op::MkNod { parent, name, mode, umask, rdev } => {
+                let kind = if mode & libc::S_IFMT == 0 {
+                    FileKind::Regular
+                } else {
+                    FileKind::from_mode(*mode).ok_or(EINVAL)?
+                };
+                if kind == FileKind::Directory {
+                    return Err(EINVAL.into());
+                }
+                self.create_node(p.id, ctx, wall, *parent, name, kind, mode & !umask, *rdev, None)
+                    .map(|_| Reply::Empty)
+                    .and(Err(Stop::Later))
+            }
+            Op::MkDir { parent, name, mode, umask } => self
+                .create_node(p.id, ctx, wall, *parent, name, FileKind::Directory, mode & !umask, 0, None)
+                .and(Err(Stop::Later)),
+            Op::Symlink { parent, name, target } => {
+                if target.len() >= PATH_MAX {
+                    return Err(ENAMETOOLONG.into());
+                }
+                self.create_node(p.id, ctx, wall, *parent, name, FileKind::Symlink, 0o777, 0, Some(target.clone()))
+                    .and(Err(Stop::Later))
+            }
+            Op::Create { parent, name, mode, umask, flags } => {
+                self.create_node(p.id, ctx, wall, *parent, name, FileKind::Regular, mode & !umask, 0, None)
+                    .map(|ino| {
+                        // The reply is built when the transaction commits; the handle exists now
+                        // so that a failure leaves nothing half-open (see `finish_create`).
+                        ino
+                    })
+                    .and_then(|ino| {
+                        let fh = self.open_handle(ino, *flags);
+                        self.patch_create_reply(p.id, fh);
+                        Err(Stop::Later)
+                    })
+            }
+            Op::Unlink { parent, name } => self.unlink(p.id, wall, *parent, name, false),
+            Op::RmDir { parent, name } => self.unlink(p.id, wall, *parent, name, true),
+            Op::ReadLink { ino } => {
+                self.ensure_inode(*ino)?;
+                let inode = &self.inodes[ino];
+                match (&inode.row.kind, &inode.row.target) {
+                    (FileKind::Symlink, Some(t)) => Ok(Reply::Data(Bytes::from(t.clone()))),
+                    _ => Err(EINVAL.into()),
+                }
+            }
+            Op::Link { ino, newparent, newname } => self.link(p.id, wall, *ino, *newparent, newname),
+            Op::Rename { parent, name, newparent, newname, flags } => {
+                self.rename(p.id, wall, *parent, name, *newparent, newname, *flags)
+            }
+            Op::Open { ino, flags } => {
+                self.ensure_inode(*ino)?;
+                if self.inodes[ino].row.kind == FileKind::Directory {
+                    return Err(EISDIR.into());
+                }
+                let fh = self.open_handle(*ino, *flags);
+                Ok(Reply::Opened { fh, keep_cache: true })
+            }
+            Op::OpenDir { ino, flags } => {
+                self.ensure_inode(*ino)?;
+                if self.inodes[ino].row.kind != FileKind::Directory {
+                    return Err(ENOTDIR.into());
+                }
+                let fh = self.open_handle(*ino, *flags);
+                Ok(Reply::Opened { fh, keep_cache: false })
+            }
+            Op::Read { ino, fh: _, offset, size } => self.read(p.id, *ino, *offset, *size as u64, None),
+            Op::Write { ino, fh, offset, data } => self.write(p.id, wall, *ino, *fh, *offset, data.clone()),
+            Op::Flush { ino, fh: _, lock_owner } => {
+                self.ensure_inode(*ino)?;
+                if self.locks.release_owner(*ino, *lock_owner) {
+                    self.wake_lock_waiters();
+                }
+                self.flush(p.id, *ino)
+            }
+            Op::Fsync { ino, fh: _, datasync: _ } => {
+                self.ensure_inode(*ino)?;
+                self.fsync(p.id, *ino)
+            }
+            Op::Release { ino, fh, lock_owner } => {
+                self.release_handle(*ino, *fh, *lock_owner);
+                Ok(Reply::Empty)
+            }
+            Op::ReleaseDir { ino, fh } => {
+                self.release_handle(*ino, *fh, None);
+                Ok(Reply::Empty)
+            }
+            Op::ReadDir { ino, fh: _, offset, size, plus } => self.readdir(*ino, *offset, *size, *plus),
+            Op::FsyncDir { ino, fh: _ } => {
+                self.ensure_inode(*ino)?;
+                self.commit(vec![], true, Some((p.id, Ok(Reply::Empty))), vec![]);
+                Err(Stop::Later)
+            }
+            Op::StatFs => {
+                self.io(IoRequest::Store(StoreRequest::Space), Pending::Space { id: p.id });
+                Err(Stop::Later)
+            }
+            Op::SetXattr { ino, name, value, flags } => self.setxattr(p.id, wall, *ino, name, value, *flags),
+            Op::GetXattr { ino, name, size } => {
+                self.ensure_inode(*ino)?;
+                check_xattr_name(name)?;
+                let value = self.inodes[ino].xattrs.get(name).ok_or(ENODATA)?;
+                sized_reply(value.clone(), *size)
+            }
+            Op::ListXattr { ino, size } => {
+                self.ensure_inode(*ino)?;
+                let mut list = Vec::new();
+                for name in self.inodes[ino].xattrs.keys() {
+                    list.extend_from_slice(name);
+                    list.push(0);
+                }
+                sized_reply(Bytes::from(list), *size)
+            }
+            Op::RemoveXattr { ino, name } => {
+                self.ensure_inode(*ino)?;
+                check_xattr_name(name)?;
+                let inode = self.inodes.get_mut(ino).ok_or(ENOENT)?;
+                if inode.xattrs.remove(name).is_none() {
+                    return Err(ENODATA.into());
+                }
+                inode.row.ctime = wall;
+                let ops = vec![TxnOp::RemoveXattr { ino: *ino, name: name.clone() }, self.update_row(*ino)];
+                self.commit(ops, false, Some((p.id, Ok(Reply::Empty))), vec![]);
+                Err(Stop::Later)
+            }
+            Op::Access { ino, mask } => {
+                self.ensure_inode(*ino)?;
+                if may_access(&self.inodes[ino].row, ctx, *mask) {
+                    Ok(Reply::Empty)
+                } else {
+                    Err(EACCES.into())
+                }
+            }
+            Op::GetLk { ino, fh: _, owner, lock } => {
+                self.ensure_inode(*ino)?;
+                Ok(Reply::Lock(match self.locks.conflict(*ino, *owner, lock) {
+                    Some(l) => LockRange { start: l.start, end: l.end, typ: l.typ, pid: l.pid },
+                    None => LockRange { typ: libc::F_UNLCK, ..*lock },
+                }))
+            }
+            Op::SetLk { ino, fh: _, owner, lock, sleep } => {
+                self.ensure_inode(*ino)?;
+                if lock.typ != libc::F_UNLCK && self.locks.conflict(*ino, *owner, lock).is_some() {
+                    return if *sleep { Err(Stop::WaitLock) } else { Err(EAGAIN.into()) };
+                }
+                if self.locks.set(*ino, *owner, lock) {
+                    self.wake_lock_waiters();
+                }
+                Ok(Reply::Empty)
+            }
+            Op::Fallocate { ino, fh: _, offset, length, mode } => {
+                if *mode != 0 {
+                    return Err(EOPNOTSUPP.into());
+                }
+                self.ensure_inode(*ino)?;
+                if self.inodes[ino].row.kind != FileKind::Regular {
+                    return Err(libc::ENODEV.into());
+                }
+                self.ensure_staged(*ino, u64::MAX)?;
+                let end = offset.checked_add(*length).ok_or(libc::EFBIG)?;
+                self.inodes.get_mut(ino).ok_or(ENOENT)?.data.writes_in_flight += 1;
+                self.io(
+                    IoRequest::Staging(StagingRequest::Allocate { ino: *ino, offset: *offset, len: *length }),
+                    Pending::Allocate { id: p.id, ino: *ino, end, wall },
+                );
+                Err(Stop::Later)
+            }
+            Op::CopyFileRange { ino_in, fh_in: _, off_in, ino_out, fh_out, off_out, len } => {
+                self.ensure_inode(*ino_in)?;
+                self.ensure_inode(*ino_out)?;
+                if self.inodes[ino_in].row.kind != FileKind::Regular
+                    || self.inodes[ino_out].row.kind != FileKind::Regular
+                {
+                    return Err(EINVAL.into());
+                }
+                let copy = CopyTo { ctx, wall, ino: *ino_out, fh: *fh_out, offset: *off_out };
+                self.read(p.id, *ino_in, *off_in, (*len).min(COPY_CHUNK_MAX), Some(copy))
+            }
+        }
+    }
+
+    // ----- loading state -----
+
+    fn ensure_inode(&mut self, ino: Ino) -> Result<(), Stop> {
+        if self.inodes.contains_key(&ino) {
+            return Ok(());
+        }
+        if self.absent.contains(&ino) || self.deleted.contains(&ino) {
+            return Err(ENOENT.into());
+        }
+        if self.loading_inodes.insert(ino) {
+            self.loads_in_flight += 1;
+            self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
+        }
+        Err(Stop::Wait)
+    }
+
+    fn ensure_dir(&mut self, ino: Ino) -> Result<(), Stop> {
+        self.ensure_inode(ino)?;
+        if self.inodes[&ino].row.kind != FileKind::Directory {
+            return Err(ENOTDIR.into());
+        }
+        if self.dirs.contains_key(&ino) {
+            return Ok(());
+        }
+        self.load_dir(ino);
+        Err(Stop::Wait)
+    }
+
+    fn load_dir(&mut self, ino: Ino) {
+        if self.loading_dirs.insert(ino) {
+            self.loads_in_flight += 1;
+            self.io(IoRequest::Meta(MetaRequest::LoadDir { ino }), Pending::LoadDir(ino));
+        }
+    }
+
+    fn ensure_ids(&mut self, n: u64) -> Result<(), Stop> {
+        if self.ids.end - self.ids.start >= n {
+            return Ok(());
+        }
+        if !self.ids_loading {
+            self.ids_loading = true;
+            let count = self.config.ids_per_alloc.max(n);
+            self.io(IoRequest::Meta(MetaRequest::AllocIds { count }), Pending::AllocIds);
+        }
+        Err(Stop::Wait)
+    }
+
+    fn take_id(&mut self) -> u64 {
+        debug_assert!(self.ids.start < self.ids.end, "take_id without ensure_ids");
+        let id = self.ids.start;
+        self.ids.start += 1;
+        id
+    }
+
+    /// Make sure `ino` has a staged copy that writes may change. Only the first `keep` bytes of
+    /// the current contents are copied into it (a truncate needs no more).
+    fn ensure_staged(&mut self, ino: Ino, keep: u64) -> Result<(), Stop> {
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let d = &mut inode.data;
+        if d.staged && !d.init_pending {
+            return Ok(());
+        }
+        if d.init_pending || d.removing {
+            return Err(Stop::Wait);
+        }
+        d.init_pending = true;
+        d.staged = true;
+        let size = inode.row.size.min(keep);
+        let from = if size > 0 { inode.row.object.clone() } else { None };
+        self.io(IoRequest::Staging(StagingRequest::Init { ino, from, size }), Pending::Init(ino));
+        Err(Stop::Wait)
+    }
+
+    fn insert_loaded(&mut self, loaded: LoadedInode) -> Ino {
+        let ino = loaded.row.ino;
+        if let Some(existing) = self.inodes.get_mut(&ino) {
+            // In memory is authoritative, except for a version lost to a failed transaction.
+            if existing.row.version == u64::MAX {
+                existing.row.version = loaded.row.version;
+            }
+            return ino;
+        }
+        if !self.deleted.contains(&ino) {
+            let committed_size = loaded.row.size;
+            self.inodes.insert(
+                ino,
+                Inode {
+                    row: loaded.row,
+                    xattrs: loaded.xattrs,
+                    parent: if ino == ROOT_INO { Some(ROOT_INO) } else { None },
+                    lookups: 0,
+                    opens: 0,
+                    data: Data { committed_size, ..Data::default() },
+                },
+            );
+        }
+        ino
+    }
+
+    fn maybe_evict(&mut self, ino: Ino) {
+        if self.inodes.len() <= self.config.inode_cache_max || ino == ROOT_INO {
+            return;
+        }
+        let Some(inode) = self.inodes.get(&ino) else { return };
+        let d = &inode.data;
+        if inode.lookups > 0 || inode.opens > 0 || d.staged || d.dirty() || d.upload.is_some()
+            || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
+            || self.pending_touches(ino)
+        {
+            return;
+        }
+        self.inodes.remove(&ino);
+        self.dirs.remove(&ino);
+    }
+
+    fn pending_touches(&self, ino: Ino) -> bool {
+        self.loading_dirs.contains(&ino) || self.loading_inodes.contains(&ino)
+    }
+
+    // ----- attributes -----
+
+    fn attr(&self, ino: Ino) -> Attr {
+        let inode = &self.inodes[&ino];
+        let r = &inode.row;
+        let size = match r.kind {
+            FileKind::Directory => 4096,
+            _ => r.size,
+        };
+        Attr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: r.atime,
+            mtime: r.mtime,
+            ctime: r.ctime,
+            kind: r.kind,
+            perm: r.perm,
+            nlink: r.nlink,
+            uid: r.uid,
+            gid: r.gid,
+            rdev: r.rdev,
+            blksize: BLOCK_SIZE,
+        }
+    }
+
+    /// The row as it should be stored now: current attributes with the committed object and its
+    /// size. Bumps the in-memory version: the returned op must be committed.
+    fn update_row(&mut self, ino: Ino) -> TxnOp {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            debug_assert!(false, "update_row of an inode not in memory");
+            return TxnOp::DeleteInode { ino };
+        };
+        let expect_version = inode.row.version;
+        inode.row.version += 1;
+        let mut row = inode.row.clone();
+        row.size = inode.data.committed_size;
+        if !inode.data.dirty() {
+            inode.data.committed_size = inode.row.size;
+            row.size = inode.row.size;
+        }
+        TxnOp::UpdateInode { row, expect_version }
+    }
+
+    fn commit(
+        &mut self,
+        ops: Vec<TxnOp>,
+        durable: bool,
+        reply: Option<(RequestId, Result<Reply, i32>)>,
+        after: Vec<Cleanup>,
+    ) {
+        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after });
+    }
+
+    fn lookup(&mut self, parent: Ino, name: &[u8]) -> Exec {
+        check_name(name)?;
+        self.ensure_dir(parent)?;
+        let d = self.dirs[&parent].get(name).ok_or(ENOENT)?;
+        self.ensure_inode(d.ino)?;
+        Ok(self.entry(d.ino, Some(parent)))
+    }
+
+    /// An entry reply: the kernel takes one lookup reference.
+    fn entry(&mut self, ino: Ino, parent: Option<Ino>) -> Reply {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.lookups += 1;
+            if inode.row.kind == FileKind::Directory && parent.is_some() {
+                inode.parent = parent;
+            }
+        }
+        Reply::Entry(self.attr(ino))
+    }
+
+    fn setattr(&mut self, id: RequestId, ino: Ino, set: SetAttr, wall: Timespec) -> Exec {
+        self.ensure_inode(ino)?;
+        if let Some(size) = set.size {
+            let inode = &self.inodes[&ino];
+            match inode.row.kind {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(EISDIR.into()),
+                _ => return Err(EINVAL.into()),
+            }
+            if size != inode.row.size || inode.data.staged {
+                self.ensure_staged(ino, size)?;
+                let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+                inode.data.writes_in_flight += 1;
+                self.io(
+                    IoRequest::Staging(StagingRequest::Truncate { ino, size }),
+                    Pending::Truncate { id, ino, set, wall },
+                );
+                return Err(Stop::Later);
+            }
+        }
+        self.finish_setattr(id, ino, set, wall);
+        Err(Stop::Later)
+    }
+
+    /// The metadata part of setattr, after any truncate has been applied.
+    fn finish_setattr(&mut self, id: RequestId, ino: Ino, set: SetAttr, wall: Timespec) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            self.reply(id, Err(ENOENT));
+            return;
+        };
+        let r = &mut inode.row;
+        if let Some(mode) = set.mode {
+            r.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            r.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            r.gid = gid;
+        }
+        if let Some(size) = set.size {
+            if size != r.size {
+                r.size = size;
+                r.mtime = wall;
+            }
+        }
+        match set.atime {
+            Some(SetTime::Now) => r.atime = wall,
+            Some(SetTime::At(t)) => r.atime = t,
+            None => {}
+        }
+        match set.mtime {
+            Some(SetTime::Now) => r.mtime = wall,
+            Some(SetTime::At(t)) => r.mtime = t,
+            None => {}
+        }
+        r.ctime = set.ctime.unwrap_or(wall);
+        let ops = vec![self.update_row(ino)];
+        let attr = self.attr(ino);
+        self.commit(ops, false, Some((id, Ok(Reply::Attr(attr)))), vec![]);
+        if set.size.is_some() {
+            self.data_changed(ino);
+        }
+    }
+
+    /// The contents changed: a new generation to upload.
+    fn data_changed(&mut self, ino: Ino) {
+        let now = self.now;
+        let delay = self.config.upload_delay;
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        inode.data.dirty_gen += 1;
+        if inode.opens == 0 {
+            inode.data.want_upload = true;
+        } else if let Some(old) = inode.data.deadline.replace(now + delay) {
+            self.deadlines.remove(&(old, ino));
+            self.deadlines.insert((now + delay, ino));
+        } else {
+            self.deadlines.insert((now + delay, ino));
+        }
+        self.pump_upload(ino);
+    }
+
+    // ----- namespace -----
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_node(
+        &mut self,
+        id: RequestId,
+        ctx: Ctx,
+        wall: Timespec,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+        target: Option<Vec<u8>>,
+    ) -> Result<Ino, Stop> {
+        check_name(name)?;
+        self.ensure_dir(parent)?;
+        self.ensure_ids(2)?;
+        if self.dirs[&parent].get(name).is_some() {
+            return Err(EEXIST.into());
+        }
+        let p = &self.inodes[&parent].row;
+        if p.nlink == 0 {
+            return Err(ENOENT.into());
+        }
+        if kind == FileKind::Directory && p.nlink >= LINK_MAX {
+            return Err(EMLINK.into());
+        }
+        let mut perm = (mode & 0o7777) as u16;
+        let mut gid = ctx.gid;
+        if p.perm & libc::S_ISGID as u16 != 0 {
+            gid = p.gid;
+            if kind == FileKind::Directory {
+                perm |= libc::S_ISGID as u16;
+            }
+        }
+        let ino = self.take_id();
+        let pos = self.take_id();
+        let size = target.as_ref().map_or(0, |t| t.len() as u64);
+        let row = InodeRow {
+            ino,
+            kind,
+            perm,
+            uid: ctx.uid,
+            gid,
+            nlink: if kind == FileKind::Directory { 2 } else { 1 },
+            size,
+            atime: wall,
+            mtime: wall,
+            ctime: wall,
+            rdev,
+            version: 1,
+            object: None,
+            target,
+        };
+        self.inodes.insert(
+            ino,
+            Inode {
+                row: row.clone(),
+                xattrs: BTreeMap::new(),
+                parent: (kind == FileKind::Directory).then_some(parent),
+                lookups: 0,
+                opens: 0,
+                data: Data { committed_size: size, ..Data::default() },
+            },
+        );
+        if kind == FileKind::Directory {
+            self.dirs.insert(ino, Dir::default());
+        }
+        self.dirs.get_mut(&parent).ok_or(ENOENT)?.insert(name.to_vec(), Dentry { ino, kind, pos });
+        let pinode = self.inodes.get_mut(&parent).ok_or(ENOENT)?;
+        pinode.row.mtime = wall;
+        pinode.row.ctime = wall;
+        if kind == FileKind::Directory {
+            pinode.row.nlink += 1;
+        }
+        let ops = vec![
+            TxnOp::InsertInode(row),
+            TxnOp::InsertDentry(DentryRow { parent, name: name.to_vec(), ino, pos }),
+            self.update_row(parent),
+        ];
+        let reply = self.entry(ino, Some(parent));
+        self.commit(ops, false, Some((id, Ok(reply))), vec![]);
+        Ok(ino)
+    }
+
+    /// Turn the pending `Entry` reply of a create into `Created` with its handle.
+    fn patch_create_reply(&mut self, id: RequestId, fh: u64) {
+        for p in self.pending.values_mut() {
+            if let Pending::Commit { reply: Some((rid, Ok(r))), .. } = p {
+                if *rid == id {
+                    if let Reply::Entry(attr) = r {
+                        *r = Reply::Created { attr: *attr, fh };
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, Handle { ino, flags });
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.opens += 1;
+        }
+        fh
+    }
+
+    fn release_handle(&mut self, ino: Ino, fh: u64, lock_owner: Option<u64>) {
+        if let Some(h) = self.handles.remove(&fh) {
+            debug_assert_eq!(h.ino, ino, "handle of another inode");
+        }
+        if let Some(owner) = lock_owner {
+            if self.locks.release_owner(ino, owner) {
+                self.wake_lock_waiters();
+            }
+        }
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        inode.opens = inode.opens.saturating_sub(1);
+        if inode.opens > 0 {
+            return;
+        }
+        if inode.row.nlink == 0 {
+            self.destroy(ino);
+            return;
+        }
+        if inode.data.dirty() {
+            inode.data.want_upload = true;
+        }
+        self.pump_upload(ino);
+    }
+
+    /// Remove an inode with no links and no open handles: its row, object and staged copy.
+    fn destroy(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.remove(&ino) else { return };
+        self.dirs.remove(&ino);
+        self.deleted.insert(ino);
+        if let Some(old) = inode.data.deadline {
+            self.deadlines.remove(&(old, ino));
+        }
+        let mut after = Vec::new();
+        if let Some(obj) = inode.row.object.clone() {
+            after.push(Cleanup::Object(obj));
+        }
+        for obj in inode.data.garbage {
+            after.push(Cleanup::Object(obj));
+        }
+        if inode.data.staged || inode.data.init_pending {
+            after.push(Cleanup::Staged(ino));
+        }
+        for (rid, _) in inode.data.flush_waiters.into_iter().chain(inode.data.fsync_waiters) {
+            self.reply(rid, Ok(Reply::Empty));
+        }
+        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, after);
+    }
+
+    fn unlink(&mut self, id: RequestId, wall: Timespec, parent: Ino, name: &[u8], dir: bool) -> Exec {
+        if name == b"." {
+            return Err(EINVAL.into());
+        }
+        if name == b".." {
+            return Err(ENOTEMPTY.into());
+        }
+        check_name(name)?;
+        self.ensure_dir(parent)?;
+        let d = self.dirs[&parent].get(name).ok_or(ENOENT)?;
+        self.ensure_inode(d.ino)?;
+        let is_dir = self.inodes[&d.ino].row.kind == FileKind::Directory;
+        if dir && !is_dir {
+            return Err(ENOTDIR.into());
+        }
+        if !dir && is_dir {
+            return Err(EISDIR.into());
+        }
+        if is_dir {
+            self.ensure_dir(d.ino)?;
+            if !self.dirs[&d.ino].is_empty() {
+                return Err(ENOTEMPTY.into());
+            }
+        }
+        self.dirs.get_mut(&parent).ok_or(ENOENT)?.remove(name);
+        let mut ops = vec![TxnOp::DeleteDentry { parent, name: name.to_vec(), ino: d.ino }];
+        let pinode = self.inodes.get_mut(&parent).ok_or(ENOENT)?;
+        pinode.row.mtime = wall;
+        pinode.row.ctime = wall;
+        if is_dir {
+            pinode.row.nlink = pinode.row.nlink.saturating_sub(1);
+        }
+        ops.push(self.update_row(parent));
+        let (after, _) = self.drop_link(d.ino, wall, &mut ops);
+        self.commit(ops, false, Some((id, Ok(Reply::Empty))), after);
+        Err(Stop::Later)
+    }
+
+    /// One name of `ino` is gone: lower its link count, and remove it entirely if nothing
+    /// references it any more. Adds the row changes to `ops`; returns data to clean up after.
+    fn drop_link(&mut self, ino: Ino, wall: Timespec, ops: &mut Vec<TxnOp>) -> (Vec<Cleanup>, bool) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return (vec![], false) };
+        if inode.row.kind == FileKind::Directory {
+            inode.row.nlink = 0;
+        } else {
+            inode.row.nlink = inode.row.nlink.saturating_sub(1);
+        }
+        inode.row.ctime = wall;
+        if inode.row.nlink > 0 || inode.opens > 0 {
+            ops.push(self.update_row(ino));
+            return (vec![], false);
+        }
+        // No names and no open handles: remove it in the same transaction.
+        let Some(inode) = self.inodes.remove(&ino) else { return (vec![], false) };
+        self.dirs.remove(&ino);
+        self.deleted.insert(ino);
+        if let Some(old) = inode.data.deadline {
+            self.deadlines.remove(&(old, ino));
+        }
+        let mut after = Vec::new();
+        if let Some(obj) = inode.row.object {
+            after.push(Cleanup::Object(obj));
+        }
+        for obj in inode.data.garbage {
+            after.push(Cleanup::Object(obj));
+        }
+        if inode.data.staged || inode.data.init_pending {
+            after.push(Cleanup::Staged(ino));
+        }
+        ops.push(TxnOp::DeleteInode { ino });
+        (after, true)
+    }
+
+    fn link(&mut self, id: RequestId, wall: Timespec, ino: Ino, newparent: Ino, newname: &[u8]) -> Exec {
+        check_name(newname)?;
+        self.ensure_inode(ino)?;
+        self.ensure_dir(newparent)?;
+        self.ensure_ids(1)?;
+        let inode = &self.inodes[&ino];
+        if inode.row.kind == FileKind::Directory {
+            return Err(EPERM.into());
+        }
+        if inode.row.nlink >= LINK_MAX {
+            return Err(EMLINK.into());
+        }
+        if inode.row.nlink == 0 {
+            return Err(ENOENT.into());
+        }
+        if self.dirs[&newparent].get(newname).is_some() {
+            return Err(EEXIST.into());
+        }
+        let kind = inode.row.kind;
+        let pos = self.take_id();
+        self.dirs.get_mut(&newparent).ok_or(ENOENT)?.insert(newname.to_vec(), Dentry { ino, kind, pos });
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        inode.row.nlink += 1;
+        inode.row.ctime = wall;
+        let p = self.inodes.get_mut(&newparent).ok_or(ENOENT)?;
+        p.row.mtime = wall;
+        p.row.ctime = wall;
+        let ops = vec![
+            TxnOp::InsertDentry(DentryRow { parent: newparent, name: newname.to_vec(), ino, pos }),
+            self.update_row(ino),
+            self.update_row(newparent),
+        ];
+        let reply = self.entry(ino, None);
+        self.commit(ops, false, Some((id, Ok(reply))), vec![]);
+        Err(Stop::Later)
+    }
+
+    /// Is `ino` equal to `ancestor` or below it?
+    fn is_within(&self, mut ino: Ino, ancestor: Ino) -> bool {
+        for _ in 0..4096 {
+            if ino == ancestor {
+                return true;
+            }
+            if ino == ROOT_INO {
+                return false;
+            }
+            match self.inodes.get(&ino).and_then(|i| i.parent) {
+                Some(p) => ino = p,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename(
+        &mut self,
+        id: RequestId,
+        wall: Timespec,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: u32,
+    ) -> Exec {
+        const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+        const EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+        if flags & !(NOREPLACE | EXCHANGE) != 0 || flags == NOREPLACE | EXCHANGE {
+            return Err(EINVAL.into());
+        }
+        check_name(name)?;
+        check_name(newname)?;
+        self.ensure_dir(parent)?;
+        self.ensure_dir(newparent)?;
+        let src = self.dirs[&parent].get(name).ok_or(ENOENT)?;
+        self.ensure_inode(src.ino)?;
+        let dst = self.dirs[&newparent].get(newname);
+        if let Some(d) = dst {
+            self.ensure_inode(d.ino)?;
+            if d.kind == FileKind::Directory && flags & EXCHANGE == 0 {
+                self.ensure_dir(d.ino)?;
+            }
+        }
+        self.ensure_ids(2)?;
+        let src_dir = src.kind == FileKind::Directory;
+        if flags & EXCHANGE != 0 {
+            let dst = dst.ok_or(ENOENT)?;
+            if src_dir && self.is_within(newparent, src.ino) && src.ino != dst.ino {
+                return Err(EINVAL.into());
+            }
+            if dst.kind == FileKind::Directory && self.is_within(parent, dst.ino) && src.ino != dst.ino {
+                return Err(EINVAL.into());
+            }
+            return self.exchange(id, wall, parent, name, src, newparent, newname, dst);
+        }
+        if let Some(d) = dst {
+            if d.ino == src.ino {
+                return Ok(Reply::Empty); // the same file under both names: nothing to do
+            }
+            if flags & NOREPLACE != 0 {
+                return Err(EEXIST.into());
+            }
+            let dst_dir = d.kind == FileKind::Directory;
+            if src_dir && !dst_dir {
+                return Err(ENOTDIR.into());
+            }
+            if !src_dir && dst_dir {
+                return Err(EISDIR.into());
+            }
+            if dst_dir && !self.dirs[&d.ino].is_empty() {
+                return Err(ENOTEMPTY.into());
+            }
+        }
+        if src_dir && self.is_within(newparent, src.ino) {
+            return Err(EINVAL.into());
+        }
+        if src_dir && parent != newparent && self.inodes[&newparent].row.nlink >= LINK_MAX && dst.is_none() {
+            return Err(EMLINK.into());
+        }
+        let pos = self.take_id();
+        let mut ops = vec![TxnOp::DeleteDentry { parent, name: name.to_vec(), ino: src.ino }];
+        let mut after = Vec::new();
+        self.dirs.get_mut(&parent).ok_or(ENOENT)?.remove(name);
+        if let Some(d) = dst {
+            self.dirs.get_mut(&newparent).ok_or(ENOENT)?.remove(newname);
+            ops.push(TxnOp::DeleteDentry { parent: newparent, name: newname.to_vec(), ino: d.ino });
+            if d.kind == FileKind::Directory {
+                let np = self.inodes.get_mut(&newparent).ok_or(ENOENT)?;
+                np.row.nlink = np.row.nlink.saturating_sub(1);
+            }
+            let (a, _) = self.drop_link(d.ino, wall, &mut ops);
+            after = a;
+        }
+        self.dirs
+            .get_mut(&newparent)
+            .ok_or(ENOENT)?
+            .insert(newname.to_vec(), Dentry { pos, ..src });
+        ops.push(TxnOp::InsertDentry(DentryRow { parent: newparent, name: newname.to_vec(), ino: src.ino, pos }));
+        if src_dir && parent != newparent {
+            self.inodes.get_mut(&parent).ok_or(ENOENT)?.row.nlink -= 1;
+            self.inodes.get_mut(&newparent).ok_or(ENOENT)?.row.nlink += 1;
+        }
+        let moved = self.inodes.get_mut(&src.ino).ok_or(ENOENT)?;
+        moved.row.ctime = wall;
+        if src_dir {
+            moved.parent = Some(newparent);
+        }
+        ops.push(self.update_row(src.ino));
+        self.touch_parents(parent, newparent, wall, &mut ops)?;
+        self.commit(ops, false, Some((id, Ok(Reply::Empty))), after);
+        Err(Stop::Later)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        &mut self,
+        id: RequestId,
+        wall: Timespec,
+        parent: Ino,
+        name: &[u8],
+        src: Dentry,
+        newparent: Ino,
+        newname: &[u8],
+        dst: Dentry,
+    ) -> Exec {
+        let (pos_a, pos_b) = (self.take_id(), self.take_id());
+        let mut ops = vec![
+            TxnOp::DeleteDentry { parent, name: name.to_vec(), ino: src.ino },
+            TxnOp::DeleteDentry { parent: newparent, name: newname.to_vec(), ino: dst.ino },
+            TxnOp::InsertDentry(DentryRow { parent, name: name.to_vec(), ino: dst.ino, pos: pos_a }),
+            TxnOp::InsertDentry(DentryRow { parent: newparent, name: newname.to_vec(), ino: src.ino, pos: pos_b }),
+        ];
+        self.dirs.get_mut(&parent).ok_or(ENOENT)?.insert(name.to_vec(), Dentry { pos: pos_a, ..dst });
+        self.dirs.get_mut(&newparent).ok_or(ENOENT)?.insert(newname.to_vec(), Dentry { pos: pos_b, ..src });
+        if parent != newparent {
+            let src_dir = src.kind == FileKind::Directory;
+            let dst_dir = dst.kind == FileKind::Directory;
+            if src_dir != dst_dir {
+                let (from, to) = if src_dir { (parent, newparent) } else { (newparent, parent) };
+                self.inodes.get_mut(&from).ok_or(ENOENT)?.row.nlink -= 1;
+                self.inodes.get_mut(&to).ok_or(ENOENT)?.row.nlink += 1;
+            }
+            if src_dir {
+                self.inodes.get_mut(&src.ino).ok_or(ENOENT)?.parent = Some(newparent);
+            }
+            if dst_dir {
+                self.inodes.get_mut(&dst.ino).ok_or(ENOENT)?.parent = Some(parent);
+            }
+        }
+        for ino in [src.ino, dst.ino] {
+            self.inodes.get_mut(&ino).ok_or(ENOENT)?.row.ctime = wall;
+            ops.push(self.update_row(ino));
+        }
+        self.touch_parents(parent, newparent, wall, &mut ops)?;
+        self.commit(ops, false, Some((id, Ok(Reply::Empty))), vec![]);
+        Err(Stop::Later)
+    }
+
+    /// A rename changed both directories: bump their times and store them.
+    fn touch_parents(&mut self, parent: Ino, newparent: Ino, wall: Timespec, ops: &mut Vec<TxnOp>) -> Result<(), Stop> {
+        let parents = if parent == newparent { vec![parent] } else { vec![parent, newparent] };
+        for p in parents {
+            let pi = self.inodes.get_mut(&p).ok_or(ENOENT)?;
+            pi.row.mtime = wall;
+            pi.row.ctime = wall;
+            ops.push(self.update_row(p));
+        }
+        Ok(())
+    }
+
+    fn readdir(&mut self, ino: Ino, offset: u64, size: u32, plus: bool) -> Exec {
+        self.ensure_dir(ino)?;
+        let header = if plus { 152 } else { 24 };
+        let fits = |used: &mut usize, name_len: usize| {
+            let len = (header + name_len + 7) & !7;
+            if *used + len > size as usize {
+                return false;
+            }
+            *used += len;
+            true
+        };
+        let mut used = 0usize;
+        let mut out = Vec::new();
+        let self_attr = self.attr(ino);
+        let parent = self.inodes[&ino].parent.unwrap_or(ROOT_INO);
+        if offset < 1 && fits(&mut used, 1) {
+            out.push(DirEntry { ino, offset: 1, kind: FileKind::Directory, name: b".".to_vec(), attr: plus.then_some(self_attr) });
+        }
+        if offset < 2 && fits(&mut used, 2) {
+            out.push(DirEntry { ino: parent, offset: 2, kind: FileKind::Directory, name: b"..".to_vec(), attr: plus.then_some(self_attr) });
+        }
+        let mut batch: Vec<(u64, Vec<u8>, Dentry)> = Vec::new();
+        for (off, name, d) in self.dirs[&ino].after(offset) {
+            if !fits(&mut used, name.len()) {
+                break;
+            }
+            batch.push((off, name.to_vec(), d));
+        }
+        if plus && batch.iter().any(|(_, _, d)| !self.inodes.contains_key(&d.ino)) {
+            // Some children were evicted: a fresh listing brings their attributes back.
+            self.load_dir_refresh(ino);
+            return Err(Stop::Wait);
+        }
+        for (off, name, d) in batch {
+            let attr = if plus {
+                let a = self.entry(d.ino, Some(ino));
+                match a {
+                    Reply::Entry(a) => Some(a),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            out.push(DirEntry { ino: d.ino, offset: off, kind: d.kind, name, attr });
+        }
+        Ok(Reply::Dir(out))
+    }
+
+    fn load_dir_refresh(&mut self, ino: Ino) {
+        self.load_dir(ino);
+    }
+
+    fn setxattr(&mut self, id: RequestId, wall: Timespec, ino: Ino, name: &[u8], value: &Bytes, flags: i32) -> Exec {
+        self.ensure_inode(ino)?;
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(E2BIG.into());
+        }
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let exists = inode.xattrs.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(EEXIST.into());
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(ENODATA.into());
+        }
+        inode.xattrs.insert(name.to_vec(), value.clone());
+        inode.row.ctime = wall;
+        let ops = vec![TxnOp::SetXattr { ino, name: name.to_vec(), value: value.clone() }, self.update_row(ino)];
+        self.commit(ops, false, Some((id, Ok(Reply::Empty))), vec![]);
+        Err(Stop::Later)
+    }
+
+    // ----- file data -----
+
+    fn read(&mut self, id: RequestId, ino: Ino, offset: u64, len: u64, copy: Option<CopyTo>) -> Exec {
+        self.ensure_inode(ino)?;
+        let inode = &self.inodes[&ino];
+        if inode.row.kind == FileKind::Directory {
+            return Err(EISDIR.into());
+        }
+        if inode.data.init_pending || inode.data.removing {
+            return Err(Stop::Wait);
+        }
+        let size = inode.row.size;
+        if offset >= size || len == 0 {
+            return self.finish_read(id, Bytes::new(), 0, copy);
+        }
+        let len = len.min(size - offset) as u32;
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        if inode.data.staged {
+            inode.data.staging_reads += 1;
+            self.io(
+                IoRequest::Staging(StagingRequest::Read { ino, offset, len }),
+                Pending::StagingRead { id, ino, len: len as usize, copy },
+            );
+        } else if let Some(object) = inode.row.object.clone() {
+            inode.data.store_reads += 1;
+            self.io(
+                IoRequest::Store(StoreRequest::Read { object, offset, len }),
+                Pending::StoreRead { id, ino, len: len as usize, copy },
+            );
+        } else {
+            // A hole with no data anywhere (cannot normally happen: a non-empty file is staged
+            // or has an object). Zeros are the truthful answer for a hole.
+            return self.finish_read(id, Bytes::from(vec![0u8; len as usize]), len as usize, copy);
+        }
+        Err(Stop::Later)
+    }
+
+    fn finish_read(&mut self, id: RequestId, data: Bytes, len: usize, copy: Option<CopyTo>) -> Exec {
+        // A short read inside the file's size is a hole at the end of the stored copy.
+        let data = if data.len() < len {
+            let mut v = data.to_vec();
+            v.resize(len, 0);
+            Bytes::from(v)
+        } else {
+            data
+        };
+        match copy {
+            None => Ok(Reply::Data(data)),
+            Some(to) => {
+                if data.is_empty() {
+                    return Ok(Reply::Written(0));
+                }
+                let p = Parked { id, ctx: to.ctx, wall: to.wall, op: Op::Write { ino: to.ino, fh: to.fh, offset: to.offset, data } };
+                self.run(p);
+                Err(Stop::Later)
+            }
+        }
+    }
+
+    fn write(&mut self, id: RequestId, wall: Timespec, ino: Ino, fh: u64, offset: u64, data: Bytes) -> Exec {
+        self.ensure_inode(ino)?;
+        if self.inodes[&ino].row.kind != FileKind::Regular {
+            return Err(EINVAL.into());
+        }
+        self.ensure_staged(ino, u64::MAX)?;
+        let append = self.handles.get(&fh).is_some_and(|h| h.flags & libc::O_APPEND != 0);
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let offset = if append { inode.row.size } else { offset };
+        let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
+        inode.data.writes_in_flight += 1;
+        self.io(IoRequest::Staging(StagingRequest::Write { ino, offset, data }), Pending::Write { id, ino, end, wall });
+        Err(Stop::Later)
+    }
+
+    fn flush(&mut self, id: RequestId, ino: Ino) -> Exec {
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let d = &mut inode.data;
+        if inode.row.nlink == 0 || d.dirty_gen <= d.sealed_gen {
+            return Ok(Reply::Empty);
+        }
+        d.flush_waiters.push((id, d.dirty_gen));
+        d.want_upload = true;
+        self.pump_upload(ino);
+        Err(Stop::Later)
+    }
+
+    fn fsync(&mut self, id: RequestId, ino: Ino) -> Exec {
+        let staged_ok = self.config.staged_is_durable;
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let d = &mut inode.data;
+        if inode.row.nlink == 0 {
+            return Ok(Reply::Empty);
+        }
+        if !d.dirty() || (staged_ok && d.dirty_gen <= d.sealed_gen) {
+            // Nothing of the contents to wait for; make the metadata durable.
+            self.commit(vec![], true, Some((id, Ok(Reply::Empty))), vec![]);
+            return Err(Stop::Later);
+        }
+        if staged_ok {
+            d.flush_waiters.push((id, d.dirty_gen));
+        } else {
+            d.fsync_waiters.push((id, d.dirty_gen));
+        }
+        d.want_upload = true;
+        self.pump_upload(ino);
+        Err(Stop::Later)
+    }
+
+    /// Start the next step of `ino`'s upload if one is wanted and nothing is in the way.
+    fn pump_upload(&mut self, ino: Ino) {
+        let shutting_down = self.shutting_down;
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        if d.upload.is_some() || d.busy() {
+            return;
+        }
+        if inode.row.nlink == 0 {
+            return;
+        }
+        if !d.dirty() {
+            d.want_upload = false;
+            // Clean: the staged copy is no longer needed once nobody has the file open.
+            if d.staged && inode.opens == 0 && d.staging_reads == 0 {
+                d.staged = false;
+                d.removing = true;
+                self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+            }
+            return;
+        }
+        if !(d.want_upload || shutting_down) {
+            return;
+        }
+        d.want_upload = false;
+        let gen = d.dirty_gen;
+        let size = inode.row.size;
+        d.upload = Some(Upload { gen, size });
+        if let Some(old) = d.deadline.take() {
+            self.deadlines.remove(&(old, ino));
+        }
+        let record = SealRecord { size, mtime: inode.row.mtime, ctime: inode.row.ctime };
+        self.io(IoRequest::Staging(StagingRequest::Seal { ino, record }), Pending::Seal { ino });
+    }
+
+    fn answer_waiters(&mut self, ino: Ino, error: Option<i32>) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        let (sealed, uploaded) = (d.sealed_gen, d.uploaded_gen);
+        let mut answers = Vec::new();
+        let failed_gen = d.upload.map(|u| u.gen);
+        d.flush_waiters.retain(|&(id, gen)| {
+            if gen <= sealed {
+                answers.push((id, Ok(Reply::Empty)));
+                false
+            } else if let (Some(e), Some(fg)) = (error, failed_gen) {
+                if gen <= fg {
+                    answers.push((id, Err(e)));
+                    return false;
+                }
+                true
+            } else {
+                true
+            }
+        });
+        d.fsync_waiters.retain(|&(id, gen)| {
+            if gen <= uploaded {
+                answers.push((id, Ok(Reply::Empty)));
+                false
+            } else if let (Some(e), Some(fg)) = (error, failed_gen) {
+                if gen <= fg {
+                    answers.push((id, Err(e)));
+                    return false;
+                }
+                true
+            } else {
+                true
+            }
+        });
+        for (id, r) in answers {
+            self.reply(id, r);
+        }
+    }
+
+    fn upload_failed(&mut self, ino: Ino, err: &IoError) {
+        self.failed_uploads += 1;
+        let errno = match err.kind {
+            IoErrorKind::NoSpace => ENOSPC,
+            _ => EIO,
+        };
+        self.answer_waiters(ino, Some(errno));
+        let when = self.now + self.config.upload_retry;
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        inode.data.upload = None;
+        inode.data.failures += 1;
+        if let Some(old) = inode.data.deadline.replace(when) {
+            self.deadlines.remove(&(old, ino));
+        }
+        self.deadlines.insert((when, ino));
+    }
+
+    fn collect_garbage(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        if inode.data.store_reads > 0 || inode.data.garbage.is_empty() {
+            return;
+        }
+        let garbage = std::mem::take(&mut inode.data.garbage);
+        for object in garbage {
+            self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+        }
+    }
+
+    // ----- completions -----
+
+    fn complete(&mut self, pending: Pending, result: IoResult) {
+        match pending {
+            Pending::Startup => {
+                match result {
+                    Ok(IoReply::Staged(entries)) => self.replay(entries),
+                    Ok(_) => debug_assert!(false, "scan returned something else"),
+                    Err(_) => {
+                        // The staging area could not be read: nothing to replay, but the files in
+                        // it are not deleted either; the runtime logged the error.
+                    }
+                }
+                self.startup_step_done();
+            }
+            Pending::Orphans => {
+                if let Ok(IoReply::Orphans(rows)) = result {
+                    for row in rows {
+                        let mut after = Vec::new();
+                        if let Some(obj) = row.object.clone() {
+                            after.push(Cleanup::Object(obj));
+                        }
+                        after.push(Cleanup::Staged(row.ino));
+                        self.commit(vec![TxnOp::DeleteInode { ino: row.ino }], false, None, after);
+                    }
+                }
+                self.startup_step_done();
+            }
+            Pending::LoadInode(ino) => {
+                self.loading_inodes.remove(&ino);
+                self.loads_in_flight -= 1;
+                match result {
+                    Ok(IoReply::Inode(Some(loaded))) => {
+                        self.insert_loaded(loaded);
+                    }
+                    Ok(_) => {
+                        self.absent.insert(ino);
+                    }
+                    Err(_) => {
+                        self.absent.insert(ino);
+                        self.fail_parked_on(ino);
+                    }
+                }
+                self.replay_loaded(ino);
+                if self.loads_in_flight == 0 {
+                    self.deleted.clear();
+                }
+            }
+            Pending::LoadDir(ino) => {
+                self.loading_dirs.remove(&ino);
+                self.loads_in_flight -= 1;
+                match result {
+                    Ok(IoReply::Dir(entries)) => {
+                        let known = self.dirs.contains_key(&ino);
+                        let mut dir = Dir::default();
+                        for (dentry, loaded) in entries {
+                            let kind = loaded.row.kind;
+                            let child = self.insert_loaded(loaded);
+                            if kind == FileKind::Directory {
+                                if let Some(c) = self.inodes.get_mut(&child) {
+                                    c.parent = Some(ino);
+                                }
+                            }
+                            dir.insert(dentry.name, Dentry { ino: child, kind, pos: dentry.pos });
+                        }
+                        if !known && self.inodes.contains_key(&ino) {
+                            self.dirs.insert(ino, dir);
+                        }
+                    }
+                    Ok(_) | Err(_) => self.fail_parked_on(ino),
+                }
+                if self.loads_in_flight == 0 {
+                    self.deleted.clear();
+                }
+            }
+            Pending::AllocIds => {
+                self.ids_loading = false;
+                match result {
+                    Ok(IoReply::Ids { first }) => {
+                        self.ids = first..first + self.config.ids_per_alloc.max(2);
+                    }
+                    _ => self.fail_all_parked(EIO),
+                }
+            }
+            Pending::Commit { reply, after } => match result {
+                Ok(_) => {
+                    if let Some((id, r)) = reply {
+                        self.reply(id, r);
+                    }
+                    for c in after {
+                        match c {
+                            Cleanup::Object(object) => {
+                                self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                            }
+                            Cleanup::Staged(ino) => {
+                                self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let errno = match e.kind {
+                        IoErrorKind::NoSpace => ENOSPC,
+                        _ => EIO,
+                    };
+                    if let Some((id, _)) = reply {
+                        self.reply(id, Err(errno));
+                    }
+                    self.forget_clean_state();
+                }
+            },
+            Pending::Init(ino) => {
+                let failed = result.is_err();
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.data.init_pending = false;
+                    if failed {
+                        inode.data.staged = false;
+                    }
+                }
+                if failed {
+                    self.fail_parked_on(ino);
+                }
+                self.pump_upload(ino);
+            }
+            Pending::Write { id, ino, end, wall } => {
+                let Some(inode) = self.inodes.get_mut(&ino) else {
+                    self.reply(id, Err(ENOENT));
+                    return;
+                };
+                inode.data.writes_in_flight -= 1;
+                match result {
+                    Ok(IoReply::Written(n)) => {
+                        if end > inode.row.size {
+                            inode.row.size = end;
+                        }
+                        inode.row.mtime = wall;
+                        inode.row.ctime = wall;
+                        self.reply(id, Ok(Reply::Written(n)));
+                        self.data_changed(ino);
+                    }
+                    Ok(_) => self.reply(id, Err(EIO)),
+                    Err(e) => {
+                        self.reply(id, Err(if e.kind == IoErrorKind::NoSpace { ENOSPC } else { EIO }));
+                        self.pump_upload(ino);
+                    }
+                }
+            }
+            Pending::Allocate { id, ino, end, wall } => {
+                let Some(inode) = self.inodes.get_mut(&ino) else {
+                    self.reply(id, Err(ENOENT));
+                    return;
+                };
+                inode.data.writes_in_flight -= 1;
+                match result {
+                    Ok(_) => {
+                        if end > inode.row.size {
+                            inode.row.size = end;
+                            inode.row.ctime = wall;
+                        }
+                        self.reply(id, Ok(Reply::Empty));
+                        self.data_changed(ino);
+                    }
+                    Err(e) => {
+                        self.reply(id, Err(if e.kind == IoErrorKind::NoSpace { ENOSPC } else { EIO }));
+                        self.pump_upload(ino);
+                    }
+                }
+            }
+            Pending::Truncate { id, ino, set, wall } => {
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.data.writes_in_flight -= 1;
+                }
+                match result {
+                    Ok(_) => self.finish_setattr(id, ino, set, wall),
+                    Err(e) => {
+                        self.reply(id, Err(if e.kind == IoErrorKind::NoSpace { ENOSPC } else { EIO }));
+                        self.pump_upload(ino);
+                    }
+                }
+            }
+            Pending::StagingRead { id, ino, len, copy } => {
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.data.staging_reads -= 1;
+                }
+                self.finish_read_io(id, result, len, copy);
+                self.pump_upload(ino);
+            }
+            Pending::StoreRead { id, ino, len, copy } => {
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.data.store_reads -= 1;
+                }
+                self.finish_read_io(id, result, len, copy);
+                self.collect_garbage(ino);
+            }
+            Pending::Seal { ino } => {
+                let Some(inode) = self.inodes.get_mut(&ino) else { return };
+                let Some(up) = inode.data.upload else { return };
+                if let Err(e) = result {
+                    self.upload_failed(ino, &e);
+                    return;
+                }
+                inode.data.sealed_gen = inode.data.sealed_gen.max(up.gen);
+                self.answer_waiters(ino, None);
+                let Some(inode) = self.inodes.get_mut(&ino) else { return };
+                if inode.row.nlink == 0 {
+                    inode.data.upload = None;
+                    return;
+                }
+                if up.size == 0 {
+                    let old = inode.row.object.clone();
+                    self.commit_upload(ino, None, old);
+                } else {
+                    self.io(IoRequest::Store(StoreRequest::PutStaged { ino }), Pending::Put { ino });
+                }
+            }
+            Pending::Put { ino } => match result {
+                Ok(IoReply::Object(object)) => {
+                    let Some(inode) = self.inodes.get(&ino) else {
+                        self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                        return;
+                    };
+                    let old = inode.row.object.clone();
+                    self.commit_upload(ino, Some(object), old);
+                }
+                Ok(_) => self.upload_failed(ino, &IoError::new(IoErrorKind::Other, "unexpected reply to upload")),
+                Err(e) => self.upload_failed(ino, &e),
+            },
+            Pending::UploadCommit { ino, object, old } => {
+                let Some(inode) = self.inodes.get_mut(&ino) else {
+                    if let Some(object) = object {
+                        self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                    }
+                    return;
+                };
+                let Some(up) = inode.data.upload else { return };
+                if let Err(e) = result {
+                    inode.row.object = old;
+                    if let Some(object) = object {
+                        self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                    }
+                    self.upload_failed(ino, &e);
+                    self.forget_clean_state();
+                    return;
+                }
+                let d = &mut inode.data;
+                d.upload = None;
+                d.failures = 0;
+                d.uploaded_gen = d.uploaded_gen.max(up.gen);
+                d.committed_size = up.size;
+                if !d.dirty() {
+                    d.committed_size = inode.row.size;
+                }
+                if let Some(old) = old {
+                    if Some(&old) != inode.row.object.as_ref() {
+                        d.garbage.push(old);
+                    }
+                }
+                self.answer_waiters(ino, None);
+                self.collect_garbage(ino);
+                let Some(inode) = self.inodes.get_mut(&ino) else { return };
+                let d = &mut inode.data;
+                if d.dirty() && (!d.flush_waiters.is_empty() || !d.fsync_waiters.is_empty() || inode.opens == 0) {
+                    d.want_upload = true;
+                } else if d.dirty() && d.deadline.is_none() {
+                    let when = self.now + self.config.upload_delay;
+                    d.deadline = Some(when);
+                    self.deadlines.insert((when, ino));
+                }
+                self.pump_upload(ino);
+            }
+            Pending::Remove(ino) => {
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.data.removing = false;
+                }
+                self.pump_upload(ino);
+            }
+            Pending::Ignore => {}
+            Pending::Space { id } => match result {
+                Ok(IoReply::Space(space)) => {
+                    self.io(IoRequest::Meta(MetaRequest::Usage), Pending::Usage { id, space });
+                }
+                _ => self.reply(id, Err(EIO)),
+            },
+            Pending::Usage { id, space } => match result {
+                Ok(IoReply::Usage { files, bytes: _ }) => {
+                    let bsize = 4096u64;
+                    let ffree = 1u64 << 32;
+                    self.reply(
+                        id,
+                        Ok(Reply::StatFs(StatFs {
+                            blocks: space.total_bytes / bsize,
+                            bfree: space.free_bytes / bsize,
+                            bavail: space.avail_bytes / bsize,
+                            files: files + ffree,
+                            ffree,
+                            bsize: bsize as u32,
+                            namelen: NAME_MAX as u32,
+                            frsize: bsize as u32,
+                        })),
+                    );
+                }
+                _ => self.reply(id, Err(EIO)),
+            },
+        }
+    }
+
+    fn commit_upload(&mut self, ino: Ino, object: Option<ObjectId>, old: Option<ObjectId>) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let Some(up) = inode.data.upload else { return };
+        inode.row.object = object.clone();
+        let expect_version = inode.row.version;
+        inode.row.version += 1;
+        let mut row = inode.row.clone();
+        row.size = up.size;
+        let ops = vec![TxnOp::UpdateInode { row, expect_version }];
+        self.io(
+            IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable: true })),
+            Pending::UploadCommit { ino, object, old },
+        );
+    }
+
+    fn finish_read_io(&mut self, id: RequestId, result: IoResult, len: usize, copy: Option<CopyTo>) {
+        match result {
+            Ok(IoReply::Data(data)) => match self.finish_read(id, data, len, copy) {
+                Ok(r) => self.reply(id, Ok(r)),
+                Err(Stop::Errno(e)) => self.reply(id, Err(e)),
+                Err(_) => {}
+            },
+            Ok(_) | Err(_) => self.reply(id, Err(EIO)),
+        }
+    }
+
+    /// The staging journal at start: every staged file is uploaded (or dropped if its inode is gone).
+    fn replay(&mut self, entries: Vec<StagedEntry>) {
+        for e in entries {
+            self.startup_pending += 1;
+            self.replaying.insert(e.ino, e.clone());
+            if self.loading_inodes.insert(e.ino) {
+                self.loads_in_flight += 1;
+                self.io(IoRequest::Meta(MetaRequest::LoadInode { ino: e.ino }), Pending::LoadInode(e.ino));
+            }
+        }
+    }
+
+    fn replay_loaded(&mut self, ino: Ino) {
+        let Some(entry) = self.replaying.remove(&ino) else { return };
+        match self.inodes.get_mut(&ino) {
+            Some(inode) if inode.row.nlink > 0 && inode.row.kind == FileKind::Regular => {
+                let size = entry.sealed.map_or(entry.data_len, |r| r.size);
+                inode.row.size = size;
+                if let Some(r) = entry.sealed {
+                    inode.row.mtime = r.mtime;
+                    inode.row.ctime = r.ctime;
+                }
+                let d = &mut inode.data;
+                d.staged = true;
+                d.dirty_gen = d.uploaded_gen + 1;
+                d.want_upload = true;
+                self.pump_upload(ino);
+            }
+            _ => {
+                self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+            }
+        }
+        self.startup_step_done();
+    }
+
+    fn startup_step_done(&mut self) {
+        self.startup_pending -= 1;
+        if self.startup_pending == 0 {
+            self.ready = true;
+        }
+    }
+
+    /// Parked requests that needed `ino` get EIO (its load failed).
+    fn fail_parked_on(&mut self, ino: Ino) {
+        let _ = ino;
+        // Parked requests re-run and find the inode absent or the directory still missing; to
+        // avoid a loop of failed loads, answer those that name it directly.
+        let parked = std::mem::take(&mut self.parked);
+        for p in parked {
+            if op_names(&p.op, ino) {
+                self.reply(p.id, Err(EIO));
+            } else {
+                self.parked.push(p);
+            }
+        }
+    }
+
+    fn fail_all_parked(&mut self, errno: i32) {
+        for p in std::mem::take(&mut self.parked) {
+            self.reply(p.id, Err(errno));
+        }
+    }
+
+    /// A transaction failed: the in-memory state may be ahead of the store. Drop everything
+    /// that can be loaded again; keep what holds unsaved data or open handles.
+    fn forget_clean_state(&mut self) {
+        self.dirs.clear();
+        self.inodes.retain(|_, i| i.opens > 0 || i.data.staged || i.data.upload.is_some() || i.data.dirty());
+        let keep: Vec<Ino> = self.inodes.keys().copied().collect();
+        for ino in keep {
+            // Refresh the version so later updates do not conflict forever.
+            if self.loading_inodes.insert(ino) {
+                self.loads_in_flight += 1;
+                self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
+            }
+            if let Some(i) = self.inodes.get_mut(&ino) {
+                i.row.version = u64::MAX; // replaced by `insert_loaded` when the load returns
+            }
+        }
+    }
+}
+
+fn op_names(op: &Op, ino: Ino) -> bool {
+    match op {
+        Op::Lookup { parent, .. }
+        | Op::MkNod { parent, .. }
+        | Op::MkDir { parent, .. }
+        | Op::Unlink { parent, .. }
+        | Op::RmDir { parent, .. }
+        | Op::Symlink { parent, .. }
+        | Op::Create { parent, .. } => *parent == ino,
+        Op::Rename { parent, newparent, .. } => *parent == ino || *newparent == ino,
+        Op::Link { ino: i, newparent, .. } => *i == ino || *newparent == ino,
+        Op::CopyFileRange { ino_in, ino_out, .. } => *ino_in == ino || *ino_out == ino,
+        Op::GetAttr { ino: i }
+        | Op::SetAttr { ino: i, .. }
+        | Op::ReadLink { ino: i }
+        | Op::Open { ino: i, .. }
+        | Op::Read { ino: i, .. }
+        | Op::Write { ino: i, .. }
+        | Op::Flush { ino: i, .. }
+        | Op::Fsync { ino: i, .. }
+        | Op::Release { ino: i, .. }
+        | Op::OpenDir { ino: i, .. }
+        | Op::ReadDir { ino: i, .. }
+        | Op::ReleaseDir { ino: i, .. }
+        | Op::FsyncDir { ino: i, .. }
+        | Op::SetXattr { ino: i, .. }
+        | Op::GetXattr { ino: i, .. }
+        | Op::ListXattr { ino: i, .. }
+        | Op::RemoveXattr { ino: i, .. }
+        | Op::Access { ino: i, .. }
+        | Op::GetLk { ino: i, .. }
+        | Op::SetLk { ino: i, .. }
+        | Op::Fallocate { ino: i, .. } => *i == ino,
+        Op::StatFs => false,
+    }
+}
+
+fn check_name(name: &[u8]) -> Result<(), Stop> {
+    if name.len() > NAME_MAX {
+        return Err(ENAMETOOLONG.into());
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(EINVAL.into());
+    }
+    Ok(())
+}
+
+fn check_xattr_name(name: &[u8]) -> Result<(), Stop> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(ERANGE.into());
+    }
+    const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    if !NAMESPACES.iter().any(|ns| name.starts_with(ns) && name.len() > ns.len()) {
+        return Err(EOPNOTSUPP.into());
+    }
+    Ok(())
+}
+
+fn sized_reply(value: Bytes, size: u32) -> Exec {
+    if size == 0 {
+        return Ok(Reply::XattrSize(value.len() as u32));
+    }
+    if value.len() > size as usize {
+        return Err(ERANGE.into());
+    }
+    Ok(Reply::XattrData(value))
+}
+
+/// `access(2)` against the owner, group and other bits (no supplementary groups are known).
+fn may_access(row: &InodeRow, ctx: Ctx, mask: i32) -> bool {
+    if mask == libc::F_OK {
+        return true;
+    }
+    let perm = row.perm as i32;
+    if ctx.uid == 0 {
+        // Root may read and write anything, and execute if any execute bit is set.
+        return mask & libc::X_OK == 0 || row.kind == FileKind::Directory || perm & 0o111 != 0;
+    }
+    let bits = if ctx.uid == row.uid {
+        (perm >> 6) & 7
+    } else if ctx.gid == row.gid {
+        (perm >> 3) & 7
+    } else {
+        perm & 7
+    };
+    mask & !bits & 7 == 0
+}
+
