@@ -93,7 +93,8 @@ mod tests {
     #[test]
     fn offsets_below_first_entry_start_from_the_beginning() {
         let mut dir = Dir::default();
-        dir.insert(b"a".to_vec(), d(5, 0));
+        // Positions start at 1 (ids start at 2 in every store), so entries follow `..` (offset 2).
+        dir.insert(b"a".to_vec(), d(5, 1));
         assert_eq!(dir.after(0).count(), 1);
         assert_eq!(dir.after(2).count(), 1);
         assert_eq!(dir.after(3).count(), 0);

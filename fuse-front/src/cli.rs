@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const TTL_DEFAULT: Duration = Duration::from_secs(1);
+pub const TTL_DEFAULT: Duration = Duration::from_secs(10);
 
 pub const HELP: &str = "\
 truckeefs - a POSIX filesystem whose data lives in a Tahoe-LAFS grid (or a local object directory)

@@ -101,7 +101,11 @@ impl ObjectDir {
         if !plain_hex {
             return Err(IoError::new(
                 IoErrorKind::Corrupt,
-                format!("object {} is not a valid name for the object directory {}", id.fingerprint(), self.dir.display()),
+                format!(
+                    "object {} is not a valid name for the object directory {}",
+                    id.fingerprint(),
+                    self.dir.display()
+                ),
             ));
         }
         Ok(self.dir.join(&name[..2]).join(name))

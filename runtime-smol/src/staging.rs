@@ -21,9 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use truckeefs_core::{
-    Ino, IoError, IoErrorKind, IoReply, IoResult, SealRecord, StagedEntry, StagingRequest, Timespec,
-};
+use truckeefs_core::{Ino, IoError, IoErrorKind, IoReply, IoResult, SealRecord, StagedEntry, StagingRequest, Timespec};
 
 /// Open descriptors kept for reuse. Enough for the files being written at once; a miss costs one
 /// `open(2)`.
@@ -85,14 +83,20 @@ impl Staging {
             StagingRequest::Scan => self.scan().map(IoReply::Staged),
             StagingRequest::Init { ino, from, size } => {
                 let source = match from {
-                    Some(id) => Some((objects.path_of(id)?, format!("object {} in {}", id.fingerprint(), objects.dir().display()))),
+                    Some(id) => Some((
+                        objects.path_of(id)?,
+                        format!("object {} in {}", id.fingerprint(), objects.dir().display()),
+                    )),
                     None => None,
                 };
                 self.init(*ino, source, *size).map(|()| IoReply::Done)
             }
             StagingRequest::Write { ino, offset, data } => {
                 let len = u32::try_from(data.len()).map_err(|_| {
-                    IoError::new(IoErrorKind::Other, format!("{}: write of {} bytes is too large", self.data_path(*ino).display(), data.len()))
+                    IoError::new(
+                        IoErrorKind::Other,
+                        format!("{}: write of {} bytes is too large", self.data_path(*ino).display(), data.len()),
+                    )
                 })?;
                 let file = self.file(*ino, true)?;
                 file.write_all_at(data, *offset).map_err(|e| self.data_error(&e, *ino))?;
@@ -321,7 +325,8 @@ fn remove_if_exists(path: &Path) -> Result<(), IoError> {
 /// zeros), so every name maps to exactly one inode and back.
 fn parse_name(name: &str, suffix: &str) -> Option<Ino> {
     let digits = name.strip_suffix(suffix)?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
     digits.parse().ok()
@@ -350,11 +355,16 @@ fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(()); // fallocate refuses an empty range; there is nothing to do
     }
-    let end = offset.checked_add(len).filter(|end| *end <= i64::MAX as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let end = offset
+        .checked_add(len)
+        .filter(|end| *end <= i64::MAX as u64)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
     #[cfg(target_os = "linux")]
     loop {
         // SAFETY: plain system call on a descriptor we own; offset and len fit off_t (checked above).
-        let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(file), 0, offset as libc::off_t, len as libc::off_t) };
+        let r = unsafe {
+            libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(file), 0, offset as libc::off_t, len as libc::off_t)
+        };
         if r == 0 {
             return Ok(());
         }
@@ -423,13 +433,20 @@ mod tests {
     }
 
     fn record(size: u64) -> SealRecord {
-        SealRecord { size, mtime: Timespec { sec: -5, nsec: 7 }, ctime: Timespec { sec: 1_700_000_000, nsec: 999_999_999 } }
+        SealRecord {
+            size,
+            mtime: Timespec { sec: -5, nsec: 7 },
+            ctime: Timespec { sec: 1_700_000_000, nsec: 999_999_999 },
+        }
     }
 
     #[test]
     fn write_read_truncate() {
         let fx = Fixture::new();
-        assert_eq!(fx.run(StagingRequest::Read { ino: 3, offset: 0, len: 10 }).unwrap_err().kind, IoErrorKind::NotFound);
+        assert_eq!(
+            fx.run(StagingRequest::Read { ino: 3, offset: 0, len: 10 }).unwrap_err().kind,
+            IoErrorKind::NotFound
+        );
         fx.write(3, 5, b"hello");
         assert_eq!(fx.read(3, 0, 100), b"\0\0\0\0\0hello");
         assert_eq!(fx.read(3, 6, 2), b"el");
@@ -472,10 +489,17 @@ mod tests {
         assert_eq!(err.kind, IoErrorKind::NotFound);
         assert!(err.message.contains(&id.fingerprint()) && !err.message.contains(&id.0), "{}", err.message);
         let bad = ObjectId("../x".into());
-        assert_eq!(fx.run(StagingRequest::Init { ino: 7, from: Some(bad), size: 1 }).unwrap_err().kind, IoErrorKind::Corrupt);
+        assert_eq!(
+            fx.run(StagingRequest::Init { ino: 7, from: Some(bad), size: 1 }).unwrap_err().kind,
+            IoErrorKind::Corrupt
+        );
         // A failed Init leaves the earlier copy alone, and no temp file.
         assert_eq!(fx.read(7, 0, 3), contents[..3]);
-        assert!(fs::read_dir(&fx.staging.dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(TMP_PREFIX)));
+        assert!(fs::read_dir(&fx.staging.dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TMP_PREFIX)));
     }
 
     #[test]
@@ -524,7 +548,10 @@ mod tests {
         );
         assert_eq!(fx.run(StagingRequest::Remove { ino: 10 }), Ok(IoReply::Done));
         assert_eq!(fx.run(StagingRequest::Remove { ino: 10 }), Ok(IoReply::Done)); // missing is fine
-        assert_eq!(fx.run(StagingRequest::Read { ino: 10, offset: 0, len: 1 }).unwrap_err().kind, IoErrorKind::NotFound);
+        assert_eq!(
+            fx.run(StagingRequest::Read { ino: 10, offset: 0, len: 1 }).unwrap_err().kind,
+            IoErrorKind::NotFound
+        );
         assert!(!fx.staging.dir.join("10.seal").exists());
         assert_eq!(fx.scan(), vec![StagedEntry { ino: 11, sealed: Some(record(2)), data_len: 2 }]);
         // Sealing a file never written creates it empty.
@@ -558,11 +585,14 @@ mod tests {
         fs::create_dir(dir.join("30.seal")).unwrap();
         // A good record with unknown extra fields still counts.
         fs::write(dir.join("31.data"), b"dd").unwrap();
-        fs::write(dir.join("31.seal"), br#"{"v":1,"ino":31,"size":2,"mtime":[1,2],"ctime":[3,4],"extra":true}"#).unwrap();
+        fs::write(dir.join("31.seal"), br#"{"v":1,"ino":31,"size":2,"mtime":[1,2],"ctime":[3,4],"extra":true}"#)
+            .unwrap();
         // Leftovers and unrelated files.
         fs::write(dir.join("40.seal"), br#"{"v":1,"ino":40,"size":1,"mtime":[0,0],"ctime":[0,0]}"#).unwrap();
         fs::write(dir.join(".tmp-1-1.data"), b"partial").unwrap();
-        for name in ["notes.txt", "007.data", "+8.data", ".data", "x.data", "99999999999999999999999.data", "5.data.bak"] {
+        for name in
+            ["notes.txt", "007.data", "+8.data", ".data", "x.data", "99999999999999999999999.data", "5.data.bak"]
+        {
             fs::write(dir.join(name), b"?").unwrap();
         }
         fs::create_dir(dir.join("subdir")).unwrap();
@@ -572,7 +602,11 @@ mod tests {
         want.extend((21..28).map(|ino| StagedEntry { ino, sealed: None, data_len: 1 }));
         want.push(StagedEntry { ino: 30, sealed: None, data_len: 1 });
         let t = |sec, nsec| Timespec { sec, nsec };
-        want.push(StagedEntry { ino: 31, sealed: Some(SealRecord { size: 2, mtime: t(1, 2), ctime: t(3, 4) }), data_len: 2 });
+        want.push(StagedEntry {
+            ino: 31,
+            sealed: Some(SealRecord { size: 2, mtime: t(1, 2), ctime: t(3, 4) }),
+            data_len: 2,
+        });
         assert_eq!(entries, want);
         assert!(!dir.join("40.seal").exists(), "record without data is dropped");
         assert!(!dir.join(".tmp-1-1.data").exists(), "temporary leftovers are removed");

@@ -1,0 +1,525 @@
+//! The core's request flows, driven through its public API by a tiny in-memory executor that
+//! lets each test hold back completions to check what is (and is not) answered before them.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+use truckeefs_core::*;
+
+#[derive(Default)]
+struct Store {
+    next_id: u64,
+    inodes: HashMap<Ino, InodeRow>,
+    dentries: BTreeMap<(Ino, Vec<u8>), (Ino, u64)>,
+    objects: HashMap<String, Vec<u8>>,
+    staged: HashMap<Ino, Vec<u8>>,
+    sealed: HashMap<Ino, (Vec<u8>, SealRecord)>,
+    next_obj: u64,
+}
+
+impl Store {
+    fn new() -> Store {
+        let t = Timespec { sec: 1, nsec: 0 };
+        let root = InodeRow {
+            ino: ROOT_INO,
+            kind: FileKind::Directory,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            version: 1,
+            object: None,
+            target: None,
+        };
+        Store { next_id: 2, inodes: HashMap::from([(ROOT_INO, root)]), ..Store::default() }
+    }
+
+    fn loaded(&self, ino: Ino) -> Option<LoadedInode> {
+        self.inodes.get(&ino).map(|row| LoadedInode { row: row.clone(), xattrs: BTreeMap::new() })
+    }
+
+    fn execute(&mut self, req: &IoRequest) -> IoResult {
+        let conflict = || Err(IoError::new(IoErrorKind::Conflict, "conflict"));
+        Ok(match req {
+            IoRequest::Meta(MetaRequest::AllocIds { count }) => {
+                let first = self.next_id;
+                self.next_id += count;
+                IoReply::Ids { first }
+            }
+            IoRequest::Meta(MetaRequest::LoadInode { ino }) => IoReply::Inode(self.loaded(*ino)),
+            IoRequest::Meta(MetaRequest::LoadDir { ino }) => IoReply::Dir(
+                self.dentries
+                    .iter()
+                    .filter(|((p, _), _)| p == ino)
+                    .map(|((p, n), (i, pos))| {
+                        (DentryRow { parent: *p, name: n.clone(), ino: *i, pos: *pos }, self.loaded(*i).unwrap())
+                    })
+                    .collect(),
+            ),
+            IoRequest::Meta(MetaRequest::Commit(txn)) => {
+                for op in &txn.ops {
+                    match op {
+                        TxnOp::InsertInode(row) => {
+                            self.inodes.insert(row.ino, row.clone());
+                        }
+                        TxnOp::UpdateInode { row, expect_version } => {
+                            if self.inodes.get(&row.ino).map(|r| r.version) != Some(*expect_version) {
+                                return conflict();
+                            }
+                            self.inodes.insert(row.ino, row.clone());
+                        }
+                        TxnOp::DeleteInode { ino } => {
+                            self.inodes.remove(ino);
+                        }
+                        TxnOp::InsertDentry(d) => {
+                            if self.dentries.insert((d.parent, d.name.clone()), (d.ino, d.pos)).is_some() {
+                                return conflict();
+                            }
+                        }
+                        TxnOp::DeleteDentry { parent, name, .. } => {
+                            if self.dentries.remove(&(*parent, name.clone())).is_none() {
+                                return conflict();
+                            }
+                        }
+                        TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. } => {}
+                    }
+                }
+                IoReply::Done
+            }
+            IoRequest::Meta(MetaRequest::ListOrphans) => {
+                IoReply::Orphans(self.inodes.values().filter(|r| r.nlink == 0).cloned().collect())
+            }
+            IoRequest::Meta(MetaRequest::Usage) => IoReply::Usage { files: self.inodes.len() as u64, bytes: 0 },
+            IoRequest::Staging(StagingRequest::Scan) => IoReply::Staged(
+                self.sealed
+                    .iter()
+                    .map(|(ino, (d, r))| StagedEntry { ino: *ino, sealed: Some(*r), data_len: d.len() as u64 })
+                    .collect(),
+            ),
+            IoRequest::Staging(StagingRequest::Init { ino, from, size }) => {
+                let mut data = from.as_ref().map(|o| self.objects[&o.0].clone()).unwrap_or_default();
+                data.resize(*size as usize, 0);
+                self.staged.insert(*ino, data);
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Write { ino, offset, data }) => {
+                let f = self.staged.entry(*ino).or_default();
+                let end = *offset as usize + data.len();
+                if f.len() < end {
+                    f.resize(end, 0);
+                }
+                f[*offset as usize..end].copy_from_slice(data);
+                IoReply::Written(data.len() as u32)
+            }
+            IoRequest::Staging(StagingRequest::Read { ino, offset, len }) => {
+                let f = &self.staged[ino];
+                let start = (*offset as usize).min(f.len());
+                let end = (start + *len as usize).min(f.len());
+                IoReply::Data(Bytes::copy_from_slice(&f[start..end]))
+            }
+            IoRequest::Staging(StagingRequest::Truncate { ino, size }) => {
+                self.staged.entry(*ino).or_default().resize(*size as usize, 0);
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Allocate { ino, offset, len }) => {
+                let f = self.staged.entry(*ino).or_default();
+                f.resize(f.len().max((offset + len) as usize), 0);
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Seal { ino, record }) => {
+                self.sealed.insert(*ino, (self.staged[ino].clone(), *record));
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Remove { ino }) => {
+                self.staged.remove(ino);
+                self.sealed.remove(ino);
+                IoReply::Done
+            }
+            IoRequest::Store(StoreRequest::PutStaged { ino }) => {
+                self.next_obj += 1;
+                let id = format!("{:032x}", self.next_obj);
+                self.objects.insert(id.clone(), self.staged[ino].clone());
+                IoReply::Object(ObjectId(id))
+            }
+            IoRequest::Store(StoreRequest::Read { object, offset, len }) => {
+                let f = &self.objects[&object.0];
+                let start = (*offset as usize).min(f.len());
+                let end = (start + *len as usize).min(f.len());
+                IoReply::Data(Bytes::copy_from_slice(&f[start..end]))
+            }
+            IoRequest::Store(StoreRequest::Delete { object }) => {
+                self.objects.remove(&object.0);
+                IoReply::Done
+            }
+            IoRequest::Store(StoreRequest::Space) => {
+                IoReply::Space(Space { total_bytes: 1 << 30, free_bytes: 1 << 29, avail_bytes: 1 << 29 })
+            }
+        })
+    }
+}
+
+struct Harness {
+    core: Core,
+    store: Store,
+    now: Instant,
+    next_id: u64,
+    ios: VecDeque<(IoId, IoRequest)>,
+    replies: HashMap<RequestId, Result<Reply, i32>>,
+}
+
+const CTX: Ctx = Ctx { uid: 1000, gid: 1000, pid: 1 };
+
+impl Harness {
+    fn new() -> Harness {
+        let now = Instant::now();
+        Harness::with_store(Store::new(), now)
+    }
+
+    fn with_store(store: Store, now: Instant) -> Harness {
+        let core = Core::new(Config::default(), now);
+        let mut h = Harness { core, store, now, next_id: 1, ios: VecDeque::new(), replies: HashMap::new() };
+        h.settle();
+        h
+    }
+
+    fn collect(&mut self) {
+        while let Some(e) = self.core.poll_effect() {
+            match e {
+                Effect::Reply { id, result } => {
+                    assert!(self.replies.insert(id, result).is_none(), "two replies to {id:?}");
+                }
+                Effect::Io { io, request } => self.ios.push_back((io, request)),
+                Effect::Kernel(_) => {}
+            }
+        }
+    }
+
+    /// Complete I/O until nothing is left.
+    fn settle(&mut self) {
+        self.collect();
+        while let Some((io, req)) = self.ios.pop_front() {
+            let r = self.store.execute(&req);
+            self.core.handle_completion(self.now, io, r);
+            self.collect();
+        }
+    }
+
+    /// Complete I/O until `stop` matches the next request, which is left pending.
+    fn settle_until(&mut self, stop: impl Fn(&IoRequest) -> bool) {
+        self.collect();
+        while let Some((io, req)) = self.ios.pop_front() {
+            if stop(&req) {
+                self.ios.push_front((io, req));
+                return;
+            }
+            let r = self.store.execute(&req);
+            self.core.handle_completion(self.now, io, r);
+            self.collect();
+        }
+    }
+
+    fn send(&mut self, op: Op) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.core.handle_request(self.now, SystemTime::UNIX_EPOCH + Duration::from_secs(100), id, CTX, op);
+        self.collect();
+        id
+    }
+
+    fn call(&mut self, op: Op) -> Result<Reply, i32> {
+        let id = self.send(op);
+        self.settle();
+        self.replies.remove(&id).expect("no reply")
+    }
+
+    fn entry(&mut self, op: Op) -> Attr {
+        match self.call(op) {
+            Ok(Reply::Entry(a)) | Ok(Reply::Created { attr: a, .. }) => a,
+            other => panic!("expected an entry, got {other:?}"),
+        }
+    }
+
+    fn create(&mut self, parent: Ino, name: &str) -> (Ino, u64) {
+        let op = Op::Create { parent, name: name.into(), mode: 0o644, umask: 0, flags: libc::O_RDWR };
+        match self.call(op) {
+            Ok(Reply::Created { attr, fh }) => (attr.ino, fh),
+            other => panic!("create: {other:?}"),
+        }
+    }
+
+    fn mkdir(&mut self, parent: Ino, name: &str) -> Ino {
+        self.entry(Op::MkDir { parent, name: name.into(), mode: 0o755, umask: 0 }).ino
+    }
+
+    fn write(&mut self, ino: Ino, fh: u64, offset: u64, data: &[u8]) {
+        let r = self.call(Op::Write { ino, fh, offset, data: Bytes::copy_from_slice(data) });
+        assert_eq!(r, Ok(Reply::Written(data.len() as u32)));
+    }
+
+    fn read(&mut self, ino: Ino, offset: u64, size: u32) -> Vec<u8> {
+        match self.call(Op::Read { ino, fh: 0, offset, size }) {
+            Ok(Reply::Data(d)) => d.to_vec(),
+            other => panic!("read: {other:?}"),
+        }
+    }
+
+    fn rename(&mut self, parent: Ino, name: &str, newparent: Ino, newname: &str, flags: u32) -> Result<Reply, i32> {
+        self.call(Op::Rename { parent, name: name.into(), newparent, newname: newname.into(), flags })
+    }
+
+    fn names(&mut self, dir: Ino) -> Vec<String> {
+        match self.call(Op::ReadDir { ino: dir, fh: 0, offset: 0, size: 1 << 20, plus: false }) {
+            Ok(Reply::Dir(entries)) => entries.into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect(),
+            other => panic!("readdir: {other:?}"),
+        }
+    }
+}
+
+fn is_commit(r: &IoRequest) -> bool {
+    matches!(r, IoRequest::Meta(MetaRequest::Commit(_)))
+}
+
+#[test]
+fn create_is_answered_only_after_its_transaction_commits() {
+    let mut h = Harness::new();
+    let id = h.send(Op::MkDir { parent: ROOT_INO, name: b"d".to_vec(), mode: 0o755, umask: 0o022 });
+    h.settle_until(is_commit);
+    assert!(!h.replies.contains_key(&id), "mkdir answered before its commit");
+    h.settle();
+    match h.replies.remove(&id) {
+        Some(Ok(Reply::Entry(a))) => {
+            assert_eq!(a.perm, 0o755);
+            assert_eq!((a.uid, a.gid), (1000, 1000));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rename_is_answered_only_after_its_transaction_commits() {
+    let mut h = Harness::new();
+    h.create(ROOT_INO, "a");
+    let id = h.send(Op::Rename { parent: ROOT_INO, name: b"a".to_vec(), newparent: ROOT_INO, newname: b"b".to_vec(), flags: 0 });
+    h.settle_until(is_commit);
+    assert!(!h.replies.contains_key(&id));
+    h.settle();
+    assert_eq!(h.replies.remove(&id), Some(Ok(Reply::Empty)));
+    assert!(h.store.dentries.contains_key(&(ROOT_INO, b"b".to_vec())));
+}
+
+#[test]
+fn close_waits_for_the_seal_and_fsync_for_the_committed_upload() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"hello");
+    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    h.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Seal { .. })));
+    assert!(!h.replies.contains_key(&flush), "close answered before the data was sealed");
+    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
+
+    h.write(ino, fh, 5, b" world");
+    let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
+    h.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::Commit(t)) if t.durable));
+    assert!(!h.replies.contains_key(&fsync), "fsync answered before the object was committed");
+    h.settle();
+    assert_eq!(h.replies.remove(&fsync), Some(Ok(Reply::Empty)));
+    let row = &h.store.inodes[&ino];
+    assert_eq!(row.size, 11);
+    assert_eq!(h.store.objects[&row.object.clone().unwrap().0], b"hello world");
+}
+
+#[test]
+fn failed_upload_fails_fsync_and_keeps_the_data_staged() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"precious");
+    let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
+    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    let (io, _) = h.ios.pop_front().unwrap();
+    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "gateway down")));
+    h.settle();
+    assert_eq!(h.replies.remove(&fsync), Some(Err(libc::EIO)));
+    assert_eq!(h.read(ino, 0, 100), b"precious");
+    assert!(h.store.sealed.contains_key(&ino), "the staged copy must survive a failed upload");
+    // The retry timer uploads it.
+    h.now += Duration::from_secs(60);
+    h.core.handle_timeout(h.now);
+    h.settle();
+    let row = &h.store.inodes[&ino];
+    assert_eq!(h.store.objects[&row.object.clone().unwrap().0], b"precious");
+}
+
+#[test]
+fn rename_errors_follow_posix() {
+    let mut h = Harness::new();
+    let d = h.mkdir(ROOT_INO, "d");
+    let sub = h.mkdir(d, "sub");
+    h.create(sub, "x");
+    h.create(ROOT_INO, "f");
+    h.mkdir(ROOT_INO, "empty");
+    assert_eq!(h.rename(ROOT_INO, "d", sub, "loop", 0), Err(libc::EINVAL));
+    assert_eq!(h.rename(ROOT_INO, "d", ROOT_INO, "f", 0), Err(libc::ENOTDIR));
+    assert_eq!(h.rename(ROOT_INO, "f", ROOT_INO, "d", 0), Err(libc::EISDIR));
+    assert_eq!(h.rename(ROOT_INO, "empty", d, "sub", 0), Err(libc::ENOTEMPTY));
+    assert_eq!(h.rename(ROOT_INO, "f", ROOT_INO, "empty", libc::RENAME_NOREPLACE), Err(libc::EEXIST));
+    assert_eq!(h.rename(ROOT_INO, "missing", ROOT_INO, "x", 0), Err(libc::ENOENT));
+    assert_eq!(h.rename(ROOT_INO, "f", ROOT_INO, "g", 4), Err(libc::EINVAL));
+    // Replacing an empty directory works and drops the parent's link count.
+    let before = h.entry(Op::Lookup { parent: ROOT_INO, name: b"d".to_vec() }).nlink;
+    assert_eq!(h.rename(ROOT_INO, "empty", d, "sub2", 0), Ok(Reply::Empty));
+    assert_eq!(h.rename(d, "sub2", ROOT_INO, "empty", 0), Ok(Reply::Empty));
+    assert_eq!(h.entry(Op::Lookup { parent: ROOT_INO, name: b"d".to_vec() }).nlink, before);
+}
+
+#[test]
+fn rename_exchange_swaps_both_names() {
+    let mut h = Harness::new();
+    let (a, _) = h.create(ROOT_INO, "a");
+    let d = h.mkdir(ROOT_INO, "d");
+    assert_eq!(h.rename(ROOT_INO, "a", ROOT_INO, "d", libc::RENAME_EXCHANGE), Ok(Reply::Empty));
+    assert_eq!(h.entry(Op::Lookup { parent: ROOT_INO, name: b"a".to_vec() }).ino, d);
+    assert_eq!(h.entry(Op::Lookup { parent: ROOT_INO, name: b"d".to_vec() }).ino, a);
+    assert_eq!(h.rename(ROOT_INO, "a", ROOT_INO, "nope", libc::RENAME_EXCHANGE), Err(libc::ENOENT));
+}
+
+#[test]
+fn unlinked_open_file_stays_usable_until_released() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"abc");
+    assert_eq!(h.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    h.settle();
+    assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: b"f".to_vec() }), Ok(Reply::Empty));
+    assert!(!h.names(ROOT_INO).contains(&"f".to_string()));
+    h.write(ino, fh, 3, b"def");
+    assert_eq!(h.read(ino, 0, 10), b"abcdef");
+    match h.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(a)) => assert_eq!(a.nlink, 0),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.store.inodes.contains_key(&ino));
+    assert_eq!(h.call(Op::Release { ino, fh, lock_owner: None }), Ok(Reply::Empty));
+    h.settle();
+    assert!(!h.store.inodes.contains_key(&ino), "the inode outlived its last handle");
+    assert!(h.store.objects.is_empty(), "the object outlived its inode");
+    assert!(h.store.staged.is_empty());
+}
+
+#[test]
+fn readdir_offsets_are_stable_while_entries_change() {
+    let mut h = Harness::new();
+    for i in 0..20 {
+        h.create(ROOT_INO, &format!("f{i:02}"));
+    }
+    let first = match h.call(Op::ReadDir { ino: ROOT_INO, fh: 0, offset: 0, size: 10 * 32, plus: false }) {
+        Ok(Reply::Dir(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    let seen: Vec<Vec<u8>> = first.iter().map(|e| e.name.clone()).collect();
+    let resume = first.last().unwrap().offset;
+    let last_seen = String::from_utf8(seen.last().unwrap().clone()).unwrap();
+    // Remove an entry already returned and one not yet returned; add one.
+    assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: b"f00".to_vec() }), Ok(Reply::Empty));
+    assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: b"f19".to_vec() }), Ok(Reply::Empty));
+    h.create(ROOT_INO, "new");
+    let rest = match h.call(Op::ReadDir { ino: ROOT_INO, fh: 0, offset: resume, size: 1 << 20, plus: false }) {
+        Ok(Reply::Dir(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    let rest: Vec<String> = rest.into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect();
+    for i in 0..19 {
+        let name = format!("f{i:02}");
+        let before = seen.contains(&name.clone().into_bytes());
+        let after = rest.contains(&name);
+        if i > 0 {
+            assert!(before ^ after, "{name} returned {} times", before as u8 + after as u8);
+        }
+    }
+    assert!(!rest.contains(&"f19".to_string()));
+    assert!(!rest.contains(&last_seen));
+}
+
+#[test]
+fn names_are_checked() {
+    let mut h = Harness::new();
+    let long = "x".repeat(256);
+    let op = Op::Create { parent: ROOT_INO, name: long.into(), mode: 0o644, umask: 0, flags: 0 };
+    assert_eq!(h.call(op), Err(libc::ENAMETOOLONG));
+    let ok = "y".repeat(255);
+    h.create(ROOT_INO, &ok);
+    let op = Op::Create { parent: ROOT_INO, name: ok.into(), mode: 0o644, umask: 0, flags: 0 };
+    assert_eq!(h.call(op), Err(libc::EEXIST));
+    assert_eq!(h.call(Op::Lookup { parent: ROOT_INO, name: b"none".to_vec() }).err(), Some(libc::ENOENT));
+}
+
+#[test]
+fn sparse_write_past_eof_reads_zeros() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "s");
+    h.write(ino, fh, 10, b"z");
+    assert_eq!(h.read(ino, 0, 100), [vec![0u8; 10], b"z".to_vec()].concat());
+    let r = h.call(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(4), ..SetAttr::default() } });
+    assert!(matches!(r, Ok(Reply::Attr(a)) if a.size == 4));
+    assert_eq!(h.read(ino, 0, 100), vec![0u8; 4]);
+}
+
+#[test]
+fn journal_is_replayed_at_start() {
+    // A file was written and closed (sealed), then the process died before the upload.
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "j");
+    h.write(ino, fh, 0, b"journaled");
+    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
+    let mut store = std::mem::take(&mut h.store);
+    store.staged.clear(); // only the sealed copy survives the crash
+    for (ino, (data, _)) in &store.sealed {
+        store.staged.insert(*ino, data.clone());
+    }
+    let mut h = Harness::with_store(store, Instant::now());
+    assert!(h.store.sealed.is_empty(), "replayed staging should be released after upload");
+    assert_eq!(h.read(ino, 0, 100), b"journaled");
+    assert_eq!(h.store.inodes[&ino].size, 9);
+}
+
+#[test]
+fn xattr_flags_and_sizes() {
+    let mut h = Harness::new();
+    let (ino, _) = h.create(ROOT_INO, "x");
+    let set = |flags| Op::SetXattr { ino, name: b"user.k".to_vec(), value: Bytes::from_static(b"val"), flags };
+    assert_eq!(h.call(set(libc::XATTR_REPLACE)), Err(libc::ENODATA));
+    assert_eq!(h.call(set(libc::XATTR_CREATE)), Ok(Reply::Empty));
+    assert_eq!(h.call(set(libc::XATTR_CREATE)), Err(libc::EEXIST));
+    assert_eq!(h.call(Op::GetXattr { ino, name: b"user.k".to_vec(), size: 0 }), Ok(Reply::XattrSize(3)));
+    assert_eq!(h.call(Op::GetXattr { ino, name: b"user.k".to_vec(), size: 2 }), Err(libc::ERANGE));
+    assert_eq!(h.call(Op::GetXattr { ino, name: b"user.none".to_vec(), size: 10 }), Err(libc::ENODATA));
+    assert_eq!(h.call(Op::ListXattr { ino, size: 100 }), Ok(Reply::XattrData(Bytes::from_static(b"user.k\0"))));
+    assert_eq!(h.call(Op::RemoveXattr { ino, name: b"user.k".to_vec() }), Ok(Reply::Empty));
+    assert_eq!(h.call(Op::RemoveXattr { ino, name: b"user.k".to_vec() }), Err(libc::ENODATA));
+}
+
+#[test]
+fn record_locks_conflict_and_wake_waiters() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "l");
+    let w = LockRange { start: 0, end: 99, typ: libc::F_WRLCK, pid: 10 };
+    assert_eq!(h.call(Op::SetLk { ino, fh, owner: 1, lock: w, sleep: false }), Ok(Reply::Empty));
+    assert_eq!(h.call(Op::SetLk { ino, fh, owner: 2, lock: w, sleep: false }), Err(libc::EAGAIN));
+    match h.call(Op::GetLk { ino, fh, owner: 2, lock: w }) {
+        Ok(Reply::Lock(l)) => assert_eq!((l.pid, l.typ), (10, libc::F_WRLCK)),
+        other => panic!("{other:?}"),
+    }
+    let waiter = h.send(Op::SetLk { ino, fh, owner: 2, lock: w, sleep: true });
+    h.settle();
+    assert!(!h.replies.contains_key(&waiter));
+    let unlock = LockRange { typ: libc::F_UNLCK, ..w };
+    assert_eq!(h.call(Op::SetLk { ino, fh, owner: 1, lock: unlock, sleep: false }), Ok(Reply::Empty));
+    assert_eq!(h.replies.remove(&waiter), Some(Ok(Reply::Empty)));
+}
