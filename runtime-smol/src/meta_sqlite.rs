@@ -116,6 +116,10 @@ impl SqliteMeta {
         // NORMAL in WAL mode: a commit is atomic and survives a process crash; a power loss may drop
         // the last commits. Durable transactions ask for more (see `commit`).
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite_err)?;
+        // The mount holds the data directory's lock for its whole life, so nobody else may write
+        // the database anyway; exclusive locking saves the file-lock system calls of every commit
+        // (a third of a small transaction's cost).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(sqlite_err)?;
         conn.pragma_update(None, "foreign_keys", "OFF").map_err(sqlite_err)?;
 
         migrate(&mut conn, &shown)?;
@@ -1015,7 +1019,8 @@ mod tests {
         let (dir, mut meta) = open_tmp();
         commit(&mut meta, vec![TxnOp::InsertInode(file_row(2, 1)), TxnOp::InsertDentry(dentry(1, b"f", 2, 3))])
             .unwrap();
-        let raw = Connection::open(dir.path().join("meta.db")).unwrap();
+        // The store holds its database exclusively: corrupt rows through its own connection.
+        let _ = &dir;
         let cases = [
             "UPDATE inodes SET kind = 42 WHERE ino = 2",
             "UPDATE inodes SET size = -1 WHERE ino = 2",
@@ -1025,30 +1030,30 @@ mod tests {
             "UPDATE inodes SET object = x'00ff' WHERE ino = 2",
         ];
         for sql in cases {
-            raw.execute_batch(&format!("BEGIN; {sql};")).unwrap();
-            raw.execute_batch("COMMIT").unwrap();
+            meta.conn.execute_batch(&format!("BEGIN; {sql};")).unwrap();
+            meta.conn.execute_batch("COMMIT").unwrap();
             let err = meta.execute(&MetaRequest::LoadInode { ino: 2 }).unwrap_err();
             assert_eq!(err.kind, IoErrorKind::Corrupt, "{sql}");
             assert!(err.message.contains("inodes") && err.message.contains("ino 2"), "{}", err.message);
             let err = meta.execute(&MetaRequest::LoadDir { ino: 1 }).unwrap_err();
             assert_eq!(err.kind, IoErrorKind::Corrupt, "{sql}");
             // Put the row back.
-            raw.execute_batch("DELETE FROM inodes WHERE ino = 2").unwrap();
+            meta.conn.execute_batch("DELETE FROM inodes WHERE ino = 2").unwrap();
             commit(&mut meta, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
         }
         // A bad xattr row.
-        raw.execute_batch("INSERT INTO xattrs VALUES (2, 'text-name', x'00')").unwrap();
+        meta.conn.execute_batch("INSERT INTO xattrs VALUES (2, 'text-name', x'00')").unwrap();
         let err = meta.execute(&MetaRequest::LoadInode { ino: 2 }).unwrap_err();
         assert_eq!(err.kind, IoErrorKind::Corrupt);
         assert!(err.message.contains("xattrs"), "{}", err.message);
-        raw.execute_batch("DELETE FROM xattrs").unwrap();
+        meta.conn.execute_batch("DELETE FROM xattrs").unwrap();
         // A dentry pointing to a missing inode.
-        raw.execute_batch("INSERT INTO dentries VALUES (9, 1, x'6768', 77)").unwrap();
+        meta.conn.execute_batch("INSERT INTO dentries VALUES (9, 1, x'6768', 77)").unwrap();
         let err = meta.execute(&MetaRequest::LoadDir { ino: 1 }).unwrap_err();
         assert_eq!(err.kind, IoErrorKind::Corrupt);
         assert!(err.message.contains("dentries") && err.message.contains("77"), "{}", err.message);
         // Orphan listing with a bad row.
-        raw.execute_batch("UPDATE inodes SET nlink = 0, kind = 0 WHERE ino = 2").unwrap();
+        meta.conn.execute_batch("UPDATE inodes SET nlink = 0, kind = 0 WHERE ino = 2").unwrap();
         assert_eq!(meta.execute(&MetaRequest::ListOrphans).unwrap_err().kind, IoErrorKind::Corrupt);
     }
 

@@ -667,26 +667,4 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<Staging>();
     }
-
-    /// Throughput of 128 KiB writes and reads to one file on the page cache. Run with
-    /// `cargo test --release -p truckeefs-runtime-smol staging_throughput -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn staging_throughput() {
-        let fx = Fixture::new();
-        let data = Bytes::from(vec![7u8; 128 * 1024]);
-        let n = 8192u64; // 1 GiB
-        let start = std::time::Instant::now();
-        for i in 0..n {
-            fx.run(StagingRequest::Write { ino: 1, offset: i * data.len() as u64, data: data.clone() }).unwrap();
-        }
-        let w = start.elapsed();
-        let start = std::time::Instant::now();
-        for i in 0..n {
-            fx.run(StagingRequest::Read { ino: 1, offset: i * data.len() as u64, len: data.len() as u32 }).unwrap();
-        }
-        let r = start.elapsed();
-        let gib = (n * data.len() as u64) as f64 / (1u64 << 30) as f64;
-        eprintln!("write {:.2} GiB/s, read {:.2} GiB/s", gib / w.as_secs_f64(), gib / r.as_secs_f64());
-    }
 }
