@@ -1022,6 +1022,7 @@ impl Core {
             inode.data.want_upload = true;
         }
         self.pump_upload(ino);
+        self.maybe_unstage(ino);
     }
 
     /// Remove an inode with no links and no open handles: its row, object and staged copy.
@@ -1525,12 +1526,6 @@ impl Core {
         }
         if !d.dirty() {
             d.want_upload = false;
-            // Clean: the staged copy is no longer needed once nobody has the file open.
-            if d.staged && inode.opens == 0 && d.staging_reads == 0 {
-                d.staged = false;
-                d.removing = true;
-                self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
-            }
             return;
         }
         if !(d.want_upload || shutting_down) {
@@ -1545,6 +1540,19 @@ impl Core {
         }
         let record = SealRecord { size, mtime: inode.row.mtime, ctime: inode.row.ctime };
         self.io(IoRequest::Staging(StagingRequest::Seal { ino, record }), Pending::Seal { ino });
+    }
+
+    /// Drop the staged copy of a clean file nobody has open. Called only where a staged copy
+    /// stops being needed (upload committed, last close, last read of it), never on the way to
+    /// staging, so a request waiting for a staged copy cannot see it removed again.
+    fn maybe_unstage(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        if d.staged && !d.dirty() && inode.opens == 0 && d.upload.is_none() && !d.busy() && d.staging_reads == 0 {
+            d.staged = false;
+            d.removing = true;
+            self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+        }
     }
 
     fn answer_waiters(&mut self, ino: Ino, error: Option<i32>) {
@@ -1800,6 +1808,7 @@ impl Core {
                 }
                 self.finish_read_io(id, result, len, copy);
                 self.pump_upload(ino);
+                self.maybe_unstage(ino);
             }
             Pending::StoreRead { id, ino, len, copy } => {
                 if let Some(inode) = self.inodes.get_mut(&ino) {
@@ -1883,6 +1892,7 @@ impl Core {
                     self.deadlines.insert((when, ino));
                 }
                 self.pump_upload(ino);
+                self.maybe_unstage(ino);
             }
             Pending::Remove(ino) => {
                 if let Some(inode) = self.inodes.get_mut(&ino) {

@@ -523,3 +523,20 @@ fn record_locks_conflict_and_wake_waiters() {
     assert_eq!(h.call(Op::SetLk { ino, fh, owner: 1, lock: unlock, sleep: false }), Ok(Reply::Empty));
     assert_eq!(h.replies.remove(&waiter), Some(Ok(Reply::Empty)));
 }
+
+#[test]
+fn truncate_of_a_closed_file_completes() {
+    // Regression: staging a closed, clean file for a truncate used to be undone at once (the
+    // copy was released as "clean and unopened"), and the truncate waited forever.
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "t");
+    h.write(ino, fh, 0, b"0123456789");
+    assert_eq!(h.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    assert_eq!(h.call(Op::Release { ino, fh, lock_owner: None }), Ok(Reply::Empty));
+    assert!(h.store.staged.is_empty());
+    let r = h.call(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(4), ..SetAttr::default() } });
+    assert!(matches!(r, Ok(Reply::Attr(a)) if a.size == 4), "{r:?}");
+    assert_eq!(h.read(ino, 0, 100), b"0123");
+    let row = &h.store.inodes[&ino];
+    assert_eq!(h.store.objects[&row.object.clone().unwrap().0], b"0123");
+}
