@@ -34,6 +34,7 @@ pub mod io;
 pub mod locks;
 pub mod machine;
 pub mod op;
+pub mod testkit;
 pub mod types;
 
 pub use io::*;

@@ -332,7 +332,8 @@ fn parse_name(name: &str, suffix: &str) -> Option<Ino> {
     digits.parse().ok()
 }
 
-fn parse_seal(text: &[u8], ino: Ino) -> Result<SealRecord, String> {
+/// Parses a journal record (public for the fuzz target: it reads files on disk).
+pub fn parse_seal(text: &[u8], ino: Ino) -> Result<SealRecord, String> {
     let f: SealFile = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     if f.v != SEAL_VERSION {
         return Err(format!("unknown record version {}", f.v));

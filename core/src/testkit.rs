@@ -1,0 +1,172 @@
+//! An in-memory store that executes every [`IoRequest`] at once: for the core's own tests and
+//! the fuzz targets. (The simulator has its own, with latencies, faults and crashes.)
+
+use crate::io::*;
+use crate::types::*;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+
+/// Metadata, objects and the staging area in memory; the staging area keeps what was sealed
+/// separately, as a crash would.
+#[derive(Default)]
+pub struct MemStore {
+    pub next_id: u64,
+    pub inodes: HashMap<Ino, InodeRow>,
+    pub dentries: BTreeMap<(Ino, Vec<u8>), (Ino, u64)>,
+    pub objects: HashMap<String, Vec<u8>>,
+    pub staged: HashMap<Ino, Vec<u8>>,
+    pub sealed: HashMap<Ino, (Vec<u8>, SealRecord)>,
+    pub next_obj: u64,
+}
+
+impl MemStore {
+    /// A store holding only the root directory.
+    pub fn new() -> MemStore {
+        let t = Timespec { sec: 1, nsec: 0 };
+        let root = InodeRow {
+            ino: ROOT_INO,
+            kind: FileKind::Directory,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            version: 1,
+            object: None,
+            target: None,
+        };
+        MemStore { next_id: 2, inodes: HashMap::from([(ROOT_INO, root)]), ..MemStore::default() }
+    }
+
+    fn loaded(&self, ino: Ino) -> Option<LoadedInode> {
+        self.inodes.get(&ino).map(|row| LoadedInode { row: row.clone(), xattrs: BTreeMap::new() })
+    }
+
+    /// Executes one request, like a runtime would.
+    pub fn execute(&mut self, req: &IoRequest) -> IoResult {
+        let conflict = || Err(IoError::new(IoErrorKind::Conflict, "conflict"));
+        Ok(match req {
+            IoRequest::Meta(MetaRequest::AllocIds { count }) => {
+                let first = self.next_id;
+                self.next_id += count;
+                IoReply::Ids { first }
+            }
+            IoRequest::Meta(MetaRequest::LoadInode { ino }) => IoReply::Inode(self.loaded(*ino)),
+            IoRequest::Meta(MetaRequest::LoadDir { ino }) => IoReply::Dir(
+                self.dentries
+                    .iter()
+                    .filter(|((p, _), _)| p == ino)
+                    .map(|((p, n), (i, pos))| {
+                        (DentryRow { parent: *p, name: n.clone(), ino: *i, pos: *pos }, self.loaded(*i).expect("core committed an entry for a missing inode"))
+                    })
+                    .collect(),
+            ),
+            IoRequest::Meta(MetaRequest::Commit(txn)) => {
+                for op in &txn.ops {
+                    match op {
+                        TxnOp::InsertInode(row) => {
+                            self.inodes.insert(row.ino, row.clone());
+                        }
+                        TxnOp::UpdateInode { row, expect_version } => {
+                            if self.inodes.get(&row.ino).map(|r| r.version) != Some(*expect_version) {
+                                return conflict();
+                            }
+                            self.inodes.insert(row.ino, row.clone());
+                        }
+                        TxnOp::DeleteInode { ino } => {
+                            self.inodes.remove(ino);
+                        }
+                        TxnOp::InsertDentry(d) => {
+                            if self.dentries.insert((d.parent, d.name.clone()), (d.ino, d.pos)).is_some() {
+                                return conflict();
+                            }
+                        }
+                        TxnOp::DeleteDentry { parent, name, .. } => {
+                            if self.dentries.remove(&(*parent, name.clone())).is_none() {
+                                return conflict();
+                            }
+                        }
+                        TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. } => {}
+                    }
+                }
+                IoReply::Done
+            }
+            IoRequest::Meta(MetaRequest::ListOrphans) => {
+                IoReply::Orphans(self.inodes.values().filter(|r| r.nlink == 0).cloned().collect())
+            }
+            IoRequest::Meta(MetaRequest::Usage) => IoReply::Usage { files: self.inodes.len() as u64, bytes: 0 },
+            IoRequest::Staging(StagingRequest::Scan) => IoReply::Staged(
+                self.sealed
+                    .iter()
+                    .map(|(ino, (d, r))| StagedEntry { ino: *ino, sealed: Some(*r), data_len: d.len() as u64 })
+                    .collect(),
+            ),
+            IoRequest::Staging(StagingRequest::Init { ino, from, size }) => {
+                let mut data = from.as_ref().map(|o| self.objects.get(&o.0).cloned().unwrap_or_default()).unwrap_or_default();
+                data.resize(*size as usize, 0);
+                self.staged.insert(*ino, data);
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Write { ino, offset, data }) => {
+                let f = self.staged.entry(*ino).or_default();
+                let end = *offset as usize + data.len();
+                if f.len() < end {
+                    f.resize(end, 0);
+                }
+                f[*offset as usize..end].copy_from_slice(data);
+                IoReply::Written(data.len() as u32)
+            }
+            IoRequest::Staging(StagingRequest::Read { ino, offset, len }) => {
+                let f = self.staged.get(ino).expect("core read a staged copy it never created");
+                let start = (*offset as usize).min(f.len());
+                let end = (start + *len as usize).min(f.len());
+                IoReply::Data(Bytes::copy_from_slice(&f[start..end]))
+            }
+            IoRequest::Staging(StagingRequest::Truncate { ino, size }) => {
+                self.staged.entry(*ino).or_default().resize(*size as usize, 0);
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Allocate { ino, offset, len }) => {
+                let f = self.staged.entry(*ino).or_default();
+                f.resize(f.len().max((offset + len) as usize), 0);
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Seal { ino, record }) => {
+                let data = self.staged.get(ino).cloned().unwrap_or_default();
+                self.sealed.insert(*ino, (data, *record));
+                IoReply::Done
+            }
+            IoRequest::Staging(StagingRequest::Remove { ino }) => {
+                self.staged.remove(ino);
+                self.sealed.remove(ino);
+                IoReply::Done
+            }
+            IoRequest::Store(StoreRequest::PutStaged { ino }) => {
+                self.next_obj += 1;
+                let id = format!("{:032x}", self.next_obj);
+                let data = self.staged.get(ino).cloned().expect("core uploaded a staged copy it never created");
+                self.objects.insert(id.clone(), data);
+                IoReply::Object(ObjectId(id))
+            }
+            IoRequest::Store(StoreRequest::Read { object, offset, len }) => {
+                let Some(f) = self.objects.get(&object.0) else {
+                    return Err(IoError::new(IoErrorKind::NotFound, format!("object {object} is missing")));
+                };
+                let start = (*offset as usize).min(f.len());
+                let end = (start + *len as usize).min(f.len());
+                IoReply::Data(Bytes::copy_from_slice(&f[start..end]))
+            }
+            IoRequest::Store(StoreRequest::Delete { object }) => {
+                self.objects.remove(&object.0);
+                IoReply::Done
+            }
+            IoRequest::Store(StoreRequest::Space) => {
+                IoReply::Space(Space { total_bytes: 1 << 30, free_bytes: 1 << 29, avail_bytes: 1 << 29 })
+            }
+        })
+    }
+}
