@@ -57,6 +57,8 @@ pub struct Config {
     pub staged_is_durable: bool,
     /// Cached inodes kept beyond those the kernel references.
     pub inode_cache_max: usize,
+    /// Update atime on reads, the way Linux's `relatime` does (off with `-o noatime`).
+    pub relatime: bool,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             upload_retry: Duration::from_secs(5),
             staged_is_durable: false,
             inode_cache_max: 100_000,
+            relatime: true,
         }
     }
 }
@@ -502,7 +505,13 @@ impl Core {
                 let fh = self.open_handle(*ino, *flags);
                 Ok(Reply::Opened { fh, keep_cache: false })
             }
-            Op::Read { ino, fh: _, offset, size } => self.read(p.id, *ino, *offset, *size as u64, None),
+            Op::Read { ino, fh: _, offset, size } => {
+                let r = self.read(p.id, *ino, *offset, *size as u64, None);
+                if !matches!(r, Err(Stop::Wait)) {
+                    self.touch_atime(*ino, wall);
+                }
+                r
+            }
             Op::Write { ino, fh, offset, data } => self.write(p.id, wall, *ino, *fh, *offset, data.clone()),
             Op::Flush { ino, fh: _, lock_owner } => {
                 self.ensure_inode(*ino)?;
@@ -523,7 +532,13 @@ impl Core {
                 self.release_handle(*ino, *fh, None);
                 Ok(Reply::Empty)
             }
-            Op::ReadDir { ino, fh: _, offset, size, plus } => self.readdir(*ino, *offset, *size, *plus),
+            Op::ReadDir { ino, fh: _, offset, size, plus } => {
+                let r = self.readdir(*ino, *offset, *size, *plus);
+                if r.is_ok() {
+                    self.touch_atime(*ino, wall);
+                }
+                r
+            }
             Op::FsyncDir { ino, fh: _ } => {
                 self.ensure_inode(*ino)?;
                 self.commit(vec![], true, Some((p.id, Ok(Reply::Empty))), vec![]);
@@ -1378,6 +1393,23 @@ impl Core {
             out.push(DirEntry { ino: d.ino, offset: off, kind: d.kind, name, attr });
         }
         Ok(Reply::Dir(out))
+    }
+
+    /// `relatime`: a read marks the access time when it is not newer than the last change or is
+    /// a day old. The reply does not wait for this transaction.
+    fn touch_atime(&mut self, ino: Ino, wall: Timespec) {
+        const DAY_SECS: i64 = 24 * 3600;
+        if !self.config.relatime {
+            return;
+        }
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let r = &inode.row;
+        if inode.row.nlink == 0 || (r.atime > r.mtime && r.atime > r.ctime && wall.sec - r.atime.sec < DAY_SECS) {
+            return;
+        }
+        inode.row.atime = wall;
+        let ops = vec![self.update_row(ino)];
+        self.commit(ops, false, None, vec![]);
     }
 
     fn load_dir_refresh(&mut self, ino: Ino) {

@@ -385,3 +385,20 @@ fn truncate_of_a_closed_file_completes() {
     let row = &h.store.inodes[&ino];
     assert_eq!(h.store.objects[&row.object.clone().unwrap().0], b"0123");
 }
+
+#[test]
+fn reads_update_atime_like_relatime() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "a");
+    h.write(ino, fh, 0, b"x");
+    // The harness's wall clock is fixed: set atime back, then read.
+    let old = Timespec { sec: 5, nsec: 0 };
+    let set = SetAttr { atime: Some(SetTime::At(old)), ..SetAttr::default() };
+    assert!(h.call(Op::SetAttr { ino, fh: None, set }).is_ok());
+    h.read(ino, 0, 1);
+    match h.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(a)) => assert_eq!(a.atime, Timespec { sec: 100, nsec: 0 }),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.store.inodes[&ino].atime, Timespec { sec: 100, nsec: 0 }, "atime not stored");
+}

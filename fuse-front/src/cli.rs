@@ -140,8 +140,14 @@ fn apply_option(o: &str, a: &mut MountArgs) -> Result<(), String> {
         ("nosuid", None) => MountOption::NoSuid,
         ("exec", None) => MountOption::Exec,
         ("noexec", None) => MountOption::NoExec,
-        ("atime", None) => MountOption::Atime,
-        ("noatime", None) => MountOption::NoAtime,
+        ("atime", None) => {
+            a.core.relatime = true;
+            return Ok(());
+        }
+        ("noatime", None) => {
+            a.core.relatime = false;
+            return Ok(());
+        }
         ("sync", None) => MountOption::Sync,
         ("async", None) => MountOption::Async,
         ("dirsync", None) => MountOption::DirSync,
