@@ -1366,7 +1366,10 @@ impl Core {
             out.push(DirEntry { ino, offset: 1, kind: FileKind::Directory, name: b".".to_vec(), attr: plus.then_some(self_attr) });
         }
         if offset < 2 && fits(&mut used, 2) {
-            out.push(DirEntry { ino: parent, offset: 2, kind: FileKind::Directory, name: b"..".to_vec(), attr: plus.then_some(self_attr) });
+            // `..` carries its own inode number in its attributes (the front writes the entry
+            // from them); the parent's times are used when it is in memory.
+            let parent_attr = if self.inodes.contains_key(&parent) { self.attr(parent) } else { Attr { ino: parent, ..self_attr } };
+            out.push(DirEntry { ino: parent, offset: 2, kind: FileKind::Directory, name: b"..".to_vec(), attr: plus.then_some(parent_attr) });
         }
         let mut batch: Vec<(u64, Vec<u8>, Dentry)> = Vec::new();
         for (off, name, d) in self.dirs[&ino].after(offset) {

@@ -402,3 +402,20 @@ fn reads_update_atime_like_relatime() {
     }
     assert_eq!(h.store.inodes[&ino].atime, Timespec { sec: 100, nsec: 0 }, "atime not stored");
 }
+
+#[test]
+fn dotdot_in_readdirplus_names_the_parent() {
+    let mut h = Harness::new();
+    let a = h.mkdir(ROOT_INO, "a");
+    let b = h.mkdir(a, "b");
+    match h.call(Op::ReadDir { ino: b, fh: 0, offset: 0, size: 4096, plus: true }) {
+        Ok(Reply::Dir(entries)) => {
+            let dotdot = entries.iter().find(|e| e.name == b"..").expect("no ..");
+            assert_eq!(dotdot.ino, a);
+            assert_eq!(dotdot.attr.map(|x| x.ino), Some(a));
+            let dot = entries.iter().find(|e| e.name == b".").expect("no .");
+            assert_eq!(dot.attr.map(|x| x.ino), Some(b));
+        }
+        other => panic!("{other:?}"),
+    }
+}
