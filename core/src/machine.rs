@@ -203,6 +203,16 @@ enum Pending {
     Usage { id: RequestId, space: Space },
 }
 
+/// What `create_node` makes.
+struct NewNode {
+    kind: FileKind,
+    mode: u32,
+    rdev: u32,
+    target: Option<Vec<u8>>,
+    /// Open it too (create), with these flags.
+    open: Option<i32>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct CopyTo {
     ctx: Ctx,
@@ -448,32 +458,23 @@ impl Core {
                 if kind == FileKind::Directory {
                     return Err(EINVAL.into());
                 }
-                self.create_node(p.id, ctx, wall, *parent, name, kind, mode & !umask, *rdev, None)
-                    .map(|_| Reply::Empty)
-                    .and(Err(Stop::Later))
+                let node = NewNode { kind, mode: mode & !umask, rdev: *rdev, target: None, open: None };
+                self.create_node(p.id, ctx, wall, *parent, name, node)
             }
-            Op::MkDir { parent, name, mode, umask } => self
-                .create_node(p.id, ctx, wall, *parent, name, FileKind::Directory, mode & !umask, 0, None)
-                .and(Err(Stop::Later)),
+            Op::MkDir { parent, name, mode, umask } => {
+                let node = NewNode { kind: FileKind::Directory, mode: mode & !umask, rdev: 0, target: None, open: None };
+                self.create_node(p.id, ctx, wall, *parent, name, node)
+            }
             Op::Symlink { parent, name, target } => {
                 if target.len() >= PATH_MAX {
                     return Err(ENAMETOOLONG.into());
                 }
-                self.create_node(p.id, ctx, wall, *parent, name, FileKind::Symlink, 0o777, 0, Some(target.clone()))
-                    .and(Err(Stop::Later))
+                let node = NewNode { kind: FileKind::Symlink, mode: 0o777, rdev: 0, target: Some(target.clone()), open: None };
+                self.create_node(p.id, ctx, wall, *parent, name, node)
             }
             Op::Create { parent, name, mode, umask, flags } => {
-                self.create_node(p.id, ctx, wall, *parent, name, FileKind::Regular, mode & !umask, 0, None)
-                    .map(|ino| {
-                        // The reply is built when the transaction commits; the handle exists now
-                        // so that a failure leaves nothing half-open (see `finish_create`).
-                        ino
-                    })
-                    .and_then(|ino| {
-                        let fh = self.open_handle(ino, *flags);
-                        self.patch_create_reply(p.id, fh);
-                        Err(Stop::Later)
-                    })
+                let node = NewNode { kind: FileKind::Regular, mode: mode & !umask, rdev: 0, target: None, open: Some(*flags) };
+                self.create_node(p.id, ctx, wall, *parent, name, node)
             }
             Op::Unlink { parent, name } => self.unlink(p.id, wall, *parent, name, false),
             Op::RmDir { parent, name } => self.unlink(p.id, wall, *parent, name, true),
@@ -908,19 +909,9 @@ impl Core {
 
     // ----- namespace -----
 
-    #[allow(clippy::too_many_arguments)]
-    fn create_node(
-        &mut self,
-        id: RequestId,
-        ctx: Ctx,
-        wall: Timespec,
-        parent: Ino,
-        name: &[u8],
-        kind: FileKind,
-        mode: u32,
-        rdev: u32,
-        target: Option<Vec<u8>>,
-    ) -> Result<Ino, Stop> {
+    /// mknod, mkdir, symlink and create. Answered when the transaction commits.
+    fn create_node(&mut self, id: RequestId, ctx: Ctx, wall: Timespec, parent: Ino, name: &[u8], node: NewNode) -> Exec {
+        let NewNode { kind, mode, rdev, target, open } = node;
         check_name(name)?;
         self.ensure_dir(parent)?;
         self.ensure_ids(2)?;
@@ -987,22 +978,12 @@ impl Core {
             TxnOp::InsertDentry(DentryRow { parent, name: name.to_vec(), ino, pos }),
             self.update_row(parent),
         ];
-        let reply = self.entry(ino, Some(parent));
+        let reply = match (self.entry(ino, Some(parent)), open) {
+            (Reply::Entry(attr), Some(flags)) => Reply::Created { attr, fh: self.open_handle(ino, flags) },
+            (reply, _) => reply,
+        };
         self.commit(ops, false, Some((id, Ok(reply))), vec![]);
-        Ok(ino)
-    }
-
-    /// Turn the pending `Entry` reply of a create into `Created` with its handle.
-    fn patch_create_reply(&mut self, id: RequestId, fh: u64) {
-        for p in self.pending.values_mut() {
-            if let Pending::Commit { reply: Some((rid, Ok(r))), .. } = p {
-                if *rid == id {
-                    if let Reply::Entry(attr) = r {
-                        *r = Reply::Created { attr: *attr, fh };
-                    }
-                }
-            }
-        }
+        Err(Stop::Later)
     }
 
     fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
