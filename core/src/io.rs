@@ -160,6 +160,10 @@ pub enum StagingRequest {
     Allocate { ino: Ino, offset: u64, len: u64 },
     /// Make the staged data durable and write the journal record, atomically replacing the last.
     Seal { ino: Ino, record: SealRecord },
+    /// Durably remove the journal record, keeping the staged data: its sealed contents are now
+    /// in the store. The core changes a staged copy only while it has no record, so a record
+    /// always describes exactly the data beside it.
+    Unseal { ino: Ino },
     /// Drop the staged copy and its journal record.
     Remove { ino: Ino },
 }

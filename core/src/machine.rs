@@ -95,6 +95,8 @@ struct Inode {
     parent: Option<Ino>,
     /// Kernel lookup references (lookup, create, readdirplus minus forget).
     lookups: u64,
+    /// A transaction failed after this inode's version was bumped: reload before changing it.
+    version_stale: bool,
     /// Open file and directory handles.
     opens: u32,
     data: Data,
@@ -108,6 +110,11 @@ struct Data {
     init_pending: bool,
     /// `Staging::Remove` in flight: no new staged copy may be made until it is done.
     removing: bool,
+    /// The staged copy has a journal record on disk: it is sealed and may not change until the
+    /// record is removed (after its upload committed).
+    record_on_disk: bool,
+    /// `Staging::Unseal` in flight.
+    unsealing: bool,
     /// The size that goes with `row.object` in the store.
     committed_size: u64,
     /// Bumped by every change of the contents.
@@ -135,7 +142,7 @@ impl Data {
         self.dirty_gen > self.uploaded_gen
     }
     fn busy(&self) -> bool {
-        self.init_pending || self.removing || self.writes_in_flight > 0
+        self.init_pending || self.removing || self.unsealing || self.writes_in_flight > 0
     }
 }
 
@@ -187,7 +194,10 @@ enum Pending {
     LoadDir(Ino),
     AllocIds,
     Orphans,
-    Commit { reply: Option<(RequestId, Result<Reply, i32>)>, after: Vec<Cleanup> },
+    /// `applied`: the change already took effect where it cannot be undone (a truncated staged
+    /// copy); a failed transaction then still answers with `reply`, since the row is stored with
+    /// the file's next upload.
+    Commit { reply: Option<(RequestId, Result<Reply, i32>)>, after: Vec<Cleanup>, applied: bool },
     Init(Ino),
     Write { id: RequestId, ino: Ino, end: u64, wall: Timespec },
     Truncate { id: RequestId, ino: Ino, set: SetAttr, wall: Timespec },
@@ -196,8 +206,9 @@ enum Pending {
     StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
     Seal { ino: Ino },
     Put { ino: Ino },
-    UploadCommit { ino: Ino, object: Option<ObjectId>, old: Option<ObjectId> },
+    UploadCommit { ino: Ino, object: Option<ObjectId>, old: Option<ObjectId>, old_size: u64 },
     Remove(Ino),
+    Unseal(Ino),
     Ignore,
     Space { id: RequestId },
     Usage { id: RequestId, space: Space },
@@ -257,8 +268,8 @@ pub struct Core {
     effects: VecDeque<Effect>,
     deadlines: BTreeSet<(Instant, Ino)>,
     failed_uploads: u64,
-    /// Staged files found at start, waiting for their inode to load.
-    replaying: HashMap<Ino, StagedEntry>,
+    /// Staged files found at start, waiting for their inode to load, with the loads tried.
+    replaying: HashMap<Ino, (StagedEntry, u32)>,
 }
 
 impl Core {
@@ -610,7 +621,7 @@ impl Core {
                 if self.inodes[ino].row.kind != FileKind::Regular {
                     return Err(libc::ENODEV.into());
                 }
-                self.ensure_staged(*ino, u64::MAX)?;
+                self.ensure_writable(*ino, u64::MAX)?;
                 let end = offset.checked_add(*length).ok_or(libc::EFBIG)?;
                 self.inodes.get_mut(ino).ok_or(ENOENT)?.data.writes_in_flight += 1;
                 self.io(
@@ -636,7 +647,16 @@ impl Core {
     // ----- loading state -----
 
     fn ensure_inode(&mut self, ino: Ino) -> Result<(), Stop> {
-        if self.inodes.contains_key(&ino) {
+        if let Some(inode) = self.inodes.get(&ino) {
+            if inode.version_stale {
+                // A failed transaction left its version unknown: wait for a reload (and start
+                // one if the last attempt failed).
+                if self.loading_inodes.insert(ino) {
+                    self.loads_in_flight += 1;
+                    self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
+                }
+                return Err(Stop::Wait);
+            }
             return Ok(());
         }
         if self.absent.contains(&ino) || self.deleted.contains(&ino) {
@@ -687,12 +707,24 @@ impl Core {
         id
     }
 
-    /// Make sure `ino` has a staged copy that writes may change. Only the first `keep` bytes of
-    /// the current contents are copied into it (a truncate needs no more).
-    fn ensure_staged(&mut self, ino: Ino, keep: u64) -> Result<(), Stop> {
+    /// Make sure `ino` has a staged copy that may be changed now. Only the first `keep` bytes
+    /// of the current contents are copied into a new one (a truncate needs no more).
+    ///
+    /// A sealed copy is never changed in place: its journal record promises that the data beside
+    /// it is what was acknowledged. Changes wait until its upload has committed and the record is
+    /// gone; this also keeps an upload from reading a copy that is being written.
+    fn ensure_writable(&mut self, ino: Ino, keep: u64) -> Result<(), Stop> {
         let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
         let d = &mut inode.data;
         if d.staged && !d.init_pending {
+            if d.upload.is_some() || d.unsealing {
+                return Err(Stop::Wait);
+            }
+            if d.record_on_disk {
+                d.unsealing = true;
+                self.io(IoRequest::Staging(StagingRequest::Unseal { ino }), Pending::Unseal(ino));
+                return Err(Stop::Wait);
+            }
             return Ok(());
         }
         if d.init_pending || d.removing {
@@ -709,9 +741,20 @@ impl Core {
     fn insert_loaded(&mut self, loaded: LoadedInode) -> Ino {
         let ino = loaded.row.ino;
         if let Some(existing) = self.inodes.get_mut(&ino) {
-            // In memory is authoritative, except for a version lost to a failed transaction.
-            if existing.row.version == u64::MAX {
-                existing.row.version = loaded.row.version;
+            // In memory is authoritative, except after a failed transaction: then the store's row
+            // is the truth (the failed change was answered with an error), and only what belongs
+            // to unsaved data — its size and times — is kept from memory.
+            if existing.version_stale {
+                let current = existing.row.clone();
+                existing.row = loaded.row;
+                existing.xattrs = loaded.xattrs;
+                existing.data.committed_size = existing.row.size;
+                if existing.data.dirty() || existing.data.staged {
+                    existing.row.size = current.size;
+                    existing.row.mtime = current.mtime;
+                    existing.row.ctime = current.ctime;
+                }
+                existing.version_stale = false;
             }
             return ino;
         }
@@ -724,6 +767,7 @@ impl Core {
                     xattrs: loaded.xattrs,
                     parent: if ino == ROOT_INO { Some(ROOT_INO) } else { None },
                     lookups: 0,
+                    version_stale: false,
                     opens: 0,
                     data: Data { committed_size, ..Data::default() },
                 },
@@ -803,7 +847,7 @@ impl Core {
         reply: Option<(RequestId, Result<Reply, i32>)>,
         after: Vec<Cleanup>,
     ) {
-        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after });
+        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after, applied: false });
     }
 
     fn lookup(&mut self, parent: Ino, name: &[u8]) -> Exec {
@@ -835,7 +879,7 @@ impl Core {
                 _ => return Err(EINVAL.into()),
             }
             if size != inode.row.size || inode.data.staged {
-                self.ensure_staged(ino, size)?;
+                self.ensure_writable(ino, size)?;
                 let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
                 inode.data.writes_in_flight += 1;
                 self.io(
@@ -845,12 +889,13 @@ impl Core {
                 return Err(Stop::Later);
             }
         }
-        self.finish_setattr(id, ino, set, wall);
+        self.finish_setattr(id, ino, set, wall, false);
         Err(Stop::Later)
     }
 
-    /// The metadata part of setattr, after any truncate has been applied.
-    fn finish_setattr(&mut self, id: RequestId, ino: Ino, set: SetAttr, wall: Timespec) {
+    /// The metadata part of setattr. `truncated`: the staged copy was just truncated, so the
+    /// contents changed (a size equal to the current one changes nothing and stages nothing).
+    fn finish_setattr(&mut self, id: RequestId, ino: Ino, set: SetAttr, wall: Timespec, truncated: bool) {
         let Some(inode) = self.inodes.get_mut(&ino) else {
             self.reply(id, Err(ENOENT));
             return;
@@ -884,8 +929,10 @@ impl Core {
         r.ctime = set.ctime.unwrap_or(wall);
         let ops = vec![self.update_row(ino)];
         let attr = self.attr(ino);
-        self.commit(ops, false, Some((id, Ok(Reply::Attr(attr)))), vec![]);
-        if set.size.is_some() {
+        let txn = Txn { ops, durable: false };
+        let pending = Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated };
+        self.io(IoRequest::Meta(MetaRequest::Commit(txn)), pending);
+        if truncated {
             self.data_changed(ino);
         }
     }
@@ -959,6 +1006,7 @@ impl Core {
                 xattrs: BTreeMap::new(),
                 parent: (kind == FileKind::Directory).then_some(parent),
                 lookups: 0,
+                version_stale: false,
                 opens: 0,
                 data: Data { committed_size: size, ..Data::default() },
             },
@@ -1123,6 +1171,10 @@ impl Core {
         self.ensure_inode(ino)?;
         self.ensure_dir(newparent)?;
         self.ensure_ids(1)?;
+        // The kernel's order: an existing name first, then what may be linked.
+        if self.dirs[&newparent].get(newname).is_some() {
+            return Err(EEXIST.into());
+        }
         let inode = &self.inodes[&ino];
         if inode.row.kind == FileKind::Directory {
             return Err(EPERM.into());
@@ -1132,9 +1184,6 @@ impl Core {
         }
         if inode.row.nlink == 0 {
             return Err(ENOENT.into());
-        }
-        if self.dirs[&newparent].get(newname).is_some() {
-            return Err(EEXIST.into());
         }
         let kind = inode.row.kind;
         let pos = self.take_id();
@@ -1205,6 +1254,9 @@ impl Core {
         let src_dir = src.kind == FileKind::Directory;
         if flags & EXCHANGE != 0 {
             let dst = dst.ok_or(ENOENT)?;
+            if dst.ino == src.ino {
+                return Ok(Reply::Empty);
+            }
             if src_dir && self.is_within(newparent, src.ino) && src.ino != dst.ino {
                 return Err(EINVAL.into());
             }
@@ -1219,6 +1271,14 @@ impl Core {
             }
             if flags & NOREPLACE != 0 {
                 return Err(EEXIST.into());
+            }
+            // The kernel's order: a directory into itself (EINVAL), then a target that is an
+            // ancestor of the source (ENOTEMPTY), then the kinds.
+            if src_dir && self.is_within(newparent, src.ino) {
+                return Err(EINVAL.into());
+            }
+            if d.kind == FileKind::Directory && self.is_within(parent, d.ino) {
+                return Err(ENOTEMPTY.into());
             }
             let dst_dir = d.kind == FileKind::Directory;
             if src_dir && !dst_dir {
@@ -1388,7 +1448,7 @@ impl Core {
         }
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let r = &inode.row;
-        if inode.row.nlink == 0 || (r.atime > r.mtime && r.atime > r.ctime && wall.sec - r.atime.sec < DAY_SECS) {
+        if inode.version_stale || inode.row.nlink == 0 || (r.atime > r.mtime && r.atime > r.ctime && wall.sec - r.atime.sec < DAY_SECS) {
             return;
         }
         inode.row.atime = wall;
@@ -1485,7 +1545,7 @@ impl Core {
         if self.inodes[&ino].row.kind != FileKind::Regular {
             return Err(EINVAL.into());
         }
-        self.ensure_staged(ino, u64::MAX)?;
+        self.ensure_writable(ino, u64::MAX)?;
         let append = self.handles.get(&fh).is_some_and(|h| h.flags & libc::O_APPEND != 0);
         let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
         let offset = if append { inode.row.size } else { offset };
@@ -1669,19 +1729,22 @@ impl Core {
             Pending::LoadInode(ino) => {
                 self.loading_inodes.remove(&ino);
                 self.loads_in_flight -= 1;
-                match result {
+                let loaded = match result {
                     Ok(IoReply::Inode(Some(loaded))) => {
                         self.insert_loaded(loaded);
+                        true
                     }
                     Ok(_) => {
                         self.absent.insert(ino);
+                        true
                     }
                     Err(_) => {
-                        self.absent.insert(ino);
+                        // Not known to be absent: the next request loads it again.
                         self.fail_parked_on(ino);
+                        false
                     }
-                }
-                self.replay_loaded(ino);
+                };
+                self.replay_loaded(ino, loaded);
                 if self.loads_in_flight == 0 {
                     self.deleted.clear();
                 }
@@ -1722,7 +1785,7 @@ impl Core {
                     _ => self.fail_all_parked(EIO),
                 }
             }
-            Pending::Commit { reply, after } => match result {
+            Pending::Commit { reply, after, applied } => match result {
                 Ok(_) => {
                     if let Some((id, r)) = reply {
                         self.reply(id, r);
@@ -1743,8 +1806,8 @@ impl Core {
                         IoErrorKind::NoSpace => ENOSPC,
                         _ => EIO,
                     };
-                    if let Some((id, _)) = reply {
-                        self.reply(id, Err(errno));
+                    if let Some((id, r)) = reply {
+                        self.reply(id, if applied { r } else { Err(errno) });
                     }
                     self.forget_clean_state();
                 }
@@ -1811,7 +1874,7 @@ impl Core {
                     inode.data.writes_in_flight -= 1;
                 }
                 match result {
-                    Ok(_) => self.finish_setattr(id, ino, set, wall),
+                    Ok(_) => self.finish_setattr(id, ino, set, wall, true),
                     Err(e) => {
                         self.reply(id, Err(if e.kind == IoErrorKind::NoSpace { ENOSPC } else { EIO }));
                         self.pump_upload(ino);
@@ -1834,13 +1897,18 @@ impl Core {
                 self.collect_garbage(ino);
             }
             Pending::Seal { ino } => {
-                let Some(inode) = self.inodes.get_mut(&ino) else { return };
+                let Some(inode) = self.inodes.get_mut(&ino) else {
+                    // Removed while sealing: the seal may have re-created the staged copy.
+                    self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                    return;
+                };
                 let Some(up) = inode.data.upload else { return };
                 if let Err(e) = result {
                     self.upload_failed(ino, &e);
                     return;
                 }
                 inode.data.sealed_gen = inode.data.sealed_gen.max(up.gen);
+                inode.data.record_on_disk = true;
                 self.answer_waiters(ino, None);
                 let Some(inode) = self.inodes.get_mut(&ino) else { return };
                 if inode.row.nlink == 0 {
@@ -1866,7 +1934,7 @@ impl Core {
                 Ok(_) => self.upload_failed(ino, &IoError::new(IoErrorKind::Other, "unexpected reply to upload")),
                 Err(e) => self.upload_failed(ino, &e),
             },
-            Pending::UploadCommit { ino, object, old } => {
+            Pending::UploadCommit { ino, object, old, old_size } => {
                 let Some(inode) = self.inodes.get_mut(&ino) else {
                     if let Some(object) = object {
                         self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
@@ -1875,10 +1943,12 @@ impl Core {
                 };
                 let Some(up) = inode.data.upload else { return };
                 if let Err(e) = result {
+                    // Transactions issued after this one may have stored the new object already,
+                    // so it is not deleted (at worst it leaks); the staged copy stays dirty and the
+                    // retry uploads and commits again.
                     inode.row.object = old;
-                    if let Some(object) = object {
-                        self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
-                    }
+                    inode.data.committed_size = old_size;
+                    let _ = object;
                     self.upload_failed(ino, &e);
                     self.forget_clean_state();
                     return;
@@ -1887,7 +1957,6 @@ impl Core {
                 d.upload = None;
                 d.failures = 0;
                 d.uploaded_gen = d.uploaded_gen.max(up.gen);
-                d.committed_size = up.size;
                 if !d.dirty() {
                     d.committed_size = inode.row.size;
                 }
@@ -1898,6 +1967,13 @@ impl Core {
                 }
                 self.answer_waiters(ino, None);
                 self.collect_garbage(ino);
+                let Some(inode) = self.inodes.get_mut(&ino) else { return };
+                let d = &mut inode.data;
+                if d.record_on_disk {
+                    // The sealed data is in the store now: drop the record so the copy may change.
+                    d.unsealing = true;
+                    self.io(IoRequest::Staging(StagingRequest::Unseal { ino }), Pending::Unseal(ino));
+                }
                 let Some(inode) = self.inodes.get_mut(&ino) else { return };
                 let d = &mut inode.data;
                 if d.dirty() && (!d.flush_waiters.is_empty() || !d.fsync_waiters.is_empty() || inode.opens == 0) {
@@ -1913,8 +1989,23 @@ impl Core {
             Pending::Remove(ino) => {
                 if let Some(inode) = self.inodes.get_mut(&ino) {
                     inode.data.removing = false;
+                    inode.data.record_on_disk = false;
                 }
                 self.pump_upload(ino);
+            }
+            Pending::Unseal(ino) => {
+                let ok = result.is_ok();
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.data.unsealing = false;
+                    if ok {
+                        inode.data.record_on_disk = false;
+                    }
+                }
+                if !ok {
+                    self.fail_parked_on(ino);
+                }
+                self.pump_upload(ino);
+                self.maybe_unstage(ino);
             }
             Pending::Ignore => {}
             Pending::Space { id } => match result {
@@ -1949,7 +2040,16 @@ impl Core {
     fn commit_upload(&mut self, ino: Ino, object: Option<ObjectId>, old: Option<ObjectId>) {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let Some(up) = inode.data.upload else { return };
+        if inode.version_stale {
+            let e = IoError::new(IoErrorKind::Conflict, "inode version being reloaded");
+            self.upload_failed(ino, &e);
+            return;
+        }
+        // From here on every transaction of this inode stores the new object, so it must store
+        // the size that goes with it (transactions run in order).
+        let old_size = inode.data.committed_size;
         inode.row.object = object.clone();
+        inode.data.committed_size = up.size;
         let expect_version = inode.row.version;
         inode.row.version += 1;
         let mut row = inode.row.clone();
@@ -1957,7 +2057,7 @@ impl Core {
         let ops = vec![TxnOp::UpdateInode { row, expect_version }];
         self.io(
             IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable: true })),
-            Pending::UploadCommit { ino, object, old },
+            Pending::UploadCommit { ino, object, old, old_size },
         );
     }
 
@@ -1976,7 +2076,7 @@ impl Core {
     fn replay(&mut self, entries: Vec<StagedEntry>) {
         for e in entries {
             self.startup_pending += 1;
-            self.replaying.insert(e.ino, e.clone());
+            self.replaying.insert(e.ino, (e.clone(), 0));
             if self.loading_inodes.insert(e.ino) {
                 self.loads_in_flight += 1;
                 self.io(IoRequest::Meta(MetaRequest::LoadInode { ino: e.ino }), Pending::LoadInode(e.ino));
@@ -1984,18 +2084,35 @@ impl Core {
         }
     }
 
-    fn replay_loaded(&mut self, ino: Ino) {
-        let Some(entry) = self.replaying.remove(&ino) else { return };
-        match self.inodes.get_mut(&ino) {
-            Some(inode) if inode.row.nlink > 0 && inode.row.kind == FileKind::Regular => {
-                let size = entry.sealed.map_or(entry.data_len, |r| r.size);
-                inode.row.size = size;
-                if let Some(r) = entry.sealed {
-                    inode.row.mtime = r.mtime;
-                    inode.row.ctime = r.ctime;
+    /// A load for a replayed staged file finished (`loaded`: the store answered, with the inode
+    /// or without it). A staged copy is only ever dropped on the store's word that its inode is
+    /// gone; after failed loads it is kept for the next mount.
+    fn replay_loaded(&mut self, ino: Ino, loaded: bool) {
+        const REPLAY_LOAD_TRIES: u32 = 5;
+        let Some((entry, tries)) = self.replaying.remove(&ino) else { return };
+        if !loaded {
+            if tries + 1 < REPLAY_LOAD_TRIES {
+                self.replaying.insert(ino, (entry, tries + 1));
+                if self.loading_inodes.insert(ino) {
+                    self.loads_in_flight += 1;
+                    self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
                 }
+                return;
+            }
+            self.startup_step_done();
+            return;
+        }
+        match (self.inodes.get_mut(&ino), entry.sealed) {
+            // Only a sealed copy holds acknowledged data (a copy is changed only while it has no
+            // record). An unsealed one holds writes nobody was told are safe, and the store
+            // already has the file as of its last acknowledgement: it is dropped.
+            (Some(inode), Some(record)) if inode.row.nlink > 0 && inode.row.kind == FileKind::Regular => {
+                inode.row.size = record.size;
+                inode.row.mtime = record.mtime;
+                inode.row.ctime = record.ctime;
                 let d = &mut inode.data;
                 d.staged = true;
+                d.record_on_disk = true;
                 d.dirty_gen = d.uploaded_gen + 1;
                 d.want_upload = true;
                 self.pump_upload(ino);
@@ -2048,7 +2165,7 @@ impl Core {
                 self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
             }
             if let Some(i) = self.inodes.get_mut(&ino) {
-                i.row.version = u64::MAX; // replaced by `insert_loaded` when the load returns
+                i.version_stale = true; // cleared by `insert_loaded` when the load returns
             }
         }
     }

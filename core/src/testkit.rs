@@ -140,6 +140,10 @@ impl MemStore {
                 self.sealed.insert(*ino, (data, *record));
                 IoReply::Done
             }
+            IoRequest::Staging(StagingRequest::Unseal { ino }) => {
+                self.sealed.remove(ino);
+                IoReply::Done
+            }
             IoRequest::Staging(StagingRequest::Remove { ino }) => {
                 self.staged.remove(ino);
                 self.sealed.remove(ino);

@@ -117,6 +117,7 @@ impl Staging {
                 Ok(IoReply::Done)
             }
             StagingRequest::Seal { ino, record } => self.seal(*ino, record).map(|()| IoReply::Done),
+            StagingRequest::Unseal { ino } => self.unseal(*ino).map(|()| IoReply::Done),
             StagingRequest::Remove { ino } => self.remove(*ino).map(|()| IoReply::Done),
         }
     }
@@ -301,6 +302,13 @@ impl Staging {
         }
         // Makes the rename durable, and with it the data file's own entry (same directory).
         sync_dir(&self.dir).map_err(|e| io_error(&e, &self.dir.display().to_string()))
+    }
+
+    /// Drops the journal record and makes that durable before the data may change again.
+    fn unseal(&self, ino: Ino) -> Result<(), IoError> {
+        remove_if_exists(&self.seal_path(ino))?;
+        let dir = File::open(&self.dir).map_err(|e| io_error(&e, &self.dir.display().to_string()))?;
+        dir.sync_all().map_err(|e| io_error(&e, &self.dir.display().to_string()))
     }
 
     fn remove(&self, ino: Ino) -> Result<(), IoError> {

@@ -1,0 +1,544 @@
+//! The event loop of one simulated host: one core, its in-memory stores, and the event loop on virtual time.
+//!
+//! I/O requests become events in a priority queue ordered by completion time, with latencies
+//! drawn from the seed. Metadata requests complete strictly in emission order (one transaction
+//! stream, like the real driver); staging and store requests may complete in any order. A request
+//! is performed when its completion is delivered (metadata requests optionally when emitted,
+//! like the real driver's inline execution; drawn per seed). Timers fire when virtual time passes
+//! `Core::poll_timeout`.
+//!
+//! Determinism: the only clock is `now` (an offset from one `Instant` taken at start); effects
+//! drained together are put in a canonical order before latencies are drawn, so nothing depends
+//! on the core's hash-map iteration order.
+
+use crate::faults::{Fault, Faults};
+use crate::meta::MemMeta;
+use crate::objects::MemObjects;
+use crate::rng::Rng;
+use crate::staging::MemStaging;
+use crate::trace::Trace;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use truckeefs_core::{
+    Config, Core, Ctx, Effect, IoId, IoRequest, IoResult, MetaRequest, Op, Reply, RequestId, StagingRequest,
+    StoreRequest,
+};
+
+/// Wall-clock time of virtual time zero (2023-11-14T22:13:20Z).
+pub const WALL_EPOCH_SECS: u64 = 1_700_000_000;
+
+#[derive(Debug)]
+struct Event {
+    at: Duration,
+    seq: u64,
+    io: IoId,
+    request: IoRequest,
+    fault: Option<Fault>,
+    /// Metadata executed when emitted: the result to deliver.
+    result: Option<IoResult>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Picks the fault of one I/O in a scripted test.
+pub type Hook = Box<dyn FnMut(&IoRequest) -> Option<Fault>>;
+
+/// Latency ranges in microseconds.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    pub meta: (u64, u64),
+    pub staging: (u64, u64),
+    pub store: (u64, u64),
+}
+
+impl Latency {
+    pub fn draw(rng: &mut Rng) -> Latency {
+        let scale = [1, 1, 3, 10][rng.below(4) as usize];
+        Latency { meta: (20, 400 * scale), staging: (5, 200 * scale), store: (200, 20_000 * scale) }
+    }
+}
+
+pub struct World {
+    pub core: Core,
+    pub config: Config,
+    base: Instant,
+    pub now: Duration,
+    pub meta: MemMeta,
+    pub objects: MemObjects,
+    pub staging: MemStaging,
+    queue: BinaryHeap<Reverse<Event>>,
+    meta_tail: Duration,
+    seq: u64,
+    lat_rng: Rng,
+    pub latency: Latency,
+    pub meta_at_emit: bool,
+    pub faults: Faults,
+    /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
+    /// that were in flight when one happened.
+    pub fault_epoch: u64,
+    replies: HashMap<RequestId, Result<Reply, i32>>,
+    outstanding: HashSet<RequestId>,
+    next_request: u64,
+    pub trace: Trace,
+    pub ios: u64,
+    pub requests: u64,
+    pub timeouts: u64,
+    /// What a crash keeps of unsealed staged writes, and the stream that picks it.
+    pub crash_mode: crate::staging::CrashMode,
+    pub crash_rng: Rng,
+    /// Consulted for every I/O before the seed's faults: scripted tests inject a fault into one
+    /// particular request with it.
+    pub hook: Option<Hook>,
+    /// Per request kind: (answered with success, answered with an error).
+    pub histogram: std::collections::BTreeMap<&'static str, (u64, u64)>,
+    names: HashMap<RequestId, &'static str>,
+}
+
+/// A failure of the core's contract seen by the event loop (not by the model).
+pub type LoopResult<T> = Result<T, String>;
+
+fn tag(r: &IoRequest) -> (u8, u64, u64) {
+    match r {
+        IoRequest::Meta(m) => match m {
+            MetaRequest::LoadInode { ino } => (0, *ino, 0),
+            MetaRequest::LoadDir { ino } => (1, *ino, 0),
+            _ => (2, 0, 0),
+        },
+        IoRequest::Staging(s) => match s {
+            StagingRequest::Scan => (10, 0, 0),
+            StagingRequest::Init { ino, .. } => (11, *ino, 0),
+            StagingRequest::Write { ino, offset, .. } => (12, *ino, *offset),
+            StagingRequest::Read { ino, offset, .. } => (13, *ino, *offset),
+            StagingRequest::Truncate { ino, size } => (14, *ino, *size),
+            StagingRequest::Allocate { ino, offset, .. } => (15, *ino, *offset),
+            StagingRequest::Seal { ino, .. } => (16, *ino, 0),
+            StagingRequest::Remove { ino } => (17, *ino, 0),
+            StagingRequest::Unseal { ino } => (18, *ino, 0),
+        },
+        IoRequest::Store(s) => match s {
+            StoreRequest::PutStaged { ino } => (20, *ino, 0),
+            StoreRequest::Read { offset, .. } => (21, 0, *offset),
+            StoreRequest::Delete { .. } => (22, 0, 0),
+            StoreRequest::Space => (23, 0, 0),
+        },
+    }
+}
+
+fn object_key(r: &IoRequest) -> &str {
+    match r {
+        IoRequest::Store(StoreRequest::Read { object, .. }) | IoRequest::Store(StoreRequest::Delete { object }) => {
+            &object.0
+        }
+        _ => "",
+    }
+}
+
+impl World {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        meta: MemMeta,
+        objects: MemObjects,
+        staging: MemStaging,
+        lat_rng: Rng,
+        latency: Latency,
+        meta_at_emit: bool,
+        faults: Faults,
+        trace: Trace,
+    ) -> World {
+        let base = Instant::now();
+        let core = Core::new(config.clone(), base);
+        let mut w = World {
+            core,
+            config,
+            base,
+            now: Duration::ZERO,
+            meta,
+            objects,
+            staging,
+            queue: BinaryHeap::new(),
+            meta_tail: Duration::ZERO,
+            seq: 0,
+            lat_rng,
+            latency,
+            meta_at_emit,
+            faults,
+            fault_epoch: 0,
+            replies: HashMap::new(),
+            outstanding: HashSet::new(),
+            next_request: 1,
+            trace,
+            ios: 0,
+            requests: 0,
+            timeouts: 0,
+            histogram: Default::default(),
+            names: HashMap::new(),
+            hook: None,
+            crash_mode: crate::staging::CrashMode::SealedOnly,
+            crash_rng: Rng::new(0),
+        };
+        w.drain().expect("a new core emits only I/O");
+        w
+    }
+
+    pub fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    pub fn wall(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(WALL_EPOCH_SECS) + self.now
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.now.as_micros() as u64
+    }
+
+    pub fn pending_io(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Send one kernel request; its reply is collected by [`World::take_reply`].
+    pub fn issue(&mut self, ctx: Ctx, op: Op) -> LoopResult<RequestId> {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.requests += 1;
+        self.trace.op(self.now_us(), id, &op);
+        self.outstanding.insert(id);
+        self.names.insert(id, op_name(&op));
+        let (now, wall) = (self.instant(), self.wall());
+        self.core.handle_request(now, wall, id, ctx, op);
+        self.drain()?;
+        Ok(id)
+    }
+
+    pub fn forget(&mut self, ino: u64, n: u64) -> LoopResult<()> {
+        self.trace.note(self.now_us(), format!("forget {ino} x{n}"));
+        let now = self.instant();
+        self.core.handle_forget(now, ino, n);
+        self.drain()
+    }
+
+    pub fn take_reply(&mut self, id: RequestId) -> Option<Result<truckeefs_core::Reply, i32>> {
+        self.replies.remove(&id)
+    }
+
+    pub fn has_reply(&self, id: RequestId) -> bool {
+        self.replies.contains_key(&id)
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Collect every effect of the last input, in a canonical order, and act on it.
+    fn drain(&mut self) -> LoopResult<()> {
+        let mut replies = Vec::new();
+        let mut metas = Vec::new();
+        let mut others = Vec::new();
+        while let Some(effect) = self.core.poll_effect() {
+            match effect {
+                Effect::Reply { id, result } => replies.push((id, result)),
+                Effect::Io { io, request: IoRequest::Meta(m) } => metas.push((io, IoRequest::Meta(m))),
+                Effect::Io { io, request } => others.push((io, request)),
+                e @ Effect::Kernel(_) => self.trace.effect(&e),
+            }
+        }
+        replies.sort_by_key(|(id, _)| *id);
+        for (id, result) in replies {
+            self.trace.reply(self.now_us(), id, &result);
+            if !self.outstanding.remove(&id) {
+                return Err(format!("reply to request {} which is not outstanding (unknown or answered twice)", id.0));
+            }
+            if let Some(name) = self.names.remove(&id) {
+                let e = self.histogram.entry(name).or_default();
+                if result.is_ok() {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+            self.replies.insert(id, result);
+        }
+        // Runs of consecutive loads commute with each other: sort them, so that the order does
+        // not depend on the core's hash maps.
+        let mut i = 0;
+        while i < metas.len() {
+            let mut j = i;
+            while j < metas.len() && tag(&metas[j].1).0 < 2 {
+                j += 1;
+            }
+            metas[i..j].sort_by_key(|(_, r)| tag(r));
+            i = j.max(i + 1);
+        }
+        for (io, request) in metas {
+            self.schedule(io, request);
+        }
+        others.sort_by(|(_, a), (_, b)| tag(a).cmp(&tag(b)).then_with(|| object_key(a).cmp(object_key(b))));
+        for (io, request) in others {
+            self.schedule(io, request);
+        }
+        Ok(())
+    }
+
+    fn schedule(&mut self, io: IoId, request: IoRequest) {
+        self.ios += 1;
+        let hooked = self.hook.as_mut().and_then(|h| h(&request));
+        let fault = hooked.or_else(|| self.faults.decide(&request));
+        let (lo, hi) = match &request {
+            IoRequest::Meta(_) => self.latency.meta,
+            IoRequest::Staging(_) => self.latency.staging,
+            IoRequest::Store(_) => self.latency.store,
+        };
+        let mut lat = Duration::from_micros(self.lat_rng.range(lo, hi));
+        if fault == Some(Fault::Slow) {
+            lat *= 100;
+        }
+        let mut at = self.now + lat;
+        let mut result = None;
+        if let IoRequest::Meta(m) = &request {
+            at = at.max(self.meta_tail);
+            self.meta_tail = at;
+            if self.meta_at_emit {
+                result = Some(self.perform_meta(m, &fault));
+            }
+        }
+        self.trace.io(self.now_us(), &request, fault.as_ref().map(|f| format!("{f:?}")));
+        self.seq += 1;
+        self.queue.push(Reverse(Event { at, seq: self.seq, io, request, fault, result }));
+    }
+
+    fn perform_meta(&mut self, m: &MetaRequest, fault: &Option<Fault>) -> IoResult {
+        if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
+            return Err(e);
+        }
+        self.meta.execute(m)
+    }
+
+    fn perform(&mut self, request: &IoRequest, fault: &Option<Fault>) -> IoResult {
+        if let Some(e) = fault.as_ref().and_then(|f| f.error(&format!("{:?}", tag(request)))) {
+            return Err(e);
+        }
+        match request {
+            IoRequest::Meta(m) => self.meta.execute(m),
+            IoRequest::Staging(s) => self.staging.execute(s, &self.objects),
+            IoRequest::Store(s) => self.objects.execute(s, &self.staging),
+        }
+    }
+
+    /// The I/O requests in flight.
+    pub fn in_flight(&self) -> impl Iterator<Item = &IoRequest> {
+        self.queue.iter().map(|Reverse(e)| &e.request)
+    }
+
+    /// Is an upload of `ino` under way (its object being stored, or its commit in flight)?
+    pub fn upload_in_flight(&self, ino: u64) -> bool {
+        self.queue.iter().any(|Reverse(e)| match &e.request {
+            IoRequest::Store(StoreRequest::PutStaged { ino: i }) => *i == ino,
+            IoRequest::Meta(MetaRequest::Commit(txn)) => txn.durable
+                && txn.ops.iter().any(|op| matches!(op, truckeefs_core::TxnOp::UpdateInode { row, .. } if row.ino == ino)),
+            _ => false,
+        })
+    }
+
+    /// Run until no upload of `ino` is under way.
+    pub fn settle_upload(&mut self, ino: u64) -> LoopResult<()> {
+        for _ in 0..100_000 {
+            if !self.upload_in_flight(ino) {
+                return Ok(());
+            }
+            if !self.step()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The time of the next thing that will happen, if anything is pending.
+    fn next_time(&self) -> Option<Duration> {
+        let ev = self.queue.peek().map(|Reverse(e)| e.at);
+        let to = self.core.poll_timeout().map(|t| t.saturating_duration_since(self.base));
+        match (ev, to) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Deliver the next completion or fire the next timer. False when nothing is pending.
+    pub fn step(&mut self) -> LoopResult<bool> {
+        let ev = self.queue.peek().map(|Reverse(e)| e.at);
+        let to = self.core.poll_timeout().map(|t| t.saturating_duration_since(self.base));
+        let fire_timer = match (ev, to) {
+            (None, None) => return Ok(false),
+            (Some(e), Some(t)) => t <= e,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if fire_timer {
+            let t = to.unwrap();
+            if t > self.now {
+                self.now = t;
+            } else {
+                self.timeouts += 1;
+            }
+            self.trace.timeout(self.now_us());
+            let now = self.instant();
+            self.core.handle_timeout(now);
+            // A deadline that handle_timeout leaves in the past would spin forever.
+            if let Some(again) = self.core.poll_timeout() {
+                if again <= now {
+                    return Err("poll_timeout still returns a passed deadline after handle_timeout".into());
+                }
+            }
+        } else {
+            let Reverse(e) = self.queue.pop().unwrap();
+            if e.at > self.now {
+                self.now = e.at;
+            }
+            if matches!(e.fault, Some(Fault::Fail(_))) {
+                // The failure shows now: requests in flight may see it.
+                self.fault_epoch += 1;
+            }
+            let result = match e.result {
+                Some(r) => r,
+                None => self.perform(&e.request, &e.fault),
+            };
+            self.trace.done(self.now_us(), &e.request, &result);
+            let now = self.instant();
+            self.core.handle_completion(now, e.io, result);
+        }
+        self.drain()?;
+        Ok(true)
+    }
+
+    /// Run until `id` is answered. Fails on a deadlock or when virtual time runs away.
+    pub fn wait(&mut self, id: RequestId) -> LoopResult<Result<Reply, i32>> {
+        let limit = self.now + Duration::from_secs(3600);
+        loop {
+            if let Some(r) = self.take_reply(id) {
+                return Ok(r);
+            }
+            if self.now > limit {
+                return Err(format!("request {} not answered within an hour of virtual time", id.0));
+            }
+            if !self.step()? {
+                return Err(format!("request {} is never answered: nothing is in flight and no timer is set", id.0));
+            }
+        }
+    }
+
+    /// Run until one of `ids` is answered; returns its id.
+    pub fn wait_any(&mut self, ids: &[RequestId]) -> LoopResult<RequestId> {
+        let limit = self.now + Duration::from_secs(3600);
+        loop {
+            if let Some(id) = ids.iter().find(|id| self.has_reply(**id)) {
+                return Ok(*id);
+            }
+            if self.now > limit {
+                return Err(format!("requests {ids:?} not answered within an hour of virtual time"));
+            }
+            if !self.step()? {
+                return Err(format!("requests {ids:?} are never answered: nothing is in flight and no timer is set"));
+            }
+        }
+    }
+
+    /// Let `d` of virtual time pass, processing whatever completes meanwhile.
+    pub fn advance(&mut self, d: Duration) -> LoopResult<()> {
+        let target = self.now + d;
+        while let Some(t) = self.next_time() {
+            if t > target {
+                break;
+            }
+            self.step()?;
+        }
+        if target > self.now {
+            self.now = target;
+        }
+        Ok(())
+    }
+
+    /// Run until the core is idle (shutdown), within `limit` of virtual time.
+    pub fn run_until_idle(&mut self, limit: Duration) -> LoopResult<()> {
+        let end = self.now + limit;
+        while !self.core.is_idle() {
+            if self.now > end {
+                return Err(format!("the core is not idle after {limit:?}: {:?}", self.core.status()));
+            }
+            if !self.step()? {
+                return Err(format!("the core is not idle but nothing is in flight: {:?}", self.core.status()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The mount process dies: every in-flight I/O is lost, the staging area keeps what was
+    /// sealed, the metadata and object stores keep everything. A new core starts.
+    pub fn crash_and_restart(&mut self) -> LoopResult<()> {
+        self.trace.note(self.now_us(), format!("CRASH with {} I/O in flight", self.queue.len()));
+        self.fault_epoch += 1;
+        self.queue.clear();
+        self.meta_tail = self.now;
+        self.outstanding.clear();
+        self.replies.clear();
+        self.names.clear();
+        let mode = self.crash_mode;
+        self.staging.crash(mode, &mut self.crash_rng);
+        self.core = Core::new(self.config.clone(), self.instant());
+        self.drain()
+    }
+}
+
+/// A short name for a request kind (statistics).
+pub fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Lookup { .. } => "lookup",
+        Op::GetAttr { .. } => "getattr",
+        Op::SetAttr { set, .. } if set.size.is_some() => "truncate",
+        Op::SetAttr { .. } => "setattr",
+        Op::MkNod { .. } => "mknod",
+        Op::MkDir { .. } => "mkdir",
+        Op::Unlink { .. } => "unlink",
+        Op::RmDir { .. } => "rmdir",
+        Op::Symlink { .. } => "symlink",
+        Op::ReadLink { .. } => "readlink",
+        Op::Link { .. } => "link",
+        Op::Rename { .. } => "rename",
+        Op::Open { .. } => "open",
+        Op::Create { .. } => "create",
+        Op::Read { .. } => "read",
+        Op::Write { .. } => "write",
+        Op::Flush { .. } => "flush",
+        Op::Fsync { .. } => "fsync",
+        Op::Release { .. } => "release",
+        Op::OpenDir { .. } => "opendir",
+        Op::ReadDir { .. } => "readdir",
+        Op::ReleaseDir { .. } => "releasedir",
+        Op::FsyncDir { .. } => "fsyncdir",
+        Op::StatFs => "statfs",
+        Op::SetXattr { .. } => "setxattr",
+        Op::GetXattr { .. } => "getxattr",
+        Op::ListXattr { .. } => "listxattr",
+        Op::RemoveXattr { .. } => "removexattr",
+        Op::Access { .. } => "access",
+        Op::GetLk { .. } => "getlk",
+        Op::SetLk { .. } => "setlk",
+        Op::Fallocate { .. } => "fallocate",
+        Op::CopyFileRange { .. } => "copy_file_range",
+    }
+}

@@ -1,0 +1,65 @@
+//! A short campaign: random operations with faults and crashes, checked against the model, with
+//! a liveness phase at the end of every seed. `cargo run --release -p truckeefs-runtime-sim --
+//! --seeds 500` runs a longer one.
+
+use truckeefs_runtime_sim::{run, Options, Stats};
+
+fn campaign(seeds: std::ops::Range<u64>, steps: u64, tweak: impl Fn(&mut Options)) -> Vec<Stats> {
+    seeds
+        .map(|seed| {
+            let mut opts = Options::new(seed, steps);
+            tweak(&mut opts);
+            run(opts).unwrap_or_else(|f| panic!("{f}"))
+        })
+        .collect()
+}
+
+/// `TRUCKEEFS_SEED=N cargo test -p truckeefs-runtime-sim --test campaign one_seed_from_the_environment`
+/// runs one seed (200 steps, or `TRUCKEEFS_STEPS`) in the test harness.
+#[test]
+fn one_seed_from_the_environment() {
+    let Some(seed) = std::env::var("TRUCKEEFS_SEED").ok().and_then(|s| s.trim().parse().ok()) else { return };
+    let steps = std::env::var("TRUCKEEFS_STEPS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(200);
+    campaign(seed..seed + 1, steps, |_| {});
+}
+
+#[test]
+fn fifty_seeds_with_faults_and_crashes() {
+    let stats = campaign(0..50, 100, |_| {});
+    let ops: u64 = stats.iter().map(|s| s.ops).sum();
+    let faults: u64 = stats.iter().map(|s| s.faults).sum();
+    let crashes: u64 = stats.iter().map(|s| s.crashes).sum();
+    eprintln!("seeds=50 ops={ops} faults={faults} crashes={crashes}");
+    assert!(ops > 10_000, "too few requests: {ops}");
+    assert!(faults > 0 && crashes > 0, "the campaign injected no faults or crashes");
+}
+
+#[test]
+fn twenty_seeds_sequential_without_faults() {
+    let stats = campaign(100..120, 150, |o| {
+        o.concurrency = 1;
+        o.faults = false;
+    });
+    // Without crashes nothing is lost to garbage either.
+    assert_eq!(stats.iter().map(|s| s.leaked_objects).sum::<usize>(), 0);
+}
+
+#[test]
+fn requests_run_concurrently_and_every_kind_succeeds() {
+    let stats = campaign(200..230, 150, |_| {});
+    let batches: u64 = stats.iter().map(|s| s.batches.iter().filter(|(n, _)| **n > 1).map(|(_, c)| c).sum::<u64>()).sum();
+    assert!(batches > 100, "too few steps with concurrent requests: {batches}");
+    let mut ok = std::collections::BTreeMap::new();
+    for s in &stats {
+        for (k, (good, _)) in &s.histogram {
+            *ok.entry(*k).or_insert(0u64) += good;
+        }
+    }
+    for kind in [
+        "create", "mkdir", "mknod", "symlink", "link", "unlink", "rmdir", "rename", "open", "read", "write", "flush",
+        "fsync", "release", "truncate", "setattr", "setxattr", "getxattr", "listxattr", "removexattr", "readlink",
+        "readdir", "lookup", "getattr", "access", "statfs", "fallocate", "copy_file_range",
+    ] {
+        assert!(ok.get(kind).copied().unwrap_or(0) > 0, "no successful {kind}: {ok:?}");
+    }
+}

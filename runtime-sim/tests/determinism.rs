@@ -1,0 +1,67 @@
+//! One seed, one run: the same seed gives the same trace hash, in this process and in another
+//! (where every hash map of the core gets different random keys).
+
+use std::process::Command;
+use truckeefs_runtime_sim::{run, Options};
+
+fn hash(seed: u64, steps: u64, concurrency: usize) -> u64 {
+    let mut opts = Options::new(seed, steps);
+    opts.concurrency = concurrency;
+    match run(opts) {
+        Ok(stats) => stats.trace_hash,
+        Err(f) => panic!("{f}"),
+    }
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for seed in [0, 1, 2, 3, 17, 226, 648] {
+        assert_eq!(hash(seed, 120, 4), hash(seed, 120, 4), "seed {seed}");
+        assert_eq!(hash(seed, 60, 1), hash(seed, 60, 1), "seed {seed}, sequential");
+    }
+}
+
+#[test]
+fn different_seeds_differ() {
+    let hashes: std::collections::BTreeSet<u64> = (0..8).map(|s| hash(s, 40, 4)).collect();
+    assert_eq!(hashes.len(), 8);
+}
+
+#[test]
+fn same_trace_in_another_process() {
+    let exe = env!("CARGO_BIN_EXE_truckeefs-runtime-sim");
+    for seed in [5, 40, 716] {
+        let out = |()| {
+            let o = Command::new(exe)
+                .args(["--seed", &seed.to_string(), "--steps", "100", "--trace-hash", "--quiet"])
+                .env_remove("TRUCKEEFS_SEED")
+                .output()
+                .expect("run the simulator");
+            assert!(o.status.success(), "seed {seed}: {}", String::from_utf8_lossy(&o.stdout));
+            let text = String::from_utf8(o.stdout).unwrap();
+            let last = text.lines().last().unwrap_or_default().to_string();
+            assert!(last.starts_with("trace_hash="), "last line: {last:?}");
+            last
+        };
+        let a = out(());
+        assert_eq!(a, out(()), "seed {seed}");
+        assert_eq!(a, format!("trace_hash={:016x}", hash(seed, 100, 4)), "seed {seed}: process vs library");
+    }
+}
+
+#[test]
+fn env_var_selects_one_seed() {
+    let exe = env!("CARGO_BIN_EXE_truckeefs-runtime-sim");
+    let o = Command::new(exe).args(["--steps", "30", "--trace-hash", "--quiet"]).env("TRUCKEEFS_SEED", "9").output().unwrap();
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("seeds=1 "), "{text}");
+    assert_eq!(text.lines().last().unwrap(), format!("trace_hash={:016x}", hash(9, 30, 4)));
+}
+
+#[test]
+fn more_than_one_host_is_refused_clearly() {
+    let exe = env!("CARGO_BIN_EXE_truckeefs-runtime-sim");
+    let o = Command::new(exe).args(["--hosts", "2", "--seeds", "1"]).env_remove("TRUCKEEFS_SEED").output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only one simulated host"));
+}
