@@ -233,11 +233,14 @@ struct CopyTo {
     offset: u64,
 }
 
-/// Data to drop once the transaction that unlinked its inode has committed.
+/// What to do once a transaction has committed.
 #[derive(Debug)]
 enum Cleanup {
     Object(ObjectId),
     Staged(Ino),
+    /// The inode's row is deleted: drop it from memory with its object and staged copy. (Until
+    /// then it stays, so a failed transaction loses nothing.)
+    Destroy(Ino),
 }
 
 /// The pure filesystem core. See the module documentation for the run loop.
@@ -721,6 +724,11 @@ impl Core {
                 return Err(Stop::Wait);
             }
             if d.record_on_disk {
+                if d.uploaded_gen < d.sealed_gen && inode.row.nlink > 0 {
+                    // The record is the only durable copy of acknowledged data: keep it until the
+                    // upload (or its retry, on its timer) has committed.
+                    return Err(Stop::Wait);
+                }
                 d.unsealing = true;
                 self.io(IoRequest::Staging(StagingRequest::Unseal { ino }), Pending::Unseal(ino));
                 return Err(Stop::Wait);
@@ -1069,28 +1077,38 @@ impl Core {
         self.maybe_unstage(ino);
     }
 
-    /// Remove an inode with no links and no open handles: its row, object and staged copy.
+    /// Remove an inode with no links and no open handles: its row, then (see `finish_destroy`)
+    /// its object and staged copy.
     fn destroy(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let waiters: Vec<RequestId> = inode
+            .data
+            .flush_waiters
+            .drain(..)
+            .chain(inode.data.fsync_waiters.drain(..))
+            .map(|(id, _)| id)
+            .collect();
+        for rid in waiters {
+            self.reply(rid, Ok(Reply::Empty));
+        }
+        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::Destroy(ino)]);
+    }
+
+    /// The transaction deleting `ino` committed: forget it and drop its data.
+    fn finish_destroy(&mut self, ino: Ino) {
         let Some(inode) = self.inodes.remove(&ino) else { return };
         self.dirs.remove(&ino);
         self.deleted.insert(ino);
         if let Some(old) = inode.data.deadline {
             self.deadlines.remove(&(old, ino));
         }
-        let mut after = Vec::new();
-        if let Some(obj) = inode.row.object.clone() {
-            after.push(Cleanup::Object(obj));
+        let d = inode.data;
+        for object in inode.row.object.into_iter().chain(d.garbage) {
+            self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
         }
-        for obj in inode.data.garbage {
-            after.push(Cleanup::Object(obj));
+        if d.staged || d.init_pending || d.record_on_disk {
+            self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
         }
-        if inode.data.staged || inode.data.init_pending {
-            after.push(Cleanup::Staged(ino));
-        }
-        for (rid, _) in inode.data.flush_waiters.into_iter().chain(inode.data.fsync_waiters) {
-            self.reply(rid, Ok(Reply::Empty));
-        }
-        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, after);
     }
 
     fn unlink(&mut self, id: RequestId, wall: Timespec, parent: Ino, name: &[u8], dir: bool) -> Exec {
@@ -1146,24 +1164,8 @@ impl Core {
             return (vec![], false);
         }
         // No names and no open handles: remove it in the same transaction.
-        let Some(inode) = self.inodes.remove(&ino) else { return (vec![], false) };
-        self.dirs.remove(&ino);
-        self.deleted.insert(ino);
-        if let Some(old) = inode.data.deadline {
-            self.deadlines.remove(&(old, ino));
-        }
-        let mut after = Vec::new();
-        if let Some(obj) = inode.row.object {
-            after.push(Cleanup::Object(obj));
-        }
-        for obj in inode.data.garbage {
-            after.push(Cleanup::Object(obj));
-        }
-        if inode.data.staged || inode.data.init_pending {
-            after.push(Cleanup::Staged(ino));
-        }
         ops.push(TxnOp::DeleteInode { ino });
-        (after, true)
+        (vec![Cleanup::Destroy(ino)], true)
     }
 
     fn link(&mut self, id: RequestId, wall: Timespec, ino: Ino, newparent: Ino, newname: &[u8]) -> Exec {
@@ -1798,6 +1800,7 @@ impl Core {
                             Cleanup::Staged(ino) => {
                                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
                             }
+                            Cleanup::Destroy(ino) => self.finish_destroy(ino),
                         }
                     }
                 }
@@ -2113,11 +2116,17 @@ impl Core {
                 let d = &mut inode.data;
                 d.staged = true;
                 d.record_on_disk = true;
+                d.sealed_gen = d.uploaded_gen + 1;
                 d.dirty_gen = d.uploaded_gen + 1;
                 d.want_upload = true;
                 self.pump_upload(ino);
             }
-            _ => {
+            (Some(inode), _) => {
+                // Tracked, so that a new staged copy waits for this removal to finish.
+                inode.data.removing = true;
+                self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+            }
+            (None, _) => {
                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
             }
         }
