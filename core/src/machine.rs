@@ -97,6 +97,9 @@ struct Inode {
     lookups: u64,
     /// A transaction failed after this inode's version was bumped: reload before changing it.
     version_stale: bool,
+    /// A directory's mtime/ctime changed (an entry was added or removed) and is not stored yet:
+    /// it goes with the directory's next transaction or the next flush of directory times.
+    times_dirty: bool,
     /// Open file and directory handles.
     opens: u32,
     data: Data,
@@ -191,6 +194,8 @@ type Exec = Result<Reply, Stop>;
 enum Pending {
     Startup,
     LoadInode(Ino),
+    /// Re-read a row after a failed transaction; `base` is the in-memory version when asked.
+    Refresh { ino: Ino, base: u64 },
     LoadDir(Ino),
     AllocIds,
     Orphans,
@@ -258,6 +263,7 @@ pub struct Core {
     deleted: HashSet<Ino>,
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
+    refreshing: HashSet<Ino>,
     loads_in_flight: u32,
     ids: std::ops::Range<u64>,
     ids_loading: bool,
@@ -271,6 +277,9 @@ pub struct Core {
     effects: VecDeque<Effect>,
     deadlines: BTreeSet<(Instant, Ino)>,
     failed_uploads: u64,
+    /// Directories with unsaved times, and when they are stored at the latest.
+    dir_times: BTreeSet<Ino>,
+    dir_times_flush_at: Option<Instant>,
     /// Staged files found at start, waiting for their inode to load, with the loads tried.
     replaying: HashMap<Ino, (StagedEntry, u32)>,
 }
@@ -291,6 +300,7 @@ impl Core {
             deleted: HashSet::new(),
             loading_inodes: HashSet::new(),
             loading_dirs: HashSet::new(),
+            refreshing: HashSet::new(),
             loads_in_flight: 0,
             ids: 0..0,
             ids_loading: false,
@@ -305,6 +315,8 @@ impl Core {
             deadlines: BTreeSet::new(),
             failed_uploads: 0,
             replaying: HashMap::new(),
+            dir_times: BTreeSet::new(),
+            dir_times_flush_at: None,
         };
         core.startup_pending = 2;
         core.io(IoRequest::Staging(StagingRequest::Scan), Pending::Startup);
@@ -348,6 +360,9 @@ impl Core {
     /// Time has reached a deadline given by `poll_timeout` (or not: spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        if self.dir_times_flush_at.is_some_and(|t| t <= now) {
+            self.flush_dir_times();
+        }
         while let Some(&(when, ino)) = self.deadlines.iter().next() {
             if when > now {
                 break;
@@ -358,6 +373,11 @@ impl Core {
                     inode.data.deadline = None;
                     inode.data.want_upload = true;
                 }
+                if inode.row.nlink == 0 && inode.opens == 0 {
+                    // Its deletion failed earlier.
+                    self.destroy(ino);
+                    continue;
+                }
             }
             self.pump_upload(ino);
         }
@@ -367,6 +387,7 @@ impl Core {
     pub fn begin_shutdown(&mut self, now: Instant) {
         self.now = now;
         self.shutting_down = true;
+        self.flush_dir_times();
         let dirty: Vec<Ino> = self.inodes.iter().filter(|(_, i)| i.data.dirty()).map(|(k, _)| *k).collect();
         for ino in dirty {
             if let Some(inode) = self.inodes.get_mut(&ino) {
@@ -383,12 +404,16 @@ impl Core {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.iter().next().map(|(t, _)| *t)
+        let upload = self.deadlines.iter().next().map(|(t, _)| *t);
+        match (upload, self.dir_times_flush_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Nothing in flight and nothing left to upload.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && !self.inodes.values().any(|i| i.data.dirty() && i.row.nlink > 0)
+        self.pending.is_empty() && self.dir_times.is_empty() && !self.inodes.values().any(|i| i.data.dirty() && i.row.nlink > 0)
     }
 
     pub fn status(&self) -> Status {
@@ -556,7 +581,8 @@ impl Core {
             }
             Op::FsyncDir { ino, fh: _ } => {
                 self.ensure_inode(*ino)?;
-                self.commit(vec![], true, Some((p.id, Ok(Reply::Empty))), vec![]);
+                let ops = if self.inodes[ino].times_dirty { vec![self.update_row(*ino)] } else { vec![] };
+                self.commit(ops, true, Some((p.id, Ok(Reply::Empty))), vec![]);
                 Err(Stop::Later)
             }
             Op::StatFs => {
@@ -654,9 +680,8 @@ impl Core {
             if inode.version_stale {
                 // A failed transaction left its version unknown: wait for a reload (and start
                 // one if the last attempt failed).
-                if self.loading_inodes.insert(ino) {
-                    self.loads_in_flight += 1;
-                    self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
+                if !self.refreshing.contains(&ino) {
+                    self.refresh(ino);
                 }
                 return Err(Stop::Wait);
             }
@@ -748,23 +773,8 @@ impl Core {
 
     fn insert_loaded(&mut self, loaded: LoadedInode) -> Ino {
         let ino = loaded.row.ino;
-        if let Some(existing) = self.inodes.get_mut(&ino) {
-            // In memory is authoritative, except after a failed transaction: then the store's row
-            // is the truth (the failed change was answered with an error), and only what belongs
-            // to unsaved data — its size and times — is kept from memory.
-            if existing.version_stale {
-                let current = existing.row.clone();
-                existing.row = loaded.row;
-                existing.xattrs = loaded.xattrs;
-                existing.data.committed_size = existing.row.size;
-                if existing.data.dirty() || existing.data.staged {
-                    existing.row.size = current.size;
-                    existing.row.mtime = current.mtime;
-                    existing.row.ctime = current.ctime;
-                }
-                existing.version_stale = false;
-            }
-            return ino;
+        if self.inodes.contains_key(&ino) {
+            return ino; // in memory is authoritative (stale rows are fixed by `refresh`)
         }
         if !self.deleted.contains(&ino) {
             let committed_size = loaded.row.size;
@@ -776,6 +786,7 @@ impl Core {
                     parent: if ino == ROOT_INO { Some(ROOT_INO) } else { None },
                     lookups: 0,
                     version_stale: false,
+                    times_dirty: false,
                     opens: 0,
                     data: Data { committed_size, ..Data::default() },
                 },
@@ -784,13 +795,51 @@ impl Core {
         ino
     }
 
+    /// Re-read `ino`'s row after a failed transaction.
+    fn refresh(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get(&ino) else { return };
+        let base = inode.row.version;
+        self.refreshing.insert(ino);
+        self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::Refresh { ino, base });
+    }
+
+    /// The row of a stale inode arrived. The store's row is the truth (the failed change was
+    /// answered with an error); only what belongs to unsaved data — its size and times — is kept
+    /// from memory. Transactions issued after the load was asked for are still in flight, and
+    /// each bumped the in-memory version: they are added to the stored version.
+    fn apply_refresh(&mut self, ino: Ino, base: u64, loaded: Option<LoadedInode>) {
+        self.refreshing.remove(&ino);
+        let Some(existing) = self.inodes.get_mut(&ino) else { return };
+        if !existing.version_stale {
+            return;
+        }
+        let Some(loaded) = loaded else {
+            // Not in the store: its creation failed. Nothing refers to it any more.
+            self.inodes.remove(&ino);
+            self.deleted.insert(ino);
+            return;
+        };
+        let since = existing.row.version.wrapping_sub(base);
+        let current = existing.row.clone();
+        existing.row = loaded.row;
+        existing.row.version = existing.row.version.wrapping_add(since);
+        existing.xattrs = loaded.xattrs;
+        existing.data.committed_size = existing.row.size;
+        if existing.data.dirty() || existing.data.staged {
+            existing.row.size = current.size;
+            existing.row.mtime = current.mtime;
+            existing.row.ctime = current.ctime;
+        }
+        existing.version_stale = false;
+    }
+
     fn maybe_evict(&mut self, ino: Ino) {
         if self.inodes.len() <= self.config.inode_cache_max || ino == ROOT_INO {
             return;
         }
         let Some(inode) = self.inodes.get(&ino) else { return };
         let d = &inode.data;
-        if inode.lookups > 0 || inode.opens > 0 || d.staged || d.dirty() || d.upload.is_some()
+        if inode.lookups > 0 || inode.opens > 0 || inode.times_dirty || d.staged || d.dirty() || d.upload.is_some()
             || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
             || self.pending_touches(ino)
         {
@@ -839,6 +888,10 @@ impl Core {
         };
         let expect_version = inode.row.version;
         inode.row.version += 1;
+        if inode.times_dirty {
+            inode.times_dirty = false;
+            self.dir_times.remove(&ino);
+        }
         let mut row = inode.row.clone();
         row.size = inode.data.committed_size;
         if !inode.data.dirty() {
@@ -1015,6 +1068,7 @@ impl Core {
                 parent: (kind == FileKind::Directory).then_some(parent),
                 lookups: 0,
                 version_stale: false,
+                times_dirty: false,
                 opens: 0,
                 data: Data { committed_size: size, ..Data::default() },
             },
@@ -1023,17 +1077,13 @@ impl Core {
             self.dirs.insert(ino, Dir::default());
         }
         self.dirs.get_mut(&parent).ok_or(ENOENT)?.insert(name.to_vec(), Dentry { ino, kind, pos });
-        let pinode = self.inodes.get_mut(&parent).ok_or(ENOENT)?;
-        pinode.row.mtime = wall;
-        pinode.row.ctime = wall;
-        if kind == FileKind::Directory {
-            pinode.row.nlink += 1;
+        let is_dir = kind == FileKind::Directory;
+        if is_dir {
+            self.inodes.get_mut(&parent).ok_or(ENOENT)?.row.nlink += 1;
         }
-        let ops = vec![
-            TxnOp::InsertInode(row),
-            TxnOp::InsertDentry(DentryRow { parent, name: name.to_vec(), ino, pos }),
-            self.update_row(parent),
-        ];
+        let mut ops =
+            vec![TxnOp::InsertInode(row), TxnOp::InsertDentry(DentryRow { parent, name: name.to_vec(), ino, pos })];
+        self.touch_dir(parent, wall, &mut ops, is_dir);
         let reply = match (self.entry(ino, Some(parent)), open) {
             (Reply::Entry(attr), Some(flags)) => Reply::Created { attr, fh: self.open_handle(ino, flags) },
             (reply, _) => reply,
@@ -1137,13 +1187,11 @@ impl Core {
         }
         self.dirs.get_mut(&parent).ok_or(ENOENT)?.remove(name);
         let mut ops = vec![TxnOp::DeleteDentry { parent, name: name.to_vec(), ino: d.ino }];
-        let pinode = self.inodes.get_mut(&parent).ok_or(ENOENT)?;
-        pinode.row.mtime = wall;
-        pinode.row.ctime = wall;
         if is_dir {
+            let pinode = self.inodes.get_mut(&parent).ok_or(ENOENT)?;
             pinode.row.nlink = pinode.row.nlink.saturating_sub(1);
         }
-        ops.push(self.update_row(parent));
+        self.touch_dir(parent, wall, &mut ops, is_dir);
         let (after, _) = self.drop_link(d.ino, wall, &mut ops);
         self.commit(ops, false, Some((id, Ok(Reply::Empty))), after);
         Err(Stop::Later)
@@ -1193,14 +1241,11 @@ impl Core {
         let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
         inode.row.nlink += 1;
         inode.row.ctime = wall;
-        let p = self.inodes.get_mut(&newparent).ok_or(ENOENT)?;
-        p.row.mtime = wall;
-        p.row.ctime = wall;
-        let ops = vec![
+        let mut ops = vec![
             TxnOp::InsertDentry(DentryRow { parent: newparent, name: newname.to_vec(), ino, pos }),
             self.update_row(ino),
-            self.update_row(newparent),
         ];
+        self.touch_dir(newparent, wall, &mut ops, false);
         let reply = self.entry(ino, None);
         self.commit(ops, false, Some((id, Ok(reply))), vec![]);
         Err(Stop::Later)
@@ -1376,6 +1421,43 @@ impl Core {
         self.touch_parents(parent, newparent, wall, &mut ops)?;
         self.commit(ops, false, Some((id, Ok(Reply::Empty))), vec![]);
         Err(Stop::Later)
+    }
+
+    /// An entry of `dir` was added or removed at `wall`. A change of its link count is stored
+    /// with `ops`; a change of its times alone is stored later (see `flush_dir_times`), which
+    /// saves a row update per create and unlink. Nothing but the times can be lost that way, and
+    /// only to a crash within a second.
+    fn touch_dir(&mut self, dir: Ino, wall: Timespec, ops: &mut Vec<TxnOp>, nlink_changed: bool) {
+        const DIR_TIMES_DELAY: Duration = Duration::from_secs(1);
+        let Some(inode) = self.inodes.get_mut(&dir) else { return };
+        inode.row.mtime = wall;
+        inode.row.ctime = wall;
+        if nlink_changed || inode.version_stale {
+            ops.push(self.update_row(dir));
+            return;
+        }
+        inode.times_dirty = true;
+        self.dir_times.insert(dir);
+        if self.dir_times_flush_at.is_none() {
+            self.dir_times_flush_at = Some(self.now + DIR_TIMES_DELAY);
+        }
+    }
+
+    /// Store the times of every directory that has unsaved ones.
+    fn flush_dir_times(&mut self) {
+        self.dir_times_flush_at = None;
+        let dirs: Vec<Ino> = std::mem::take(&mut self.dir_times).into_iter().collect();
+        let mut ops = Vec::new();
+        for dir in dirs {
+            if self.inodes.get(&dir).is_some_and(|i| i.times_dirty && !i.version_stale) {
+                ops.push(self.update_row(dir));
+            } else if let Some(i) = self.inodes.get_mut(&dir) {
+                i.times_dirty = false;
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops, false, None, vec![]);
+        }
     }
 
     /// A rename changed both directories: bump their times and store them.
@@ -1751,6 +1833,13 @@ impl Core {
                     self.deleted.clear();
                 }
             }
+            Pending::Refresh { ino, base } => match result {
+                Ok(IoReply::Inode(loaded)) => self.apply_refresh(ino, base, loaded),
+                _ => {
+                    self.refreshing.remove(&ino);
+                    self.fail_parked_on(ino);
+                }
+            },
             Pending::LoadDir(ino) => {
                 self.loading_dirs.remove(&ino);
                 self.loads_in_flight -= 1;
@@ -1811,6 +1900,18 @@ impl Core {
                     };
                     if let Some((id, r)) = reply {
                         self.reply(id, if applied { r } else { Err(errno) });
+                    }
+                    // A deletion that did not happen is tried again on the retry timer.
+                    let when = self.now + self.config.upload_retry;
+                    for c in &after {
+                        if let Cleanup::Destroy(ino) = c {
+                            if let Some(inode) = self.inodes.get_mut(ino) {
+                                if let Some(old) = inode.data.deadline.replace(when) {
+                                    self.deadlines.remove(&(old, *ino));
+                                }
+                                self.deadlines.insert((when, *ino));
+                            }
+                        }
                     }
                     self.forget_clean_state();
                 }
@@ -2166,16 +2267,15 @@ impl Core {
     fn forget_clean_state(&mut self) {
         self.dirs.clear();
         self.inodes.retain(|_, i| i.opens > 0 || i.data.staged || i.data.upload.is_some() || i.data.dirty());
+        let inodes = &self.inodes;
+        self.dir_times.retain(|ino| inodes.contains_key(ino));
         let keep: Vec<Ino> = self.inodes.keys().copied().collect();
         for ino in keep {
-            // Refresh the version so later updates do not conflict forever.
-            if self.loading_inodes.insert(ino) {
-                self.loads_in_flight += 1;
-                self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::LoadInode(ino));
-            }
+            // Re-read the row so the failed change is undone and later updates do not conflict.
             if let Some(i) = self.inodes.get_mut(&ino) {
-                i.version_stale = true; // cleared by `insert_loaded` when the load returns
+                i.version_stale = true; // cleared by `apply_refresh`
             }
+            self.refresh(ino);
         }
     }
 }

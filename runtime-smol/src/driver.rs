@@ -1,19 +1,21 @@
-//! The driver: one thread owns the [`Core`], feeds it requests, completions and timeouts, and
-//! performs its effects.
+//! The driver: owns the [`Core`] behind one lock, feeds it requests, completions and timeouts,
+//! and performs its effects.
 //!
-//! Metadata requests run inline on the driver thread, strictly in the order the core emitted
-//! them (the core relies on that order). Staging and store requests run on the blocking thread
-//! pool and send their completion back through the driver's channel.
+//! Whoever has an input drives: the FUSE thread for requests, a blocking-pool thread for the
+//! completion of the I/O it performed, the timer thread for deadlines. Each takes the lock, hands
+//! the input to the core and drains every effect before letting go. Metadata requests run inline
+//! under the lock, strictly in the order the core emitted them (the core relies on that order),
+//! which also saves a thread hand-off per operation; staging and store requests run on the
+//! blocking pool.
 
 use crate::meta_sqlite::SqliteMeta;
 use crate::objects::{execute_store, ObjectDir};
 use crate::staging::Staging;
-use async_channel::{Receiver, Sender};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use truckeefs_core::{
@@ -35,13 +37,6 @@ pub trait Sink: Send + 'static {
     fn notice(&self, notice: KernelNotice);
 }
 
-enum Input {
-    Request { id: RequestId, ctx: Ctx, op: Op, wall: SystemTime },
-    Forget { ino: Ino, nlookup: u64 },
-    Completion { io: IoId, result: IoResult },
-    Shutdown,
-}
-
 /// Why a mount could not start. One line each, naming the file or directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -55,14 +50,21 @@ pub enum StartError {
 
 /// A running driver.
 pub struct Runtime {
-    tx: Sender<Input>,
-    thread: Option<JoinHandle<Result<(), String>>>,
+    shared: Arc<Shared>,
+    timer: Option<JoinHandle<()>>,
     _lock: File,
 }
 
 /// How long unmount waits for uploads that make no progress before giving up (the data stays
 /// staged and is uploaded at the next mount).
 const SHUTDOWN_STALL: Duration = Duration::from_secs(120);
+
+/// The driver behind its lock, and the condition variable the timer thread and an unmount
+/// sleep on. Lock order: only this one lock exists.
+struct Shared {
+    driver: Mutex<Driver>,
+    wake: Condvar,
+}
 
 impl Runtime {
     /// Open the stores (errors come back here, before anything is mounted) and start the driver.
@@ -78,37 +80,106 @@ impl Runtime {
         let staging_dir = dirs.cache_dir.join("staging");
         let staging = Staging::open(&staging_dir)
             .map_err(|source| StartError::Dir { path: staging_dir.display().to_string(), source })?;
-        let (tx, rx) = async_channel::unbounded();
         let driver = Driver {
             core: Core::new(config, Instant::now()),
             meta,
             objects: Arc::new(objects),
             staging: Arc::new(staging),
-            tx: tx.clone(),
             sink,
+            timer_sleeps_until: None,
+            stopping: false,
+            last_progress: Instant::now(),
         };
-        let thread = std::thread::Builder::new()
-            .name("truckeefs-driver".into())
-            .spawn(move || smol::block_on(driver.run(rx)))
-            .map_err(|source| StartError::Dir { path: "driver thread".into(), source })?;
-        Ok(Runtime { tx, thread: Some(thread), _lock: lock })
+        let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
+        shared.lock().drain(&shared);
+        let timer_shared = shared.clone();
+        let timer = std::thread::Builder::new()
+            .name("truckeefs-timer".into())
+            .spawn(move || timer_thread(&timer_shared))
+            .map_err(|source| StartError::Dir { path: "timer thread".into(), source })?;
+        Ok(Runtime { shared, timer: Some(timer), _lock: lock })
     }
 
+    /// One kernel request, run on the caller's thread: metadata transactions complete inline,
+    /// data I/O continues on the blocking pool.
     pub fn request(&self, id: RequestId, ctx: Ctx, op: Op) {
-        let _ = self.tx.send_blocking(Input::Request { id, ctx, op, wall: SystemTime::now() });
+        let mut d = self.shared.lock();
+        tracing::trace!(?id, ?op, "request");
+        d.core.handle_request(Instant::now(), SystemTime::now(), id, ctx, op);
+        d.drain(&self.shared);
     }
 
     pub fn forget(&self, ino: Ino, nlookup: u64) {
-        let _ = self.tx.send_blocking(Input::Forget { ino, nlookup });
+        let mut d = self.shared.lock();
+        d.core.handle_forget(Instant::now(), ino, nlookup);
+        d.drain(&self.shared);
     }
 
     /// Finish every pending upload and stop. Returns an error naming what could not be finished.
     pub fn shutdown(mut self) -> Result<(), String> {
-        let _ = self.tx.send_blocking(Input::Shutdown);
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err("the driver thread panicked".into()),
-            None => Ok(()),
+        let result = self.wait_idle();
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.timer.take() {
+            let _ = t.join();
+        }
+        result
+    }
+
+    fn wait_idle(&self) -> Result<(), String> {
+        let mut d = self.shared.lock();
+        d.core.begin_shutdown(Instant::now());
+        d.last_progress = Instant::now();
+        d.drain(&self.shared);
+        let mut last_status = Instant::now();
+        loop {
+            if d.core.is_idle() {
+                tracing::info!("all data uploaded; stopped");
+                return Ok(());
+            }
+            if last_status.elapsed() > Duration::from_secs(5) {
+                let s = d.core.status();
+                tracing::info!(files = s.dirty_files, bytes = s.dirty_bytes, "unmount: waiting for uploads");
+                last_status = Instant::now();
+            }
+            if d.last_progress.elapsed() > SHUTDOWN_STALL {
+                let s = d.core.status();
+                return Err(format!(
+                    "{} file(s) could not be uploaded; they stay in the staging area and are uploaded at the next mount",
+                    s.dirty_files
+                ));
+            }
+            d = self.shared.wake.wait_timeout(d, Duration::from_secs(1)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Driver> {
+        // A panic while holding the lock already reported itself; the state is still the core's.
+        self.driver.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Fires the core's timers: sleeps until `poll_timeout`, or until woken because it moved earlier.
+fn timer_thread(shared: &Arc<Shared>) {
+    let mut d = shared.lock();
+    loop {
+        if d.stopping {
+            return;
+        }
+        let now = Instant::now();
+        match d.core.poll_timeout() {
+            Some(at) if at <= now => {
+                d.core.handle_timeout(now);
+                d.drain(shared);
+            }
+            next => {
+                d.timer_sleeps_until = Some(next.unwrap_or(now + Duration::from_secs(3600)));
+                let wait = d.timer_sleeps_until.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
+                d = shared.wake.wait_timeout(d, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                d.timer_sleeps_until = None;
+            }
         }
     }
 }
@@ -136,75 +207,17 @@ struct Driver {
     meta: SqliteMeta,
     objects: Arc<ObjectDir>,
     staging: Arc<Staging>,
-    tx: Sender<Input>,
     sink: Box<dyn Sink>,
+    /// The deadline the timer thread sleeps until (`None` while it runs).
+    timer_sleeps_until: Option<Instant>,
+    stopping: bool,
+    /// The last I/O completion, for noticing a stalled unmount.
+    last_progress: Instant,
 }
 
 impl Driver {
-    async fn run(mut self, rx: Receiver<Input>) -> Result<(), String> {
-        let mut shutting_down = false;
-        let mut last_progress = Instant::now();
-        let mut last_status = Instant::now();
-        self.drain();
-        loop {
-            if shutting_down {
-                if self.core.is_idle() {
-                    tracing::info!("all data uploaded; stopped");
-                    return Ok(());
-                }
-                if last_status.elapsed() > Duration::from_secs(5) {
-                    let s = self.core.status();
-                    tracing::info!(files = s.dirty_files, bytes = s.dirty_bytes, "unmount: waiting for uploads");
-                    last_status = Instant::now();
-                }
-                if last_progress.elapsed() > SHUTDOWN_STALL {
-                    let s = self.core.status();
-                    return Err(format!(
-                        "{} file(s) could not be uploaded; they stay in the staging area and are uploaded at the next mount",
-                        s.dirty_files
-                    ));
-                }
-            }
-            let deadline = self.core.poll_timeout();
-            let tick = if shutting_down { Some(Instant::now() + Duration::from_secs(1)) } else { None };
-            let wake = match (deadline, tick) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let input = match wake {
-                Some(at) => {
-                    smol::future::or(async { rx.recv().await.ok() }, async {
-                        async_io::Timer::at(at).await;
-                        None
-                    })
-                    .await
-                }
-                None => rx.recv().await.ok(),
-            };
-            let now = Instant::now();
-            match input {
-                Some(Input::Request { id, ctx, op, wall }) => {
-                    tracing::trace!(?id, ?op, "request");
-                    self.core.handle_request(now, wall, id, ctx, op)
-                }
-                Some(Input::Forget { ino, nlookup }) => self.core.handle_forget(now, ino, nlookup),
-                Some(Input::Completion { io, result }) => {
-                    last_progress = now;
-                    self.core.handle_completion(now, io, result)
-                }
-                Some(Input::Shutdown) => {
-                    shutting_down = true;
-                    last_progress = now;
-                    self.core.begin_shutdown(now);
-                }
-                None => self.core.handle_timeout(now),
-            }
-            self.drain();
-        }
-    }
-
     /// Perform every effect; metadata requests complete inline, in order.
-    fn drain(&mut self) {
+    fn drain(&mut self, shared: &Arc<Shared>) {
         let mut inline: VecDeque<(IoId, IoResult)> = VecDeque::new();
         loop {
             while let Some(effect) = self.core.poll_effect() {
@@ -218,18 +231,24 @@ impl Driver {
                         }
                         inline.push_back((io, result));
                     }
-                    Effect::Io { io, request } => self.spawn_io(io, request),
+                    Effect::Io { io, request } => self.spawn_io(shared, io, request),
                 }
             }
             match inline.pop_front() {
                 Some((io, result)) => self.core.handle_completion(Instant::now(), io, result),
-                None => return,
+                None => break,
+            }
+        }
+        // Wake the timer if the next deadline moved before the one it sleeps until.
+        if let (Some(next), Some(sleeping)) = (self.core.poll_timeout(), self.timer_sleeps_until) {
+            if next < sleeping {
+                shared.wake.notify_all();
             }
         }
     }
 
-    fn spawn_io(&self, io: IoId, request: IoRequest) {
-        let tx = self.tx.clone();
+    fn spawn_io(&self, shared: &Arc<Shared>, io: IoId, request: IoRequest) {
+        let shared = shared.clone();
         let objects = self.objects.clone();
         let staging = self.staging.clone();
         smol::unblock(move || {
@@ -241,7 +260,14 @@ impl Driver {
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "local I/O");
             }
-            let _ = tx.send_blocking(Input::Completion { io, result });
+            let mut d = shared.lock();
+            d.last_progress = Instant::now();
+            d.core.handle_completion(Instant::now(), io, result);
+            d.drain(&shared);
+            if d.core.is_idle() {
+                // An unmount may be waiting for exactly this.
+                shared.wake.notify_all();
+            }
         })
         .detach();
     }
