@@ -69,6 +69,9 @@ pub struct InodeRow {
 pub struct LoadedInode {
     pub row: InodeRow,
     pub xattrs: BTreeMap<Vec<u8>, Bytes>,
+    /// For a directory, the directory that contains it (`None` for the root and for other
+    /// kinds): the core needs every ancestor to refuse moving a directory into itself.
+    pub parent: Option<Ino>,
 }
 
 /// One row of the `dentries` table. `pos` is unique within the directory and never reused, so

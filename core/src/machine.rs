@@ -783,7 +783,7 @@ impl Core {
                 Inode {
                     row: loaded.row,
                     xattrs: loaded.xattrs,
-                    parent: if ino == ROOT_INO { Some(ROOT_INO) } else { None },
+                    parent: if ino == ROOT_INO { Some(ROOT_INO) } else { loaded.parent },
                     lookups: 0,
                     version_stale: false,
                     times_dirty: false,
@@ -1251,21 +1251,26 @@ impl Core {
         Err(Stop::Later)
     }
 
-    /// Is `ino` equal to `ancestor` or below it?
-    fn is_within(&self, mut ino: Ino, ancestor: Ino) -> bool {
-        for _ in 0..4096 {
+    /// Is directory `ino` equal to `ancestor` or below it? Loads missing ancestors (and waits).
+    fn is_within(&mut self, mut ino: Ino, ancestor: Ino) -> Result<bool, Stop> {
+        // Deeper than any path the kernel can hand over (PATH_MAX / 2 components).
+        for _ in 0..PATH_MAX {
             if ino == ancestor {
-                return true;
+                return Ok(true);
             }
             if ino == ROOT_INO {
-                return false;
+                return Ok(false);
             }
+            self.ensure_inode(ino)?;
             match self.inodes.get(&ino).and_then(|i| i.parent) {
                 Some(p) => ino = p,
-                None => return false,
+                None => {
+                    debug_assert!(false, "directory {ino} without a known parent");
+                    return Err(EIO.into());
+                }
             }
         }
-        false
+        Err(EIO.into())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1304,10 +1309,10 @@ impl Core {
             if dst.ino == src.ino {
                 return Ok(Reply::Empty);
             }
-            if src_dir && self.is_within(newparent, src.ino) && src.ino != dst.ino {
+            if src_dir && self.is_within(newparent, src.ino)? {
                 return Err(EINVAL.into());
             }
-            if dst.kind == FileKind::Directory && self.is_within(parent, dst.ino) && src.ino != dst.ino {
+            if dst.kind == FileKind::Directory && self.is_within(parent, dst.ino)? {
                 return Err(EINVAL.into());
             }
             return self.exchange(id, wall, parent, name, src, newparent, newname, dst);
@@ -1321,10 +1326,10 @@ impl Core {
             }
             // The kernel's order: a directory into itself (EINVAL), then a target that is an
             // ancestor of the source (ENOTEMPTY), then the kinds.
-            if src_dir && self.is_within(newparent, src.ino) {
+            if src_dir && self.is_within(newparent, src.ino)? {
                 return Err(EINVAL.into());
             }
-            if d.kind == FileKind::Directory && self.is_within(parent, d.ino) {
+            if d.kind == FileKind::Directory && self.is_within(parent, d.ino)? {
                 return Err(ENOTEMPTY.into());
             }
             let dst_dir = d.kind == FileKind::Directory;
@@ -1338,7 +1343,7 @@ impl Core {
                 return Err(ENOTEMPTY.into());
             }
         }
-        if src_dir && self.is_within(newparent, src.ino) {
+        if src_dir && self.is_within(newparent, src.ino)? {
             return Err(EINVAL.into());
         }
         if src_dir && parent != newparent && self.inodes[&newparent].row.nlink >= LINK_MAX && dst.is_none() {

@@ -43,7 +43,13 @@ impl MemStore {
     }
 
     fn loaded(&self, ino: Ino) -> Option<LoadedInode> {
-        self.inodes.get(&ino).map(|row| LoadedInode { row: row.clone(), xattrs: BTreeMap::new() })
+        let parent = self
+            .dentries
+            .iter()
+            .find(|(_, (i, _))| *i == ino)
+            .map(|((p, _), _)| *p)
+            .filter(|_| self.inodes.get(&ino).is_some_and(|r| r.kind == FileKind::Directory));
+        self.inodes.get(&ino).map(|row| LoadedInode { row: row.clone(), xattrs: BTreeMap::new(), parent })
     }
 
     /// Executes one request, like a runtime would.

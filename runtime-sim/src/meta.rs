@@ -156,7 +156,12 @@ impl MemMeta {
         let Some(row) = self.inodes.get(&ino) else { return Ok(None) };
         check_row_decodable(row)?;
         let xattrs = self.xattrs.get(&ino).cloned().unwrap_or_default();
-        Ok(Some(LoadedInode { row: row.clone(), xattrs }))
+        let parent = if row.kind == FileKind::Directory {
+            self.by_pos.values().find(|d| d.ino == ino).map(|d| d.parent)
+        } else {
+            None
+        };
+        Ok(Some(LoadedInode { row: row.clone(), xattrs, parent }))
     }
 
     fn load_dir(&self, dir: Ino) -> Result<Vec<(DentryRow, LoadedInode)>, IoError> {
@@ -175,7 +180,7 @@ impl MemMeta {
             let xattrs = self.xattrs.get(&d.ino).cloned().unwrap_or_default();
             out.push((
                 DentryRow { parent: dir, name: d.name.clone(), ino: d.ino, pos: *pos },
-                LoadedInode { row: row.clone(), xattrs },
+                LoadedInode { row: row.clone(), xattrs, parent: Some(dir) },
             ));
         }
         Ok(out)

@@ -55,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
          name BLOB NOT NULL,
          ino INTEGER NOT NULL,
          UNIQUE(parent, name));
+     -- A directory's parent, for the check that refuses moving a directory into itself.
+     CREATE INDEX dentries_ino ON dentries(ino);
      CREATE TABLE xattrs(
          ino INTEGER NOT NULL,
          name BLOB NOT NULL,
@@ -192,7 +194,17 @@ impl SqliteMeta {
             let (_, name, value) = decode_xattr(&self.path, r)?;
             xattrs.insert(name, value);
         }
-        Ok(Some(LoadedInode { row, xattrs }))
+        let parent = if row.kind == FileKind::Directory && row.ino != ROOT_INO {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT parent FROM dentries WHERE ino = ?1 LIMIT 1")
+                .map_err(|e| self.sql_error(e))?;
+            let found: Option<i64> = st.query_row([key], |r| r.get(0)).optional().map_err(|e| self.sql_error(e))?;
+            found.and_then(|p| u64::try_from(p).ok())
+        } else {
+            None
+        };
+        Ok(Some(LoadedInode { row, xattrs, parent }))
     }
 
     fn load_dir(&mut self, dir: u64) -> Result<Vec<(DentryRow, LoadedInode)>, IoError> {
@@ -229,7 +241,7 @@ impl SqliteMeta {
                 }
                 let row = decode_inode(&self.path, r, 3)?;
                 let dentry = DentryRow { parent: dir, name, ino, pos };
-                entries.push((dentry, LoadedInode { row, xattrs: BTreeMap::new() }));
+                entries.push((dentry, LoadedInode { row, xattrs: BTreeMap::new(), parent: Some(dir) }));
             }
         }
         if entries.is_empty() {
