@@ -988,22 +988,33 @@ impl Core {
             None => {}
         }
         r.ctime = set.ctime.unwrap_or(wall);
+        if truncated {
+            // Dirty before the row is built: its size must stay the committed object's.
+            inode.data.dirty_gen += 1;
+        }
         let ops = vec![self.update_row(ino)];
         let attr = self.attr(ino);
         let txn = Txn { ops, durable: false };
         let pending = Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated };
         self.io(IoRequest::Meta(MetaRequest::Commit(txn)), pending);
         if truncated {
-            self.data_changed(ino);
+            self.schedule_upload(ino);
         }
     }
 
     /// The contents changed: a new generation to upload.
     fn data_changed(&mut self, ino: Ino) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.data.dirty_gen += 1;
+        }
+        self.schedule_upload(ino);
+    }
+
+    /// Upload a changed file now if nobody has it open, else after a quiet period.
+    fn schedule_upload(&mut self, ino: Ino) {
         let now = self.now;
         let delay = self.config.upload_delay;
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
-        inode.data.dirty_gen += 1;
         if inode.opens == 0 {
             inode.data.want_upload = true;
         } else if let Some(old) = inode.data.deadline.replace(now + delay) {
