@@ -827,6 +827,8 @@ impl Core {
         existing.data.committed_size = existing.row.size;
         if existing.data.dirty() || existing.data.staged {
             existing.row.size = current.size;
+        }
+        if existing.data.dirty() || existing.data.staged || existing.times_dirty {
             existing.row.mtime = current.mtime;
             existing.row.ctime = current.ctime;
         }
@@ -2282,7 +2284,8 @@ impl Core {
     /// that can be loaded again; keep what holds unsaved data or open handles.
     fn forget_clean_state(&mut self) {
         self.dirs.clear();
-        self.inodes.retain(|_, i| i.opens > 0 || i.data.staged || i.data.upload.is_some() || i.data.dirty());
+        self.inodes
+            .retain(|_, i| i.opens > 0 || i.times_dirty || i.data.staged || i.data.upload.is_some() || i.data.dirty());
         let inodes = &self.inodes;
         self.dir_times.retain(|ino| inodes.contains_key(ino));
         let keep: Vec<Ino> = self.inodes.keys().copied().collect();
