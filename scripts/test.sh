@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# test.sh: THE test command of TruckeeFS; CI runs it through .ci/run.
+#
+# Sections, in order (each is timed; a failure does not stop the later ones, except a failure of
+# the first):
+#   1. system packages   scripts/install-deps.sh: fuse3, libacl1-dev (apt only if something is
+#                        missing; needs root then)
+#   2. core purity       scripts/check-core-purity.sh: no clock, I/O, threads, async or global
+#                        randomness in core/src
+#   3. debug build       cargo build --workspace --all-targets (also builds target/debug/truckeefs,
+#                        which the integration tests in tests/ mount)
+#   4. release build     cargo build --release -p truckeefs
+#   5. cargo test        cargo test --workspace --no-fail-fast
+#   6. simulator         cargo run --release -p truckeefs-runtime-sim -- --seeds 500 --steps 200
+#                        (skipped, with a notice, while that crate has no binary target)
+#   7. pjdfstest         scripts/pjdfstest.sh: POSIX conformance of a mount vs the local disk
+# and at the end one line "N passed, N failed[, N skipped]" counting sections. Exit status 0 only
+# if no section failed.
+#
+# Run from anywhere, as root on a fresh Debian 12 machine with Rust, Python 3 and gcc:
+#   ./scripts/test.sh
+# Environment:
+#   SIM_SEEDS, SIM_STEPS       simulator campaign size (default 500 seeds x 200 steps)
+#   TEST_TIMEOUT               seconds cargo test may take (default 1500)
+#   SIM_TIMEOUT                seconds the simulator campaign may take (default 900)
+#   TEST_SECTIONS              space-separated section numbers to run (default: all), e.g. "2 5"
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null 2>&1 || { echo "test.sh: ERROR: cargo not found (install Rust with rustup)" >&2; exit 1; }
+
+SIM_SEEDS="${SIM_SEEDS:-500}"
+SIM_STEPS="${SIM_STEPS:-200}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-1500}"
+SIM_TIMEOUT="${SIM_TIMEOUT:-900}"
+TEST_SECTIONS="${TEST_SECTIONS:-}"
+SKIP=77 # a section's exit status meaning "skipped"
+
+passed=0 failed=0 skipped=0
+summary=()
+declare -A STATUS=()
+START=$SECONDS
+
+# section NUMBER NAME FUNCTION: runs FUNCTION in a subshell with `set -e` in force (it would be
+# ignored inside `if`), prints a header and the elapsed time, and records the outcome.
+section() {
+    local num="$1" name="$2" fn="$3" rc t0 secs outcome
+    if [[ -n "$TEST_SECTIONS" && " $TEST_SECTIONS " != *" $num "* ]]; then
+        STATUS[$num]=notrun
+        return 0
+    fi
+    echo
+    echo "================================================================================"
+    echo "== $num. $name        ($(date -u +%H:%M:%S) UTC)"
+    echo "================================================================================"
+    t0=$SECONDS
+    set +e
+    (set -e; "$fn")
+    rc=$?
+    set -e
+    secs=$((SECONDS - t0))
+    case $rc in
+        0) outcome=passed; passed=$((passed + 1)) ;;
+        "$SKIP") outcome=skipped; skipped=$((skipped + 1)) ;;
+        *) outcome="FAILED (exit $rc)"; failed=$((failed + 1)) ;;
+    esac
+    STATUS[$num]="${outcome%% *}"
+    echo "-- $num. $name: $outcome in $(fmt_secs "$secs")"
+    summary+=("$(printf '  %-2s %-18s %-18s %s' "$num." "$name" "$outcome" "$(fmt_secs "$secs")")")
+}
+fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+needs() { # needs NUM DESCRIPTION: skip-as-failure when an earlier section this one depends on failed
+    if [[ "${STATUS[$1]:-}" == FAILED ]]; then
+        echo "not run: $2 failed"
+        return 1
+    fi
+}
+
+s_deps() { "$ROOT/scripts/install-deps.sh"; }
+
+s_purity() { "$ROOT/scripts/check-core-purity.sh"; }
+
+s_build_debug() { cargo build --workspace --all-targets; }
+
+s_build_release() { cargo build --release -p truckeefs; }
+
+s_test() {
+    needs 3 "the debug build"
+    [[ -x target/debug/truckeefs ]] || { echo "target/debug/truckeefs is missing"; return 1; }
+    timeout -k 30 "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast
+}
+
+s_sim() {
+    local bins
+    bins="$(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "truckeefs-runtime-sim":
+        for t in p["targets"]:
+            if "bin" in t["kind"]:
+                print(t["name"])')"
+    if [[ -z "$bins" ]]; then
+        echo "NOTICE: skipped: the crate truckeefs-runtime-sim has no binary target yet (runtime-sim/src/main.rs)"
+        return "$SKIP"
+    fi
+    local bin
+    if [[ $(wc -l <<<"$bins") -gt 1 ]]; then
+        bin="$(grep -xE 'truckeefs-runtime-sim|truckeefs-sim|runtime-sim|sim' <<<"$bins" | head -n 1 || true)"
+        [[ -n "$bin" ]] || { echo "truckeefs-runtime-sim has several binaries ($(tr "\n" " " <<<"$bins")); which one is the campaign?"; return 1; }
+    else
+        bin="$bins"
+    fi
+    echo "campaign: $SIM_SEEDS seeds x $SIM_STEPS steps (binary $bin)"
+    timeout -k 30 "$SIM_TIMEOUT" cargo run --release -p truckeefs-runtime-sim --bin "$bin" -- --seeds "$SIM_SEEDS" --steps "$SIM_STEPS"
+}
+
+s_pjdfstest() {
+    needs 4 "the release build"
+    "$ROOT/scripts/pjdfstest.sh"
+}
+
+echo "TruckeeFS test run: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on $(uname -srm), $(nproc) cores, $(cargo --version)"
+
+section 1 "system packages" s_deps
+if [[ "${STATUS[1]}" == FAILED ]]; then
+    echo "test.sh: the system packages are missing; nothing else can run"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+section 2 "core purity" s_purity
+section 3 "debug build" s_build_debug
+section 4 "release build" s_build_release
+section 5 "cargo test" s_test
+section 6 "simulator" s_sim
+section 7 "pjdfstest" s_pjdfstest
+
+echo
+echo "================================================================================"
+echo "== summary ($(fmt_secs $((SECONDS - START))) in all)"
+echo "================================================================================"
+printf '%s\n' "${summary[@]}"
+if ((skipped > 0)); then
+    echo "$passed passed, $failed failed, $skipped skipped"
+else
+    echo "$passed passed, $failed failed"
+fi
+((failed == 0))
