@@ -1523,7 +1523,7 @@ impl Core {
         }
         if plus && batch.iter().any(|(_, _, d)| !self.inodes.contains_key(&d.ino)) {
             // Some children were evicted: a fresh listing brings their attributes back.
-            self.load_dir_refresh(ino);
+            self.load_dir(ino);
             return Err(Stop::Wait);
         }
         for (off, name, d) in batch {
@@ -1556,10 +1556,6 @@ impl Core {
         inode.row.atime = wall;
         let ops = vec![self.update_row(ino)];
         self.commit(ops, false, None, vec![]);
-    }
-
-    fn load_dir_refresh(&mut self, ino: Ino) {
-        self.load_dir(ino);
     }
 
     fn setxattr(&mut self, id: RequestId, wall: Timespec, ino: Ino, name: &[u8], value: &Bytes, flags: i32) -> Exec {
@@ -2259,11 +2255,9 @@ impl Core {
         }
     }
 
-    /// Parked requests that needed `ino` get EIO (its load failed).
+    /// Parked requests that name `ino` get EIO (a load or staging step for it failed); answering
+    /// them keeps a failing store from being asked again and again. Others stay parked.
     fn fail_parked_on(&mut self, ino: Ino) {
-        let _ = ino;
-        // Parked requests re-run and find the inode absent or the directory still missing; to
-        // avoid a loop of failed loads, answer those that name it directly.
         let parked = std::mem::take(&mut self.parked);
         for p in parked {
             if op_names(&p.op, ino) {

@@ -117,7 +117,6 @@ fn answer(p: Pending, result: Result<Reply, i32>, ttl: Duration) {
         (Pending::Xattr(r), Reply::XattrSize(n)) => r.size(n),
         (Pending::Xattr(r), Reply::XattrData(d)) => r.data(&d),
         (Pending::Lock(r), Reply::Lock(l)) => r.locked(l.start, l.end, l.typ, l.pid),
-        (Pending::Write(r), Reply::Data(_)) => r.error(libc::EIO),
         (p, other) => {
             tracing::error!(?other, "reply of the wrong kind");
             p.error(libc::EIO)

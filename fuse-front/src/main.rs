@@ -8,7 +8,6 @@ use fuser::MountOption;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use truckeefs_runtime_smol::{MountDirs, Runtime};
 
 fn main() -> ExitCode {
@@ -152,6 +151,3 @@ fn mount(args: MountArgs) -> Result<(), String> {
         None => Ok(()),
     }
 }
-
-#[allow(dead_code)]
-const _TTL_DEFAULT: Duration = cli::TTL_DEFAULT;
