@@ -156,7 +156,7 @@ impl MemMeta {
         let Some(row) = self.inodes.get(&ino) else { return Ok(None) };
         check_row_decodable(row)?;
         let xattrs = self.xattrs.get(&ino).cloned().unwrap_or_default();
-        let parent = if row.kind == FileKind::Directory {
+        let parent = if row.kind == FileKind::Directory && ino != truckeefs_core::ROOT_INO {
             self.by_pos.values().find(|d| d.ino == ino).map(|d| d.parent)
         } else {
             None
