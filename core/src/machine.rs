@@ -1729,40 +1729,26 @@ impl Core {
         }
     }
 
+    /// Answer the flush waiters whose generation is sealed and the fsync waiters whose generation
+    /// is uploaded; with `error`, also fail those the failed upload covered.
     fn answer_waiters(&mut self, ino: Ino, error: Option<i32>) {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let d = &mut inode.data;
-        let (sealed, uploaded) = (d.sealed_gen, d.uploaded_gen);
+        let failed = error.zip(d.upload.map(|u| u.gen));
         let mut answers = Vec::new();
-        let failed_gen = d.upload.map(|u| u.gen);
-        d.flush_waiters.retain(|&(id, gen)| {
-            if gen <= sealed {
-                answers.push((id, Ok(Reply::Empty)));
+        let mut settle = |waiters: &mut Vec<(RequestId, u64)>, done: u64| {
+            waiters.retain(|&(id, gen)| {
+                let answer = match failed {
+                    _ if gen <= done => Ok(Reply::Empty),
+                    Some((errno, failed_gen)) if gen <= failed_gen => Err(errno),
+                    _ => return true,
+                };
+                answers.push((id, answer));
                 false
-            } else if let (Some(e), Some(fg)) = (error, failed_gen) {
-                if gen <= fg {
-                    answers.push((id, Err(e)));
-                    return false;
-                }
-                true
-            } else {
-                true
-            }
-        });
-        d.fsync_waiters.retain(|&(id, gen)| {
-            if gen <= uploaded {
-                answers.push((id, Ok(Reply::Empty)));
-                false
-            } else if let (Some(e), Some(fg)) = (error, failed_gen) {
-                if gen <= fg {
-                    answers.push((id, Err(e)));
-                    return false;
-                }
-                true
-            } else {
-                true
-            }
-        });
+            });
+        };
+        settle(&mut d.flush_waiters, d.sealed_gen);
+        settle(&mut d.fsync_waiters, d.uploaded_gen);
         for (id, r) in answers {
             self.reply(id, r);
         }
