@@ -29,6 +29,7 @@
 //! metadata transaction carrying it has committed; close answers only once the file's data is
 //! sealed in the staging area, fsync only once it is committed upstream.
 
+pub mod ays;
 pub mod dir;
 pub mod io;
 pub mod locks;

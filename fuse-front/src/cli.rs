@@ -12,6 +12,8 @@ truckeefs - a POSIX filesystem whose data lives in a Tahoe-LAFS grid (or a local
 
 Usage:
   truckeefs mount [OPTIONS] MOUNTPOINT     mount in the foreground until unmounted
+  truckeefs ays serve|publish|mount ...    aysfs: cache server, publisher, read-only mounts
+                                           ('truckeefs ays --help')
   truckeefs --help | --version
 
 Mount options:
@@ -35,6 +37,7 @@ pub enum Command {
     Help,
     Version,
     Mount(MountArgs),
+    Ays(crate::ays_cmd::AysCommand),
 }
 
 pub struct MountArgs {
@@ -72,6 +75,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             }
             Value(v) if sub.is_none() => {
                 let v = v.into_string().map_err(|_| "unknown command".to_string())?;
+                if v == "ays" {
+                    let rest = p.raw_args().map_err(|e| e.to_string())?.collect();
+                    return crate::ays_cmd::parse(rest, verbose).map(Command::Ays);
+                }
                 if v != "mount" {
                     return Err(format!("unknown command '{v}'"));
                 }

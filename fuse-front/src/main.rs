@@ -1,5 +1,7 @@
 //! `truckeefs`: the command line.
 
+mod ays_cmd;
+mod ays_mount;
 mod cli;
 mod fuse;
 
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
             println!("truckeefs {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Ays(cmd) => ays_cmd::run(cmd),
         Command::Mount(args) => {
             init_logging(args.verbose);
             match mount(args) {

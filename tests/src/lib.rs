@@ -40,6 +40,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use libc;
 
+pub mod ays;
+pub mod ays_client;
+
 /// How long to wait for the mount point to appear after spawning the daemon.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long to wait for the daemon to exit after `fusermount3 -u`.

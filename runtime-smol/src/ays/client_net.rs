@@ -1,0 +1,314 @@
+//! The aysfs client's network effects: Redis pipelines (`redis`, pooled connections with
+//! timeouts) and HTTP requests (`isahc`, basic auth, timeouts), with bodies streamed into the
+//! blob cache while their md5 is computed.
+
+use super::blobs::{BlobCache, BlobWriter};
+use crate::ays::proto::{self, FetchMode};
+use bytes::Bytes;
+use isahc::auth::{Authentication, Credentials};
+use isahc::config::{Configurable, RedirectPolicy};
+use isahc::{Body, HttpClient};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+use truckeefs_core::ays::{Arg, Md5, RedisCmd, RedisValue, Route};
+
+/// The largest blob accepted (as the protocol bounds it).
+const BLOB_MAX: u64 = proto::BLOB_SIZE_MAX;
+/// The largest JSON answer accepted.
+const JSON_MAX: u64 = proto::JSON_SIZE_MAX;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A transfer slower than 1 KiB/s for this long fails.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+const REDIS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Redis server: host, port and optional password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisTarget {
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl RedisTarget {
+    fn url(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.password.is_empty() {
+            format!("redis://{host}:{}/", self.port)
+        } else {
+            let pw = percent_encoding::utf8_percent_encode(&self.password, percent_encoding::NON_ALPHANUMERIC);
+            format!("redis://:{pw}@{host}:{}/", self.port)
+        }
+    }
+}
+
+/// An HTTP server: base URL and optional basic-auth credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub url: String,
+    pub login: String,
+    pub password: String,
+}
+
+impl fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&proto::redact_url(&self.url))
+    }
+}
+
+/// Pooled Redis connections, by server.
+#[derive(Default)]
+pub struct RedisPool {
+    pools: Mutex<HashMap<RedisTarget, Vec<redis::Connection>>>,
+}
+
+impl RedisPool {
+    fn take(&self, t: &RedisTarget) -> Result<redis::Connection, String> {
+        if let Some(c) = self.pools.lock().unwrap_or_else(|e| e.into_inner()).get_mut(t).and_then(Vec::pop) {
+            return Ok(c);
+        }
+        let client = redis::Client::open(t.url()).map_err(|e| format!("redis {t:?}: {e}"))?;
+        let c = client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(|e| format!("cannot connect: {e}"))?;
+        c.set_read_timeout(Some(REDIS_TIMEOUT)).map_err(|e| e.to_string())?;
+        c.set_write_timeout(Some(REDIS_TIMEOUT)).map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    fn give(&self, t: &RedisTarget, c: redis::Connection) {
+        let mut p = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let v = p.entry(t.clone()).or_default();
+        if v.len() < 16 {
+            v.push(c);
+        }
+    }
+
+    /// Runs `cmds` as one pipeline. With `into_blob`, the last command's bulk value goes into
+    /// the blob cache (installed only if its md5 is `into_blob`) and becomes
+    /// [`RedisValue::Stored`].
+    pub fn run(
+        &self,
+        t: &RedisTarget,
+        cmds: &[RedisCmd],
+        into_blob: Option<Md5>,
+        blobs: &BlobCache,
+    ) -> Result<Vec<RedisValue>, String> {
+        let mut pipe = redis::pipe();
+        for c in cmds {
+            let mut args = c.0.iter();
+            let name = match args.next() {
+                Some(Arg::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => return Err("empty redis command".into()),
+            };
+            let mut cmd = redis::cmd(&name);
+            for a in args {
+                match a {
+                    Arg::Bytes(b) => cmd.arg(&b[..]),
+                    Arg::Blob(m) => cmd.arg(blobs.read_all(*m).map_err(|e| format!("blob cache: {e}"))?),
+                };
+            }
+            pipe.add_command(cmd);
+        }
+        let mut conn = self.take(t)?;
+        let values: Vec<redis::Value> = match pipe.query(&mut conn) {
+            Ok(v) => v,
+            Err(e) => {
+                // A server error leaves the connection usable; anything else may not.
+                if e.kind() == redis::ErrorKind::ResponseError {
+                    self.give(t, conn);
+                }
+                return Err(format!("{e}"));
+            }
+        };
+        self.give(t, conn);
+        let n = values.len();
+        let mut out = Vec::with_capacity(n);
+        for (i, v) in values.into_iter().enumerate() {
+            if i + 1 == n && into_blob.is_some() {
+                out.push(match v {
+                    redis::Value::Nil => RedisValue::Nil,
+                    redis::Value::BulkString(data) => {
+                        let mut w = blobs.writer().map_err(|e| format!("blob cache: {e}"))?;
+                        w.write_all(&data).map_err(|e| format!("blob cache: {e}"))?;
+                        let (md5, len) = blobs.install(w, into_blob).map_err(|e| format!("blob cache: {e}"))?;
+                        RedisValue::Stored { md5, len }
+                    }
+                    other => return Err(format!("unexpected answer {other:?}")),
+                });
+            } else {
+                out.push(convert(v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn convert(v: redis::Value) -> RedisValue {
+    match v {
+        redis::Value::Nil => RedisValue::Nil,
+        redis::Value::Int(i) => RedisValue::Int(i),
+        redis::Value::BulkString(b) => RedisValue::Data(Bytes::from(b)),
+        redis::Value::Array(a) | redis::Value::Set(a) => RedisValue::Array(a.into_iter().map(convert).collect()),
+        redis::Value::Map(m) => RedisValue::Array(m.into_iter().flat_map(|(k, v)| [convert(k), convert(v)]).collect()),
+        redis::Value::SimpleString(s) => RedisValue::Status(s),
+        redis::Value::Okay => RedisValue::Status("OK".into()),
+        redis::Value::VerbatimString { text, .. } => RedisValue::Data(Bytes::from(text.into_bytes())),
+        other => RedisValue::Status(format!("{other:?}")),
+    }
+}
+
+/// The HTTP client of the process (one connection pool for every mount).
+pub fn http_client() -> Result<HttpClient, String> {
+    HttpClient::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .low_speed_timeout(1024, STALL_TIMEOUT)
+        .redirect_policy(RedirectPolicy::None)
+        .max_connections_per_host(16)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// What an HTTP request answered.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Bytes,
+    pub stored: Option<(Md5, u64)>,
+}
+
+/// The URL of `route` on `t`; `grid`: `t` is a cache server, so store routes go under `/stor`.
+pub fn route_url(t: &HttpTarget, route: &Route, grid: bool) -> (String, bool) {
+    let stor_base = if grid { format!("{}/stor", t.url.trim_end_matches('/')) } else { t.url.clone() };
+    let fetch = |n: u8| FetchMode::from_u8(n).unwrap_or(FetchMode::Fetch);
+    match route {
+        Route::CacheMd { client, mount, dir, fetch: f } => (proto::url::cache_md(&t.url, client, mount, dir, fetch(*f)), false),
+        Route::CacheBlob { domain, md5, fetch: f } => (proto::url::cache_blob(&t.url, domain, &md5.hex(), fetch(*f)), false),
+        Route::StoreMd { ays_id } => (proto::url::store_md(&stor_base, ays_id), false),
+        Route::StoreBlob { domain, md5 } => (proto::url::store_blob(&stor_base, domain, &md5.hex()), false),
+        Route::PutStoreMd { ays_id, .. } => (proto::url::store_md(&stor_base, ays_id), true),
+        Route::PutStoreBlob { domain, md5 } => (proto::url::store_blob(&stor_base, domain, &md5.hex()), true),
+    }
+}
+
+fn with_auth(t: &HttpTarget, b: isahc::http::request::Builder) -> isahc::http::request::Builder {
+    if t.login.is_empty() && t.password.is_empty() {
+        b
+    } else {
+        b.authentication(Authentication::basic()).credentials(Credentials::new(t.login.clone(), t.password.clone()))
+    }
+}
+
+/// Performs one route on `t`. With `into_blob`, a 200 body is streamed into the blob cache.
+pub fn run_http(
+    client: &HttpClient,
+    t: &HttpTarget,
+    route: &Route,
+    grid: bool,
+    into_blob: Option<Md5>,
+    blobs: &BlobCache,
+) -> Result<HttpAnswer, String> {
+    let (url, put) = route_url(t, route, grid);
+    let shown = proto::redact_url(&url);
+    let request = if put {
+        let body = match route {
+            Route::PutStoreMd { body, .. } => Body::from(body.to_vec()),
+            Route::PutStoreBlob { md5, .. } => {
+                let Some((f, len)) = blobs.open_blob(*md5).map_err(|e| format!("blob cache: {e}"))? else {
+                    return Err(format!("blob {md5} is not in the blob cache"));
+                };
+                Body::from_reader_sized(f, len)
+            }
+            _ => Body::empty(),
+        };
+        with_auth(t, isahc::Request::put(&url)).body(body)
+    } else {
+        with_auth(t, isahc::Request::get(&url)).body(Body::empty())
+    }
+    .map_err(|e| format!("{shown}: bad URL: {e}"))?;
+    let mut resp = client.send(request).map_err(|e| format!("{shown}: {e}"))?;
+    let status = resp.status().as_u16();
+    if status == 200 && into_blob.is_some() {
+        let w = blobs.writer().map_err(|e| format!("blob cache: {e}"))?;
+        let w = receive(resp.body_mut(), w, &shown)?;
+        let stored = blobs.install(w, into_blob).map_err(|e| format!("blob cache: {e}"))?;
+        return Ok(HttpAnswer { status, body: Bytes::new(), stored: Some(stored) });
+    }
+    let mut body = Vec::new();
+    resp.body_mut().take(JSON_MAX + 1).read_to_end(&mut body).map_err(|e| format!("{shown}: {e}"))?;
+    if body.len() as u64 > JSON_MAX {
+        return Err(format!("{shown}: answer larger than {JSON_MAX} bytes"));
+    }
+    Ok(HttpAnswer { status, body: Bytes::from(body), stored: None })
+}
+
+/// Streams a blob body into `w`: the network is read on this thread while another hashes and
+/// writes what came before (one MiB at a time), so the md5 costs no extra time.
+fn receive(body: &mut impl Read, w: BlobWriter, shown: &str) -> Result<BlobWriter, String> {
+    const CHUNK: usize = 1 << 20;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let writer = std::thread::Builder::new()
+        .name("ays-blob-write".into())
+        .spawn(move || -> Result<BlobWriter, String> {
+            let mut w = w;
+            for chunk in rx {
+                w.write_all(&chunk).map_err(|e| format!("blob cache: {e}"))?;
+            }
+            Ok(w)
+        })
+        .map_err(|e| format!("blob cache: {e}"))?;
+    let mut total = 0u64;
+    let mut failed = None;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill a whole chunk (or reach the end) before handing it over.
+        while filled < CHUNK {
+            match body.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(format!("{shown}: {e}"));
+                    break;
+                }
+            }
+        }
+        total += filled as u64;
+        if total > BLOB_MAX {
+            failed = Some(format!("{shown}: blob larger than {BLOB_MAX} bytes"));
+        }
+        if failed.is_some() || filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        let last = filled < CHUNK;
+        if tx.send(buf).is_err() || last {
+            break;
+        }
+    }
+    drop(tx);
+    let w = writer.join().map_err(|_| "blob cache: writer thread panicked".to_string())??;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(w),
+    }
+}
+
+/// POSTs a JSON body; `Ok(status)`.
+pub fn post_json(client: &HttpClient, t: &HttpTarget, url: &str, body: &serde_json::Value) -> Result<u16, String> {
+    let shown = proto::redact_url(url);
+    let req = with_auth(t, isahc::Request::post(url))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .map_err(|e| format!("{shown}: bad URL: {e}"))?;
+    let mut resp = client.send(req).map_err(|e| format!("{shown}: {e}"))?;
+    let mut sink = Vec::new();
+    let _ = resp.body_mut().take(1 << 16).read_to_end(&mut sink);
+    Ok(resp.status().as_u16())
+}
