@@ -118,27 +118,9 @@ impl FileEntry {
     /// Parses a metadata value. Strict: the md5 is 32 lowercase hex digits, the size plain
     /// decimal digits, the optional third field exactly `x`, nothing else.
     pub fn parse(value: &str) -> Result<FileEntry, ProtoError> {
-        let mut parts = value.split(',');
-        let md5 = parts.next().unwrap_or_default();
-        let Some(size) = parts.next() else {
-            return err(format!("metadata value {value:?}: expected \"<md5>,<size>[,x]\""));
-        };
-        let executable = match parts.next() {
-            None => false,
-            Some("x") => true,
-            Some(other) => return err(format!("metadata value {value:?}: third field {other:?} is not \"x\"")),
-        };
-        if parts.next().is_some() {
-            return err(format!("metadata value {value:?}: too many fields"));
-        }
-        if !is_md5_hex(md5) {
-            return err(format!("metadata value {value:?}: {md5:?} is not 32 lowercase hex digits"));
-        }
-        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
-            return err(format!("metadata value {value:?}: size {size:?} is not a decimal number"));
-        }
-        let size: u64 = size.parse().map_err(|_| ProtoError(format!("metadata value {value:?}: size out of range")))?;
-        Ok(FileEntry { md5: md5.to_string(), size, executable })
+        // One parser for the format: the core's (the client uses it too).
+        let m = truckeefs_core::ays::value::FileMeta::parse(value).map_err(ProtoError)?;
+        Ok(FileEntry { md5: m.md5.hex(), size: m.size, executable: m.executable })
     }
 
     /// The metadata value: `"<md5>,<size>"` or `"<md5>,<size>,x"`.
