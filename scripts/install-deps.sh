@@ -10,7 +10,7 @@
 # Run:  ./scripts/install-deps.sh        (called by scripts/test.sh and scripts/pjdfstest.sh)
 set -euo pipefail
 
-PACKAGES=(fuse3 libacl1-dev redis-server)
+PACKAGES=(fuse3 libacl1-dev redis-server mariadb-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

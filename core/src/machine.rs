@@ -202,7 +202,7 @@ enum Pending {
     /// `applied`: the change already took effect where it cannot be undone (a truncated staged
     /// copy); a failed transaction then still answers with `reply`, since the row is stored with
     /// the file's next upload.
-    Commit { reply: Option<(RequestId, Result<Reply, i32>)>, after: Vec<Cleanup>, applied: bool },
+    Commit { reply: Option<(RequestId, Result<Reply, i32>)>, after: Vec<Cleanup>, applied: bool, times: Vec<Ino> },
     Init(Ino),
     Write { id: RequestId, ino: Ino, end: u64, wall: Timespec },
     Truncate { id: RequestId, ino: Ino, set: SetAttr, wall: Timespec },
@@ -279,6 +279,9 @@ pub struct Core {
     failed_uploads: u64,
     /// Directories with unsaved times, and when they are stored at the latest.
     dir_times: BTreeSet<Ino>,
+    /// Directories whose unsaved times went into the transaction being built (`update_row`):
+    /// unsaved again if it fails.
+    times_in_txn: Vec<Ino>,
     dir_times_flush_at: Option<Instant>,
     /// Staged files found at start, waiting for their inode to load, with the loads tried.
     replaying: HashMap<Ino, (StagedEntry, u32)>,
@@ -316,6 +319,7 @@ impl Core {
             failed_uploads: 0,
             replaying: HashMap::new(),
             dir_times: BTreeSet::new(),
+            times_in_txn: Vec::new(),
             dir_times_flush_at: None,
         };
         core.startup_pending = 2;
@@ -893,6 +897,7 @@ impl Core {
         if inode.times_dirty {
             inode.times_dirty = false;
             self.dir_times.remove(&ino);
+            self.times_in_txn.push(ino);
         }
         let mut row = inode.row.clone();
         row.size = inode.data.committed_size;
@@ -910,7 +915,8 @@ impl Core {
         reply: Option<(RequestId, Result<Reply, i32>)>,
         after: Vec<Cleanup>,
     ) {
-        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after, applied: false });
+        let times = std::mem::take(&mut self.times_in_txn);
+        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after, applied: false, times });
     }
 
     fn lookup(&mut self, parent: Ino, name: &[u8]) -> Exec {
@@ -997,7 +1003,8 @@ impl Core {
         let ops = vec![self.update_row(ino)];
         let attr = self.attr(ino);
         let txn = Txn { ops, durable: false };
-        let pending = Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated };
+        let times = std::mem::take(&mut self.times_in_txn);
+        let pending = Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated, times };
         self.io(IoRequest::Meta(MetaRequest::Commit(txn)), pending);
         if truncated {
             self.schedule_upload(ino);
@@ -1876,7 +1883,7 @@ impl Core {
                     _ => self.fail_all_parked(EIO),
                 }
             }
-            Pending::Commit { reply, after, applied } => match result {
+            Pending::Commit { reply, after, applied, times } => match result {
                 Ok(_) => {
                     if let Some((id, r)) = reply {
                         self.reply(id, r);
@@ -1900,6 +1907,14 @@ impl Core {
                     };
                     if let Some((id, r)) = reply {
                         self.reply(id, if applied { r } else { Err(errno) });
+                    }
+                    // Times that rode on the failed transaction are unsaved again.
+                    for dir in times {
+                        if let Some(inode) = self.inodes.get_mut(&dir) {
+                            inode.times_dirty = true;
+                            self.dir_times.insert(dir);
+                            self.dir_times_flush_at.get_or_insert(self.now + Duration::from_secs(1));
+                        }
                     }
                     // A deletion that did not happen is tried again on the retry timer.
                     let when = self.now + self.config.upload_retry;
@@ -2264,8 +2279,17 @@ impl Core {
     /// that can be loaded again; keep what holds unsaved data or open handles.
     fn forget_clean_state(&mut self) {
         self.dirs.clear();
-        self.inodes
-            .retain(|_, i| i.opens > 0 || i.times_dirty || i.data.staged || i.data.upload.is_some() || i.data.dirty());
+        self.inodes.retain(|_, i| {
+            let d = &i.data;
+            i.opens > 0
+                || i.times_dirty
+                || d.staged
+                || d.busy()
+                || d.record_on_disk
+                || d.upload.is_some()
+                || d.dirty()
+                || d.staging_reads + d.store_reads > 0
+        });
         let inodes = &self.inodes;
         self.dir_times.retain(|ino| inodes.contains_key(ino));
         let keep: Vec<Ino> = self.inodes.keys().copied().collect();

@@ -19,14 +19,13 @@ struct Args {
     sequential: bool,
     no_faults: bool,
     strict: bool,
-    no_workarounds: bool,
     tail: usize,
     quiet: bool,
     stats: bool,
 }
 
 const USAGE: &str = "usage: truckeefs-runtime-sim [--seeds N] [--first SEED] [--steps S] [--hosts 1] \
-[--seed N] [--trace-hash] [--verbose] [--sequential] [--no-faults] [--strict-errno] [--no-workarounds] [--tail N] [--quiet] [--stats]";
+[--seed N] [--trace-hash] [--verbose] [--sequential] [--no-faults] [--strict-errno] [--tail N] [--quiet] [--stats]";
 
 fn parse() -> Result<Args, lexopt::Error> {
     use lexopt::prelude::*;
@@ -41,7 +40,6 @@ fn parse() -> Result<Args, lexopt::Error> {
         sequential: false,
         no_faults: false,
         strict: false,
-        no_workarounds: false,
         tail: 40,
         quiet: false,
         stats: false,
@@ -59,7 +57,6 @@ fn parse() -> Result<Args, lexopt::Error> {
             Long("sequential") => a.sequential = true,
             Long("no-faults") => a.no_faults = true,
             Long("strict-errno") => a.strict = true,
-            Long("no-workarounds") => a.no_workarounds = true,
             Long("tail") => a.tail = p.value()?.parse()?,
             Long("quiet") | Short('q') => a.quiet = true,
             Long("stats") => a.stats = true,
@@ -96,7 +93,7 @@ fn main() -> ExitCode {
         None => (args.first, args.seeds),
     };
     let started = Instant::now();
-    let (mut ops, mut faults, mut leaked, mut leaked_staged, mut last_hash) = (0u64, 0u64, 0usize, 0usize, 0u64);
+    let (mut ops, mut faults, mut leaked, mut last_hash) = (0u64, 0u64, 0usize, 0u64);
     let mut divergences: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     let mut histogram: std::collections::BTreeMap<&'static str, (u64, u64)> = Default::default();
     let mut batches: std::collections::BTreeMap<usize, u64> = Default::default();
@@ -106,7 +103,6 @@ fn main() -> ExitCode {
         opts.trace_tail = args.tail;
         opts.faults = !args.no_faults;
         opts.strict = args.strict;
-        opts.workarounds = !args.no_workarounds;
         if args.sequential {
             opts.concurrency = 1;
         }
@@ -116,7 +112,6 @@ fn main() -> ExitCode {
                 ops += stats.ops;
                 faults += stats.faults;
                 leaked += stats.leaked_objects;
-                leaked_staged += stats.leaked_staged;
                 last_hash = stats.trace_hash;
                 for (k, (ok, err)) in stats.histogram {
                     let e = histogram.entry(k).or_default();
@@ -152,7 +147,6 @@ fn main() -> ExitCode {
                 o.concurrency = if args.sequential { 1 } else { o.concurrency };
                 o.faults = !args.no_faults;
                 o.strict = args.strict;
-                o.workarounds = !args.no_workarounds;
                 println!("FAILED seed {seed}: the simulator panicked (message above); rerun with --verbose for the trace");
                 println!(
                     "reproduce: TRUCKEEFS_SEED={seed} cargo run --release -p truckeefs-runtime-sim -- --seed {seed} --steps {}{}",
@@ -179,7 +173,6 @@ fn main() -> ExitCode {
         "seeds={count} ops={ops} faults={faults} failures=0 ops_per_sec={:.0}{}",
         ops as f64 / secs.max(1e-9),
         if leaked > 0 { format!(" leaked_objects={leaked}") } else { String::new() }
-            + &if leaked_staged > 0 { format!(" leaked_staged={leaked_staged}") } else { String::new() }
     );
     if args.trace_hash {
         println!("trace_hash={last_hash:016x}");

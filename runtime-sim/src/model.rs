@@ -14,10 +14,10 @@
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use truckeefs_core::{Attr, Ctx, FileKind, Ino, Op, Reply, SetTime, BLOCK_SIZE, NAME_MAX, PATH_MAX, ROOT_INO};
+use truckeefs_core::{Attr, Ctx, FileKind, Ino, LockRange, Op, Reply, SetTime, Timespec, BLOCK_SIZE, NAME_MAX, PATH_MAX, ROOT_INO};
 
 use libc::{
-    E2BIG, EEXIST, EINVAL, EISDIR, ENAMETOOLONG, ENODATA, ENODEV, ENOENT, ENOTDIR, ENOTEMPTY, EOPNOTSUPP, EPERM,
+    E2BIG, EAGAIN, EEXIST, EINVAL, EISDIR, ENAMETOOLONG, ENODATA, ENODEV, ENOENT, ENOTDIR, ENOTEMPTY, EOPNOTSUPP, EPERM,
     ERANGE,
 };
 
@@ -45,6 +45,10 @@ pub struct Node {
     /// The content acknowledged durable, and the acknowledged versions since (oldest first).
     pub acked: Vec<u8>,
     pub since: Vec<Vec<u8>>,
+    /// The same for what survives a loss of the staging area: the content of the last fsync
+    /// (which waits for the upload when staged copies are not durable), and every version since.
+    pub synced: Vec<u8>,
+    pub since_sync: Vec<Vec<u8>>,
 }
 
 impl Node {
@@ -64,6 +68,8 @@ impl Node {
             opens: 0,
             acked: Vec::new(),
             since: Vec::new(),
+            synced: Vec::new(),
+            since_sync: Vec::new(),
         }
     }
 
@@ -98,6 +104,45 @@ pub struct Model {
     pub divergences: BTreeMap<String, u64>,
     /// Regular files whose content after a crash is not known yet (their size is not checked).
     pub unsettled: BTreeSet<Ino>,
+    /// POSIX record locks held, by inode: maximal runs per owner and type.
+    pub locks: BTreeMap<Ino, Vec<MLock>>,
+    /// Lower bounds of each inode's (mtime, ctime): the wall time of the last request that had
+    /// to change them, or a value seen since (times never go back). Cleared by a crash.
+    pub times: HashMap<Ino, (Timespec, Timespec)>,
+    /// The wall time now (when an answer is checked): no time may be later.
+    pub now: Timespec,
+    /// Do not hold directories to their time bounds (set after an injected metadata failure:
+    /// open core bug dir-times-lost, see `tests/regressions.rs`).
+    pub skip_dir_times: bool,
+    /// Files whose row another writer changed behind the core's back (`foreign_chown`), with
+    /// the uids the core may still show (from its cache, or from a reload between two foreign
+    /// changes); until the core's next stored change of the row or a crash, requests touching
+    /// them may fail with EIO (a version conflict).
+    pub foreign: BTreeMap<Ino, Vec<u32>>,
+}
+
+/// One record lock of the model; `end` is inclusive (`u64::MAX`: to the end of the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MLock {
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    /// `F_RDLCK` or `F_WRLCK`.
+    pub typ: i32,
+}
+
+/// The pid the harness gives the locks of a lock owner (one process per owner).
+pub fn lock_pid(owner: u64) -> u32 {
+    owner as u32
+}
+
+fn lock_name(typ: i32) -> &'static str {
+    match typ {
+        libc::F_RDLCK => "F_RDLCK",
+        libc::F_WRLCK => "F_WRLCK",
+        libc::F_UNLCK => "F_UNLCK",
+        _ => "F_?",
+    }
 }
 
 /// The outcome of checking one answer.
@@ -134,7 +179,19 @@ impl Model {
     pub fn new(root_uid: u32, root_gid: u32, track_versions: bool) -> Model {
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, Node::new(FileKind::Directory, 0o755, root_uid, root_gid, ROOT_INO));
-        Model { nodes, handles: BTreeMap::new(), track_versions, strict: false, divergences: BTreeMap::new(), unsettled: BTreeSet::new() }
+        Model {
+            nodes,
+            handles: BTreeMap::new(),
+            track_versions,
+            strict: false,
+            divergences: BTreeMap::new(),
+            unsettled: BTreeSet::new(),
+            locks: BTreeMap::new(),
+            times: HashMap::new(),
+            now: Timespec::default(),
+            skip_dir_times: false,
+            foreign: BTreeMap::new(),
+        }
     }
 
     pub fn node(&self, ino: Ino) -> Option<&Node> {
@@ -205,7 +262,8 @@ impl Model {
         if a.nlink != n.nlink {
             diffs.push(format!("nlink {} != {}", a.nlink, n.nlink));
         }
-        if a.uid != n.uid || a.gid != n.gid {
+        let uid_ok = a.uid == n.uid || self.foreign.get(&ino).is_some_and(|old| old.contains(&a.uid));
+        if !uid_ok || a.gid != n.gid {
             diffs.push(format!("owner {}:{} != {}:{}", a.uid, a.gid, n.uid, n.gid));
         }
         if a.rdev != n.rdev {
@@ -213,6 +271,23 @@ impl Model {
         }
         if a.blksize != BLOCK_SIZE {
             diffs.push(format!("blksize {}", a.blksize));
+        }
+        if !self.unsettled.contains(&ino) {
+            let show = |t: Timespec| format!("{}.{:09}", t.sec, t.nsec);
+            let skip = self.skip_dir_times && n.kind == FileKind::Directory;
+            let (mtime, ctime) = if skip { Default::default() } else { self.times.get(&ino).copied().unwrap_or_default() };
+            if a.mtime < mtime {
+                diffs.push(format!("mtime {} before {} (a change then, or a value seen)", show(a.mtime), show(mtime)));
+            }
+            if a.ctime < ctime {
+                diffs.push(format!("ctime {} before {} (a change then, or a value seen)", show(a.ctime), show(ctime)));
+            }
+            if a.mtime > self.now || a.ctime > self.now {
+                diffs.push(format!("mtime {} / ctime {} later than now {}", show(a.mtime), show(a.ctime), show(self.now)));
+            }
+            if a.ctime < a.mtime {
+                diffs.push(format!("ctime {} before mtime {}", show(a.ctime), show(a.mtime)));
+            }
         }
         if diffs.is_empty() {
             Ok(())
@@ -228,11 +303,12 @@ impl Model {
         }
         if let Some(n) = self.nodes.get_mut(&ino) {
             let v = n.data.clone();
-            n.since.push(v);
+            n.since.push(v.clone());
+            n.since_sync.push(v);
         }
     }
 
-    /// The current contents of `ino` are durable (close, fsync, or everything uploaded).
+    /// The current contents of `ino` are durable (close or fsync): a crash keeps them.
     pub fn ack(&mut self, ino: Ino) {
         if let Some(n) = self.nodes.get_mut(&ino) {
             if n.kind == FileKind::Regular {
@@ -242,16 +318,28 @@ impl Model {
         }
     }
 
-    pub fn ack_all(&mut self) {
-        let inos: Vec<Ino> = self.nodes.keys().copied().collect();
-        for ino in inos {
-            self.ack(ino);
+    /// The current contents of `ino` are in the store (fsync, or everything uploaded): even a
+    /// loss of the staging area keeps them.
+    pub fn sync(&mut self, ino: Ino) {
+        self.ack(ino);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if n.kind == FileKind::Regular {
+                n.synced = n.data.clone();
+                n.since_sync.clear();
+            }
         }
     }
 
-    /// Number of unacknowledged versions of a file.
+    pub fn ack_all(&mut self) {
+        let inos: Vec<Ino> = self.nodes.keys().copied().collect();
+        for ino in inos {
+            self.sync(ino);
+        }
+    }
+
+    /// Number of unacknowledged versions of a file (since the last close, or the last fsync).
     pub fn pending_versions(&self, ino: Ino) -> usize {
-        self.nodes.get(&ino).map_or(0, |n| n.since.len())
+        self.nodes.get(&ino).map_or(0, |n| n.since.len().max(n.since_sync.len()))
     }
 
     /// After a crash: may a file hold `content`?
@@ -264,7 +352,7 @@ impl Model {
                 return Ok(());
             }
             return Err(format!(
-                "inode {ino}: acknowledged content lost: expected {} bytes (the last close/fsync), found {} bytes{}",
+                "inode {ino}: acknowledged content lost: expected {} bytes (the last close/fsync, or fsync after a loss of the staging area), found {} bytes{}",
                 n.acked.len(),
                 content.len(),
                 first_diff(&n.acked, content)
@@ -334,14 +422,26 @@ impl Model {
         };
         if let Some((ino, v)) = changed {
             if let Some(n) = self.nodes.get_mut(&ino) {
-                n.since.push(v);
+                n.since.push(v.clone());
+                n.since_sync.push(v);
             }
         }
     }
 
-    /// The mount crashed: handles are gone, unlinked files with them.
-    pub fn crash(&mut self) {
+    /// The mount crashed: handles are gone, unlinked files with them. With `staging_lost` the
+    /// staging area is gone too: only what the last fsync stored is acknowledged.
+    pub fn crash(&mut self, staging_lost: bool) {
+        if staging_lost {
+            for n in self.nodes.values_mut() {
+                n.acked = n.synced.clone();
+                n.since = n.since_sync.clone();
+            }
+        }
         self.handles.clear();
+        self.locks.clear();
+        self.foreign.clear();
+        // Times of changes not yet stored (file data, directory entries) may be lost with them.
+        self.times.clear();
         for n in self.nodes.values_mut() {
             n.opens = 0;
         }
@@ -349,13 +449,19 @@ impl Model {
         self.unsettled = self.nodes.iter().filter(|(_, n)| n.kind == FileKind::Regular).map(|(i, _)| *i).collect();
     }
 
-    /// After a crash, the content found is the truth from now on (it is durable either way).
+    /// After a crash, the content found is the truth from now on: durable, but perhaps only in
+    /// the staging area (a replayed copy not uploaded yet), so one more version since the last
+    /// fsync.
     pub fn settle(&mut self, ino: Ino, content: Vec<u8>) {
         self.unsettled.remove(&ino);
+        self.times.remove(&ino);
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.data = content.clone();
-            n.acked = content;
+            n.acked = content.clone();
             n.since.clear();
+            if self.track_versions {
+                n.since_sync.push(content);
+            }
         }
     }
 
@@ -363,6 +469,9 @@ impl Model {
         if let Some(n) = self.nodes.get(&ino) {
             if n.nlink == 0 && n.opens == 0 {
                 self.nodes.remove(&ino);
+                self.times.remove(&ino);
+                self.locks.remove(&ino);
+                self.foreign.remove(&ino);
             }
         }
     }
@@ -371,7 +480,14 @@ impl Model {
 
     /// Check `result` as the answer to `op` and apply the change. `faulted`: a fault was injected
     /// while the request was in flight, so EIO and ENOSPC are acceptable (and change nothing).
-    pub fn check(&mut self, op: &Op, ctx: Ctx, result: &Result<Reply, i32>, faulted: bool) -> Check {
+    pub fn check(&mut self, op: &Op, ctx: Ctx, result: &Result<Reply, i32>, faulted: bool, issued: Timespec) -> Check {
+        // A close releases the owner's record locks whatever the flush answers.
+        match op {
+            Op::Flush { ino, lock_owner, .. } | Op::Release { ino, lock_owner: Some(lock_owner), .. } => {
+                self.lock_release_owner(*ino, *lock_owner)
+            }
+            _ => {}
+        }
         if faulted {
             if let Err(e) = result {
                 if *e == libc::EIO || *e == libc::ENOSPC {
@@ -379,7 +495,26 @@ impl Model {
                 }
             }
         }
-        let r = self.check_inner(op, ctx, result);
+        if *result == Err(libc::EIO) && self.inodes_of(op).iter().any(|i| self.foreign.contains_key(i)) {
+            return Ok(()); // a version conflict with the other writer: nothing changed
+        }
+        // A rename of a name onto itself (or onto another link of the same inode) changes nothing.
+        let same_rename = match op {
+            Op::Rename { parent, name, newparent, newname, .. } => {
+                let src = self.child(*parent, name);
+                src.is_none() || src == self.child(*newparent, newname)
+            }
+            _ => false,
+        };
+        let r = self.check_inner(op, ctx, result).map(|()| {
+            if result.is_ok() {
+                self.bump_times(op, result, issued, same_rename);
+                // A stored change of the row: the core has the other writer's version now.
+                if let Op::SetAttr { ino, .. } | Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } | Op::Link { ino, .. } = op {
+                    self.foreign.remove(ino);
+                }
+            }
+        });
         r.map_err(|msg| format!("{msg}\n    op: {op:?}\n    answer: {}", crate::trace::Event::Reply {
             at_us: 0,
             id: truckeefs_core::RequestId(0),
@@ -637,9 +772,14 @@ impl Model {
                 self.new_version(*ino);
                 Ok(())
             }
-            Op::Flush { ino, .. } | Op::Fsync { ino, .. } => {
+            Op::Flush { ino, .. } => {
                 let Ok(Reply::Empty) = result else { return self.unexpected("success", result) };
                 self.ack(*ino);
+                Ok(())
+            }
+            Op::Fsync { ino, .. } => {
+                let Ok(Reply::Empty) = result else { return self.unexpected("success", result) };
+                self.sync(*ino);
                 Ok(())
             }
             Op::FsyncDir { .. } => match result {
@@ -716,6 +856,16 @@ impl Model {
             }
             Op::Access { ino, mask } => {
                 let n = self.nodes.get(ino).ok_or("access of an unknown inode")?;
+                if let Some(old) = self.foreign.get(ino) {
+                    // The core may still judge by an owner in its cache.
+                    let stale = |uid: u32| may_access(&Node { uid, ..n.clone() }, ctx, *mask);
+                    if old.iter().any(|u| stale(*u) != may_access(n, ctx, *mask)) {
+                        return match result {
+                            Ok(Reply::Empty) | Err(libc::EACCES) => Ok(()),
+                            _ => self.unexpected("access granted or EACCES", result),
+                        };
+                    }
+                }
                 if may_access(n, ctx, *mask) {
                     match result {
                         Ok(Reply::Empty) => Ok(()),
@@ -763,7 +913,232 @@ impl Model {
                 }
                 Ok(())
             }
-            Op::GetLk { .. } | Op::SetLk { .. } => Ok(()),
+            Op::GetLk { ino, owner, lock, .. } => {
+                let Ok(Reply::Lock(l)) = result else { return self.unexpected("a lock", result) };
+                let blockers = self.lock_conflicts(*ino, *owner, lock);
+                if blockers.is_empty() {
+                    if l.typ != libc::F_UNLCK {
+                        return Err(format!("GetLk reports {l:?}, but no lock of another owner conflicts"));
+                    }
+                    return Ok(());
+                }
+                // Any one of the conflicting locks (or a part of one that overlaps the request).
+                let fits = |b: &MLock| {
+                    b.typ == l.typ
+                        && b.start <= l.start
+                        && l.end <= b.end
+                        && l.start <= lock.end
+                        && lock.start <= l.end
+                        && l.pid == lock_pid(b.owner)
+                };
+                if !blockers.iter().any(fits) {
+                    return Err(format!("GetLk reports {l:?}, but the conflicting locks are {blockers:?}"));
+                }
+                Ok(())
+            }
+            Op::SetLk { ino, owner, lock, sleep, .. } => {
+                if lock.typ != libc::F_UNLCK {
+                    let blockers = self.lock_conflicts(*ino, *owner, lock);
+                    if let Some(b) = blockers.first() {
+                        if *sleep {
+                            return Err(format!(
+                                "a blocking SetLk ({} {}..={}) was answered while owner {} holds {} {}..={}",
+                                lock_name(lock.typ),
+                                lock.start,
+                                lock.end,
+                                b.owner,
+                                lock_name(b.typ),
+                                b.start,
+                                b.end
+                            ));
+                        }
+                        return self.expect_err(EAGAIN, result);
+                    }
+                }
+                let Ok(Reply::Empty) = result else { return self.unexpected("success", result) };
+                self.lock_set(*ino, *owner, lock);
+                Ok(())
+            }
+        }
+    }
+
+    /// Another writer (another host) changed the owner of `ino` in the metadata store.
+    pub fn foreign_chown(&mut self, ino: Ino, uid: u32) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            let old = std::mem::replace(&mut n.uid, uid);
+            self.foreign.entry(ino).or_default().push(old);
+        }
+    }
+
+    /// The existing inodes a request names (directly, or as the entry it removes or renames).
+    fn inodes_of(&self, op: &Op) -> Vec<Ino> {
+        match op {
+            Op::Unlink { parent, name } | Op::RmDir { parent, name } | Op::Lookup { parent, name } => {
+                vec![*parent].into_iter().chain(self.child(*parent, name)).collect()
+            }
+            Op::Rename { parent, name, newparent, newname, .. } => vec![*parent, *newparent]
+                .into_iter()
+                .chain(self.child(*parent, name))
+                .chain(self.child(*newparent, newname))
+                .collect(),
+            Op::Link { ino, newparent, .. } => vec![*ino, *newparent],
+            Op::CopyFileRange { ino_in, ino_out, .. } => vec![*ino_in, *ino_out],
+            Op::MkNod { parent, .. } | Op::MkDir { parent, .. } | Op::Symlink { parent, .. } | Op::Create { parent, .. } => {
+                vec![*parent]
+            }
+            Op::StatFs => vec![],
+            Op::GetAttr { ino }
+            | Op::SetAttr { ino, .. }
+            | Op::ReadLink { ino }
+            | Op::Open { ino, .. }
+            | Op::Read { ino, .. }
+            | Op::Write { ino, .. }
+            | Op::Flush { ino, .. }
+            | Op::Fsync { ino, .. }
+            | Op::Release { ino, .. }
+            | Op::OpenDir { ino, .. }
+            | Op::ReadDir { ino, .. }
+            | Op::ReleaseDir { ino, .. }
+            | Op::FsyncDir { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::GetXattr { ino, .. }
+            | Op::ListXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::Access { ino, .. }
+            | Op::GetLk { ino, .. }
+            | Op::SetLk { ino, .. }
+            | Op::Fallocate { ino, .. } => vec![*ino],
+        }
+    }
+
+    // ----- record locks -----
+
+    /// The locks of other owners that conflict with `want` (two read locks do not conflict).
+    pub fn lock_conflicts(&self, ino: Ino, owner: u64, want: &LockRange) -> Vec<MLock> {
+        self.locks
+            .get(&ino)
+            .map(|ls| {
+                ls.iter()
+                    .filter(|l| {
+                        l.owner != owner
+                            && l.start <= want.end
+                            && want.start <= l.end
+                            && (l.typ == libc::F_WRLCK || want.typ == libc::F_WRLCK)
+                    })
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Set `owner`'s lock on the range (or unlock it): what the owner held there is replaced.
+    fn lock_set(&mut self, ino: Ino, owner: u64, want: &LockRange) {
+        let ls = self.locks.entry(ino).or_default();
+        let mut out: Vec<MLock> = Vec::new();
+        for l in ls.drain(..) {
+            if l.owner != owner || l.end < want.start || want.end < l.start {
+                out.push(l);
+                continue;
+            }
+            if l.start < want.start {
+                out.push(MLock { end: want.start - 1, ..l });
+            }
+            if l.end > want.end {
+                out.push(MLock { start: want.end + 1, ..l });
+            }
+        }
+        if want.typ != libc::F_UNLCK {
+            out.push(MLock { owner, start: want.start, end: want.end, typ: want.typ });
+        }
+        // Maximal runs: join touching locks of one owner and type.
+        out.sort_by_key(|l| (l.owner, l.typ, l.start));
+        let mut runs: Vec<MLock> = Vec::new();
+        for l in out {
+            if let Some(r) = runs.last_mut() {
+                if r.owner == l.owner && r.typ == l.typ && l.start <= r.end.saturating_add(1) {
+                    r.end = r.end.max(l.end);
+                    continue;
+                }
+            }
+            runs.push(l);
+        }
+        if runs.is_empty() {
+            self.locks.remove(&ino);
+        } else {
+            *ls = runs;
+        }
+    }
+
+    fn lock_release_owner(&mut self, ino: Ino, owner: u64) {
+        if let Some(ls) = self.locks.get_mut(&ino) {
+            ls.retain(|l| l.owner != owner);
+            if ls.is_empty() {
+                self.locks.remove(&ino);
+            }
+        }
+    }
+
+    // ----- times -----
+
+    /// `ino`'s mtime (if `m`) and ctime (if `c`) are at least `t` from now on.
+    fn bump(&mut self, ino: Ino, m: bool, c: bool, t: Timespec) {
+        if !self.nodes.contains_key(&ino) {
+            return;
+        }
+        let e = self.times.entry(ino).or_default();
+        if m {
+            e.0 = e.0.max(t);
+        }
+        if c {
+            e.1 = e.1.max(t);
+        }
+    }
+
+    /// After a successful request: the times it must have changed, and the times it showed
+    /// (they never go back).
+    fn bump_times(&mut self, op: &Op, result: &Result<Reply, i32>, t: Timespec, same_rename: bool) {
+        match op {
+            Op::Write { ino, .. } => self.bump(*ino, true, true, t),
+            Op::SetAttr { ino, set, .. } => {
+                let m = set.size.is_some() || set.mtime == Some(SetTime::Now);
+                self.bump(*ino, m, true, t);
+            }
+            Op::SetXattr { ino, .. } | Op::RemoveXattr { ino, .. } => self.bump(*ino, false, true, t),
+            Op::Link { ino, newparent, .. } => {
+                self.bump(*ino, false, true, t);
+                self.bump(*newparent, true, true, t);
+            }
+            Op::Create { parent, .. } | Op::MkDir { parent, .. } | Op::MkNod { parent, .. } | Op::Symlink { parent, .. } => {
+                self.bump(*parent, true, true, t);
+                let new = match result {
+                    Ok(Reply::Entry(a)) | Ok(Reply::Created { attr: a, .. }) => Some(a.ino),
+                    _ => None,
+                };
+                if let Some(ino) = new {
+                    self.bump(ino, true, true, t);
+                }
+            }
+            Op::Unlink { parent, .. } | Op::RmDir { parent, .. } => self.bump(*parent, true, true, t),
+            Op::Rename { parent, newparent, newname, .. } if !same_rename => {
+                // Applied already: the new name holds the moved inode.
+                let moved = self.child(*newparent, newname);
+                self.bump(*parent, true, true, t);
+                self.bump(*newparent, true, true, t);
+                if let Some(ino) = moved {
+                    self.bump(ino, false, true, t);
+                }
+            }
+            _ => {}
+        }
+        let seen: Vec<Attr> = match result {
+            Ok(Reply::Entry(a)) | Ok(Reply::Attr(a)) | Ok(Reply::Created { attr: a, .. }) => vec![*a],
+            _ => vec![],
+        };
+        for a in seen {
+            if !self.unsettled.contains(&a.ino) {
+                self.bump(a.ino, true, false, a.mtime);
+                self.bump(a.ino, false, true, a.ctime);
+            }
         }
     }
 

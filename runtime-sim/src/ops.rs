@@ -64,6 +64,13 @@ pub enum Action {
     StatFs,
     Fallocate { fh: u64, offset: u64, len: u64, mode: i32 },
     CopyRange { from: u64, to: u64, off_in: u64, off_out: u64, len: u64 },
+    /// `fcntl(F_GETLK)` through a handle (its lock owner asks).
+    GetLk { fh: u64, lock: Lock },
+    /// `fcntl(F_SETLK)`: set or clear a lock without waiting.
+    SetLk { fh: u64, lock: Lock },
+    /// The holder takes a lock, the waiter asks for a conflicting one with `F_SETLKW` and sleeps;
+    /// then the holders let go one by one (unlock or close) until the waiter gets it.
+    LockWait { holder: u64, hold: Lock, waiter: u64, want: Lock },
     /// The kernel drops cached inodes.
     Forget,
     /// Virtual time passes (timers fire, uploads start).
@@ -75,7 +82,41 @@ pub enum Action {
 impl Action {
     /// Requests that must not run while others are in flight (they read or change much).
     pub fn exclusive(&self) -> bool {
-        matches!(self, Action::Rename { .. } | Action::ReadDir { .. } | Action::StatFs | Action::Forget | Action::Sleep { .. })
+        matches!(
+            self,
+            Action::Rename { .. }
+                | Action::ReadDir { .. }
+                | Action::StatFs
+                | Action::Forget
+                | Action::Sleep { .. }
+                | Action::LockWait { .. }
+        )
+    }
+}
+
+/// A record lock range: `start..=end` (`end == u64::MAX`: to the end of the file), `typ` is
+/// `F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lock {
+    pub start: u64,
+    pub end: u64,
+    pub typ: i32,
+}
+
+/// A small range, so that locks of different owners overlap often.
+fn lock_range(rng: &mut Rng, typ: i32) -> Lock {
+    let start = rng.below(48);
+    let end = if rng.chance(0.15) { u64::MAX } else { start + rng.below(24) };
+    Lock { start, end, typ }
+}
+
+/// The lock type a handle may take (the kernel wants a readable file for a read lock and a
+/// writable one for a write lock, and answers EBADF itself otherwise).
+fn lock_type(rng: &mut Rng, h: &OpenFile) -> i32 {
+    match (h.readable(), h.writable()) {
+        (true, true) => *rng.pick(&[libc::F_RDLCK, libc::F_WRLCK]),
+        (false, true) => libc::F_WRLCK,
+        _ => libc::F_RDLCK,
     }
 }
 
@@ -202,6 +243,9 @@ pub fn generate(rng: &mut Rng, v: &View<'_>) -> Action {
         2,  // 28 copy range
         2,  // 29 forget
         3,  // 30 sleep
+        2,  // 31 getlk
+        3,  // 32 setlk
+        2,  // 33 setlkw
     ];
     for _ in 0..20 {
         let a = match rng.weighted(&weights) {
@@ -416,7 +460,46 @@ pub fn generate(rng: &mut Rng, v: &View<'_>) -> Action {
                 }
             }
             29 => Some(Action::Forget),
-            _ => Some(Action::Sleep { ms: *rng.pick(&[10, 100, 1000, 3000, 8000, 15000]) }),
+            30 => Some(Action::Sleep { ms: *rng.pick(&[10, 100, 1000, 3000, 8000, 15000]) }),
+            31 => {
+                if v.open.is_empty() {
+                    None
+                } else {
+                    let h = rng.pick(v.open);
+                    let typ = *rng.pick(&[libc::F_RDLCK, libc::F_WRLCK]);
+                    Some(Action::GetLk { fh: h.fh, lock: lock_range(rng, typ) })
+                }
+            }
+            32 => {
+                if v.open.is_empty() {
+                    None
+                } else {
+                    let h = rng.pick(v.open);
+                    let typ = if rng.chance(0.25) { libc::F_UNLCK } else { lock_type(rng, h) };
+                    Some(Action::SetLk { fh: h.fh, lock: lock_range(rng, typ) })
+                }
+            }
+            _ => {
+                // Two handles of one file (two lock owners).
+                if v.open.is_empty() {
+                    None
+                } else {
+                    let h = rng.pick(v.open);
+                    let others: Vec<&OpenFile> = v.open.iter().filter(|o| o.ino == h.ino && o.fh != h.fh).collect();
+                    if others.is_empty() {
+                        None
+                    } else {
+                        let w = rng.pick(&others);
+                        let typ = lock_type(rng, h);
+                        let hold = lock_range(rng, typ);
+                        // Overlapping the held range.
+                        let start = rng.range(hold.start.saturating_sub(8), hold.start + 8);
+                        let end = if rng.chance(0.15) { u64::MAX } else { start + rng.below(24) };
+                        let want = Lock { start, end, typ: lock_type(rng, w) };
+                        Some(Action::LockWait { holder: h.fh, hold, waiter: w.fh, want })
+                    }
+                }
+            }
         };
         if let Some(a) = a {
             return a;

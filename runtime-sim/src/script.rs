@@ -1,5 +1,5 @@
 //! Scripted scenarios: one host driven request by request, with fixed latencies and no random
-//! faults, for minimal reproductions of bugs (see `tests/known_core_bugs.rs`).
+//! faults, for minimal reproductions of bugs (see `tests/regressions.rs`).
 
 use crate::faults::{FaultProfile, Faults};
 use crate::meta::MemMeta;

@@ -21,8 +21,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use truckeefs_core::{
-    Config, Core, Ctx, Effect, IoId, IoRequest, IoResult, MetaRequest, Op, Reply, RequestId, StagingRequest,
-    StoreRequest,
+    Config, Core, Ctx, Effect, IoErrorKind, IoId, IoRequest, IoResult, MetaRequest, Op, Reply, RequestId,
+    StagingRequest, StoreRequest,
 };
 
 /// Wall-clock time of virtual time zero (2023-11-14T22:13:20Z).
@@ -92,6 +92,8 @@ pub struct World {
     /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
     /// that were in flight when one happened.
     pub fault_epoch: u64,
+    /// Injected failures of metadata requests delivered so far.
+    pub meta_failures: u64,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -180,6 +182,7 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
+            meta_failures: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
             next_request: 1,
@@ -346,29 +349,6 @@ impl World {
         self.queue.iter().map(|Reverse(e)| &e.request)
     }
 
-    /// Is an upload of `ino` under way (its object being stored, or its commit in flight)?
-    pub fn upload_in_flight(&self, ino: u64) -> bool {
-        self.queue.iter().any(|Reverse(e)| match &e.request {
-            IoRequest::Store(StoreRequest::PutStaged { ino: i }) => *i == ino,
-            IoRequest::Meta(MetaRequest::Commit(txn)) => txn.durable
-                && txn.ops.iter().any(|op| matches!(op, truckeefs_core::TxnOp::UpdateInode { row, .. } if row.ino == ino)),
-            _ => false,
-        })
-    }
-
-    /// Run until no upload of `ino` is under way.
-    pub fn settle_upload(&mut self, ino: u64) -> LoopResult<()> {
-        for _ in 0..100_000 {
-            if !self.upload_in_flight(ino) {
-                return Ok(());
-            }
-            if !self.step()? {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// The time of the next thing that will happen, if anything is pending.
     fn next_time(&self) -> Option<Duration> {
         let ev = self.queue.peek().map(|Reverse(e)| e.at);
@@ -413,11 +393,19 @@ impl World {
             if matches!(e.fault, Some(Fault::Fail(_))) {
                 // The failure shows now: requests in flight may see it.
                 self.fault_epoch += 1;
+                if matches!(e.request, IoRequest::Meta(_)) {
+                    self.meta_failures += 1;
+                }
             }
             let result = match e.result {
                 Some(r) => r,
                 None => self.perform(&e.request, &e.fault),
             };
+            if matches!(e.request, IoRequest::Meta(_)) && result.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict) {
+                // A conflict with another writer fails the transaction like an injected fault.
+                self.fault_epoch += 1;
+                self.meta_failures += 1;
+            }
             self.trace.done(self.now_us(), &e.request, &result);
             let now = self.instant();
             self.core.handle_completion(now, e.io, result);
@@ -490,7 +478,13 @@ impl World {
     /// The mount process dies: every in-flight I/O is lost, the staging area keeps what was
     /// sealed, the metadata and object stores keep everything. A new core starts.
     pub fn crash_and_restart(&mut self) -> LoopResult<()> {
-        self.trace.note(self.now_us(), format!("CRASH with {} I/O in flight", self.queue.len()));
+        self.crash_and_restart_with(false)
+    }
+
+    /// A crash; with `lose_staging` the staging area is lost as well (the host is replaced).
+    pub fn crash_and_restart_with(&mut self, lose_staging: bool) -> LoopResult<()> {
+        let what = if lose_staging { " (the staging area is lost)" } else { "" };
+        self.trace.note(self.now_us(), format!("CRASH with {} I/O in flight{what}", self.queue.len()));
         self.fault_epoch += 1;
         self.queue.clear();
         self.meta_tail = self.now;
@@ -499,6 +493,9 @@ impl World {
         self.names.clear();
         let mode = self.crash_mode;
         self.staging.crash(mode, &mut self.crash_rng);
+        if lose_staging {
+            self.staging.lose_all();
+        }
         self.core = Core::new(self.config.clone(), self.instant());
         self.drain()
     }
@@ -537,6 +534,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::RemoveXattr { .. } => "removexattr",
         Op::Access { .. } => "access",
         Op::GetLk { .. } => "getlk",
+        Op::SetLk { sleep: true, .. } => "setlkw",
         Op::SetLk { .. } => "setlk",
         Op::Fallocate { .. } => "fallocate",
         Op::CopyFileRange { .. } => "copy_file_range",

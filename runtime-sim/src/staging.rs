@@ -8,7 +8,8 @@
 //!
 //! Requests behave like the real staging area (`runtime-smol/src/staging.rs`): a write,
 //! truncate, allocate or seal of a missing file creates it, a read of a missing file is
-//! `NotFound`, `Init` replaces the copy and drops its record, `Remove` drops both.
+//! `NotFound`, `Init` replaces the copy and drops its record, `Unseal` drops the record of an
+//! existing copy only, `Remove` drops both.
 
 use crate::objects::MemObjects;
 use std::collections::BTreeMap;
@@ -44,6 +45,10 @@ pub enum CrashMode {
     /// A crash of the process only: every completed write survives, the records are the last
     /// seals'.
     Everything,
+    /// Power loss with data written back in any order: a first part of the unsealed changes
+    /// survives, the metadata ones (replace, resize, extend) in order, but any of its data writes
+    /// may be lost.
+    Reordered,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -81,7 +86,7 @@ impl MemStaging {
         for (ino, s) in self.files.iter_mut() {
             let keep = match mode {
                 CrashMode::SealedOnly => 0,
-                CrashMode::RandomPrefix => rng.below(s.log.len() as u64 + 1) as usize,
+                CrashMode::RandomPrefix | CrashMode::Reordered => rng.below(s.log.len() as u64 + 1) as usize,
                 CrashMode::Everything => s.log.len(),
             };
             let (mut data, mut record, mut exists) = match s.durable.clone() {
@@ -90,6 +95,9 @@ impl MemStaging {
             };
             for op in &s.log[..keep] {
                 exists = true;
+                if mode == CrashMode::Reordered && matches!(op, LogOp::Write(..)) && rng.chance(0.5) {
+                    continue; // this data never reached the disk
+                }
                 match op {
                     LogOp::Replace(d) => {
                         data = d.clone();
@@ -116,6 +124,11 @@ impl MemStaging {
         for ino in gone {
             self.files.remove(&ino);
         }
+    }
+
+    /// The staging area is lost with the host (a disk that is not durable storage).
+    pub fn lose_all(&mut self) {
+        self.files.clear();
     }
 
     fn file(&mut self, ino: Ino) -> &mut Staged {
@@ -194,8 +207,10 @@ impl MemStaging {
             }
             StagingRequest::Unseal { ino } => {
                 // Durable at once (the real one syncs the directory); the core changes the data
-                // only after this completes, so the log is empty here.
-                let f = self.file(*ino);
+                // only after this completes, so the log is empty here. Like the real one (which
+                // deletes the record file if it exists), it never creates a file: an Unseal that
+                // runs after a Remove of the same copy finds nothing to do.
+                let Some(f) = self.files.get_mut(ino) else { return Ok(IoReply::Done) };
                 f.record = None;
                 if let Some((_, r)) = &mut f.durable {
                     *r = None;

@@ -58,7 +58,8 @@ fn requests_run_concurrently_and_every_kind_succeeds() {
     for kind in [
         "create", "mkdir", "mknod", "symlink", "link", "unlink", "rmdir", "rename", "open", "read", "write", "flush",
         "fsync", "release", "truncate", "setattr", "setxattr", "getxattr", "listxattr", "removexattr", "readlink",
-        "readdir", "lookup", "getattr", "access", "statfs", "fallocate", "copy_file_range",
+        "readdir", "lookup", "getattr", "access", "statfs", "fallocate", "copy_file_range", "getlk", "setlk", "setlkw",
+        "getlk (held)", "setlkw (slept)",
     ] {
         assert!(ok.get(kind).copied().unwrap_or(0) > 0, "no successful {kind}: {ok:?}");
     }

@@ -1,6 +1,8 @@
 //! One conformance suite for the metadata stores: every check runs against the simulator's
-//! in-memory store (`MemMeta`) and the embedded SQLite store (`SqliteMeta`), and a random
-//! differential run compares their answers request by request.
+//! in-memory store (`MemMeta`), the embedded SQLite store (`SqliteMeta`) and the MySQL/MariaDB
+//! store (`MysqlMeta`, on a private MariaDB this test binary starts through
+//! `truckeefs_tests::mariadb`, one database per store), and a random differential run compares
+//! their answers request by request.
 
 use bytes::Bytes;
 use truckeefs_core::{
@@ -9,7 +11,9 @@ use truckeefs_core::{
 };
 use truckeefs_runtime_sim::meta::MemMeta;
 use truckeefs_runtime_sim::rng::Rng;
+use truckeefs_runtime_smol::meta_mysql::{MysqlConfig, MysqlMeta};
 use truckeefs_runtime_smol::meta_sqlite::SqliteMeta;
+use truckeefs_tests::mariadb::MariaDb;
 
 /// A store under test.
 trait Store {
@@ -40,6 +44,40 @@ impl Store for Sqlite {
     }
 }
 
+struct Mysql {
+    meta: MysqlMeta,
+}
+
+impl Store for Mysql {
+    fn exec(&mut self, req: &MetaRequest) -> IoResult {
+        self.meta.execute(req)
+    }
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+}
+
+/// A MySQL store in a new database of the test binary's MariaDB, with `root` as its root row
+/// (its own belongs to whoever ran the test, with its time of creation): an update as any host
+/// would do it, so all stores start equal.
+fn mysql_like(root: &InodeRow) -> Mysql {
+    let server = MariaDb::shared();
+    let config = MysqlConfig {
+        host: server.host().to_string(),
+        port: server.port(),
+        db: server.unique_db_name("conformance"),
+        user: server.user().to_string(),
+        password: server.password().to_string(),
+        ssl: false,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let meta = MysqlMeta::open(&config).unwrap_or_else(|e| panic!("{e}"));
+    let mut m = Mysql { meta };
+    commit(&mut m, vec![TxnOp::UpdateInode { row: root.clone(), expect_version: 1 }]).unwrap();
+    assert_eq!(load(&mut m, ROOT_INO).unwrap().row, *root, "the roots differ");
+    m
+}
+
 fn sqlite() -> Sqlite {
     let dir = tempfile::tempdir().unwrap();
     let meta = SqliteMeta::open(&dir.path().join("meta.db")).unwrap();
@@ -55,10 +93,12 @@ fn mem_like(s: &mut Sqlite) -> MemMeta {
     m
 }
 
-/// Both stores, fresh.
-fn both() -> (MemMeta, Sqlite) {
+/// All three stores, fresh, with the same root.
+fn all() -> (MemMeta, Sqlite, Mysql) {
     let mut s = sqlite();
-    (mem_like(&mut s), s)
+    let m = mem_like(&mut s);
+    let root = load(&mut s, ROOT_INO).expect("root").row;
+    (m, s, mysql_like(&root))
 }
 
 fn ts(sec: i64, nsec: u32) -> Timespec {
@@ -110,16 +150,17 @@ fn kind_of(r: IoResult) -> IoErrorKind {
     r.expect_err("must fail").kind
 }
 
-/// Runs `check` on both stores.
-fn on_both(check: impl Fn(&mut dyn Store)) {
-    let (mut m, mut s) = both();
+/// Runs `check` on every store.
+fn on_all(check: impl Fn(&mut dyn Store)) {
+    let (mut m, mut s, mut my) = all();
     check(&mut m);
     check(&mut s);
+    check(&mut my);
 }
 
 #[test]
 fn new_store_has_root_and_ids_from_two() {
-    on_both(|s| {
+    on_all(|s| {
         let root = load(s, ROOT_INO).unwrap();
         assert_eq!(root.row.kind, FileKind::Directory, "{}", s.name());
         assert_eq!((root.row.perm, root.row.nlink, root.row.version), (0o755, 2, 1));
@@ -137,7 +178,7 @@ fn new_store_has_root_and_ids_from_two() {
 
 #[test]
 fn round_trips() {
-    on_both(|s| {
+    on_all(|s| {
         let file = file_row(2, 1);
         let mut link = file_row(3, 1);
         link.kind = FileKind::Symlink;
@@ -200,7 +241,7 @@ fn round_trips() {
 
 #[test]
 fn every_kind_and_extreme_values() {
-    on_both(|s| {
+    on_all(|s| {
         let kinds = [
             FileKind::Regular,
             FileKind::Directory,
@@ -252,7 +293,7 @@ fn every_kind_and_extreme_values() {
 
 #[test]
 fn version_conflicts() {
-    on_both(|s| {
+    on_all(|s| {
         commit(s, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
         commit(s, vec![TxnOp::UpdateInode { row: file_row(2, 2), expect_version: 1 }]).unwrap();
         let stale = commit(s, vec![TxnOp::UpdateInode { row: file_row(2, 2), expect_version: 1 }]);
@@ -272,7 +313,7 @@ fn version_conflicts() {
 
 #[test]
 fn unique_name_and_position_conflicts() {
-    on_both(|s| {
+    on_all(|s| {
         commit(s, vec![TxnOp::InsertInode(file_row(2, 1)), TxnOp::InsertDentry(dentry(1, b"a", 2, 5))]).unwrap();
         let e = |r| kind_of(r);
         assert_eq!(e(commit(s, vec![TxnOp::InsertDentry(dentry(1, b"a", 2, 6))])), IoErrorKind::Conflict, "{}", s.name());
@@ -303,7 +344,7 @@ fn unique_name_and_position_conflicts() {
 
 #[test]
 fn transactions_are_atomic() {
-    on_both(|s| {
+    on_all(|s| {
         commit(s, vec![TxnOp::InsertInode(file_row(2, 1)), TxnOp::InsertDentry(dentry(1, b"a", 2, 5))]).unwrap();
         for second in [
             TxnOp::UpdateInode { row: file_row(2, 9), expect_version: 8 },
@@ -341,7 +382,7 @@ fn transactions_are_atomic() {
 
 #[test]
 fn orphans_and_usage() {
-    on_both(|s| {
+    on_all(|s| {
         let mut orphan = file_row(4, 1);
         orphan.nlink = 0;
         let mut dir = file_row(5, 1);
@@ -425,13 +466,15 @@ fn same(a: &IoResult, b: &IoResult) -> bool {
 fn random_requests_get_the_same_answers() {
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
     for seed in 0..6 {
-        let (mut m, mut s) = both();
+        let (mut m, mut s, mut my) = all();
         let mut rng = Rng::new(seed);
         for i in 0..600 {
             let req = random_request(&mut rng);
             let a = m.exec(&req);
             let b = s.exec(&req);
+            let c = my.exec(&req);
             assert!(same(&a, &b), "seed {seed}, request {i}: {req:?}\n  mem:    {a:?}\n  sqlite: {b:?}");
+            assert!(same(&a, &c), "seed {seed}, request {i}: {req:?}\n  mem:    {a:?}\n  mysql:  {c:?}");
             let what = match (&req, &a) {
                 (MetaRequest::Commit(_), Ok(_)) => "commit ok".to_string(),
                 (MetaRequest::LoadDir { .. }, Ok(IoReply::Dir(d))) if !d.is_empty() => "listing".to_string(),
@@ -442,12 +485,13 @@ fn random_requests_get_the_same_answers() {
         }
         // And the final states agree on every inode and directory.
         for ino in 1..=8 {
-            let a = m.exec(&MetaRequest::LoadInode { ino });
-            let b = s.exec(&MetaRequest::LoadInode { ino });
-            assert!(same(&a, &b), "seed {seed}: inode {ino}: {a:?} vs {b:?}");
-            let a = m.exec(&MetaRequest::LoadDir { ino });
-            let b = s.exec(&MetaRequest::LoadDir { ino });
-            assert!(same(&a, &b), "seed {seed}: directory {ino}: {a:?} vs {b:?}");
+            for req in [MetaRequest::LoadInode { ino }, MetaRequest::LoadDir { ino }] {
+                let a = m.exec(&req);
+                let b = s.exec(&req);
+                let c = my.exec(&req);
+                assert!(same(&a, &b), "seed {seed}: {req:?}: {a:?} vs sqlite {b:?}");
+                assert!(same(&a, &c), "seed {seed}: {req:?}: {a:?} vs mysql {c:?}");
+            }
         }
     }
     // The run must have covered success and every way to fail.

@@ -2,14 +2,19 @@
 //!
 //! - [`ays`]: the aysfs cache server, store and publisher (`truckeefs ays serve|publish`);
 //! - [`driver`]: the thread that owns the core and performs its effects;
+//! - [`meta_mysql`]: the shared metadata store (MySQL/MariaDB);
 //! - [`meta_sqlite`]: the embedded metadata store (SQLite);
 //! - [`objects`]: the local object directory, the default object store;
-//! - [`staging`]: the staging area and journal of dirty file data.
+//! - [`staging`]: the staging area and journal of dirty file data;
+//! - [`tahoe`]: the Tahoe-LAFS web API client and object store ([`tahoe_json`]: its JSON replies).
 
 pub mod ays;
 pub mod driver;
+pub mod meta_mysql;
 pub mod meta_sqlite;
 pub mod objects;
 pub mod staging;
+pub mod tahoe;
+pub mod tahoe_json;
 
 pub use driver::{MountDirs, Runtime, Sink, StartError};
