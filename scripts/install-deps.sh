@@ -3,6 +3,8 @@
 #
 #   fuse3        fusermount3, to mount and unmount the filesystem (fuser is built without libfuse)
 #   libacl1-dev  libacl.so, which the pjdfstest conformance suite links against
+#   redis-server the aysfs tests start private Redis servers (local cache, debug store, backend)
+#   mariadb-server  the MySQL/MariaDB metadata store's tests start a private server
 #
 # Fast when everything is present: apt is touched only if something is missing. Installing needs
 # root; as another user it fails with the list of what to install.
