@@ -13,7 +13,8 @@
 #   5. cargo test        cargo test --workspace --no-fail-fast
 #   6. simulator         cargo run --release -p truckeefs-runtime-sim -- --seeds 500 --steps 200
 #                        (skipped, with a notice, while that crate has no binary target)
-#   7. pjdfstest         scripts/pjdfstest.sh: POSIX conformance of a mount vs the local disk
+#   7. pjdfstest         scripts/pjdfstest.sh: POSIX conformance of a mount vs the local disk,
+#                        once with the kernel checking permissions, once with truckeefs
 # and at the end one line "N passed, N failed[, N skipped]" counting sections. Exit status 0 only
 # if no section failed.
 #
@@ -118,7 +119,12 @@ for p in json.load(sys.stdin)["packages"]:
 
 s_pjdfstest() {
     needs 4 "the release build"
-    "$ROOT/scripts/pjdfstest.sh"
+    local rc=0
+    echo "-- permissions checked by the kernel (-o allow_other: default_permissions)"
+    "$ROOT/scripts/pjdfstest.sh" || rc=1
+    echo "-- permissions checked by truckeefs, as on a private mount (-o allow_other,permissions=core)"
+    PJDFSTEST_MOUNT_OPTS="allow_other,permissions=core" "$ROOT/scripts/pjdfstest.sh" || rc=1
+    return "$rc"
 }
 
 echo "TruckeeFS test run: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on $(uname -srm), $(nproc) cores, $(cargo --version)"

@@ -35,6 +35,7 @@ pub mod io;
 pub mod locks;
 pub mod machine;
 pub mod op;
+pub mod perm;
 pub mod testkit;
 pub mod types;
 

@@ -27,6 +27,7 @@ use crate::dir::{Dentry, Dir};
 use crate::io::*;
 use crate::locks::LockTable;
 use crate::op::*;
+use crate::perm;
 use crate::types::*;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -59,6 +60,11 @@ pub struct Config {
     pub inode_cache_max: usize,
     /// Update atime on reads, the way Linux's `relatime` does (off with `-o noatime`).
     pub relatime: bool,
+    /// Check permissions in the core (a private mount without the kernel's
+    /// `default_permissions`; see [`crate::perm`]).
+    pub check_permissions: bool,
+    /// The supplementary groups assumed for every caller when checking permissions.
+    pub groups: Vec<u32>,
 }
 
 impl Default for Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             staged_is_durable: false,
             inode_cache_max: 100_000,
             relatime: true,
+            check_permissions: false,
+            groups: Vec::new(),
         }
     }
 }
@@ -485,13 +493,19 @@ impl Core {
 
     fn exec(&mut self, p: &Parked) -> Exec {
         let (ctx, wall) = (p.ctx, p.wall);
+        if self.config.check_permissions {
+            self.authorize(ctx, &p.op)?;
+        }
         match &p.op {
             Op::Lookup { parent, name } => self.lookup(*parent, name),
             Op::GetAttr { ino } => {
                 self.ensure_inode(*ino)?;
                 Ok(Reply::Attr(self.attr(*ino)))
             }
-            Op::SetAttr { ino, fh: _, set } => self.setattr(p.id, *ino, *set, wall),
+            Op::SetAttr { ino, fh, set } => {
+                let set = self.authorize_setattr(ctx, *ino, *set, fh.is_some())?;
+                self.setattr(p.id, *ino, set, wall)
+            }
             Op::MkNod { parent, name, mode, umask, rdev } => {
                 let kind = if mode & libc::S_IFMT == 0 {
                     FileKind::Regular
@@ -623,7 +637,8 @@ impl Core {
             }
             Op::Access { ino, mask } => {
                 self.ensure_inode(*ino)?;
-                if may_access(&self.inodes[ino].row, ctx, *mask) {
+                let caller = perm::Caller::new(ctx, &self.config.groups);
+                if *mask == libc::F_OK || perm::allowed(&self.inodes[ino].row, caller, *mask as u32) {
                     Ok(Reply::Empty)
                 } else {
                     Err(EACCES.into())
@@ -917,6 +932,84 @@ impl Core {
     ) {
         let times = std::mem::take(&mut self.times_in_txn);
         self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after, applied: false, times });
+    }
+
+    /// The permission checks of a private mount (the kernel's when `default_permissions` is on).
+    /// Runs before the operation itself, so an error here wins over the operation's own
+    /// errors only where Linux's does: a missing name still gives ENOENT, an existing one EEXIST.
+    fn authorize(&mut self, ctx: Ctx, op: &Op) -> Result<(), Stop> {
+        use perm::{R, W, X};
+        match op {
+            Op::Lookup { parent, .. } => self.permit(ctx, *parent, X),
+            Op::MkNod { parent, name, .. }
+            | Op::MkDir { parent, name, .. }
+            | Op::Symlink { parent, name, .. }
+            | Op::Create { parent, name, .. }
+            | Op::Link { newparent: parent, newname: name, .. } => {
+                self.permit(ctx, *parent, X)?;
+                self.ensure_dir(*parent)?;
+                if self.dirs[parent].get(name).is_some() {
+                    return Ok(()); // EEXIST comes from the operation
+                }
+                self.permit(ctx, *parent, W)
+            }
+            Op::Unlink { parent, name } | Op::RmDir { parent, name } => {
+                self.permit(ctx, *parent, X)?;
+                self.permit_delete(ctx, *parent, name).map(|_| ())
+            }
+            Op::Rename { parent, name, newparent, newname, .. } => {
+                self.permit(ctx, *parent, X)?;
+                self.permit(ctx, *newparent, X)?;
+                let Some(src) = self.permit_delete(ctx, *parent, name)? else { return Ok(()) };
+                if self.permit_delete(ctx, *newparent, newname)?.is_none() {
+                    self.permit(ctx, *newparent, W)?;
+                }
+                // A directory moving elsewhere has its `..` rewritten.
+                if parent != newparent && self.inodes[&src].row.kind == FileKind::Directory {
+                    self.permit(ctx, src, W)?;
+                }
+                Ok(())
+            }
+            Op::Open { ino, flags } => self.permit(ctx, *ino, perm::open_mask(*flags)),
+            Op::OpenDir { ino, .. } => self.permit(ctx, *ino, R),
+            Op::GetXattr { ino, name, .. } => match perm::xattr_mask(name, false) {
+                Some(mask) => self.permit(ctx, *ino, mask),
+                None => Ok(()),
+            },
+            Op::SetXattr { ino, name, .. } | Op::RemoveXattr { ino, name } => match perm::xattr_mask(name, true) {
+                Some(mask) => self.permit(ctx, *ino, mask),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks `mask` on `ino` (loading it first).
+    fn permit(&mut self, ctx: Ctx, ino: Ino, mask: u32) -> Result<(), Stop> {
+        self.ensure_inode(ino)?;
+        let caller = perm::Caller::new(ctx, &self.config.groups);
+        Ok(perm::check(&self.inodes[&ino].row, caller, mask)?)
+    }
+
+    /// Checks that the entry `name` of `dir` may be removed; `None` when there is no such entry
+    /// (the operation answers ENOENT itself), else the entry's inode.
+    fn permit_delete(&mut self, ctx: Ctx, dir: Ino, name: &[u8]) -> Result<Option<Ino>, Stop> {
+        self.ensure_dir(dir)?;
+        let Some(d) = self.dirs[&dir].get(name) else { return Ok(None) };
+        self.ensure_inode(d.ino)?;
+        let caller = perm::Caller::new(ctx, &self.config.groups);
+        perm::may_delete(&self.inodes[&dir].row, &self.inodes[&d.ino].row, caller)?;
+        Ok(Some(d.ino))
+    }
+
+    /// The setattr as it may be applied (see [`perm::setattr`]); unchanged on a shared mount.
+    fn authorize_setattr(&mut self, ctx: Ctx, ino: Ino, set: SetAttr, has_fh: bool) -> Result<SetAttr, Stop> {
+        if !self.config.check_permissions {
+            return Ok(set);
+        }
+        self.ensure_inode(ino)?;
+        let caller = perm::Caller::new(ctx, &self.config.groups);
+        Ok(perm::setattr(&self.inodes[&ino].row, caller, set, has_fh)?)
     }
 
     fn lookup(&mut self, parent: Ino, name: &[u8]) -> Exec {
@@ -2371,23 +2464,4 @@ fn sized_reply(value: Bytes, size: u32) -> Exec {
     Ok(Reply::XattrData(value))
 }
 
-/// `access(2)` against the owner, group and other bits (no supplementary groups are known).
-fn may_access(row: &InodeRow, ctx: Ctx, mask: i32) -> bool {
-    if mask == libc::F_OK {
-        return true;
-    }
-    let perm = row.perm as i32;
-    if ctx.uid == 0 {
-        // Root may read and write anything, and execute if any execute bit is set.
-        return mask & libc::X_OK == 0 || row.kind == FileKind::Directory || perm & 0o111 != 0;
-    }
-    let bits = if ctx.uid == row.uid {
-        (perm >> 6) & 7
-    } else if ctx.gid == row.gid {
-        (perm >> 3) & 7
-    } else {
-        perm & 7
-    };
-    mask & !bits & 7 == 0
-}
 

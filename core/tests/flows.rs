@@ -15,6 +15,8 @@ struct Harness {
     next_id: u64,
     ios: VecDeque<(IoId, IoRequest)>,
     replies: HashMap<RequestId, Result<Reply, i32>>,
+    /// Who sends the next requests.
+    ctx: Ctx,
 }
 
 const CTX: Ctx = Ctx { uid: 1000, gid: 1000, pid: 1 };
@@ -26,8 +28,12 @@ impl Harness {
     }
 
     fn with_store(store: Store, now: Instant) -> Harness {
-        let core = Core::new(Config::default(), now);
-        let mut h = Harness { core, store, now, next_id: 1, ios: VecDeque::new(), replies: HashMap::new() };
+        Harness::with_config(store, now, Config::default())
+    }
+
+    fn with_config(store: Store, now: Instant, config: Config) -> Harness {
+        let core = Core::new(config, now);
+        let mut h = Harness { core, store, now, next_id: 1, ios: VecDeque::new(), replies: HashMap::new(), ctx: CTX };
         h.settle();
         h
     }
@@ -71,7 +77,7 @@ impl Harness {
     fn send(&mut self, op: Op) -> RequestId {
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        self.core.handle_request(self.now, SystemTime::UNIX_EPOCH + Duration::from_secs(100), id, CTX, op);
+        self.core.handle_request(self.now, SystemTime::UNIX_EPOCH + Duration::from_secs(100), id, self.ctx, op);
         self.collect();
         id
     }
@@ -418,4 +424,73 @@ fn dotdot_in_readdirplus_names_the_parent() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A private mount checks permissions in the core, the way the kernel's `default_permissions`
+/// would: search and write on directories, the sticky bit, open modes, setattr ownership rules.
+#[test]
+fn private_mount_checks_permissions_like_the_kernel() {
+    let config = Config { check_permissions: true, groups: vec![50], ..Config::default() };
+    let mut h = Harness::with_config(Store::new(), Instant::now(), config);
+    const ROOT: Ctx = Ctx { uid: 0, gid: 0, pid: 1 };
+    const OTHER: Ctx = Ctx { uid: 2000, gid: 2000, pid: 2 };
+    let chmod = |ino, mode| Op::SetAttr { ino, fh: None, set: SetAttr { mode: Some(mode), ..SetAttr::default() } };
+    let chown = |ino, uid, gid| Op::SetAttr { ino, fh: None, set: SetAttr { uid, gid, ..SetAttr::default() } };
+
+    h.ctx = ROOT;
+    let shared = h.mkdir(1, "shared");
+    h.call(chmod(shared, 0o1777)).unwrap();
+    let closed = h.mkdir(1, "closed");
+    h.call(chmod(closed, 0o700)).unwrap();
+    let (secret, _) = h.create(closed, "secret");
+    h.call(chmod(secret, 0o600)).unwrap();
+
+    h.ctx = CTX;
+    // Search permission on the way in, write permission to create.
+    assert_eq!(h.call(Op::Lookup { parent: closed, name: "secret".into() }), Err(libc::EACCES));
+    assert_eq!(h.call(Op::MkDir { parent: 1, name: "x".into(), mode: 0o755, umask: 0 }), Err(libc::EACCES));
+    // An existing name is EEXIST, a missing one ENOENT, before the permission error.
+    assert_eq!(h.call(Op::MkDir { parent: 1, name: "shared".into(), mode: 0o755, umask: 0 }), Err(libc::EEXIST));
+    assert_eq!(h.call(Op::Unlink { parent: 1, name: "nothing".into() }), Err(libc::ENOENT));
+    assert_eq!(h.call(Op::Unlink { parent: 1, name: "closed".into() }), Err(libc::EACCES));
+
+    // Sticky directory: the owner of an entry may remove it, others may not.
+    let (mine, fh) = h.create(shared, "mine");
+    h.call(Op::Release { ino: mine, fh, lock_owner: None }).unwrap();
+    h.call(chmod(mine, 0o444)).unwrap();
+    assert_eq!(h.call(Op::Open { ino: mine, flags: libc::O_WRONLY }), Err(libc::EACCES));
+    assert_eq!(h.call(Op::Open { ino: mine, flags: libc::O_RDONLY | libc::O_TRUNC }), Err(libc::EACCES));
+    assert!(h.call(Op::Open { ino: mine, flags: libc::O_RDONLY }).is_ok());
+    h.ctx = OTHER;
+    assert_eq!(h.call(Op::Unlink { parent: shared, name: "mine".into() }), Err(libc::EPERM));
+    assert_eq!(h.rename(shared, "mine", shared, "stolen", 0), Err(libc::EPERM));
+    assert_eq!(h.call(chmod(mine, 0o666)), Err(libc::EPERM));
+    assert_eq!(h.call(Op::GetXattr { ino: secret, name: "user.a".into(), size: 0 }), Err(libc::EACCES));
+    let touch = SetAttr { atime: Some(SetTime::Now), mtime: Some(SetTime::Now), ..SetAttr::default() };
+    assert_eq!(h.call(Op::SetAttr { ino: mine, fh: None, set: touch }), Err(libc::EACCES));
+
+    // The owner: chown only to itself, chgrp only to its groups (50 is a supplementary one),
+    // and a set-group-id bit survives only for a group it is in.
+    h.ctx = CTX;
+    assert_eq!(h.call(chown(mine, Some(0), None)), Err(libc::EPERM));
+    assert_eq!(h.call(chown(mine, None, Some(7))), Err(libc::EPERM));
+    h.call(chown(mine, None, Some(50))).unwrap();
+    match h.call(chmod(mine, 0o2644)) {
+        Ok(Reply::Attr(a)) => assert_eq!(a.perm, 0o2644),
+        other => panic!("chmod: {other:?}"),
+    }
+    h.ctx = ROOT;
+    h.call(chown(mine, None, Some(7))).unwrap();
+    h.ctx = CTX;
+    match h.call(chmod(mine, 0o2644)) {
+        Ok(Reply::Attr(a)) => assert_eq!(a.perm, 0o644, "set-group-id kept outside the group"),
+        other => panic!("chmod: {other:?}"),
+    }
+    assert_eq!(h.call(Op::Unlink { parent: shared, name: "mine".into() }), Ok(Reply::Empty));
+
+    // Root passes every check but executes only what has an execute bit.
+    h.ctx = ROOT;
+    assert!(h.call(Op::Lookup { parent: closed, name: "secret".into() }).is_ok());
+    assert_eq!(h.call(Op::Access { ino: secret, mask: libc::X_OK }), Err(libc::EACCES));
+    assert_eq!(h.call(Op::Access { ino: secret, mask: libc::R_OK | libc::W_OK }), Ok(Reply::Empty));
 }

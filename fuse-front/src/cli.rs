@@ -26,7 +26,10 @@ Mount options:
                      suid, nosuid, exec, noexec, noatime, atime, sync, async, dirsync,
                      fsname=NAME, attr_timeout=SECS, upload_delay=SECS,
                      fsync=staged (fsync returns once data is sealed in the local staging
-                     area instead of committed to the store)
+                     area instead of committed to the store),
+                     permissions=kernel|core (who checks permissions; default: the kernel
+                     on a mount shared with allow_other/allow_root, truckeefs on a private
+                     one; default_permissions = permissions=kernel)
   -v, --verbose      more logging (repeat for more); RUST_LOG overrides
 
 Unmount with 'fusermount3 -u MOUNTPOINT', 'umount MOUNTPOINT', Ctrl-C or SIGTERM: pending
@@ -45,9 +48,22 @@ pub struct MountArgs {
     pub data_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub mount_options: Vec<MountOption>,
+    /// Who checks permissions: `None` for the default (the kernel on a shared mount, the core on
+    /// a private one); `-o default_permissions` is `Some(Kernel)`.
+    pub permissions: Option<Permissions>,
     pub core: truckeefs_core::Config,
     pub ttl: Duration,
     pub verbose: u8,
+}
+
+/// Who checks permissions (`-o permissions=kernel|core`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permissions {
+    /// The kernel (FUSE `default_permissions`).
+    Kernel,
+    /// The core (`truckeefs_core::perm`); on a shared mount the kernel then caches no entries or
+    /// attributes, so that every path walk reaches the core.
+    Core,
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
@@ -98,6 +114,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
         data_dir: data_dir.unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share")),
         cache_dir: cache_dir.unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache")),
         mount_options: Vec::new(),
+        permissions: None,
         core: truckeefs_core::Config::default(),
         ttl: TTL_DEFAULT,
         verbose,
@@ -140,7 +157,14 @@ fn apply_option(o: &str, a: &mut MountArgs) -> Result<(), String> {
         ("allow_other", None) => MountOption::AllowOther,
         ("allow_root", None) => MountOption::AllowRoot,
         ("auto_unmount", None) => MountOption::AutoUnmount,
-        ("default_permissions", None) => return Ok(()), // always on
+        ("default_permissions", None) | ("permissions", Some("kernel")) => {
+            a.permissions = Some(Permissions::Kernel);
+            return Ok(());
+        }
+        ("permissions", Some("core")) => {
+            a.permissions = Some(Permissions::Core);
+            return Ok(());
+        }
         ("dev", None) => MountOption::Dev,
         ("nodev", None) => MountOption::NoDev,
         ("suid", None) => MountOption::Suid,
@@ -239,6 +263,20 @@ mod tests {
         assert!(m.core.staged_is_durable);
         let err = parse_str(&["mount", "-o", "bogus", "/m"]).err().unwrap();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn who_checks_permissions() {
+        let perms = |o: &str| match parse_str(&["mount", "-o", o, "/m"]) {
+            Ok(Command::Mount(m)) => Ok(m.permissions),
+            Ok(_) => panic!("not a mount"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(perms("rw"), Ok(None));
+        assert_eq!(perms("default_permissions"), Ok(Some(Permissions::Kernel)));
+        assert_eq!(perms("permissions=kernel"), Ok(Some(Permissions::Kernel)));
+        assert_eq!(perms("allow_other,permissions=core"), Ok(Some(Permissions::Core)));
+        assert!(perms("permissions=both").unwrap_err().contains("permissions=both"));
     }
 
     #[test]

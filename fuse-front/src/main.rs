@@ -5,7 +5,8 @@ mod ays_mount;
 mod cli;
 mod fuse;
 
-use cli::{Command, MountArgs};
+use cli::{Command, MountArgs, Permissions};
+use std::time::Duration;
 use fuser::MountOption;
 use std::path::Path;
 use std::process::ExitCode;
@@ -104,8 +105,24 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
 fn mount(args: MountArgs) -> Result<(), String> {
     preflight(&args.mountpoint)?;
     let dirs = MountDirs { data_dir: args.data_dir.clone(), cache_dir: args.cache_dir.clone() };
-    let replies = fuse::Replies::new(args.ttl);
-    let runtime = Runtime::start(&dirs, args.core.clone(), Box::new(fuse::ReplySink(replies.clone())))
+    // Permissions: a mount others may use (allow_other, allow_root) gets the kernel's checks; a
+    // private one is checked by the core, which saves a request per create or unlink (see
+    // truckeefs_core::perm).
+    let shared = args.mount_options.iter().any(|o| matches!(o, MountOption::AllowOther | MountOption::AllowRoot));
+    let core_checks = match args.permissions {
+        Some(Permissions::Kernel) => false,
+        Some(Permissions::Core) => true,
+        None => !shared,
+    };
+    // Core checks on a shared mount: the kernel must not answer a path walk from its caches.
+    let ttl = if core_checks && shared { Duration::ZERO } else { args.ttl };
+    let replies = fuse::Replies::new(ttl);
+    let mut core = args.core.clone();
+    core.check_permissions = core_checks;
+    // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
+    // groups this process has; on a shared mount only the caller's primary group counts.
+    core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };
+    let runtime = Runtime::start(&dirs, core, Box::new(fuse::ReplySink(replies.clone())))
         .map_err(|e| e.to_string())?;
     let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
     let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone());
@@ -113,8 +130,10 @@ fn mount(args: MountArgs) -> Result<(), String> {
     let mut options = vec![
         MountOption::FSName("truckeefs".into()),
         MountOption::Subtype("truckeefs".into()),
-        MountOption::DefaultPermissions,
     ];
+    if !core_checks {
+        options.push(MountOption::DefaultPermissions);
+    }
     options.extend(args.mount_options.iter().cloned());
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
@@ -153,4 +172,18 @@ fn mount(args: MountArgs) -> Result<(), String> {
         Some(r) => r,
         None => Ok(()),
     }
+}
+
+/// This process's supplementary groups: those of every caller of a private mount.
+fn supplementary_groups() -> Vec<u32> {
+    // SAFETY: getgroups with a zero size only counts; the second call fills at most `n` entries
+    // of a buffer that holds `n`.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut groups = vec![0 as libc::gid_t; n as usize];
+    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(got.max(0) as usize);
+    groups
 }

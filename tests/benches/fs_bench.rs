@@ -13,7 +13,8 @@
 //! (under `$BENCH_DIR`, default /var/tmp), and measures both the same way:
 //!
 //! - metadata: create `$BENCH_FILES` (default 10000) empty files (open O_CREAT + close), stat
-//!   them all, unlink them all; ops/s;
+//!   them all, unlink them all; ops/s; `$BENCH_ROUNDS` (default 3) rounds alternating between the
+//!   local disk and the mount, each figure the median of its rounds;
 //! - data: write a `$BENCH_MIB` (default 1024) MiB file in 1 MiB writes, fsync, close; read it
 //!   back in 1 MiB reads after dropping the kernel page cache (`echo 3 >
 //!   /proc/sys/vm/drop_caches`; on the mount the data is then read from the local store/cache,
@@ -88,6 +89,7 @@ fn truckeefs_bin() -> Result<PathBuf> {
 
 fn run() -> Result<()> {
     let files = env_usize("BENCH_FILES", 10_000)?;
+    let rounds = env_usize("BENCH_ROUNDS", 3)?.max(1);
     let mib = env_usize("BENCH_MIB", 1024)?;
     let timeout_secs = env_usize("BENCH_TIMEOUT", 3600)?;
     let bin = truckeefs_bin()?;
@@ -128,10 +130,19 @@ fn run() -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
 
     // --- metadata ---------------------------------------------------------------------------
-    let meta_local = metadata_ops(&local, files).map_err(|e| format!("local metadata: {e}"))?;
-    println!("  local      create {:>10.0}/s  stat {:>10.0}/s  unlink {:>10.0}/s", meta_local.0, meta_local.1, meta_local.2);
-    let meta_mount = metadata_ops(&mnt, files).map_err(|e| format!("truckeefs metadata: {e}"))?;
-    println!("  truckeefs  create {:>10.0}/s  stat {:>10.0}/s  unlink {:>10.0}/s", meta_mount.0, meta_mount.1, meta_mount.2);
+    // Rounds alternate between the two, so a slow spell of the machine (a VM's stolen time)
+    // hits both; each figure is the median of its rounds.
+    let (mut local_rounds, mut mount_rounds) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let l = metadata_ops(&local, files, round).map_err(|e| format!("local metadata: {e}"))?;
+        println!("  local      create {:>10.0}/s  stat {:>10.0}/s  unlink {:>10.0}/s   (round {})", l.0, l.1, l.2, round + 1);
+        let m = metadata_ops(&mnt, files, round).map_err(|e| format!("truckeefs metadata: {e}"))?;
+        println!("  truckeefs  create {:>10.0}/s  stat {:>10.0}/s  unlink {:>10.0}/s   (round {})", m.0, m.1, m.2, round + 1);
+        local_rounds.push(l);
+        mount_rounds.push(m);
+    }
+    let meta_local = median3(&local_rounds);
+    let meta_mount = median3(&mount_rounds);
     let meta_target = Target::RatioAtLeast(0.1);
     rows.push(Row::both("create empty file (ops/s)", meta_local.0, meta_mount.0, meta_target));
     rows.push(Row::both("stat (ops/s)", meta_local.1, meta_mount.1, meta_target));
@@ -199,8 +210,8 @@ fn run() -> Result<()> {
 // --- measurements ---------------------------------------------------------------------------------
 
 /// Creates, stats and unlinks `n` empty files in a fresh subdirectory of `dir`; ops/s of each phase.
-fn metadata_ops(dir: &Path, n: usize) -> Result<(f64, f64, f64)> {
-    let d = dir.join("meta");
+fn metadata_ops(dir: &Path, n: usize, round: usize) -> Result<(f64, f64, f64)> {
+    let d = dir.join(format!("meta{round}"));
     fs::create_dir(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
     let names: Vec<PathBuf> = (0..n).map(|i| d.join(format!("f{i:07}"))).collect();
 
@@ -234,6 +245,16 @@ fn metadata_ops(dir: &Path, n: usize) -> Result<(f64, f64, f64)> {
 
     fs::remove_dir(&d).map_err(|e| format!("rmdir {}: {e}", d.display()))?;
     Ok((create, stat, unlink))
+}
+
+/// The median of each of the three figures over the rounds.
+fn median3(rounds: &[(f64, f64, f64)]) -> (f64, f64, f64) {
+    let median = |f: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(|r| r.0), median(|r| r.1), median(|r| r.2))
 }
 
 fn timed_mib(mib: usize, f: impl FnOnce() -> Result<()>) -> Result<f64> {
