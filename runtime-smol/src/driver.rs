@@ -8,8 +8,7 @@
 //! which also saves a thread hand-off per operation; staging and store requests run on the
 //! blocking pool.
 
-use crate::meta_sqlite::SqliteMeta;
-use crate::objects::{execute_store, ObjectDir};
+use crate::backends::{self, Backends, MetaStore, ObjectStore};
 use crate::staging::Staging;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -46,13 +45,16 @@ pub enum StartError {
     Busy { path: String },
     #[error(transparent)]
     Meta(#[from] crate::meta_sqlite::MetaOpenError),
+    /// A shared store (MySQL, Tahoe) that cannot be used; the message names it.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// A running driver.
 pub struct Runtime {
     shared: Arc<Shared>,
     timer: Option<JoinHandle<()>>,
-    _lock: File,
+    _locks: (File, Option<File>),
 }
 
 /// How long unmount waits for uploads that make no progress before giving up (the data stays
@@ -68,15 +70,14 @@ struct Shared {
 
 impl Runtime {
     /// Open the stores (errors come back here, before anything is mounted) and start the driver.
-    pub fn start(dirs: &MountDirs, config: Config, sink: Box<dyn Sink>) -> Result<Runtime, StartError> {
+    pub fn start(dirs: &MountDirs, backends: Backends, config: Config, sink: Box<dyn Sink>) -> Result<Runtime, StartError> {
         for d in [&dirs.data_dir, &dirs.cache_dir] {
             std::fs::create_dir_all(d).map_err(|source| StartError::Dir { path: d.display().to_string(), source })?;
         }
+        // One mount per staging area (and per embedded database).
         let lock = lock_dir(&dirs.data_dir)?;
-        let meta = SqliteMeta::open(&dirs.data_dir.join("meta.sqlite"))?;
-        let objects_dir = dirs.data_dir.join("objects");
-        let objects = ObjectDir::open(&objects_dir)
-            .map_err(|source| StartError::Dir { path: objects_dir.display().to_string(), source })?;
+        let cache_lock = if dirs.cache_dir != dirs.data_dir { Some(lock_dir(&dirs.cache_dir)?) } else { None };
+        let (meta, objects) = backends::open(backends, &dirs.data_dir)?;
         let staging_dir = dirs.cache_dir.join("staging");
         let staging = Staging::open(&staging_dir)
             .map_err(|source| StartError::Dir { path: staging_dir.display().to_string(), source })?;
@@ -97,7 +98,7 @@ impl Runtime {
             .name("truckeefs-timer".into())
             .spawn(move || timer_thread(&timer_shared))
             .map_err(|source| StartError::Dir { path: "timer thread".into(), source })?;
-        Ok(Runtime { shared, timer: Some(timer), _lock: lock })
+        Ok(Runtime { shared, timer: Some(timer), _locks: (lock, cache_lock) })
     }
 
     /// One kernel request, run on the caller's thread: metadata transactions complete inline,
@@ -204,8 +205,8 @@ fn lock_dir(dir: &Path) -> Result<File, StartError> {
 
 struct Driver {
     core: Core,
-    meta: SqliteMeta,
-    objects: Arc<ObjectDir>,
+    meta: MetaStore,
+    objects: Arc<ObjectStore>,
     staging: Arc<Staging>,
     sink: Box<dyn Sink>,
     /// The deadline the timer thread sleeps until (`None` while it runs).
@@ -253,8 +254,8 @@ impl Driver {
         let staging = self.staging.clone();
         smol::unblock(move || {
             let result = match &request {
-                IoRequest::Staging(r) => staging.execute(r, &objects),
-                IoRequest::Store(r) => execute_store(&objects, &staging, r),
+                IoRequest::Staging(r) => staging.execute(r, &*objects),
+                IoRequest::Store(r) => objects.execute(&staging, r),
                 IoRequest::Meta(_) => unreachable!("metadata requests run inline"),
             };
             if let Err(e) = &result {

@@ -1,6 +1,7 @@
 //! The production runtime of TruckeeFS: drives the pure core with real stores.
 //!
 //! - [`ays`]: the aysfs cache server, store and publisher (`truckeefs ays serve|publish`);
+//! - [`backends`]: the choice of metadata and object store;
 //! - [`driver`]: the thread that owns the core and performs its effects;
 //! - [`meta_mysql`]: the shared metadata store (MySQL/MariaDB);
 //! - [`meta_sqlite`]: the embedded metadata store (SQLite);
@@ -9,6 +10,7 @@
 //! - [`tahoe`]: the Tahoe-LAFS web API client and object store ([`tahoe_json`]: its JSON replies).
 
 pub mod ays;
+pub mod backends;
 pub mod driver;
 pub mod meta_mysql;
 pub mod meta_sqlite;
@@ -17,4 +19,5 @@ pub mod staging;
 pub mod tahoe;
 pub mod tahoe_json;
 
+pub use backends::{Backends, MetaBackend, StoreBackend};
 pub use driver::{MountDirs, Runtime, Sink, StartError};

@@ -21,7 +21,30 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use truckeefs_core::{Ino, IoError, IoErrorKind, IoReply, IoResult, SealRecord, StagedEntry, StagingRequest, Timespec};
+use truckeefs_core::{
+    Ino, IoError, IoErrorKind, IoReply, IoResult, ObjectId, SealRecord, StagedEntry, StagingRequest, Timespec,
+};
+
+/// Where the staging area copies a file's committed contents from (`StagingRequest::Init`).
+pub trait ObjectSource {
+    /// A reader of the object's bytes from the start, and how to name the object in errors.
+    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError>;
+}
+
+/// An object's bytes: a local file (copied with `copy_file_range`, never through user space)
+/// or a stream.
+pub enum ObjectReader<'a> {
+    File(File),
+    Stream(Box<dyn Read + 'a>),
+}
+
+impl ObjectSource for ObjectDir {
+    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+        let shown = format!("object {} in {}", id.fingerprint(), self.dir().display());
+        let file = File::open(self.path_of(id)?).map_err(|e| io_error(&e, &shown))?;
+        Ok((ObjectReader::File(file), shown))
+    }
+}
 
 /// Open descriptors kept for reuse. Enough for the files being written at once; a miss costs one
 /// `open(2)`.
@@ -78,15 +101,12 @@ impl Staging {
     }
 
     /// Executes one request; see the documentation of [`StagingRequest`] for each reply.
-    pub fn execute(&self, req: &StagingRequest, objects: &ObjectDir) -> IoResult {
+    pub fn execute(&self, req: &StagingRequest, objects: &dyn ObjectSource) -> IoResult {
         match req {
             StagingRequest::Scan => self.scan().map(IoReply::Staged),
             StagingRequest::Init { ino, from, size } => {
                 let source = match from {
-                    Some(id) => Some((
-                        objects.path_of(id)?,
-                        format!("object {} in {}", id.fingerprint(), objects.dir().display()),
-                    )),
+                    Some(id) => Some(objects.open_object(id)?),
                     None => None,
                 };
                 self.init(*ino, source, *size).map(|()| IoReply::Done)
@@ -224,7 +244,7 @@ impl Staging {
 
     /// Replaces the staged copy of `ino` with the first `size` bytes of `source` (a path and how
     /// to name it in errors), zero-extended to `size`.
-    fn init(&self, ino: Ino, source: Option<(PathBuf, String)>, size: u64) -> Result<(), IoError> {
+    fn init(&self, ino: Ino, source: Option<(ObjectReader<'_>, String)>, size: u64) -> Result<(), IoError> {
         let tmp = self.tmp_path("data");
         let result = self.init_via(ino, source, size, &tmp);
         if result.is_err() {
@@ -233,7 +253,7 @@ impl Staging {
         result
     }
 
-    fn init_via(&self, ino: Ino, source: Option<(PathBuf, String)>, size: u64, tmp: &Path) -> Result<(), IoError> {
+    fn init_via(&self, ino: Ino, source: Option<(ObjectReader<'_>, String)>, size: u64, tmp: &Path) -> Result<(), IoError> {
         let shown_tmp = tmp.display().to_string();
         let mut out = OpenOptions::new()
             .read(true)
@@ -242,10 +262,13 @@ impl Staging {
             .mode(0o600)
             .open(tmp)
             .map_err(|e| io_error(&e, &shown_tmp))?;
-        if let Some((path, shown)) = source {
-            let src = File::open(&path).map_err(|e| io_error(&e, &shown))?;
-            // Take<File> to File still uses copy_file_range on Linux: no copy through user space.
-            io::copy(&mut src.take(size), &mut out).map_err(|e| {
+        if let Some((src, shown)) = source {
+            let copied = match src {
+                // Take<File> to File still uses copy_file_range on Linux.
+                ObjectReader::File(f) => io::copy(&mut f.take(size), &mut out),
+                ObjectReader::Stream(r) => io::copy(&mut r.take(size), &mut out),
+            };
+            copied.map_err(|e| {
                 // Name whichever side failed: ENOSPC is ours, EIO is most likely the object's.
                 if e.raw_os_error() == Some(libc::ENOSPC) {
                     io_error(&e, &shown_tmp)

@@ -1,0 +1,164 @@
+//! Where a mount keeps metadata and file data: the embedded SQLite database and local object
+//! directory by default, or MySQL/MariaDB and a Tahoe-LAFS grid.
+
+use crate::meta_mysql::{MysqlConfig, MysqlMeta};
+use crate::meta_sqlite::SqliteMeta;
+use crate::objects::{self, ObjectDir};
+use crate::staging::{ObjectReader, ObjectSource, Staging};
+use crate::tahoe::{self, StorageStrategy, TahoeClient};
+use bytes::Bytes;
+use std::fmt;
+use std::io::{self, Read};
+use truckeefs_core::{IoError, IoResult, MetaRequest, ObjectId, StoreRequest};
+
+/// The metadata store a mount uses.
+#[derive(Debug)]
+pub enum MetaBackend {
+    /// `meta.sqlite` in the data directory.
+    Embedded,
+    Mysql(MysqlConfig),
+}
+
+/// The object store a mount uses.
+pub enum StoreBackend {
+    /// `objects/` in the data directory.
+    Local,
+    /// A Tahoe-LAFS grid: file objects linked under `rootcap` as `strategy` says.
+    Tahoe { client: TahoeClient, rootcap: ObjectId, strategy: StorageStrategy },
+}
+
+impl fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreBackend::Local => f.write_str("Local"),
+            StoreBackend::Tahoe { client, rootcap, strategy } => f
+                .debug_struct("Tahoe")
+                .field("client", client)
+                .field("rootcap", rootcap) // ObjectId prints a fingerprint only
+                .field("strategy", strategy)
+                .finish(),
+        }
+    }
+}
+
+/// Both choices; the default is the embedded pair.
+#[derive(Debug)]
+pub struct Backends {
+    pub meta: MetaBackend,
+    pub store: StoreBackend,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends { meta: MetaBackend::Embedded, store: StoreBackend::Local }
+    }
+}
+
+/// An open metadata store.
+pub(crate) enum MetaStore {
+    Sqlite(SqliteMeta),
+    Mysql(MysqlMeta),
+}
+
+impl MetaStore {
+    pub(crate) fn execute(&mut self, req: &MetaRequest) -> IoResult {
+        match self {
+            MetaStore::Sqlite(m) => m.execute(req),
+            MetaStore::Mysql(m) => m.execute(req),
+        }
+    }
+}
+
+/// An open object store.
+pub(crate) enum ObjectStore {
+    Local(ObjectDir),
+    Tahoe { client: TahoeClient, rootcap: ObjectId, strategy: StorageStrategy },
+}
+
+impl ObjectStore {
+    pub(crate) fn execute(&self, staging: &Staging, req: &StoreRequest) -> IoResult {
+        match self {
+            ObjectStore::Local(dir) => objects::execute_store(dir, staging, req),
+            ObjectStore::Tahoe { client, rootcap, strategy } => {
+                tahoe::execute_store(client, staging, rootcap, *strategy, req)
+            }
+        }
+    }
+}
+
+impl ObjectSource for ObjectStore {
+    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+        match self {
+            ObjectStore::Local(dir) => dir.open_object(id),
+            ObjectStore::Tahoe { client, .. } => {
+                let shown = format!("object {} on the Tahoe gateway {}", id.fingerprint(), client.gateway());
+                let reader = RangeReader { client, id: id.clone(), offset: 0, buf: Bytes::new(), done: false };
+                Ok((ObjectReader::Stream(Box::new(reader)), shown))
+            }
+        }
+    }
+}
+
+/// Reads a Tahoe object front to back in large Range requests (never the whole object in
+/// memory).
+struct RangeReader<'a> {
+    client: &'a TahoeClient,
+    id: ObjectId,
+    offset: u64,
+    buf: Bytes,
+    done: bool,
+}
+
+/// Bytes per Range request when copying a Tahoe object into the staging area.
+const RANGE_CHUNK: u32 = 4 << 20;
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && !self.done {
+            let chunk = self.client.read_range(&self.id, self.offset, RANGE_CHUNK).map_err(|e| io::Error::other(e.to_string()))?;
+            self.done = (chunk.len() as u64) < u64::from(RANGE_CHUNK);
+            self.offset += chunk.len() as u64;
+            self.buf = chunk;
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Opens what `backends` names. Errors are one line naming the store.
+pub(crate) fn open(
+    backends: Backends,
+    data_dir: &std::path::Path,
+) -> Result<(MetaStore, ObjectStore), crate::StartError> {
+    use crate::StartError;
+    let meta = match backends.meta {
+        MetaBackend::Embedded => MetaStore::Sqlite(SqliteMeta::open(&data_dir.join("meta.sqlite"))?),
+        MetaBackend::Mysql(config) => {
+            MetaStore::Mysql(MysqlMeta::open(&config).map_err(|e| StartError::Backend(e.to_string()))?)
+        }
+    };
+    let store = match backends.store {
+        StoreBackend::Local => {
+            let dir = data_dir.join("objects");
+            ObjectStore::Local(
+                ObjectDir::open(&dir).map_err(|source| StartError::Dir { path: dir.display().to_string(), source })?,
+            )
+        }
+        StoreBackend::Tahoe { strategy: StorageStrategy::Mirror, .. } => {
+            return Err(StartError::Backend(
+                "backend_storage_strategy MIRROR is not supported yet; use FLAT".into(),
+            ));
+        }
+        StoreBackend::Tahoe { client, rootcap, strategy } => {
+            // The rootcap must name a directory the gateway can reach: say so now, not at the
+            // first upload.
+            client.stat(&rootcap).map_err(|e| {
+                StartError::Backend(format!("rootcap {}: {}", rootcap.fingerprint(), tahoe::redact_caps(&e.to_string())))
+            })?;
+            ObjectStore::Tahoe { client, rootcap, strategy }
+        }
+    };
+    Ok((meta, store))
+}
