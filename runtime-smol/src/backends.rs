@@ -6,10 +6,13 @@ use crate::meta_sqlite::SqliteMeta;
 use crate::objects::{self, ObjectDir};
 use crate::staging::{ObjectReader, ObjectSource, Staging};
 use crate::tahoe::{self, StorageStrategy, TahoeClient};
+use crate::block_cache::{BlockCache, BlockCacheConfig, Fetch};
 use bytes::Bytes;
 use std::fmt;
 use std::io::{self, Read};
-use truckeefs_core::{IoError, IoResult, MetaRequest, ObjectId, StoreRequest};
+use std::path::Path;
+use std::sync::Arc;
+use truckeefs_core::{IoError, IoReply, IoResult, MetaRequest, ObjectId, StoreRequest};
 
 /// The metadata store a mount uses.
 #[derive(Debug)]
@@ -23,19 +26,21 @@ pub enum MetaBackend {
 pub enum StoreBackend {
     /// `objects/` in the data directory.
     Local,
-    /// A Tahoe-LAFS grid: file objects linked under `rootcap` as `strategy` says.
-    Tahoe { client: TahoeClient, rootcap: ObjectId, strategy: StorageStrategy },
+    /// A Tahoe-LAFS grid: file objects linked under `rootcap` as `strategy` says; reads go
+    /// through the block cache in the cache directory.
+    Tahoe { client: TahoeClient, rootcap: ObjectId, strategy: StorageStrategy, cache: BlockCacheConfig },
 }
 
 impl fmt::Debug for StoreBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreBackend::Local => f.write_str("Local"),
-            StoreBackend::Tahoe { client, rootcap, strategy } => f
+            StoreBackend::Tahoe { client, rootcap, strategy, cache } => f
                 .debug_struct("Tahoe")
                 .field("client", client)
                 .field("rootcap", rootcap) // ObjectId prints a fingerprint only
                 .field("strategy", strategy)
+                .field("cache", cache)
                 .finish(),
         }
     }
@@ -72,16 +77,17 @@ impl MetaStore {
 /// An open object store.
 pub(crate) enum ObjectStore {
     Local(ObjectDir),
-    Tahoe { client: TahoeClient, rootcap: ObjectId, strategy: StorageStrategy },
+    Tahoe { client: Arc<TahoeClient>, rootcap: ObjectId, strategy: StorageStrategy, blocks: Arc<BlockCache> },
 }
 
 impl ObjectStore {
     pub(crate) fn execute(&self, staging: &Staging, req: &StoreRequest) -> IoResult {
         match self {
             ObjectStore::Local(dir) => objects::execute_store(dir, staging, req),
-            ObjectStore::Tahoe { client, rootcap, strategy } => {
-                tahoe::execute_store(client, staging, rootcap, *strategy, req)
-            }
+            ObjectStore::Tahoe { client, rootcap, strategy, blocks } => match req {
+                StoreRequest::Read { object, offset, len } => blocks.read(object, *offset, *len).map(IoReply::Data),
+                _ => tahoe::execute_store(client, staging, rootcap, *strategy, req),
+            },
         }
     }
 }
@@ -130,7 +136,8 @@ impl Read for RangeReader<'_> {
 /// Opens what `backends` names. Errors are one line naming the store.
 pub(crate) fn open(
     backends: Backends,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
+    cache_dir: &Path,
 ) -> Result<(MetaStore, ObjectStore), crate::StartError> {
     use crate::StartError;
     let meta = match backends.meta {
@@ -151,13 +158,17 @@ pub(crate) fn open(
                 "backend_storage_strategy MIRROR is not supported yet; use FLAT".into(),
             ));
         }
-        StoreBackend::Tahoe { client, rootcap, strategy } => {
+        StoreBackend::Tahoe { client, rootcap, strategy, cache } => {
             // The rootcap must name a directory the gateway can reach: say so now, not at the
             // first upload.
             client.stat(&rootcap).map_err(|e| {
                 StartError::Backend(format!("rootcap {}: {}", rootcap.fingerprint(), tahoe::redact_caps(&e.to_string())))
             })?;
-            ObjectStore::Tahoe { client, rootcap, strategy }
+            let client = Arc::new(client);
+            let fetcher = client.clone();
+            let fetch: Arc<Fetch> = Arc::new(move |object, offset, len| fetcher.read_range(object, offset, len));
+            let blocks = Arc::new(BlockCache::new(&cache_dir.join("blocks"), cache, fetch));
+            ObjectStore::Tahoe { client, rootcap, strategy, blocks }
         }
     };
     Ok((meta, store))

@@ -77,7 +77,7 @@ impl Runtime {
         // One mount per staging area (and per embedded database).
         let lock = lock_dir(&dirs.data_dir)?;
         let cache_lock = if dirs.cache_dir != dirs.data_dir { Some(lock_dir(&dirs.cache_dir)?) } else { None };
-        let (meta, objects) = backends::open(backends, &dirs.data_dir)?;
+        let (meta, objects) = backends::open(backends, &dirs.data_dir, &dirs.cache_dir)?;
         let staging_dir = dirs.cache_dir.join("staging");
         let staging = Staging::open(&staging_dir)
             .map_err(|source| StartError::Dir { path: staging_dir.display().to_string(), source })?;

@@ -11,6 +11,7 @@
 
 pub mod ays;
 pub mod backends;
+pub mod block_cache;
 pub mod driver;
 pub mod meta_mysql;
 pub mod meta_sqlite;

@@ -1,0 +1,331 @@
+//! The block cache of a remote object store (Tahoe): reads are served in fixed-size blocks kept
+//! on local disk (cacache), fetched with Range requests, several at once, with read-ahead on
+//! sequential access.
+//!
+//! Only committed objects are cached, and an object never changes once committed (a new version
+//! is a new object), so a cached block is never stale and evicting one never loses data: dirty
+//! data lives in the staging area, not here. Keys are a hash of the object id, never the id
+//! itself (a Tahoe capability is a secret).
+//!
+//! Concurrency: one fetch per block at a time; a reader that needs a block being fetched waits
+//! for that fetch instead of starting another.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use truckeefs_core::{IoError, IoErrorKind, ObjectId};
+
+/// Fetches `len` bytes at `offset` of an object (fewer only at its end).
+pub type Fetch = dyn Fn(&ObjectId, u64, u32) -> Result<Bytes, IoError> + Send + Sync;
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct BlockCacheConfig {
+    /// Bytes per block (and per Range request).
+    pub block_size: u32,
+    /// Blocks fetched ahead of a sequential reader.
+    pub read_ahead: usize,
+    /// Bytes the cache may hold on disk; 0 = unlimited.
+    pub max_bytes: u64,
+}
+
+impl Default for BlockCacheConfig {
+    fn default() -> Self {
+        BlockCacheConfig { block_size: 1 << 20, read_ahead: 4, max_bytes: 0 }
+    }
+}
+
+type BlockKey = (u64, u64); // (hash of the object id, block index)
+
+pub struct BlockCache {
+    dir: PathBuf,
+    config: BlockCacheConfig,
+    fetch: Arc<Fetch>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Blocks being fetched.
+    fetching: HashSet<BlockKey>,
+    /// Per object: the end of the last read, to notice sequential access.
+    last_end: HashMap<u64, u64>,
+    /// Bytes written into the cache since the last size check.
+    written_since_trim: u64,
+}
+
+impl BlockCache {
+    pub fn new(dir: &Path, config: BlockCacheConfig, fetch: Arc<Fetch>) -> BlockCache {
+        BlockCache { dir: dir.to_path_buf(), config, fetch, state: Mutex::new(State::default()), changed: Condvar::new() }
+    }
+
+    /// Reads up to `len` bytes at `offset` of `object` (fewer only at its end), from cached
+    /// blocks where it can and fetching the others. Schedules read-ahead on sequential access.
+    pub fn read(self: &Arc<Self>, object: &ObjectId, offset: u64, len: u32) -> Result<Bytes, IoError> {
+        let bs = u64::from(self.config.block_size);
+        let id = object_hash(object);
+        let end = offset.saturating_add(u64::from(len));
+        let sequential = {
+            let mut st = self.lock();
+            let seq = offset == 0 || st.last_end.get(&id) == Some(&offset);
+            if st.last_end.len() > 4096 {
+                st.last_end.clear();
+            }
+            st.last_end.insert(id, end);
+            seq
+        };
+        if sequential && self.config.read_ahead > 0 {
+            let first = end.div_ceil(bs);
+            for idx in first..first + self.config.read_ahead as u64 {
+                self.prefetch(object, id, idx);
+            }
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let block = self.block(object, id, idx)?;
+            let within = (pos - idx * bs) as usize;
+            if within >= block.len() {
+                break; // past the end of the object
+            }
+            let take = block.len().min(within + (end - pos) as usize);
+            out.extend_from_slice(&block[within..take]);
+            pos += (take - within) as u64;
+            if block.len() < bs as usize {
+                break; // the last block
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// One block: from the cache, from a fetch already under way, or fetched now.
+    fn block(&self, object: &ObjectId, id: u64, idx: u64) -> Result<Bytes, IoError> {
+        let key = (id, idx);
+        loop {
+            if let Some(b) = self.cached(key) {
+                return Ok(b);
+            }
+            let mut st = self.lock();
+            if st.fetching.contains(&key) {
+                // Someone else fetches it: wait, then look in the cache again (their fetch may
+                // have failed, in which case we fetch it ourselves).
+                while st.fetching.contains(&key) {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                continue;
+            }
+            st.fetching.insert(key);
+            drop(st);
+            return self.fetch_block(object, key);
+        }
+    }
+
+    /// Fetches a block (whose key the caller put in `fetching`), stores it, and wakes waiters.
+    fn fetch_block(&self, object: &ObjectId, key: BlockKey) -> Result<Bytes, IoError> {
+        let bs = self.config.block_size;
+        let result = (self.fetch)(object, key.1 * u64::from(bs), bs);
+        if let Ok(data) = &result {
+            self.store(key, data);
+        }
+        let mut st = self.lock();
+        st.fetching.remove(&key);
+        drop(st);
+        self.changed.notify_all();
+        result
+    }
+
+    /// Starts fetching a block in the background unless it is cached or being fetched.
+    fn prefetch(self: &Arc<Self>, object: &ObjectId, id: u64, idx: u64) {
+        let key = (id, idx);
+        if self.is_cached(key) {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            if !st.fetching.insert(key) {
+                return;
+            }
+        }
+        let this = self.clone();
+        let object = object.clone();
+        smol::unblock(move || {
+            // A failed read-ahead costs nothing: the reader fetches the block itself.
+            if let Err(e) = this.fetch_block(&object, key) {
+                if e.kind != IoErrorKind::NotFound {
+                    tracing::debug!(error = %e, "read-ahead");
+                }
+            }
+        })
+        .detach();
+    }
+
+    fn cached(&self, key: BlockKey) -> Option<Bytes> {
+        match cacache::read_sync(&self.dir, cache_key(key)) {
+            Ok(data) => Some(Bytes::from(data)),
+            Err(cacache::Error::EntryNotFound(..)) => None,
+            Err(e) => {
+                // A damaged entry is a miss: the block is fetched again and rewritten.
+                tracing::warn!(error = %e, dir = %self.dir.display(), "block cache: unreadable entry, fetching again");
+                let _ = cacache::remove_sync(&self.dir, cache_key(key));
+                None
+            }
+        }
+    }
+
+    fn is_cached(&self, key: BlockKey) -> bool {
+        matches!(cacache::index::find(&self.dir, &cache_key(key)), Ok(Some(_)))
+    }
+
+    fn store(&self, key: BlockKey, data: &[u8]) {
+        if let Err(e) = cacache::write_sync_with_algo(cacache::Algorithm::Xxh3, &self.dir, cache_key(key), data) {
+            // The read itself succeeded; the next read of this block fetches it again.
+            tracing::warn!(error = %e, dir = %self.dir.display(), "block cache: cannot store a block");
+            return;
+        }
+        let trim = {
+            let mut st = self.lock();
+            st.written_since_trim += data.len() as u64;
+            let due = self.config.max_bytes > 0 && st.written_since_trim >= (self.config.max_bytes / 16).max(1);
+            if due {
+                st.written_since_trim = 0;
+            }
+            due
+        };
+        if trim {
+            self.trim();
+        }
+    }
+
+    /// Removes the oldest blocks until the cache holds at most `max_bytes`.
+    pub fn trim(&self) {
+        if self.config.max_bytes == 0 {
+            return;
+        }
+        let mut entries: Vec<cacache::Metadata> = cacache::list_sync(&self.dir).filter_map(Result::ok).collect();
+        let mut total: u64 = entries.iter().map(|m| m.size as u64).sum();
+        if total <= self.config.max_bytes {
+            return;
+        }
+        entries.sort_by_key(|m| m.time);
+        for m in entries {
+            if total <= self.config.max_bytes {
+                break;
+            }
+            if cacache::remove_sync(&self.dir, &m.key).is_ok() {
+                let _ = cacache::remove_hash_sync(&self.dir, &m.integrity);
+                total = total.saturating_sub(m.size as u64);
+            }
+        }
+    }
+
+    /// Bytes held on disk (what `status` reports).
+    pub fn size(&self) -> u64 {
+        cacache::list_sync(&self.dir).filter_map(Result::ok).map(|m| m.size as u64).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A stable 64-bit hash of an object id (FNV-1a over its bytes and a domain tag): block keys
+/// name objects without revealing them.
+fn object_hash(object: &ObjectId) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in b"truckeefs-block\0".iter().chain(object.0.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn cache_key((id, idx): BlockKey) -> String {
+    format!("b/{id:016x}/{idx}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn object(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn cache(dir: &Path, data: Vec<u8>, config: BlockCacheConfig) -> (Arc<BlockCache>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let fetch: Arc<Fetch> = Arc::new(move |_o: &ObjectId, off: u64, len: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let start = (off as usize).min(data.len());
+            let end = (start + len as usize).min(data.len());
+            Ok(Bytes::copy_from_slice(&data[start..end]))
+        });
+        (Arc::new(BlockCache::new(dir, config, fetch)), calls)
+    }
+
+    #[test]
+    fn reads_across_blocks_and_at_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = object(10_000);
+        let config = BlockCacheConfig { block_size: 1024, read_ahead: 0, max_bytes: 0 };
+        let (c, calls) = cache(tmp.path(), data.clone(), config);
+        let id = ObjectId("URI:CHK:secret".into());
+        assert_eq!(&c.read(&id, 1000, 3000).unwrap()[..], &data[1000..4000]);
+        assert_eq!(&c.read(&id, 9000, 4096).unwrap()[..], &data[9000..]);
+        assert!(c.read(&id, 20_000, 10).unwrap().is_empty());
+        let before = calls.load(Ordering::SeqCst);
+        // Cached now: no new fetch.
+        assert_eq!(&c.read(&id, 1500, 100).unwrap()[..], &data[1500..1600]);
+        assert_eq!(calls.load(Ordering::SeqCst), before);
+        // No key reveals the object id.
+        for m in cacache::list_sync(tmp.path()) {
+            assert!(!m.unwrap().key.contains("secret"));
+        }
+    }
+
+    #[test]
+    fn sequential_reads_fetch_ahead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = object(64 * 1024);
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 3, max_bytes: 0 };
+        let (c, _calls) = cache(tmp.path(), data.clone(), config);
+        let id = ObjectId("URI:CHK:x".into());
+        let first = c.read(&id, 0, 4096).unwrap();
+        assert_eq!(&first[..], &data[..4096]);
+        // Blocks 1..=3 arrive without being read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(1..=3).all(|i| c.is_cached((object_hash(&id), i))) {
+            assert!(std::time::Instant::now() < deadline, "read-ahead never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn trim_keeps_the_cache_under_its_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = object(64 * 1024);
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 0, max_bytes: 16 * 1024 };
+        let (c, _) = cache(tmp.path(), data.clone(), config);
+        let id = ObjectId("URI:CHK:y".into());
+        assert_eq!(&c.read(&id, 0, 64 * 1024).unwrap()[..], &data[..]);
+        c.trim();
+        assert!(c.size() <= 16 * 1024, "cache holds {} bytes", c.size());
+        // Evicted blocks are fetched again, correctly.
+        assert_eq!(&c.read(&id, 0, 64 * 1024).unwrap()[..], &data[..]);
+    }
+
+    #[test]
+    fn a_failed_fetch_is_an_error_and_not_cached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fetch: Arc<Fetch> = Arc::new(|_: &ObjectId, _, _| Err(IoError::new(IoErrorKind::Timeout, "gateway down")));
+        let c = Arc::new(BlockCache::new(tmp.path(), BlockCacheConfig::default(), fetch));
+        let id = ObjectId("URI:CHK:z".into());
+        let e = c.read(&id, 0, 10).unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::Timeout);
+        assert_eq!(c.size(), 0);
+    }
+}
