@@ -3,6 +3,7 @@
 mod ays_cmd;
 mod ays_mount;
 mod cli;
+mod config;
 mod fuse;
 
 use cli::{Command, MountArgs, Permissions};
@@ -14,15 +15,28 @@ use std::sync::{Arc, Mutex};
 use truckeefs_runtime_smol::{Backends, MountDirs, Runtime};
 
 fn main() -> ExitCode {
-    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+    // Before anything else (and before any thread): a secret flag must not stay in `ps`.
+    if let Err(e) = config::hide_secret_flags() {
+        eprintln!("truckeefs: {e}");
+        return ExitCode::from(2);
+    }
+    let parsed = cli::parse(std::env::args_os().skip(1));
+    config::forget_moved_flags();
+    let cmd = match parsed {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("truckeefs: {e}");
-            eprintln!("Try 'truckeefs --help'.");
+            eprintln!("truckeefs: {}", e.message);
+            if e.usage {
+                eprintln!("Try 'truckeefs --help'.");
+            }
             return ExitCode::from(2);
         }
     };
     match cmd {
+        Command::Config(loaded) => {
+            print!("{}", loaded.render());
+            ExitCode::SUCCESS
+        }
         Command::Help => {
             print!("{}", cli::HELP);
             ExitCode::SUCCESS
