@@ -201,9 +201,15 @@ impl fmt::Display for Source {
     }
 }
 
-/// A snapshot of the environment.
-#[derive(Clone, Debug, Default)]
+/// A snapshot of the environment. `Debug` shows the names only: values may be secrets.
+#[derive(Clone, Default)]
 pub struct Env(BTreeMap<OsString, OsString>);
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Env {
     pub fn from_process() -> Env {

@@ -335,6 +335,8 @@ fn secrets_never_printed() {
         assert!(!shown.contains(secret), "{secret} in {shown}");
         assert!(shown.contains(&Secret::new(secret).fingerprint()), "{shown}");
     }
+    let env = format!("{:?}", Env::from_pairs([("sql_pass", "hunter2hunter2")]));
+    assert!(env.contains("sql_pass") && !env.contains("hunter2"), "{env}");
     // A malformed cap is not quoted in the error, whatever its source.
     let bad = format!("{CAP}x");
     for e in [

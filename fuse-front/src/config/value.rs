@@ -193,13 +193,19 @@ pub fn check_dircap(cap: &str) -> Result<(), String> {
     if let Some(kind) = READ_ONLY.iter().find(|p| cap.starts_with(*p)) {
         return Err(format!("a read-only directory cap ({}...); {EXPECTED}", kind.trim_end_matches(':')));
     }
-    let Some(body) = WRITE.iter().find_map(|p| cap.strip_prefix(p)) else {
+    let Some((prefix, body)) = WRITE.iter().find_map(|p| cap.strip_prefix(p).map(|b| (*p, b))) else {
         let kind = if cap.starts_with("URI:") { "a Tahoe cap, but not of a directory that can be written" } else { "not a Tahoe cap" };
         return Err(format!("{kind}; {EXPECTED}"));
     };
     let mut parts = body.split(':');
-    let ok = matches!((parts.next(), parts.next(), parts.next()),
-        (Some(key), Some(fp), None) if is_base32(key, 128) && is_base32(fp, 256));
+    let key_and_fingerprint = matches!((parts.next(), parts.next()),
+        (Some(key), Some(fp)) if is_base32(key, 128) && is_base32(fp, 256));
+    // MDMF caps of Tahoe 1.9 carry extension fields after the fingerprint (`:3:131073`).
+    let rest_ok = match prefix {
+        "URI:DIR2-MDMF:" => parts.all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())),
+        _ => parts.next().is_none(),
+    };
+    let ok = key_and_fingerprint && rest_ok;
     if !ok {
         return Err(format!("malformed directory cap (wrong length or characters after the prefix); {EXPECTED}"));
     }
@@ -306,6 +312,8 @@ pub(crate) mod tests {
         assert_eq!(check_dircap(CAP), Ok(()));
         let mdmf = CAP.replace("URI:DIR2:", "URI:DIR2-MDMF:");
         assert_eq!(check_dircap(&mdmf), Ok(()));
+        assert_eq!(check_dircap(&format!("{mdmf}:3:131073")), Ok(()));
+        assert!(check_dircap(&format!("{mdmf}:x")).is_err());
         let ro = CAP.replace("URI:DIR2:", "URI:DIR2-RO:");
         let bad = [
             ro.as_str(),
