@@ -15,6 +15,8 @@
 #                        (skipped, with a notice, while that crate has no binary target)
 #   7. pjdfstest         scripts/pjdfstest.sh: POSIX conformance of a mount vs the local disk,
 #                        once with the kernel checking permissions, once with truckeefs
+#   8. production        the FUSE integration suites again, each mount on the harness's MariaDB
+#                        and Tahoe-LAFS grid (TRUCKEEFS_TEST_BACKENDS=production)
 # and at the end one line "N passed, N failed[, N skipped]" counting sections. Exit status 0 only
 # if no section failed.
 #
@@ -127,6 +129,17 @@ s_pjdfstest() {
     return "$rc"
 }
 
+# The integration suites that mount a filesystem (the others test servers and clients directly).
+FUSE_SUITES=(attrs durability files locks mount namespace permissions readdir status xattrs)
+
+s_production() {
+    needs 3 "the debug build"
+    local args=()
+    for t in "${FUSE_SUITES[@]}"; do args+=(--test "$t"); done
+    TRUCKEEFS_TEST_BACKENDS=production timeout -k 30 "$TEST_TIMEOUT" \
+        cargo test -p truckeefs-tests --no-fail-fast "${args[@]}"
+}
+
 echo "TruckeeFS test run: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on $(uname -srm), $(nproc) cores, $(cargo --version)"
 
 section 1 "system packages" s_deps
@@ -141,6 +154,7 @@ section 4 "release build" s_build_release
 section 5 "cargo test" s_test
 section 6 "simulator" s_sim
 section 7 "pjdfstest" s_pjdfstest
+section 8 "production backends" s_production
 
 echo
 echo "================================================================================"

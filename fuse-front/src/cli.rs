@@ -17,6 +17,8 @@ Usage:
   truckeefs config [-c FILE] [--KEY VALUE...]
                                            print the effective configuration: every key, its
                                            value (secrets as fingerprints) and where it came from
+  truckeefs status MOUNTPOINT              what a mount is doing: data waiting to upload, uploads
+                                           in flight, failures being retried, cache use, stores
   truckeefs ays serve|publish|mount ...    aysfs: cache server, publisher, read-only mounts
                                            ('truckeefs ays --help')
   truckeefs --help | --version
@@ -56,6 +58,8 @@ pub enum Command {
     Mount(MountArgs),
     /// `truckeefs config`: print this configuration.
     Config(config::Loaded),
+    /// `truckeefs status MOUNTPOINT`: what the mount is doing.
+    Status(PathBuf),
     Ays(crate::ays_cmd::AysCommand),
 }
 
@@ -65,7 +69,6 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// The effective configuration; `data_dir`, `cache_dir` and `core.upload_delay` below are
     /// taken from it (`-o upload_delay=` overrides the latter).
-    #[allow(dead_code)] // until mount() chooses the backends from it
     pub settings: config::Settings,
     pub data_dir: PathBuf,
     pub cache_dir: PathBuf,
@@ -150,6 +153,13 @@ pub fn parse_with_env(args: impl IntoIterator<Item = OsString>, env: &config::En
                     }
                     let rest = p.raw_args().map_err(|e| e.to_string())?.collect();
                     return crate::ays_cmd::parse(rest, verbose).map(Command::Ays).map_err(ParseError::from);
+                }
+                if v == "status" {
+                    let dir = p.value().map_err(|_| "status: MOUNTPOINT missing".to_string())?;
+                    if let Some(extra) = p.next().map_err(|e| e.to_string())? {
+                        return Err(format!("status: unexpected argument {}", extra.unexpected()).into());
+                    }
+                    return Ok(Command::Status(PathBuf::from(dir)));
                 }
                 if v != "mount" && v != "config" {
                     return Err(format!("unknown command '{v}'").into());

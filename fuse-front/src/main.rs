@@ -5,6 +5,7 @@ mod ays_mount;
 mod cli;
 mod config;
 mod fuse;
+mod stores;
 
 use cli::{Command, MountArgs, Permissions};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use fuser::MountOption;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use truckeefs_runtime_smol::{Backends, MountDirs, Runtime};
+use truckeefs_runtime_smol::{MountDirs, Runtime};
 
 fn main() -> ExitCode {
     // Before anything else (and before any thread): a secret flag must not stay in `ps`.
@@ -46,6 +47,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Ays(cmd) => ays_cmd::run(cmd),
+        Command::Status(dir) => match status(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("truckeefs: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Mount(args) => {
             init_logging(args.verbose);
             match mount(args) {
@@ -136,7 +144,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
     // groups this process has; on a shared mount only the caller's primary group counts.
     core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };
-    let runtime = Runtime::start(&dirs, backends(&args)?, core, Box::new(fuse::ReplySink(replies.clone())))
+    let runtime = Runtime::start(&dirs, stores::backends(&args.settings)?, core, Box::new(fuse::ReplySink(replies.clone())))
         .map_err(|e| e.to_string())?;
     let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
     let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone());
@@ -188,9 +196,24 @@ fn mount(args: MountArgs) -> Result<(), String> {
     }
 }
 
-/// The stores the settings name: embedded unless a metadata server or a Tahoe grid is given.
-fn backends(_args: &MountArgs) -> Result<Backends, String> {
-    Ok(Backends::default())
+/// `truckeefs status MOUNTPOINT`: prints the root directory's status attribute.
+fn status(dir: &Path) -> Result<(), String> {
+    let name = std::ffi::CString::new(truckeefs_runtime_smol::driver::STATUS_XATTR).expect("no NUL in the name");
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: the path contains a NUL byte", dir.display()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: both strings are NUL-terminated; the buffer holds `buf.len()` bytes.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => format!("{}: not a truckeefs mount", dir.display()),
+            _ => format!("{}: {e}", dir.display()),
+        });
+    }
+    buf.truncate(n as usize);
+    print!("{}", String::from_utf8_lossy(&buf));
+    Ok(())
 }
 
 /// This process's supplementary groups: those of every caller of a private mount.

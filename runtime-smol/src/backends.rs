@@ -72,6 +72,14 @@ impl MetaStore {
             MetaStore::Mysql(m) => m.execute(req),
         }
     }
+
+    /// For `status`: which store, never a password.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            MetaStore::Sqlite(_) => "embedded SQLite".into(),
+            MetaStore::Mysql(m) => format!("MySQL/MariaDB {}", m.server()),
+        }
+    }
 }
 
 /// An open object store.
@@ -88,6 +96,26 @@ impl ObjectStore {
                 StoreRequest::Read { object, offset, len } => blocks.read(object, *offset, *len).map(IoReply::Data),
                 _ => tahoe::execute_store(client, staging, rootcap, *strategy, req),
             },
+        }
+    }
+}
+
+impl ObjectStore {
+    /// For `status`: which store, never a capability.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            ObjectStore::Local(dir) => format!("local directory {}", dir.dir().display()),
+            ObjectStore::Tahoe { client, rootcap, strategy, .. } => {
+                format!("Tahoe-LAFS at {}, rootcap {}, {strategy:?}", client.gateway(), rootcap.fingerprint())
+            }
+        }
+    }
+
+    /// Bytes in the block cache and its limit (0 = none), for a remote store.
+    pub(crate) fn cache_usage(&self) -> Option<(u64, u64)> {
+        match self {
+            ObjectStore::Local(_) => None,
+            ObjectStore::Tahoe { blocks, .. } => Some((blocks.size(), blocks.max_bytes())),
         }
     }
 }

@@ -221,6 +221,11 @@ impl BlockCache {
         }
     }
 
+    /// The size limit; 0 = none.
+    pub fn max_bytes(&self) -> u64 {
+        self.config.max_bytes
+    }
+
     /// Bytes held on disk (what `status` reports).
     pub fn size(&self) -> u64 {
         cacache::list_sync(&self.dir).filter_map(Result::ok).map(|m| m.size as u64).sum()

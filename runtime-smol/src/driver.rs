@@ -57,6 +57,21 @@ pub struct Runtime {
     _locks: (File, Option<File>),
 }
 
+/// The extended attribute of the root directory that reads as the mount's status
+/// (`truckeefs status MOUNTPOINT`). It is not listed and cannot be set.
+pub const STATUS_XATTR: &[u8] = b"user.truckeefs.status";
+
+/// An xattr reply: the size when `size` is 0, the bytes when they fit, else ERANGE.
+fn sized(bytes: Vec<u8>, size: u32) -> Result<Reply, i32> {
+    if size == 0 {
+        Ok(Reply::XattrSize(bytes.len() as u32))
+    } else if bytes.len() > size as usize {
+        Err(libc::ERANGE)
+    } else {
+        Ok(Reply::XattrData(bytes.into()))
+    }
+}
+
 /// How long unmount waits for uploads that make no progress before giving up (the data stays
 /// staged and is uploaded at the next mount).
 const SHUTDOWN_STALL: Duration = Duration::from_secs(120);
@@ -106,6 +121,18 @@ impl Runtime {
     pub fn request(&self, id: RequestId, ctx: Ctx, op: Op) {
         let mut d = self.shared.lock();
         tracing::trace!(?id, ?op, "request");
+        match &op {
+            Op::GetXattr { ino: 1, name, size } if name == STATUS_XATTR => {
+                let text = d.status_text();
+                d.sink.reply(id, sized(text.into_bytes(), *size));
+                return;
+            }
+            Op::SetXattr { ino: 1, name, .. } | Op::RemoveXattr { ino: 1, name } if name == STATUS_XATTR => {
+                d.sink.reply(id, Err(libc::EPERM));
+                return;
+            }
+            _ => {}
+        }
         d.core.handle_request(Instant::now(), SystemTime::now(), id, ctx, op);
         d.drain(&self.shared);
     }
@@ -217,6 +244,27 @@ struct Driver {
 }
 
 impl Driver {
+    /// What `truckeefs status` shows, one `key: value` per line.
+    fn status_text(&self) -> String {
+        let s = self.core.status();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k}: {v}\n"));
+        line("files waiting to upload", s.dirty_files.to_string());
+        line("bytes waiting to upload", s.dirty_bytes.to_string());
+        line("uploads in flight", s.uploads_in_flight.to_string());
+        line("failed uploads (retried)", s.failed_uploads.to_string());
+        line("open handles", s.open_handles.to_string());
+        line("cached inodes", s.cached_inodes.to_string());
+        line("metadata store", self.meta.describe());
+        line("object store", self.objects.describe());
+        if let Some((used, limit)) = self.objects.cache_usage() {
+            let limit = if limit == 0 { "unlimited".to_string() } else { limit.to_string() };
+            line("block cache bytes", format!("{used} of {limit}"));
+        }
+        line("hosts", "this one (no coordination server configured)".into());
+        out
+    }
+
     /// Perform every effect; metadata requests complete inline, in order.
     fn drain(&mut self, shared: &Arc<Shared>) {
         let mut inline: VecDeque<(IoId, IoResult)> = VecDeque::new();

@@ -249,6 +249,43 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
 /// A pair of fresh `--data-dir` / `--cache-dir` directories in a temp dir,
 /// removed when the last `Arc<Storage>` is dropped. Keep a clone (from
 /// [`Mount::storage`]) to remount the same directories after unmount/kill.
+/// `TRUCKEEFS_TEST_BACKENDS=production`: every [`Storage`] (so every [`Mount`] of the FUSE suite)
+/// keeps its metadata in the harness's MariaDB (a database of its own) and its file data in the
+/// harness's Tahoe-LAFS grid (a directory of its own, FLAT), instead of the embedded stores.
+pub fn production_backends() -> bool {
+    match std::env::var("TRUCKEEFS_TEST_BACKENDS").as_deref() {
+        Ok("production") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("TRUCKEEFS_TEST_BACKENDS={other}: expected production or embedded"),
+    }
+}
+
+/// The backend configuration file of a storage, beside its data and cache directories.
+const BACKEND_CONFIG: &str = "backends.yaml";
+
+fn write_backend_config(path: &Path) {
+    let db = mariadb::MariaDb::shared();
+    let grid = tahoe_grid::TahoeGrid::shared();
+    let yaml = format!(
+        "# made by the test harness (TRUCKEEFS_TEST_BACKENDS=production)\n\
+         rootcap: {rootcap}\n\
+         tahoe_url: {url}\n\
+         sql_host: {host}:{port}\n\
+         sql_user: {user}\n\
+         sql_pass: {pass}\n\
+         sql_db: {name}\n",
+        rootcap = grid.mkdir(),
+        url = grid.url,
+        host = db.host(),
+        port = db.port(),
+        user = db.user(),
+        pass = db.password(),
+        name = db.unique_db_name("fuse"),
+    );
+    fs::write(path, yaml).unwrap();
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 pub struct Storage {
     pub data_dir: PathBuf,
     pub cache_dir: PathBuf,
@@ -265,6 +302,9 @@ impl Storage {
         let cache_dir = tmp.path().join("cache");
         fs::create_dir(&data_dir).unwrap();
         fs::create_dir(&cache_dir).unwrap();
+        if production_backends() {
+            write_backend_config(&tmp.path().join(BACKEND_CONFIG));
+        }
         Arc::new(Storage {
             data_dir,
             cache_dir,
@@ -411,8 +451,12 @@ impl Mount {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--cache-dir")
-            .arg(cache_dir)
-            .args(extra)
+            .arg(cache_dir);
+        // A storage made under TRUCKEEFS_TEST_BACKENDS=production carries its backend config.
+        if let Some(config) = data_dir.parent().map(|p| p.join(BACKEND_CONFIG)).filter(|c| c.exists()) {
+            cmd.arg("-c").arg(config);
+        }
+        cmd.args(extra)
             .arg("-v")
             .arg(&dir)
             .stdin(Stdio::null())

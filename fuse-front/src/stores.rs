@@ -1,0 +1,52 @@
+//! Which stores a mount uses, from its settings: the embedded SQLite database and local object
+//! directory unless `sql_host` names a MySQL/MariaDB server and `rootcap` a Tahoe directory.
+
+use crate::config::{Settings, Strategy};
+use truckeefs_core::ObjectId;
+use truckeefs_runtime_smol::block_cache::BlockCacheConfig;
+use truckeefs_runtime_smol::meta_mysql::MysqlConfig;
+use truckeefs_runtime_smol::tahoe::{AuthToken, StorageStrategy, TahoeClient};
+use truckeefs_runtime_smol::{Backends, MetaBackend, StoreBackend};
+
+/// The backends `settings` name. Errors are one line naming the key; no secret is printed.
+pub fn backends(settings: &Settings) -> Result<Backends, String> {
+    Ok(Backends { meta: meta(settings)?, store: store(settings)? })
+}
+
+fn meta(s: &Settings) -> Result<MetaBackend, String> {
+    let Some(host) = &s.sql_host else { return Ok(MetaBackend::Embedded) };
+    let engine = s.sql_engine.split('+').next().unwrap_or_default().to_ascii_lowercase();
+    if engine != "mysql" && engine != "mariadb" {
+        return Err(format!("sql_engine: {:?} is not supported (mysql or mariadb)", s.sql_engine));
+    }
+    let defaults = MysqlConfig::default();
+    Ok(MetaBackend::Mysql(MysqlConfig {
+        host: host.clone(),
+        port: s.sql_port,
+        db: s.sql_db.clone().unwrap_or(defaults.db),
+        user: s.sql_user.clone().unwrap_or(defaults.user),
+        password: s.sql_pass.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+        ssl: s.sql_ssl,
+        timeout: s.net_timeout,
+    }))
+}
+
+fn store(s: &Settings) -> Result<StoreBackend, String> {
+    let Some(rootcap) = &s.rootcap else { return Ok(StoreBackend::Local) };
+    let auth = match &s.auth_token {
+        Some(t) => Some(AuthToken::new(t.expose()).map_err(|e| format!("auth_token: {e}"))?),
+        None => None,
+    };
+    let client = TahoeClient::new(&s.tahoe_url, auth, s.net_timeout, s.max_connections as usize)
+        .map_err(|e| format!("tahoe_url: {e}"))?;
+    let strategy = match s.backend_storage_strategy {
+        Strategy::Flat => StorageStrategy::Flat,
+        Strategy::Mirror => StorageStrategy::Mirror,
+    };
+    let cache = BlockCacheConfig {
+        max_bytes: if s.cache_maintenance { s.cache_size } else { 0 },
+        read_ahead: (s.max_connections as usize).clamp(1, 8),
+        ..BlockCacheConfig::default()
+    };
+    Ok(StoreBackend::Tahoe { client, rootcap: ObjectId(rootcap.expose().to_string()), strategy, cache })
+}
