@@ -111,6 +111,43 @@ pub struct Txn {
     pub durable: bool,
 }
 
+/// What a committed transaction changed, as other hosts sharing the stores must learn it (see
+/// `Core::handle_invalidation`): the inodes whose rows or xattrs changed, and the directory
+/// entries added or removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub inodes: Vec<Ino>,
+    pub entries: Vec<(Ino, Vec<u8>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty() && self.entries.is_empty()
+    }
+}
+
+impl Txn {
+    /// What this transaction changes, each inode and entry once.
+    pub fn changes(&self) -> Changes {
+        let mut c = Changes::default();
+        for op in &self.ops {
+            match op {
+                TxnOp::InsertInode(row) | TxnOp::UpdateInode { row, .. } => c.inodes.push(row.ino),
+                TxnOp::DeleteInode { ino } | TxnOp::SetXattr { ino, .. } | TxnOp::RemoveXattr { ino, .. } => {
+                    c.inodes.push(*ino)
+                }
+                TxnOp::InsertDentry(d) => c.entries.push((d.parent, d.name.clone())),
+                TxnOp::DeleteDentry { parent, name, .. } => c.entries.push((*parent, name.clone())),
+            }
+        }
+        c.inodes.sort_unstable();
+        c.inodes.dedup();
+        c.entries.sort();
+        c.entries.dedup();
+        c
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaRequest {
     /// Reserve `count` fresh ids (used for inode numbers and dentry positions).

@@ -65,6 +65,10 @@ pub struct Config {
     pub check_permissions: bool,
     /// The supplementary groups assumed for every caller when checking permissions.
     pub groups: Vec<u32>,
+    /// Other hosts share the stores: close waits for the committed upload (falling back to the
+    /// seal when the store fails), and open re-reads the inode, so that a file closed on one
+    /// host is read whole on another at its next open (close-to-open consistency).
+    pub multi_host: bool,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             relatime: true,
             check_permissions: false,
             groups: Vec::new(),
+            multi_host: false,
         }
     }
 }
@@ -143,6 +148,8 @@ struct Data {
     deadline: Option<Instant>,
     flush_waiters: Vec<(RequestId, u64)>,
     fsync_waiters: Vec<(RequestId, u64)>,
+    /// Closes of a multi-host mount: answered when the upload commits, or once sealed if it fails.
+    close_waiters: Vec<(RequestId, u64)>,
     /// Old objects to delete once no read of them is in flight.
     garbage: Vec<ObjectId>,
     failures: u32,
@@ -272,6 +279,10 @@ pub struct Core {
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
     refreshing: HashSet<Ino>,
+    /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
+    invalidations: Vec<Changes>,
+    /// Opens of a multi-host mount that re-read their inode already, with the object it had.
+    revalidated: HashMap<RequestId, Option<ObjectId>>,
     loads_in_flight: u32,
     ids: std::ops::Range<u64>,
     ids_loading: bool,
@@ -312,6 +323,8 @@ impl Core {
             loading_inodes: HashSet::new(),
             loading_dirs: HashSet::new(),
             refreshing: HashSet::new(),
+            invalidations: Vec::new(),
+            revalidated: HashMap::new(),
             loads_in_flight: 0,
             ids: 0..0,
             ids_loading: false,
@@ -366,7 +379,66 @@ impl Core {
             return;
         };
         self.complete(pending, result);
+        self.apply_invalidations();
         self.wake_parked();
+    }
+
+    /// Another host changed these inodes and entries in the shared stores: what is cached of
+    /// them is forgotten (or, for what cannot be — open or dirty files — re-read), and the kernel
+    /// is told to drop its copies. Applied once none of this host's transactions is in flight,
+    /// since the cache is the store plus those transactions.
+    pub fn handle_invalidation(&mut self, now: Instant, changes: Changes) {
+        self.now = now;
+        if !changes.is_empty() {
+            self.invalidations.push(changes);
+        }
+        self.apply_invalidations();
+        self.wake_parked();
+    }
+
+    fn apply_invalidations(&mut self) {
+        if self.invalidations.is_empty() || self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
+            return;
+        }
+        for changes in std::mem::take(&mut self.invalidations) {
+            for (parent, name) in changes.entries {
+                self.dirs.remove(&parent);
+                self.effects.push_back(Effect::Kernel(KernelNotice::InvalEntry { parent, name }));
+            }
+            for ino in changes.inodes {
+                if !self.inodes.contains_key(&ino) {
+                    continue;
+                }
+                if self.is_forgettable(ino) {
+                    self.inodes.remove(&ino);
+                    self.dirs.remove(&ino);
+                    self.dir_times.remove(&ino);
+                } else if !self.refreshing.contains(&ino) {
+                    if let Some(i) = self.inodes.get_mut(&ino) {
+                        i.version_stale = true;
+                    }
+                    self.refresh(ino);
+                }
+                self.effects.push_back(Effect::Kernel(KernelNotice::InvalInode { ino }));
+            }
+        }
+    }
+
+    /// Whether nothing but a copy of the store is held for `ino` (so it may be dropped and
+    /// loaded again).
+    fn is_forgettable(&self, ino: Ino) -> bool {
+        let Some(i) = self.inodes.get(&ino) else { return true };
+        let d = &i.data;
+        ino != ROOT_INO
+            && i.opens == 0
+            && !i.times_dirty
+            && !d.staged
+            && !d.busy()
+            && !d.record_on_disk
+            && d.upload.is_none()
+            && !d.dirty()
+            && d.staging_reads + d.store_reads == 0
+            && !self.locks.is_locked(ino)
     }
 
     /// Time has reached a deadline given by `poll_timeout` (or not: spurious calls are harmless).
@@ -548,12 +620,30 @@ impl Core {
                 self.rename(p.id, wall, *parent, name, *newparent, newname, *flags)
             }
             Op::Open { ino, flags } => {
-                self.ensure_inode(*ino)?;
+                if self.config.multi_host && !self.revalidated.contains_key(&p.id) {
+                    // Close-to-open: read the inode again (another host may have closed a new
+                    // version), unless this host holds more than a copy of it.
+                    let before = self.inodes.get(ino).map(|i| i.row.object.clone());
+                    if self.is_forgettable(*ino) {
+                        self.inodes.remove(ino);
+                    }
+                    self.revalidated.insert(p.id, before.flatten());
+                }
+                if let Err(stop) = self.ensure_inode(*ino) {
+                    if !matches!(stop, Stop::Wait) {
+                        self.revalidated.remove(&p.id);
+                    }
+                    return Err(stop);
+                }
+                let keep_cache = match self.revalidated.remove(&p.id) {
+                    Some(before) => before == self.inodes[ino].row.object,
+                    None => true,
+                };
                 if self.inodes[ino].row.kind == FileKind::Directory {
                     return Err(EISDIR.into());
                 }
                 let fh = self.open_handle(*ino, *flags);
-                Ok(Reply::Opened { fh, keep_cache: true })
+                Ok(Reply::Opened { fh, keep_cache })
             }
             Op::OpenDir { ino, flags } => {
                 self.ensure_inode(*ino)?;
@@ -1249,6 +1339,7 @@ impl Core {
             .flush_waiters
             .drain(..)
             .chain(inode.data.fsync_waiters.drain(..))
+            .chain(inode.data.close_waiters.drain(..))
             .map(|(id, _)| id)
             .collect();
         for rid in waiters {
@@ -1754,8 +1845,15 @@ impl Core {
     }
 
     fn flush(&mut self, id: RequestId, ino: Ino) -> Exec {
+        let multi_host = self.config.multi_host;
         let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
         let d = &mut inode.data;
+        if multi_host && inode.row.nlink > 0 && d.dirty() {
+            d.close_waiters.push((id, d.dirty_gen));
+            d.want_upload = true;
+            self.pump_upload(ino);
+            return Err(Stop::Later);
+        }
         if inode.row.nlink == 0 || d.dirty_gen <= d.sealed_gen {
             return Ok(Reply::Empty);
         }
@@ -1849,6 +1947,19 @@ impl Core {
         };
         settle(&mut d.flush_waiters, d.sealed_gen);
         settle(&mut d.fsync_waiters, d.uploaded_gen);
+        // A close waits for the upload, but a failed store does not fail it once the data is
+        // sealed: the upload is retried, as after any close.
+        let (sealed, uploaded) = (d.sealed_gen, d.uploaded_gen);
+        d.close_waiters.retain(|&(id, gen)| {
+            let answer = match failed {
+                _ if gen <= uploaded => Ok(Reply::Empty),
+                Some(_) if gen <= sealed => Ok(Reply::Empty),
+                Some((errno, failed_gen)) if gen <= failed_gen => Err(errno),
+                _ => return true,
+            };
+            answers.push((id, answer));
+            false
+        });
         for (id, r) in answers {
             self.reply(id, r);
         }
@@ -2188,7 +2299,12 @@ impl Core {
                 }
                 let Some(inode) = self.inodes.get_mut(&ino) else { return };
                 let d = &mut inode.data;
-                if d.dirty() && (!d.flush_waiters.is_empty() || !d.fsync_waiters.is_empty() || inode.opens == 0) {
+                if d.dirty()
+                    && (!d.flush_waiters.is_empty()
+                        || !d.fsync_waiters.is_empty()
+                        || !d.close_waiters.is_empty()
+                        || inode.opens == 0)
+                {
                     d.want_upload = true;
                 } else if d.dirty() && d.deadline.is_none() {
                     let when = self.now + self.config.upload_delay;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Metadata, objects and the staging area in memory; the staging area keeps what was sealed
 /// separately, as a crash would.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct MemStore {
     pub next_id: u64,
     pub inodes: HashMap<Ino, InodeRow>,

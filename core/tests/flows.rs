@@ -494,3 +494,84 @@ fn private_mount_checks_permissions_like_the_kernel() {
     assert_eq!(h.call(Op::Access { ino: secret, mask: libc::X_OK }), Err(libc::EACCES));
     assert_eq!(h.call(Op::Access { ino: secret, mask: libc::R_OK | libc::W_OK }), Ok(Reply::Empty));
 }
+
+/// Two hosts share the stores: host B's caches follow host A's changes through invalidations,
+/// a close on A is answered only once its upload is committed, and an open on B reads the
+/// version A closed.
+#[test]
+fn multi_host_close_to_open() {
+    let config = || Config { multi_host: true, ..Config::default() };
+    let store = Store::new();
+    let now = Instant::now();
+    let mut a = Harness::with_config(store, now, config());
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"one");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    // Answered after the upload's commit: the store has the data now.
+    let object = a.store.inodes[&ino].object.clone().expect("object committed before close returned");
+    assert_eq!(a.store.objects[&object.0], b"one");
+
+    // Host B reads it, then A writes a new version.
+    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let attr = b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
+    assert_eq!(attr.size, 3);
+    let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!() };
+    assert_eq!(b.read(ino, 0, 100), b"one");
+    b.call(Op::Release { ino, fh: bfh, lock_owner: None }).unwrap();
+
+    // From here on B's view of the shared stores is a copy of A's, taken after each change.
+    a.write(ino, fh, 0, b"two!");
+    let commit = |h: &mut Harness| -> Changes {
+        let mut changes = Changes::default();
+        // Replay A's effects into the shared store, remembering what they changed.
+        h.collect();
+        while let Some((io, req)) = h.ios.pop_front() {
+            if let IoRequest::Meta(MetaRequest::Commit(t)) = &req {
+                let c = t.changes();
+                changes.inodes.extend(c.inodes);
+                changes.entries.extend(c.entries);
+            }
+            let r = h.store.execute(&req);
+            h.core.handle_completion(h.now, io, r);
+            h.collect();
+        }
+        changes
+    };
+    let flush = a.send(Op::Flush { ino, fh, lock_owner: 1 });
+    let changes = commit(&mut a);
+    assert_eq!(a.replies.remove(&flush), Some(Ok(Reply::Empty)));
+    assert!(changes.inodes.contains(&ino), "{changes:?}");
+
+    // B learns of it: its cached attributes go, and the kernel is told.
+    b.store = a.store.clone();
+    b.core.handle_invalidation(b.now, changes);
+    let mut notices = Vec::new();
+    while let Some(e) = b.core.poll_effect() {
+        match e {
+            Effect::Kernel(n) => notices.push(n),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(notices.contains(&KernelNotice::InvalInode { ino }), "{notices:?}");
+    match b.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(a)) => assert_eq!(a.size, 4),
+        other => panic!("getattr: {other:?}"),
+    }
+    // The kernel already dropped its pages (InvalInode); an open reads the new version.
+    let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!() };
+    assert_eq!(b.read(ino, 0, 100), b"two!");
+    b.call(Op::Release { ino, fh: bfh, lock_owner: None }).unwrap();
+
+    // Without an invalidation (a lost message), the open still re-reads the inode.
+    a.write(ino, fh, 0, b"three");
+    let flush = a.send(Op::Flush { ino, fh, lock_owner: 1 });
+    commit(&mut a);
+    assert_eq!(a.replies.remove(&flush), Some(Ok(Reply::Empty)));
+    b.store = a.store.clone();
+    match b.call(Op::Open { ino, flags: libc::O_RDONLY }) {
+        // The object changed under the kernel's cached pages: they must go.
+        Ok(Reply::Opened { keep_cache, .. }) => assert!(!keep_cache),
+        other => panic!("open: {other:?}"),
+    }
+    assert_eq!(b.read(ino, 0, 100), b"three");
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use truckeefs_core::{
     Attr, Ctx, FileKind, KernelNotice, LockRange, Op, Reply, RequestId, SetAttr, SetTime, Timespec,
@@ -40,16 +40,36 @@ enum Pending {
 pub struct Replies {
     pending: Mutex<HashMap<u64, Pending>>,
     ttl: Duration,
-    notifier: OnceLock<fuser::Notifier>,
+    notices: OnceLock<mpsc::Sender<KernelNotice>>,
 }
 
 impl Replies {
     pub fn new(ttl: Duration) -> Arc<Replies> {
-        Arc::new(Replies { pending: Mutex::new(HashMap::new()), ttl, notifier: OnceLock::new() })
+        Arc::new(Replies { pending: Mutex::new(HashMap::new()), ttl, notices: OnceLock::new() })
     }
 
+    /// Starts the thread that passes invalidations to the kernel. They must not be sent by a
+    /// thread holding the driver's lock: the kernel may be holding a directory's lock while it
+    /// waits for a request that needs the driver (a deadlock), so they go through this thread.
     pub fn set_notifier(&self, n: fuser::Notifier) {
-        let _ = self.notifier.set(n);
+        let (tx, rx) = mpsc::channel::<KernelNotice>();
+        let spawned = std::thread::Builder::new().name("truckeefs-notify".into()).spawn(move || {
+            for notice in rx {
+                let r = match &notice {
+                    KernelNotice::InvalInode { ino } => n.inval_inode(*ino, 0, 0),
+                    KernelNotice::InvalEntry { parent, name } => n.inval_entry(*parent, OsStr::from_bytes(name)),
+                };
+                if let Err(e) = r {
+                    tracing::debug!(?notice, error = %e, "kernel invalidation");
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => {
+                let _ = self.notices.set(tx);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start the kernel invalidation thread; the kernel's caches expire by time only"),
+        }
     }
 }
 
@@ -67,13 +87,8 @@ impl Sink for ReplySink {
     }
 
     fn notice(&self, notice: KernelNotice) {
-        let Some(n) = self.0.notifier.get() else { return };
-        let r = match &notice {
-            KernelNotice::InvalInode { ino } => n.inval_inode(*ino, 0, 0),
-            KernelNotice::InvalEntry { parent, name } => n.inval_entry(*parent, OsStr::from_bytes(name)),
-        };
-        if let Err(e) = r {
-            tracing::debug!(?notice, error = %e, "kernel invalidation");
+        if let Some(tx) = self.0.notices.get() {
+            let _ = tx.send(notice);
         }
     }
 }

@@ -141,6 +141,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     let replies = fuse::Replies::new(ttl);
     let mut core = args.core.clone();
     core.check_permissions = core_checks;
+    core.multi_host = stores::shared(&args.settings);
     // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
     // groups this process has; on a shared mount only the caller's primary group counts.
     core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };

@@ -4,13 +4,31 @@
 use crate::config::{Settings, Strategy};
 use truckeefs_core::ObjectId;
 use truckeefs_runtime_smol::block_cache::BlockCacheConfig;
+use truckeefs_runtime_smol::coord::CoordConfig;
 use truckeefs_runtime_smol::meta_mysql::MysqlConfig;
 use truckeefs_runtime_smol::tahoe::{AuthToken, StorageStrategy, TahoeClient};
 use truckeefs_runtime_smol::{Backends, MetaBackend, StoreBackend};
 
 /// The backends `settings` name. Errors are one line naming the key; no secret is printed.
 pub fn backends(settings: &Settings) -> Result<Backends, String> {
-    Ok(Backends { meta: meta(settings)?, store: store(settings)? })
+    Ok(Backends { meta: meta(settings)?, store: store(settings)?, coordination: coordination(settings) })
+}
+
+/// Whether other hosts may share these stores (the metadata lives on a server).
+pub fn shared(settings: &Settings) -> bool {
+    settings.sql_host.is_some()
+}
+
+fn coordination(s: &Settings) -> Option<CoordConfig> {
+    let host = s.redis_host.as_ref()?;
+    let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let server = format!("{host}:{}/{}", s.redis_port, s.redis_db);
+    Some(CoordConfig {
+        url: format!("redis://{server}"),
+        server,
+        prefix: s.redis_prefix.clone(),
+        reset: s.reset_redis,
+    })
 }
 
 fn meta(s: &Settings) -> Result<MetaBackend, String> {

@@ -46,16 +46,18 @@ impl fmt::Debug for StoreBackend {
     }
 }
 
-/// Both choices; the default is the embedded pair.
+/// Both choices, and the coordination server of hosts sharing them; the default is the
+/// embedded pair on one host.
 #[derive(Debug)]
 pub struct Backends {
     pub meta: MetaBackend,
     pub store: StoreBackend,
+    pub coordination: Option<crate::coord::CoordConfig>,
 }
 
 impl Default for Backends {
     fn default() -> Self {
-        Backends { meta: MetaBackend::Embedded, store: StoreBackend::Local }
+        Backends { meta: MetaBackend::Embedded, store: StoreBackend::Local, coordination: None }
     }
 }
 

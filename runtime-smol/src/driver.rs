@@ -9,6 +9,7 @@
 //! blocking pool.
 
 use crate::backends::{self, Backends, MetaStore, ObjectStore};
+use crate::coord::{Coordinator, Publisher};
 use crate::staging::Staging;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use truckeefs_core::{
-    Config, Core, Ctx, Effect, Ino, IoId, IoRequest, IoResult, KernelNotice, Op, Reply, RequestId,
+    Config, Core, Ctx, Effect, Ino, IoId, IoRequest, IoResult, KernelNotice, MetaRequest, Op, Reply, RequestId,
 };
 
 /// Where a mount keeps its state.
@@ -54,6 +55,7 @@ pub enum StartError {
 pub struct Runtime {
     shared: Arc<Shared>,
     timer: Option<JoinHandle<()>>,
+    coordinator: Option<Coordinator>,
     _locks: (File, Option<File>),
 }
 
@@ -92,6 +94,7 @@ impl Runtime {
         // One mount per staging area (and per embedded database).
         let lock = lock_dir(&dirs.data_dir)?;
         let cache_lock = if dirs.cache_dir != dirs.data_dir { Some(lock_dir(&dirs.cache_dir)?) } else { None };
+        let coordination = backends.coordination.clone();
         let (meta, objects) = backends::open(backends, &dirs.data_dir, &dirs.cache_dir)?;
         let staging_dir = dirs.cache_dir.join("staging");
         let staging = Staging::open(&staging_dir)
@@ -105,15 +108,31 @@ impl Runtime {
             timer_sleeps_until: None,
             stopping: false,
             last_progress: Instant::now(),
+            publisher: None,
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
+        let coordinator = match &coordination {
+            Some(config) => {
+                let weak = Arc::downgrade(&shared);
+                let c = Coordinator::start(config, move |changes| {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let mut d = shared.lock();
+                    d.core.handle_invalidation(Instant::now(), changes);
+                    d.drain(&shared);
+                })
+                .map_err(StartError::Backend)?;
+                shared.lock().publisher = Some(c.publisher());
+                Some(c)
+            }
+            None => None,
+        };
         shared.lock().drain(&shared);
         let timer_shared = shared.clone();
         let timer = std::thread::Builder::new()
             .name("truckeefs-timer".into())
             .spawn(move || timer_thread(&timer_shared))
             .map_err(|source| StartError::Dir { path: "timer thread".into(), source })?;
-        Ok(Runtime { shared, timer: Some(timer), _locks: (lock, cache_lock) })
+        Ok(Runtime { shared, timer: Some(timer), coordinator, _locks: (lock, cache_lock) })
     }
 
     /// One kernel request, run on the caller's thread: metadata transactions complete inline,
@@ -151,6 +170,9 @@ impl Runtime {
         if let Some(t) = self.timer.take() {
             let _ = t.join();
         }
+        // After the last upload: its change is published before the coordinator stops.
+        self.shared.lock().publisher = None;
+        self.coordinator.take();
         result
     }
 
@@ -241,6 +263,8 @@ struct Driver {
     stopping: bool,
     /// The last I/O completion, for noticing a stalled unmount.
     last_progress: Instant,
+    /// Where committed changes go for the other hosts, when hosts share the stores.
+    publisher: Option<Publisher>,
 }
 
 impl Driver {
@@ -277,6 +301,12 @@ impl Driver {
                         let result = self.meta.execute(&req);
                         if let Err(e) = &result {
                             tracing::error!(error = %e, "metadata store");
+                        }
+                        if let (Ok(_), Some(p), MetaRequest::Commit(txn)) = (&result, &self.publisher, &req) {
+                            let changes = txn.changes();
+                            if !changes.is_empty() {
+                                p.publish(changes);
+                            }
                         }
                         inline.push_back((io, result));
                     }

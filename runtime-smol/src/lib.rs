@@ -2,6 +2,7 @@
 //!
 //! - [`ays`]: the aysfs cache server, store and publisher (`truckeefs ays serve|publish`);
 //! - [`backends`]: the choice of metadata and object store;
+//! - [`coord`]: coordination between hosts (Redis publish/subscribe of changes);
 //! - [`driver`]: the thread that owns the core and performs its effects;
 //! - [`meta_mysql`]: the shared metadata store (MySQL/MariaDB);
 //! - [`meta_sqlite`]: the embedded metadata store (SQLite);
@@ -12,6 +13,7 @@
 pub mod ays;
 pub mod backends;
 pub mod block_cache;
+pub mod coord;
 pub mod driver;
 pub mod meta_mysql;
 pub mod meta_sqlite;

@@ -1,0 +1,132 @@
+//! Two mounts of one filesystem, as two hosts: separate data and cache directories, the same
+//! MariaDB (metadata), Tahoe-LAFS grid (file data) and Redis (coordination), all private servers
+//! started by the harness.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use truckeefs_tests::ays::RedisServer;
+use truckeefs_tests::mariadb::MariaDb;
+use truckeefs_tests::tahoe_grid::TahoeGrid;
+use truckeefs_tests::*;
+
+struct Hosts {
+    a: Mount,
+    b: Mount,
+    _a_dirs: Arc<Storage>,
+    _b_dirs: Arc<Storage>,
+    redis: RedisServer,
+    _config: tempfile::TempDir,
+}
+
+fn two_hosts() -> Hosts {
+    let db = MariaDb::shared();
+    let grid = TahoeGrid::shared();
+    let redis = RedisServer::start();
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("env.yaml");
+    fs::write(
+        &path,
+        format!(
+            "rootcap: {}\ntahoe_url: {}\nsql_host: {}:{}\nsql_user: {}\nsql_pass: {}\nsql_db: {}\n\
+             redis_host: 127.0.0.1:{}\nredis_prefix: 'test:'\n",
+            grid.mkdir(),
+            grid.url,
+            db.host(),
+            db.port(),
+            db.user(),
+            db.password(),
+            db.unique_db_name("hosts"),
+            redis.port,
+        ),
+    )
+    .unwrap();
+    let cfg = path.to_str().unwrap().to_string();
+    let (a_dirs, b_dirs) = (Storage::new(), Storage::new());
+    let a = Mount::with_dirs_args(&a_dirs.data_dir, &a_dirs.cache_dir, &["-c", &cfg]);
+    // The first mount creates the tables; the second finds them.
+    let b = Mount::with_dirs_args(&b_dirs.data_dir, &b_dirs.cache_dir, &["-c", &cfg]);
+    Hosts { a, b, _a_dirs: a_dirs, _b_dirs: b_dirs, redis, _config: config }
+}
+
+/// Polls `f` until it holds: another host's change arrives through the coordination server,
+/// a moment after the call that made it returned.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not seen within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    fs::File::open(p).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn a_file_closed_on_one_host_is_read_whole_on_the_other() {
+    let h = two_hosts();
+    let data = pseudo_random_bytes(1, 300_000);
+    fs::write(h.a.path("f"), &data).unwrap();
+    assert_bytes_eq(&read(&h.b.path("f")), &data, "first version read on B");
+
+    // B has it cached (kernel pages, attributes); A writes a new version of another size.
+    let v2 = pseudo_random_bytes(2, 123_456);
+    let mut f = fs::OpenOptions::new().write(true).truncate(true).open(h.a.path("f")).unwrap();
+    f.write_all(&v2).unwrap();
+    drop(f); // close: answered once the new version is committed
+    assert_bytes_eq(&read(&h.b.path("f")), &v2, "second version read on B after A's close");
+    eventually("the new size on B", || fs::metadata(h.b.path("f")).unwrap().len() == v2.len() as u64);
+
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+#[test]
+fn names_made_on_one_host_appear_on_the_other() {
+    let h = two_hosts();
+    let names = |m: &Mount| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert!(names(&h.b).is_empty());
+    fs::create_dir(h.a.path("d")).unwrap();
+    fs::write(h.a.path("d/x"), b"x").unwrap();
+    eventually("d on B", || names(&h.b) == ["d"]);
+    assert_eq!(read(&h.b.path("d/x")), b"x");
+    fs::rename(h.b.path("d/x"), h.b.path("y")).unwrap();
+    eventually("the rename on A", || names(&h.a) == ["d", "y"] && !h.a.path("d/x").exists());
+    fs::remove_file(h.a.path("y")).unwrap();
+    eventually("the unlink on B", || names(&h.b) == ["d"]);
+    // Changes were published under the prefix's channel.
+    let channels = h.redis.cli_text(&["PUBSUB", "CHANNELS", "*"]);
+    assert!(channels.contains("test:changes"), "{channels}");
+
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+#[test]
+fn concurrent_exclusive_create_of_one_name_has_one_winner() {
+    let h = two_hosts();
+    fs::create_dir(h.a.path("race")).unwrap();
+    eventually("race on B", || h.b.path("race").is_dir());
+    for round in 0..5 {
+        let name = format!("race/n{round}");
+        let (pa, pb) = (h.a.path(&name), h.b.path(&name));
+        let create = |p: std::path::PathBuf| {
+            std::thread::spawn(move || fs::OpenOptions::new().write(true).create_new(true).open(p).map(drop))
+        };
+        let (ta, tb) = (create(pa), create(pb));
+        let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
+        assert!(ra.is_ok() != rb.is_ok(), "round {round}: exactly one create must win: A {ra:?}, B {rb:?}");
+    }
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
