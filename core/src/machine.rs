@@ -42,6 +42,8 @@ use libc::{
 pub const LINK_MAX: u32 = 65000;
 /// The largest extended attribute value (Linux `XATTR_SIZE_MAX`).
 pub const XATTR_SIZE_MAX: usize = 65536;
+/// How often a request whose transaction lost to another host's runs again before failing.
+const MAX_CONFLICT_RETRIES: u8 = 3;
 /// Bytes one `copy_file_range` call moves at most (it may return short; callers loop).
 const COPY_CHUNK_MAX: u64 = 4 << 20;
 
@@ -183,6 +185,8 @@ struct Parked {
     ctx: Ctx,
     wall: Timespec,
     op: Op,
+    /// Times its transaction lost to another host's (see `Pending::Commit::retry`).
+    retries: u8,
 }
 
 /// Why a request did not finish now.
@@ -217,7 +221,15 @@ enum Pending {
     /// `applied`: the change already took effect where it cannot be undone (a truncated staged
     /// copy); a failed transaction then still answers with `reply`, since the row is stored with
     /// the file's next upload.
-    Commit { reply: Option<(RequestId, Result<Reply, i32>)>, after: Vec<Cleanup>, applied: bool, times: Vec<Ino> },
+    Commit {
+        reply: Option<(RequestId, Result<Reply, i32>)>,
+        after: Vec<Cleanup>,
+        applied: bool,
+        times: Vec<Ino>,
+        /// On a multi-host mount, the request itself: if another host's transaction changed the
+        /// same rows first (a conflict), it runs again on fresh state instead of failing.
+        retry: Option<Box<Parked>>,
+    },
     Init(Ino),
     Write { id: RequestId, ino: Ino, end: u64, wall: Timespec },
     Truncate { id: RequestId, ino: Ino, set: SetAttr, wall: Timespec },
@@ -279,6 +291,8 @@ pub struct Core {
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
     refreshing: HashSet<Ino>,
+    /// The request being run (multi-host mounts only), for `Pending::Commit::retry`.
+    running: Option<Parked>,
     /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
     invalidations: Vec<Changes>,
     /// Opens of a multi-host mount that re-read their inode already, with the object it had.
@@ -323,6 +337,7 @@ impl Core {
             loading_inodes: HashSet::new(),
             loading_dirs: HashSet::new(),
             refreshing: HashSet::new(),
+            running: None,
             invalidations: Vec::new(),
             revalidated: HashMap::new(),
             loads_in_flight: 0,
@@ -354,7 +369,7 @@ impl Core {
     /// One kernel request. Exactly one `Effect::Reply` with this id follows, now or later.
     pub fn handle_request(&mut self, now: Instant, wall: SystemTime, id: RequestId, ctx: Ctx, op: Op) {
         self.now = now;
-        let p = Parked { id, ctx, wall: Timespec::from_system(wall), op };
+        let p = Parked { id, ctx, wall: Timespec::from_system(wall), op, retries: 0 };
         if !self.ready {
             self.parked.push(p);
             return;
@@ -522,7 +537,12 @@ impl Core {
     // ----- the request loop -----
 
     fn run(&mut self, p: Parked) {
-        match self.exec(&p) {
+        if self.config.multi_host {
+            self.running = Some(p.clone());
+        }
+        let result = self.exec(&p);
+        self.running = None;
+        match result {
             Ok(reply) => self.reply(p.id, Ok(reply)),
             Err(Stop::Errno(e)) => self.reply(p.id, Err(e)),
             Err(Stop::Wait) => self.parked.push(p),
@@ -1021,7 +1041,14 @@ impl Core {
         after: Vec<Cleanup>,
     ) {
         let times = std::mem::take(&mut self.times_in_txn);
-        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), Pending::Commit { reply, after, applied: false, times });
+        let retry = match (&reply, &self.running) {
+            (Some((id, _)), Some(p)) if p.id == *id && self.config.multi_host && p.retries < MAX_CONFLICT_RETRIES => {
+                Some(Box::new(p.clone()))
+            }
+            _ => None,
+        };
+        let pending = Pending::Commit { reply, after, applied: false, times, retry };
+        self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), pending);
     }
 
     /// The permission checks of a private mount (the kernel's when `default_permissions` is on).
@@ -1187,7 +1214,8 @@ impl Core {
         let attr = self.attr(ino);
         let txn = Txn { ops, durable: false };
         let times = std::mem::take(&mut self.times_in_txn);
-        let pending = Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated, times };
+        let pending =
+            Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated, times, retry: None };
         self.io(IoRequest::Meta(MetaRequest::Commit(txn)), pending);
         if truncated {
             self.schedule_upload(ino);
@@ -1293,6 +1321,25 @@ impl Core {
         };
         self.commit(ops, false, Some((id, Ok(reply))), vec![]);
         Err(Stop::Later)
+    }
+
+    /// Takes back what a reply that will not be sent gave the kernel: a lookup reference, and
+    /// for a create its open handle.
+    fn undo_reply(&mut self, reply: &Reply) {
+        let (ino, fh) = match reply {
+            Reply::Created { attr, fh } => (attr.ino, Some(*fh)),
+            Reply::Entry(attr) => (attr.ino, None),
+            _ => return,
+        };
+        if let Some(fh) = fh {
+            self.handles.remove(&fh);
+        }
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.lookups = i.lookups.saturating_sub(1);
+            if fh.is_some() {
+                i.opens = i.opens.saturating_sub(1);
+            }
+        }
     }
 
     fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
@@ -1822,7 +1869,13 @@ impl Core {
                 if data.is_empty() {
                     return Ok(Reply::Written(0));
                 }
-                let p = Parked { id, ctx: to.ctx, wall: to.wall, op: Op::Write { ino: to.ino, fh: to.fh, offset: to.offset, data } };
+                let p = Parked {
+                    id,
+                    ctx: to.ctx,
+                    wall: to.wall,
+                    op: Op::Write { ino: to.ino, fh: to.fh, offset: to.offset, data },
+                    retries: 0,
+                };
                 self.run(p);
                 Err(Stop::Later)
             }
@@ -2087,7 +2140,7 @@ impl Core {
                     _ => self.fail_all_parked(EIO),
                 }
             }
-            Pending::Commit { reply, after, applied, times } => match result {
+            Pending::Commit { reply, after, applied, times, retry } => match result {
                 Ok(_) => {
                     if let Some((id, r)) = reply {
                         self.reply(id, r);
@@ -2109,8 +2162,17 @@ impl Core {
                         IoErrorKind::NoSpace => ENOSPC,
                         _ => EIO,
                     };
+                    // The kernel never gets the entry or handle of a change that did not happen.
+                    if let Some((_, Ok(r))) = &reply {
+                        if !applied {
+                            self.undo_reply(r);
+                        }
+                    }
+                    let retry = retry.filter(|_| e.kind == IoErrorKind::Conflict && !applied);
                     if let Some((id, r)) = reply {
-                        self.reply(id, if applied { r } else { Err(errno) });
+                        if retry.is_none() {
+                            self.reply(id, if applied { r } else { Err(errno) });
+                        }
                     }
                     // Times that rode on the failed transaction are unsaved again.
                     for dir in times {
@@ -2133,6 +2195,10 @@ impl Core {
                         }
                     }
                     self.forget_clean_state();
+                    if let Some(p) = retry {
+                        // Runs again once the state it needs is loaded afresh.
+                        self.parked.push(Parked { retries: p.retries + 1, ..*p });
+                    }
                 }
             },
             Pending::Init(ino) => {

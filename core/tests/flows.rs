@@ -575,3 +575,32 @@ fn multi_host_close_to_open() {
     }
     assert_eq!(b.read(ino, 0, 100), b"three");
 }
+
+/// Two hosts create one name at once: the store takes one; the other host's transaction fails
+/// with a conflict, and its create runs again on fresh state and answers EEXIST (no stray handle
+/// or inode is left behind).
+#[test]
+fn multi_host_create_race_loser_sees_eexist() {
+    let config = || Config { multi_host: true, ..Config::default() };
+    let now = Instant::now();
+    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let listed = |h: &mut Harness| -> Vec<String> {
+        h.names(ROOT_INO).into_iter().filter(|n| n != "." && n != "..").collect()
+    };
+    // B lists the root first, so it believes the name is free.
+    assert!(listed(&mut b).is_empty());
+    let (ino, fh) = a.create(ROOT_INO, "x");
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    b.store = a.store.clone();
+    let r = b.call(Op::Create {
+        parent: ROOT_INO,
+        name: "x".into(),
+        mode: 0o644,
+        umask: 0,
+        flags: libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+    });
+    assert_eq!(r, Err(libc::EEXIST));
+    assert_eq!(b.core.status().open_handles, 0, "the failed create left a handle");
+    assert_eq!(listed(&mut b), ["x"]);
+}

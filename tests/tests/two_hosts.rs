@@ -126,6 +126,8 @@ fn concurrent_exclusive_create_of_one_name_has_one_winner() {
         let (ta, tb) = (create(pa), create(pb));
         let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
         assert!(ra.is_ok() != rb.is_ok(), "round {round}: exactly one create must win: A {ra:?}, B {rb:?}");
+        let loser = ra.err().or(rb.err()).unwrap();
+        assert_eq!(loser.raw_os_error(), Some(libc::EEXIST), "round {round}: the other create: {loser}");
     }
     h.a.unmount_ok();
     h.b.unmount_ok();
