@@ -17,6 +17,10 @@ Usage:
   truckeefs config [-c FILE] [--KEY VALUE...]
                                            print the effective configuration: every key, its
                                            value (secrets as fingerprints) and where it came from
+  truckeefs check [-c FILE] [--KEY VALUE...]
+                                           self-tests: compatibility (Linux, FUSE), integration
+                                           (Tahoe, SQL, Redis answer), functionality (mounts on
+                                           a temporary mountpoint; README.md, Self-tests)
   truckeefs status MOUNTPOINT              what a mount is doing: data waiting to upload, uploads
                                            in flight, failures being retried, cache use, stores
   truckeefs ays serve|publish|mount ...    aysfs: cache server, publisher, read-only mounts
@@ -60,6 +64,8 @@ pub enum Command {
     Config(config::Loaded),
     /// `truckeefs status MOUNTPOINT`: what the mount is doing.
     Status(PathBuf),
+    /// `truckeefs check`: the self-tests of this configuration, with the verbosity.
+    Check(config::Loaded, u8),
     Ays(crate::ays_cmd::AysCommand),
 }
 
@@ -161,7 +167,7 @@ pub fn parse_with_env(args: impl IntoIterator<Item = OsString>, env: &config::En
                     }
                     return Ok(Command::Status(PathBuf::from(dir)));
                 }
-                if v != "mount" && v != "config" {
+                if v != "mount" && v != "config" && v != "check" {
                     return Err(format!("unknown command '{v}'").into());
                 }
                 sub = Some(v);
@@ -179,6 +185,12 @@ pub fn parse_with_env(args: impl IntoIterator<Item = OsString>, env: &config::En
             return Err(format!("-o {o}: mount options belong to 'truckeefs mount'").into());
         }
         return Ok(Command::Config(loaded));
+    }
+    if sub == "check" {
+        if let Some(o) = opts.first() {
+            return Err(format!("-o {o}: mount options belong to 'truckeefs mount'").into());
+        }
+        return Ok(Command::Check(loaded, verbose));
     }
     let settings = loaded.settings;
     let mountpoint = mountpoint

@@ -5,6 +5,7 @@ mod ays_mount;
 mod cli;
 mod config;
 mod fuse;
+mod selftest;
 mod stores;
 
 use cli::{Command, MountArgs, Permissions};
@@ -47,6 +48,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Ays(cmd) => ays_cmd::run(cmd),
+        Command::Check(loaded, verbose) => {
+            init_logging(verbose);
+            selftest::check(&loaded.settings, verbose, mount)
+        }
         Command::Status(dir) => match status(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -145,6 +150,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
     // groups this process has; on a shared mount only the caller's primary group counts.
     core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };
+    selftest::before_mount(&args.settings, args.verbose)?;
     let runtime = Runtime::start(&dirs, stores::backends(&args.settings)?, core, Box::new(fuse::ReplySink(replies.clone())))
         .map_err(|e| e.to_string())?;
     let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
@@ -161,6 +167,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     replies.set_notifier(session.notifier());
+    let functionality = selftest::after_mount(&args.settings, &args.mountpoint, session.unmount_callable(), args.verbose);
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
         data_dir = %args.data_dir.display(),
@@ -189,6 +196,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     // Dropping the session calls `destroy`, which waits for the uploads.
     drop(session);
     signal_handle.close();
+    functionality.finish()?;
     run.map_err(|e| format!("FUSE session failed: {e}"))?;
     let result = shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
     match result {
