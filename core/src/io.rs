@@ -6,6 +6,7 @@
 //! ([`StagingRequest`]). The runtime executes `Meta` requests strictly in the order they were
 //! emitted (one transaction stream); the others may run concurrently.
 
+use crate::op::LockRange;
 use crate::types::{FileKind, Ino, Timespec};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -219,11 +220,27 @@ pub enum StoreRequest {
     Space,
 }
 
+/// Record locks as other hosts must see them (multi-host mounts; see `Config::multi_host`).
+/// Within a host the core decides; these only check against, and publish to, the other hosts.
+/// Ranges are inclusive; `end == u64::MAX` is "to the end of the file".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockRequest {
+    /// Unless a live host other than this one holds a lock on `ino` conflicting with `want`,
+    /// record `held` as all of this host's locks on `ino`. Reply: [`IoReply::LockConflict`]
+    /// (`None`: taken).
+    Acquire { ino: Ino, want: LockRange, held: Vec<LockRange> },
+    /// This host's locks on `ino` are now `held` (after an unlock or a close). Reply: `Done`.
+    Publish { ino: Ino, held: Vec<LockRange> },
+    /// The first lock of another live host conflicting with `want`. Reply: `LockConflict`.
+    Query { ino: Ino, want: LockRange },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IoRequest {
     Meta(MetaRequest),
     Staging(StagingRequest),
     Store(StoreRequest),
+    Lock(LockRequest),
 }
 
 /// Free and total space, in bytes, of whatever holds the file data.
@@ -247,6 +264,7 @@ pub enum IoReply {
     Data(Bytes),
     Object(ObjectId),
     Space(Space),
+    LockConflict(Option<LockRange>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -103,6 +103,24 @@ impl LockTable {
         released
     }
 
+    /// Every lock held on `ino`, of every owner: this host's locks as other hosts see them.
+    pub fn held(&self, ino: Ino) -> Vec<LockRange> {
+        self.by_ino
+            .get(&ino)
+            .map(|ls| ls.iter().map(|l| LockRange { start: l.start, end: l.end, typ: l.typ, pid: l.pid }).collect())
+            .unwrap_or_default()
+    }
+
+    /// What `held` would return after `set(ino, owner, want)`.
+    pub fn held_after(&self, ino: Ino, owner: u64, want: &LockRange) -> Vec<LockRange> {
+        let mut t = LockTable::default();
+        if let Some(ls) = self.by_ino.get(&ino) {
+            t.by_ino.insert(ino, ls.clone());
+        }
+        t.set(ino, owner, want);
+        t.held(ino)
+    }
+
     pub fn is_locked(&self, ino: Ino) -> bool {
         self.by_ino.contains_key(&ino)
     }

@@ -42,6 +42,8 @@ use libc::{
 pub const LINK_MAX: u32 = 65000;
 /// The largest extended attribute value (Linux `XATTR_SIZE_MAX`).
 pub const XATTR_SIZE_MAX: usize = 65536;
+/// How often a lock request blocked by another host's lock tries again.
+const LOCK_POLL: Duration = Duration::from_millis(200);
 /// How often a request whose transaction lost to another host's runs again before failing.
 const MAX_CONFLICT_RETRIES: u8 = 3;
 /// Bytes one `copy_file_range` call moves at most (it may return short; callers loop).
@@ -242,6 +244,10 @@ enum Pending {
     Remove(Ino),
     Unseal(Ino),
     Ignore,
+    /// Another host's view of a SetLk (`LockRequest::Acquire`); the request itself.
+    LockAcquire(Box<Parked>),
+    /// Another host's view of a GetLk (`LockRequest::Query`).
+    LockQuery { id: RequestId, want: LockRange },
     Space { id: RequestId },
     Usage { id: RequestId, space: Space },
 }
@@ -291,6 +297,13 @@ pub struct Core {
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
     refreshing: HashSet<Ino>,
+    /// Inodes with a `LockRequest::Acquire` in flight, and those whose locks changed meanwhile
+    /// (published once it completes, so that the other hosts see the last state).
+    locks_in_flight: HashSet<Ino>,
+    locks_republish: HashSet<Ino>,
+    /// Lock requests blocked by another host's lock, and when they try again (they are not told).
+    lock_polling: Vec<Parked>,
+    lock_poll_at: Option<Instant>,
     /// The request being run (multi-host mounts only), for `Pending::Commit::retry`.
     running: Option<Parked>,
     /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
@@ -338,6 +351,10 @@ impl Core {
             loading_dirs: HashSet::new(),
             refreshing: HashSet::new(),
             running: None,
+            locks_in_flight: HashSet::new(),
+            locks_republish: HashSet::new(),
+            lock_polling: Vec::new(),
+            lock_poll_at: None,
             invalidations: Vec::new(),
             revalidated: HashMap::new(),
             loads_in_flight: 0,
@@ -459,6 +476,12 @@ impl Core {
     /// Time has reached a deadline given by `poll_timeout` (or not: spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        if self.lock_poll_at.is_some_and(|t| t <= now) {
+            self.lock_poll_at = None;
+            let polling = std::mem::take(&mut self.lock_polling);
+            self.lock_waiters.extend(polling);
+            self.wake_lock_waiters();
+        }
         if self.dir_times_flush_at.is_some_and(|t| t <= now) {
             self.flush_dir_times();
         }
@@ -504,10 +527,7 @@ impl Core {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let upload = self.deadlines.iter().next().map(|(t, _)| *t);
-        match (upload, self.dir_times_flush_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [upload, self.dir_times_flush_at, self.lock_poll_at].into_iter().flatten().min()
     }
 
     /// Nothing in flight and nothing left to upload.
@@ -684,6 +704,7 @@ impl Core {
             Op::Flush { ino, fh: _, lock_owner } => {
                 self.ensure_inode(*ino)?;
                 if self.locks.release_owner(*ino, *lock_owner) {
+                    self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
                 self.flush(p.id, *ino)
@@ -756,17 +777,34 @@ impl Core {
             }
             Op::GetLk { ino, fh: _, owner, lock } => {
                 self.ensure_inode(*ino)?;
-                Ok(Reply::Lock(match self.locks.conflict(*ino, *owner, lock) {
-                    Some(l) => LockRange { start: l.start, end: l.end, typ: l.typ, pid: l.pid },
-                    None => LockRange { typ: libc::F_UNLCK, ..*lock },
-                }))
+                match self.locks.conflict(*ino, *owner, lock) {
+                    Some(l) => Ok(Reply::Lock(LockRange { start: l.start, end: l.end, typ: l.typ, pid: l.pid })),
+                    None if self.config.multi_host => {
+                        let want = *lock;
+                        self.io(IoRequest::Lock(LockRequest::Query { ino: *ino, want }), Pending::LockQuery { id: p.id, want });
+                        Err(Stop::Later)
+                    }
+                    None => Ok(Reply::Lock(LockRange { typ: libc::F_UNLCK, ..*lock })),
+                }
             }
             Op::SetLk { ino, fh: _, owner, lock, sleep } => {
                 self.ensure_inode(*ino)?;
                 if lock.typ != libc::F_UNLCK && self.locks.conflict(*ino, *owner, lock).is_some() {
                     return if *sleep { Err(Stop::WaitLock) } else { Err(EAGAIN.into()) };
                 }
+                if self.config.multi_host && lock.typ != libc::F_UNLCK {
+                    // Other hosts must agree first; one acquisition per inode at a time.
+                    if self.locks_in_flight.contains(ino) {
+                        return Err(Stop::WaitLock);
+                    }
+                    let held = self.locks.held_after(*ino, *owner, lock);
+                    self.locks_in_flight.insert(*ino);
+                    let request = LockRequest::Acquire { ino: *ino, want: *lock, held };
+                    self.io(IoRequest::Lock(request), Pending::LockAcquire(Box::new(p.clone())));
+                    return Err(Stop::Later);
+                }
                 if self.locks.set(*ino, *owner, lock) {
+                    self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
                 Ok(Reply::Empty)
@@ -1323,6 +1361,44 @@ impl Core {
         Err(Stop::Later)
     }
 
+    /// Tells the other hosts (multi-host mounts) this host's locks on `ino` after a change.
+    fn publish_locks(&mut self, ino: Ino) {
+        if !self.config.multi_host {
+            return;
+        }
+        if self.locks_in_flight.contains(&ino) {
+            self.locks_republish.insert(ino);
+            return;
+        }
+        let held = self.locks.held(ino);
+        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::Ignore);
+    }
+
+    /// The other hosts' answer to a SetLk.
+    fn lock_acquired(&mut self, p: Parked, result: IoResult) {
+        let Op::SetLk { ino, owner, lock, sleep, .. } = p.op else { return };
+        self.locks_in_flight.remove(&ino);
+        match result {
+            Ok(IoReply::LockConflict(None)) => {
+                // Only releases can have happened here meanwhile (other SetLks of this inode
+                // waited), so the lock is still free on this host.
+                self.locks.set(ino, owner, &lock);
+                self.reply(p.id, Ok(Reply::Empty));
+            }
+            Ok(_) if sleep => {
+                // Held by another host, which does not tell us when it lets go: look again soon.
+                self.lock_poll_at.get_or_insert(self.now + LOCK_POLL);
+                self.lock_polling.push(p);
+            }
+            Ok(_) => self.reply(p.id, Err(EAGAIN)),
+            Err(_) => self.reply(p.id, Err(libc::ENOLCK)),
+        }
+        if self.locks_republish.remove(&ino) {
+            self.publish_locks(ino);
+        }
+        self.wake_lock_waiters();
+    }
+
     /// Takes back what a reply that will not be sent gave the kernel: a lookup reference, and
     /// for a create its open handle.
     fn undo_reply(&mut self, reply: &Reply) {
@@ -1358,6 +1434,7 @@ impl Core {
         }
         if let Some(owner) = lock_owner {
             if self.locks.release_owner(ino, owner) {
+                self.publish_locks(ino);
                 self.wake_lock_waiters();
             }
         }
@@ -2402,6 +2479,15 @@ impl Core {
                 self.maybe_unstage(ino);
             }
             Pending::Ignore => {}
+            Pending::LockAcquire(p) => self.lock_acquired(*p, result),
+            Pending::LockQuery { id, want } => {
+                let r = match result {
+                    Ok(IoReply::LockConflict(Some(l))) => Ok(Reply::Lock(l)),
+                    Ok(_) => Ok(Reply::Lock(LockRange { typ: libc::F_UNLCK, ..want })),
+                    Err(_) => Err(libc::ENOLCK),
+                };
+                self.reply(id, r);
+            }
             Pending::Space { id } => match result {
                 Ok(IoReply::Space(space)) => {
                     self.io(IoRequest::Meta(MetaRequest::Usage), Pending::Usage { id, space });

@@ -210,11 +210,14 @@ pub struct FuseFs {
     replies: Arc<Replies>,
     next_id: u64,
     shutdown: ShutdownResult,
+    /// flock(2) goes to the core (as whole-file record locks) instead of staying in the kernel:
+    /// on a multi-host mount, so that other hosts see it.
+    flock_in_core: bool,
 }
 
 impl FuseFs {
-    pub fn new(runtime: Runtime, replies: Arc<Replies>, shutdown: ShutdownResult) -> FuseFs {
-        FuseFs { runtime: Some(runtime), replies, next_id: 1, shutdown }
+    pub fn new(runtime: Runtime, replies: Arc<Replies>, shutdown: ShutdownResult, flock_in_core: bool) -> FuseFs {
+        FuseFs { runtime: Some(runtime), replies, next_id: 1, shutdown, flock_in_core }
     }
 
     fn send(&mut self, req: &Request<'_>, op: Op, pending: Pending) {
@@ -232,7 +235,10 @@ impl FuseFs {
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         use fuser::consts::*;
-        let wanted = FUSE_POSIX_LOCKS | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS;
+        let mut wanted = FUSE_POSIX_LOCKS | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS;
+        if self.flock_in_core {
+            wanted |= FUSE_FLOCK_LOCKS;
+        }
         if let Err(unsupported) = config.add_capabilities(wanted) {
             tracing::debug!(unsupported, "kernel lacks some FUSE capabilities");
             let _ = config.add_capabilities(wanted & !unsupported);

@@ -146,7 +146,8 @@ fn mount(args: MountArgs) -> Result<(), String> {
     let replies = fuse::Replies::new(ttl);
     let mut core = args.core.clone();
     core.check_permissions = core_checks;
-    core.multi_host = stores::shared(&args.settings);
+    let multi_host = stores::shared(&args.settings);
+    core.multi_host = multi_host;
     // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
     // groups this process has; on a shared mount only the caller's primary group counts.
     core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };
@@ -154,7 +155,7 @@ fn mount(args: MountArgs) -> Result<(), String> {
     let runtime = Runtime::start(&dirs, stores::backends(&args.settings)?, core, Box::new(fuse::ReplySink(replies.clone())))
         .map_err(|e| e.to_string())?;
     let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
-    let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone());
+    let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone(), multi_host);
 
     let mut options = vec![
         MountOption::FSName("truckeefs".into()),

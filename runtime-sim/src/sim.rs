@@ -21,7 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use truckeefs_core::{
-    Config, Core, Ctx, Effect, IoErrorKind, IoId, IoRequest, IoResult, MetaRequest, Op, Reply, RequestId,
+    Config, Core, Ctx, Effect, IoErrorKind, IoId, IoReply, IoRequest, IoResult, LockRequest, MetaRequest, Op, Reply, RequestId,
     StagingRequest, StoreRequest,
 };
 
@@ -138,6 +138,11 @@ fn tag(r: &IoRequest) -> (u8, u64, u64) {
             StoreRequest::Read { offset, .. } => (21, 0, *offset),
             StoreRequest::Delete { .. } => (22, 0, 0),
             StoreRequest::Space => (23, 0, 0),
+        },
+        IoRequest::Lock(l) => match l {
+            LockRequest::Acquire { ino, .. } => (30, *ino, 0),
+            LockRequest::Publish { ino, .. } => (31, *ino, 0),
+            LockRequest::Query { ino, .. } => (32, *ino, 0),
         },
     }
 }
@@ -307,6 +312,8 @@ impl World {
             IoRequest::Meta(_) => self.latency.meta,
             IoRequest::Staging(_) => self.latency.staging,
             IoRequest::Store(_) => self.latency.store,
+            // One host: lock requests only reach a multi-host core; answered like metadata.
+            IoRequest::Lock(_) => self.latency.meta,
         };
         let mut lat = Duration::from_micros(self.lat_rng.range(lo, hi));
         if fault == Some(Fault::Slow) {
@@ -341,6 +348,9 @@ impl World {
             IoRequest::Meta(m) => self.meta.execute(m),
             IoRequest::Staging(s) => self.staging.execute(s, &self.objects),
             IoRequest::Store(s) => self.objects.execute(s, &self.staging),
+            // One host: nobody else holds locks.
+            IoRequest::Lock(LockRequest::Acquire { .. } | LockRequest::Query { .. }) => Ok(IoReply::LockConflict(None)),
+            IoRequest::Lock(LockRequest::Publish { .. }) => Ok(IoReply::Done),
         }
     }
 

@@ -8,10 +8,10 @@
 //! changes, which is why an open on a multi-host mount re-reads its inode anyway.
 
 use redis::Commands;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use truckeefs_core::{Changes, Ino};
+use truckeefs_core::{Changes, Ino, IoError, IoErrorKind, IoReply, IoResult, LockRange, LockRequest};
 
 /// Where the coordination server is.
 #[derive(Clone)]
@@ -32,6 +32,11 @@ impl std::fmt::Debug for CoordConfig {
     }
 }
 
+/// A host whose heartbeat key is older than this is dead: its locks no longer count.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+/// How often the heartbeat key is renewed.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a blocked read of the subscription waits before checking whether to stop.
 const POLL: Duration = Duration::from_millis(500);
 /// Wait between reconnection attempts.
@@ -41,6 +46,7 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// both (after sending what was queued).
 pub struct Coordinator {
     publish: Publisher,
+    locks: Arc<LockService>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     host: String,
@@ -86,12 +92,49 @@ impl Coordinator {
             .spawn(move || publisher(pub_client, conn, &pub_channel, &pub_host, &server, rx, &pub_stop))
             .map_err(|e| format!("cannot start the publisher thread: {e}"))?;
 
+        let locks = Arc::new(LockService {
+            client: client.clone(),
+            prefix: config.prefix.clone(),
+            host: host.clone(),
+            server: config.server.clone(),
+            conns: Mutex::new(Vec::new()),
+        });
+        locks.heartbeat().map_err(|e| format!("redis_host {}: {e}", config.server))?;
+        let (beat, beat_stop) = (locks.clone(), stop.clone());
+        let heartbeat = std::thread::Builder::new()
+            .name("truckeefs-heartbeat".into())
+            .spawn(move || {
+                let mut failing = false;
+                while !beat_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(HEARTBEAT_EVERY);
+                    match beat.heartbeat() {
+                        Ok(()) if failing => {
+                            tracing::info!(server = %beat.server, "heartbeat renewed again");
+                            failing = false;
+                        }
+                        Ok(()) => {}
+                        Err(e) if !failing => {
+                            tracing::warn!(server = %beat.server, error = %e, "cannot renew this host's heartbeat; other hosts may take its locks");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                beat.goodbye();
+            })
+            .map_err(|e| format!("cannot start the heartbeat thread: {e}"))?;
+
         let (sub_stop, sub_host, server) = (stop.clone(), host.clone(), config.server.clone());
         let subscriber = std::thread::Builder::new()
             .name("truckeefs-subscribe".into())
             .spawn(move || subscriber(client, &channel, &sub_host, &server, &sub_stop, deliver))
             .map_err(|e| format!("cannot start the subscriber thread: {e}"))?;
-        Ok(Coordinator { publish: Publisher(tx), stop, threads: vec![publisher, subscriber], host })
+        Ok(Coordinator { publish: Publisher(tx), locks, stop, threads: vec![publisher, subscriber, heartbeat], host })
+    }
+
+    /// Where record locks are checked against the other hosts.
+    pub fn locks(&self) -> Arc<LockService> {
+        self.locks.clone()
     }
 
     pub fn publisher(&self) -> Publisher {
@@ -280,7 +323,187 @@ mod tests {
     }
 
     #[test]
+    fn lock_entries_as_cjson_writes_them() {
+        assert_eq!(
+            decode_lock("[0,-1,1,42]"),
+            Some(LockRange { start: 0, end: i64::MAX as u64, typ: libc::F_WRLCK, pid: 42 })
+        );
+        assert_eq!(
+            decode_lock("[10,9.2233720368548e+18,0,7]").map(|l| (l.start, l.typ)),
+            Some((10, libc::F_RDLCK))
+        );
+        assert_eq!(decode_lock("[1,2,3]"), None);
+        assert_eq!(decode_lock("{}"), None);
+        assert_eq!(end_of(i64::MAX as u64), -1);
+        assert_eq!(end_of(u64::MAX), -1);
+        assert_eq!(end_of(99), 99);
+    }
+
+    #[test]
     fn glob_characters_in_the_prefix_are_literal() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
+}
+
+// ----- record locks across hosts -----
+
+/// This host's record locks as the other hosts see them: per inode a hash
+/// `<prefix>locks:<ino>` from host id to a JSON list `[[start, end, type, pid], ...]` (`end` -1
+/// for "to the end of the file", type 0 read / 1 write). A host counts while its heartbeat key
+/// `<prefix>host:<id>` lives; the entries of dead hosts are removed when met.
+pub struct LockService {
+    client: redis::Client,
+    prefix: String,
+    host: String,
+    server: String,
+    conns: Mutex<Vec<redis::Connection>>,
+}
+
+/// Takes `want` unless another live host holds a conflicting lock; then records ARGV[5] as this
+/// host's locks. Returns the first conflicting lock (JSON) or false.
+const ACQUIRE: &str = r#"
+local function conflict(key, me, start, stop, typ, hostprefix)
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local h = all[i]
+    if h ~= me then
+      if redis.call('EXISTS', hostprefix .. h) == 0 then
+        redis.call('HDEL', key, h)
+      else
+        for _, l in ipairs(cjson.decode(all[i + 1])) do
+          local lstop = l[2]
+          if lstop < 0 then lstop = math.huge end
+          if l[1] <= stop and start <= lstop and (l[3] == 1 or typ == 1) then
+            return cjson.encode(l)
+          end
+        end
+      end
+    end
+  end
+  return false
+end
+local stop = tonumber(ARGV[3])
+if stop < 0 then stop = math.huge end
+local found = conflict(KEYS[1], ARGV[1], tonumber(ARGV[2]), stop, tonumber(ARGV[4]), ARGV[6])
+if found then return found end
+if ARGV[7] == 'check' then return false end
+if ARGV[5] == '[]' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[5]) end
+return false
+"#;
+
+impl LockService {
+    fn heartbeat(&self) -> Result<(), String> {
+        self.with_conn(|c| {
+            redis::cmd("SET")
+                .arg(self.host_key())
+                .arg(1)
+                .arg("PX")
+                .arg(HEARTBEAT_TTL.as_millis() as u64)
+                .query::<()>(c)
+        })
+    }
+
+    /// At unmount: this host's locks and heartbeat go at once.
+    fn goodbye(&self) {
+        let _ = self.with_conn(|c| redis::cmd("DEL").arg(self.host_key()).query::<()>(c));
+    }
+
+    fn host_key(&self) -> String {
+        format!("{}host:{}", self.prefix, self.host)
+    }
+
+    fn locks_key(&self, ino: Ino) -> String {
+        format!("{}locks:{ino}", self.prefix)
+    }
+
+    fn with_conn<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T, String> {
+        let pooled = self.conns.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(5))
+                .map_err(|e| format!("cannot connect: {}", e.category()))?,
+        };
+        let r = f(&mut conn).map_err(|e| e.category().to_string());
+        if r.is_ok() {
+            self.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        }
+        r
+    }
+
+    /// Executes one of the core's lock requests.
+    pub fn execute(&self, req: &LockRequest) -> IoResult {
+        let failed = |e: String| IoError::new(IoErrorKind::Other, format!("locks on redis_host {}: {e}", self.server));
+        match req {
+            LockRequest::Publish { ino, held } => self
+                .with_conn(|c| {
+                    if held.is_empty() {
+                        c.hdel::<_, _, ()>(self.locks_key(*ino), &self.host)
+                    } else {
+                        c.hset::<_, _, _, ()>(self.locks_key(*ino), &self.host, encode_locks(held))
+                    }
+                })
+                .map(|()| IoReply::Done)
+                .map_err(failed),
+            LockRequest::Acquire { ino, want, held } => self.run(*ino, want, Some(held)).map_err(failed),
+            LockRequest::Query { ino, want } => self.run(*ino, want, None).map_err(failed),
+        }
+    }
+
+    fn run(&self, ino: Ino, want: &LockRange, held: Option<&Vec<LockRange>>) -> Result<IoReply, String> {
+        let found: Option<String> = self.with_conn(|c| {
+            redis::Script::new(ACQUIRE)
+                .key(self.locks_key(ino))
+                .arg(&self.host)
+                .arg(want.start)
+                .arg(end_of(want.end))
+                .arg(i32::from(want.typ == libc::F_WRLCK))
+                .arg(held.map(|h| encode_locks(h)).unwrap_or_else(|| "[]".into()))
+                .arg(format!("{}host:", self.prefix))
+                .arg(if held.is_some() { "take" } else { "check" })
+                .invoke(c)
+        })?;
+        let conflict = match found {
+            None => None,
+            Some(json) => Some(decode_lock(&json).ok_or("a malformed lock entry in the lock table")?),
+        };
+        Ok(IoReply::LockConflict(conflict))
+    }
+}
+
+/// A lock's end for the table: -1 for "to the end of the file" (the kernel's `OFFSET_MAX`, or
+/// more), which Lua's doubles could not hold exactly.
+fn end_of(end: u64) -> i64 {
+    if end >= i64::MAX as u64 {
+        -1
+    } else {
+        end as i64
+    }
+}
+
+/// A number of the table as cjson wrote it back: an integer, or a double for large ones.
+fn table_number(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+}
+
+fn encode_locks(locks: &[LockRange]) -> String {
+    let v: Vec<serde_json::Value> = locks
+        .iter()
+        .map(|l| serde_json::json!([l.start, end_of(l.end), i32::from(l.typ == libc::F_WRLCK), l.pid]))
+        .collect();
+    serde_json::Value::Array(v).to_string()
+}
+
+fn decode_lock(s: &str) -> Option<LockRange> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(s).ok()?;
+    let [start, end, typ, pid] = v.as_slice() else { return None };
+    let (start, end) = (table_number(start)?, table_number(end)?);
+    Some(LockRange {
+        start: start.max(0) as u64,
+        // The kernel's "to the end of the file" (it refuses anything past OFFSET_MAX).
+        end: if end < 0 { i64::MAX as u64 } else { end as u64 },
+        typ: if table_number(typ)? == 1 { libc::F_WRLCK } else { libc::F_RDLCK },
+        pid: table_number(pid).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+    })
 }

@@ -9,7 +9,7 @@
 //! blocking pool.
 
 use crate::backends::{self, Backends, MetaStore, ObjectStore};
-use crate::coord::{Coordinator, Publisher};
+use crate::coord::{Coordinator, LockService, Publisher};
 use crate::staging::Staging;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -19,7 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use truckeefs_core::{
-    Config, Core, Ctx, Effect, Ino, IoId, IoRequest, IoResult, KernelNotice, MetaRequest, Op, Reply, RequestId,
+    Config, Core, Ctx, Effect, Ino, IoId, IoReply, IoRequest, IoResult, KernelNotice, LockRequest, MetaRequest, Op,
+    Reply, RequestId,
 };
 
 /// Where a mount keeps its state.
@@ -109,6 +110,7 @@ impl Runtime {
             stopping: false,
             last_progress: Instant::now(),
             publisher: None,
+            locks: None,
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
         let coordinator = match &coordination {
@@ -121,7 +123,10 @@ impl Runtime {
                     d.drain(&shared);
                 })
                 .map_err(StartError::Backend)?;
-                shared.lock().publisher = Some(c.publisher());
+                let mut d = shared.lock();
+                d.publisher = Some(c.publisher());
+                d.locks = Some(c.locks());
+                drop(d);
                 Some(c)
             }
             None => None,
@@ -265,6 +270,8 @@ struct Driver {
     last_progress: Instant,
     /// Where committed changes go for the other hosts, when hosts share the stores.
     publisher: Option<Publisher>,
+    /// Where record locks are checked against the other hosts (none: this host only).
+    locks: Option<Arc<LockService>>,
 }
 
 impl Driver {
@@ -330,8 +337,17 @@ impl Driver {
         let shared = shared.clone();
         let objects = self.objects.clone();
         let staging = self.staging.clone();
+        let locks = self.locks.clone();
         smol::unblock(move || {
             let result = match &request {
+                IoRequest::Lock(r) => match &locks {
+                    Some(service) => service.execute(r),
+                    // No coordination server: this host's locks are all there are.
+                    None => Ok(match r {
+                        LockRequest::Publish { .. } => IoReply::Done,
+                        _ => IoReply::LockConflict(None),
+                    }),
+                },
                 IoRequest::Staging(r) => staging.execute(r, &*objects),
                 IoRequest::Store(r) => objects.execute(&staging, r),
                 IoRequest::Meta(_) => unreachable!("metadata requests run inline"),

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,5 +131,56 @@ fn concurrent_exclusive_create_of_one_name_has_one_winner() {
         assert_eq!(loser.raw_os_error(), Some(libc::EEXIST), "round {round}: the other create: {loser}");
     }
     h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+#[test]
+fn record_locks_and_flock_exclude_across_hosts() {
+    let h = two_hosts();
+    let p = h.a.path("lockfile");
+    fs::write(&p, vec![0u8; 4096]).unwrap();
+    let on_b = h.b.path("lockfile");
+    eventually("lockfile on B", || on_b.exists());
+
+    // fcntl: a range held on A is refused on B, the rest of the file is free.
+    let holder = as_root().hold(&["hold-lock", ps(&p), "0", "100", "w"]);
+    assert_eq!(holder.reply.errno, 0, "A could not take F_WRLCK");
+    let f = fs::OpenOptions::new().read(true).write(true).open(&on_b).unwrap();
+    assert_errno(setlk(f.as_raw_fd(), libc::F_WRLCK, 50, 10), libc::EAGAIN, "B F_WRLCK inside A's range");
+    let fl = getlk(f.as_raw_fd(), libc::F_RDLCK, 0, 10).unwrap();
+    assert_eq!(fl.l_type as i32, libc::F_WRLCK, "B's F_GETLK sees A's lock");
+    setlk(f.as_raw_fd(), libc::F_WRLCK, 200, 10).expect("B locks a range A does not hold");
+    holder.release();
+    setlk(f.as_raw_fd(), libc::F_WRLCK, 50, 10).expect("B locks the range once A let go");
+    drop(f);
+
+    // flock: exclusive on A excludes B until released.
+    let holder = as_root().hold(&["hold-flock", ps(&p), "ex"]);
+    assert_eq!(holder.reply.errno, 0, "A could not flock");
+    assert_eq!(as_root().errno(&["try-flock", ps(&on_b), "ex"]), libc::EWOULDBLOCK, "B flock while A holds it");
+    holder.release();
+    assert_eq!(as_root().errno(&["try-flock", ps(&on_b), "sh"]), 0, "B flock after A let go");
+
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+#[test]
+fn locks_of_a_killed_host_are_free_within_seconds() {
+    let h = two_hosts();
+    let p = h.a.path("lockfile");
+    fs::write(&p, vec![0u8; 10]).unwrap();
+    let on_b = h.b.path("lockfile");
+    eventually("lockfile on B", || on_b.exists());
+    let holder = as_root().hold(&["hold-lock", ps(&p), "0", "0", "w"]);
+    assert_eq!(holder.reply.errno, 0);
+    assert_eq!(as_root().errno(&["try-lock", ps(&on_b), "0", "0", "w"]), libc::EAGAIN, "B:\n{}", h.b.log_tail());
+    let killed = Instant::now();
+    h.a.kill9();
+    // The heartbeat expires after 5 s; then B takes the lock.
+    eventually("B taking the dead host's lock", || as_root().errno(&["try-lock", ps(&on_b), "0", "0", "w"]) == 0);
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    drop(holder);
     h.b.unmount_ok();
 }
