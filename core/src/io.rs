@@ -215,7 +215,10 @@ pub enum StoreRequest {
     PutStaged { ino: Ino },
     /// Reply: [`IoReply::Data`] (shorter than `len` only at the end of the object).
     Read { object: ObjectId, offset: u64, len: u32 },
-    Delete { object: ObjectId },
+    /// `object` of `ino` is no longer needed (an old version, or the inode is gone). A store
+    /// that names objects after their inode (Tahoe FLAT links `<ino>` under the rootcap) removes
+    /// that name only while it still refers to `object`.
+    Delete { ino: Ino, object: ObjectId },
     /// Free space of the store. Reply: [`IoReply::Space`].
     Space,
 }

@@ -274,7 +274,8 @@ struct CopyTo {
 /// What to do once a transaction has committed.
 #[derive(Debug)]
 enum Cleanup {
-    Object(ObjectId),
+    /// An object of an inode that is gone (see `StoreRequest::Delete`).
+    Object(Ino, ObjectId),
     Staged(Ino),
     /// The inode's row is deleted: drop it from memory with its object and staged copy. (Until
     /// then it stays, so a failed transaction loses nothing.)
@@ -1482,7 +1483,7 @@ impl Core {
         }
         let d = inode.data;
         for object in inode.row.object.into_iter().chain(d.garbage) {
-            self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+            self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
         }
         if d.staged || d.init_pending || d.record_on_disk {
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
@@ -2119,7 +2120,7 @@ impl Core {
         }
         let garbage = std::mem::take(&mut inode.data.garbage);
         for object in garbage {
-            self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+            self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
         }
     }
 
@@ -2143,7 +2144,7 @@ impl Core {
                     for row in rows {
                         let mut after = Vec::new();
                         if let Some(obj) = row.object.clone() {
-                            after.push(Cleanup::Object(obj));
+                            after.push(Cleanup::Object(row.ino, obj));
                         }
                         after.push(Cleanup::Staged(row.ino));
                         self.commit(vec![TxnOp::DeleteInode { ino: row.ino }], false, None, after);
@@ -2224,8 +2225,8 @@ impl Core {
                     }
                     for c in after {
                         match c {
-                            Cleanup::Object(object) => {
-                                self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                            Cleanup::Object(ino, object) => {
+                                self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
                             }
                             Cleanup::Staged(ino) => {
                                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
@@ -2391,7 +2392,7 @@ impl Core {
             Pending::Put { ino } => match result {
                 Ok(IoReply::Object(object)) => {
                     let Some(inode) = self.inodes.get(&ino) else {
-                        self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                        self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
                         return;
                     };
                     let old = inode.row.object.clone();
@@ -2403,7 +2404,7 @@ impl Core {
             Pending::UploadCommit { ino, object, old, old_size } => {
                 let Some(inode) = self.inodes.get_mut(&ino) else {
                     if let Some(object) = object {
-                        self.io(IoRequest::Store(StoreRequest::Delete { object }), Pending::Ignore);
+                        self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
                     }
                     return;
                 };

@@ -173,7 +173,7 @@ impl MemStore {
                 let end = (start + *len as usize).min(f.len());
                 IoReply::Data(Bytes::copy_from_slice(&f[start..end]))
             }
-            IoRequest::Store(StoreRequest::Delete { object }) => {
+            IoRequest::Store(StoreRequest::Delete { object, .. }) => {
                 self.objects.remove(&object.0);
                 IoReply::Done
             }

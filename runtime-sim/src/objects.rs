@@ -72,7 +72,7 @@ impl MemObjects {
                 }
                 None => Err(IoError::new(IoErrorKind::NotFound, format!("object {} not found", object.fingerprint()))),
             },
-            StoreRequest::Delete { object } => {
+            StoreRequest::Delete { object, .. } => {
                 if self.objects.remove(&object.0).is_some() {
                     self.deletes += 1;
                 }

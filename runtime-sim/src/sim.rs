@@ -149,7 +149,7 @@ fn tag(r: &IoRequest) -> (u8, u64, u64) {
 
 fn object_key(r: &IoRequest) -> &str {
     match r {
-        IoRequest::Store(StoreRequest::Read { object, .. }) | IoRequest::Store(StoreRequest::Delete { object }) => {
+        IoRequest::Store(StoreRequest::Read { object, .. }) | IoRequest::Store(StoreRequest::Delete { object, .. }) => {
             &object.0
         }
         _ => "",

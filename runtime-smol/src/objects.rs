@@ -160,7 +160,7 @@ pub fn execute_store(objects: &ObjectDir, staging: &Staging, req: &StoreRequest)
     match req {
         StoreRequest::PutStaged { ino } => objects.put_file(&staging.data_path(*ino)).map(IoReply::Object),
         StoreRequest::Read { object, offset, len } => objects.read(object, *offset, *len),
-        StoreRequest::Delete { object } => objects.delete(object).map(|()| IoReply::Done),
+        StoreRequest::Delete { object, .. } => objects.delete(object).map(|()| IoReply::Done),
         StoreRequest::Space => objects.space(),
     }
 }
@@ -359,7 +359,7 @@ mod tests {
         let read = StoreRequest::Read { object: id.clone(), offset: 6, len: 100 };
         assert_eq!(data(execute_store(&objects, &staging, &read)), b"world");
         assert!(matches!(execute_store(&objects, &staging, &StoreRequest::Space), Ok(IoReply::Space(_))));
-        let delete = StoreRequest::Delete { object: id };
+        let delete = StoreRequest::Delete { ino: 1, object: id };
         assert_eq!(execute_store(&objects, &staging, &delete), Ok(IoReply::Done));
         assert_eq!(execute_store(&objects, &staging, &read).unwrap_err().kind, IoErrorKind::NotFound);
     }

@@ -71,7 +71,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use truckeefs_core::{IoError, IoErrorKind, IoReply, IoResult, ObjectId, Space, StoreRequest};
+use truckeefs_core::{Ino, IoError, IoErrorKind, IoReply, IoResult, ObjectId, Space, StoreRequest};
 
 /// Characters left as they are in a path segment or query value: RFC 3986's unreserved set.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -818,12 +818,10 @@ impl TahoeClient {
 ///   `PUT /uri/$ROOTCAP/<ino>`, which would overwrite a previous MDMF version in place (the core
 ///   needs it readable until the new cap is committed) and would lose the upload if linking fails.
 /// - `Read`: a Range read of the cap.
-/// - `Delete { object }`: the request names no inode, so the rootcap is listed and the one name
-///   linked to `object` is unlinked (`DELETE`, which only unlinks: the grid reclaims space when
-///   leases expire). Nothing linked: done. Several names: identical contents share a CHK or LIT
-///   cap, and which name belonged to the deleted version cannot be told, so all are left (a
-///   warning is logged). If the link changed between the listing and the unlink (a new version
-///   linked meanwhile), the link that was removed is put back.
+/// - `Delete { ino, object }`: unlinks `<ino>` (`DELETE`, which only unlinks: the grid reclaims
+///   space when leases expire) if it still refers to `object`; a name that refers to a newer
+///   version is left. If the link changed between the look and the unlink, the link that was
+///   removed is put back.
 /// - `Space`: [`TahoeClient::space`].
 ///
 /// MIRROR needs the path of each file, which the core does not pass to the store yet: `Read` and
@@ -849,21 +847,22 @@ pub fn execute_store(
             client.link(rootcap, &ino.to_string(), &cap, Replace::Any)?;
             Ok(IoReply::Object(cap))
         }
-        StoreRequest::Delete { object } => flat_delete(client, rootcap, object).map(|()| IoReply::Done),
+        StoreRequest::Delete { ino, object } => flat_delete(client, rootcap, *ino, object).map(|()| IoReply::Done),
     }
 }
 
-fn flat_delete(client: &TahoeClient, rootcap: &ObjectId, object: &ObjectId) -> Result<(), IoError> {
-    let children = client.list(rootcap)?;
-    let names: Vec<&String> = children.iter().filter(|(_, node)| node.has_cap(object)).map(|(name, _)| name).collect();
-    match names.as_slice() {
-        [] => Ok(()),
-        [name] => match client.unlink(rootcap, name) {
+/// FLAT: the file's link `<ino>` under the rootcap goes only while it still refers to `object`
+/// (after a newer version was linked, deleting the old object leaves the name alone). Tahoe
+/// objects themselves are never deleted: their space returns when their leases expire.
+fn flat_delete(client: &TahoeClient, rootcap: &ObjectId, ino: Ino, object: &ObjectId) -> Result<(), IoError> {
+    let name = ino.to_string();
+    match client.stat_child(rootcap, &name) {
+        Ok(node) if node.has_cap(object) => match client.unlink(rootcap, &name) {
             Ok(removed) if removed == *object => Ok(()),
             Ok(removed) => {
-                // Linked anew between the listing and the unlink: restore that newer link
+                // A newer version was linked between the look and the unlink: put it back
                 // unless something newer still took the name.
-                match client.link(rootcap, name, &removed, Replace::Never) {
+                match client.link(rootcap, &name, &removed, Replace::Never) {
                     Err(e) if e.kind != IoErrorKind::Conflict => Err(e),
                     _ => Ok(()),
                 }
@@ -871,15 +870,9 @@ fn flat_delete(client: &TahoeClient, rootcap: &ObjectId, object: &ObjectId) -> R
             Err(e) if e.kind == IoErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         },
-        several => {
-            tracing::warn!(
-                "tahoe delete {}: linked under {} names of the FLAT directory (identical contents share a cap); \
-                 left linked, as the name of the deleted version cannot be told",
-                object.fingerprint(),
-                several.len()
-            );
-            Ok(())
-        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == IoErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
