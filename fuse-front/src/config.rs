@@ -44,6 +44,24 @@ impl fmt::Display for Strategy {
     }
 }
 
+/// How new file versions are stored in Tahoe (`tahoe_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TahoeFormat {
+    /// Immutable CHK files (LIT for the smallest): a new cap per version. The default.
+    Chk,
+    /// MDMF mutable files (still one per version, so old versions stay readable until dropped).
+    Mdmf,
+}
+
+impl fmt::Display for TahoeFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TahoeFormat::Chk => "CHK",
+            TahoeFormat::Mdmf => "MDMF",
+        })
+    }
+}
+
 /// The typed, validated configuration: one field per key, named as the key. Sizes are bytes,
 /// durations `Duration`s; an unset optional key is `None`. `Debug` prints secrets as
 /// fingerprints.
@@ -61,6 +79,7 @@ pub struct Settings {
     /// A network operation that makes no progress for this long fails.
     pub net_timeout: Duration,
     pub backend_storage_strategy: Strategy,
+    pub tahoe_format: TahoeFormat,
     /// Metadata database and object directory of the embedded mode.
     pub data_dir: PathBuf,
     /// Staging area and cache of file data.
@@ -107,13 +126,14 @@ pub struct Settings {
 }
 
 /// Every key, in the order `truckeefs config` prints them.
-pub const KEYS: [&str; 31] = [
+pub const KEYS: [&str; 32] = [
     "rootcap",
     "tahoe_url",
     "auth_token",
     "max_connections",
     "net_timeout",
     "backend_storage_strategy",
+    "tahoe_format",
     "data_dir",
     "cache_dir",
     "cache_maintenance",
@@ -283,6 +303,7 @@ fn show(s: &Settings, key: &str) -> String {
         "max_connections" => s.max_connections.to_string(),
         "net_timeout" => value::show_seconds(s.net_timeout),
         "backend_storage_strategy" => s.backend_storage_strategy.to_string(),
+        "tahoe_format" => s.tahoe_format.to_string(),
         "data_dir" => path(&s.data_dir),
         "cache_dir" => path(&s.cache_dir),
         "cache_maintenance" => s.cache_maintenance.to_string(),
@@ -322,6 +343,7 @@ impl Settings {
             max_connections: 10,
             net_timeout: Duration::from_secs(30),
             backend_storage_strategy: Strategy::Flat,
+            tahoe_format: TahoeFormat::Chk,
             data_dir: xdg_dir(env, "XDG_DATA_HOME", ".local/share"),
             cache_dir: xdg_dir(env, "XDG_CACHE_HOME", ".cache"),
             cache_maintenance: true,
@@ -536,6 +558,13 @@ impl Builder {
                         "FLAT" => Strategy::Flat,
                         "MIRROR" => Strategy::Mirror,
                         _ => return Err(err(format!("{t:?} is neither FLAT nor MIRROR"))),
+                    }
+                }
+                "tahoe_format" => {
+                    s.tahoe_format = match t.trim().to_ascii_uppercase().as_str() {
+                        "CHK" => TahoeFormat::Chk,
+                        "MDMF" => TahoeFormat::Mdmf,
+                        _ => return Err(err(format!("{t:?} is neither CHK nor MDMF"))),
                     }
                 }
                 "data_dir" => s.data_dir = PathBuf::from(t),

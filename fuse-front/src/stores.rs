@@ -1,12 +1,12 @@
 //! Which stores a mount uses, from its settings: the embedded SQLite database and local object
 //! directory unless `sql_host` names a MySQL/MariaDB server and `rootcap` a Tahoe directory.
 
-use crate::config::{Settings, Strategy};
+use crate::config::{Settings, Strategy, TahoeFormat};
 use truckeefs_core::ObjectId;
 use truckeefs_runtime_smol::block_cache::BlockCacheConfig;
 use truckeefs_runtime_smol::coord::CoordConfig;
 use truckeefs_runtime_smol::meta_mysql::MysqlConfig;
-use truckeefs_runtime_smol::tahoe::{AuthToken, StorageStrategy, TahoeClient};
+use truckeefs_runtime_smol::tahoe::{AuthToken, StorageStrategy, TahoeClient, UploadFormat};
 use truckeefs_runtime_smol::{Backends, MetaBackend, StoreBackend};
 
 /// The backends `settings` name. Errors are one line naming the key; no secret is printed.
@@ -55,8 +55,13 @@ fn store(s: &Settings) -> Result<StoreBackend, String> {
         Some(t) => Some(AuthToken::new(t.expose()).map_err(|e| format!("auth_token: {e}"))?),
         None => None,
     };
+    let format = match s.tahoe_format {
+        TahoeFormat::Chk => UploadFormat::Chk,
+        TahoeFormat::Mdmf => UploadFormat::Mdmf,
+    };
     let client = TahoeClient::new(&s.tahoe_url, auth, s.net_timeout, s.max_connections as usize)
-        .map_err(|e| format!("tahoe_url: {e}"))?;
+        .map_err(|e| format!("tahoe_url: {e}"))?
+        .with_upload_format(format);
     let strategy = match s.backend_storage_strategy {
         Strategy::Flat => StorageStrategy::Flat,
         Strategy::Mirror => StorageStrategy::Mirror,

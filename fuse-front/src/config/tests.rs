@@ -52,6 +52,7 @@ fn defaults_are_the_seed_documents() {
     assert_eq!(s.net_timeout, Duration::from_secs(30));
     assert!(s.cache_maintenance && s.test_compatibility && s.test_integration && !s.test_functionality);
     assert_eq!(s.backend_storage_strategy, Strategy::Flat);
+    assert_eq!(s.tahoe_format, TahoeFormat::Chk);
     assert_eq!((s.sql_port, s.redis_port, s.redis_db), (3306, 6379, 0));
     assert_eq!(s.sql_engine, "mysql");
     assert_eq!(s.redis_semaphore_timeout, Duration::from_secs(1800));
@@ -157,6 +158,7 @@ fn every_value_syntax() {
             ("max-connections", "4"),
             ("net-timeout", "2.5"),
             ("backend-storage-strategy", "mirror"),
+            ("tahoe-format", "mdmf"),
             ("data-dir", "/d"),
             ("cache-dir", "/c"),
             ("cache-maintenance", "off"),
@@ -191,6 +193,7 @@ fn every_value_syntax() {
     assert_eq!(s.max_connections, 4);
     assert_eq!(s.net_timeout, Duration::from_millis(2500));
     assert_eq!(s.backend_storage_strategy, Strategy::Mirror);
+    assert_eq!(s.tahoe_format, TahoeFormat::Mdmf);
     assert_eq!((s.data_dir.as_path(), s.cache_dir.as_path()), (Path::new("/d"), Path::new("/c")));
     assert!(!s.cache_maintenance);
     assert_eq!(s.cache_size, 10 << 30);
