@@ -219,6 +219,10 @@ pub enum StoreRequest {
     /// that names objects after their inode (Tahoe FLAT links `<ino>` under the rootcap) removes
     /// that name only while it still refers to `object`.
     Delete { ino: Ino, object: ObjectId },
+    /// Make `object` (of another inode) also the object of `ino`, without copying its bytes
+    /// where the store can (a whole-file `copy_file_range`). Reply: [`IoReply::Object`], the
+    /// object `ino` now has, which may be `object` itself.
+    Share { ino: Ino, object: ObjectId },
     /// Free space of the store. Reply: [`IoReply::Space`].
     Space,
 }

@@ -240,6 +240,8 @@ enum Pending {
     StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
     Seal { ino: Ino },
     Put { ino: Ino },
+    /// A whole-file copy sharing the source's object (`StoreRequest::Share`).
+    Share { p: Box<Parked>, src: Ino, object: ObjectId, size: u64 },
     UploadCommit { ino: Ino, object: Option<ObjectId>, old: Option<ObjectId>, old_size: u64 },
     Remove(Ino),
     Unseal(Ino),
@@ -305,6 +307,8 @@ pub struct Core {
     /// Lock requests blocked by another host's lock, and when they try again (they are not told).
     lock_polling: Vec<Parked>,
     lock_poll_at: Option<Instant>,
+    /// Whole-file copies that must copy bytes after all (sharing failed or raced).
+    no_share: HashSet<RequestId>,
     /// The request being run (multi-host mounts only), for `Pending::Commit::retry`.
     running: Option<Parked>,
     /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
@@ -352,6 +356,7 @@ impl Core {
             loading_dirs: HashSet::new(),
             refreshing: HashSet::new(),
             running: None,
+            no_share: HashSet::new(),
             locks_in_flight: HashSet::new(),
             locks_republish: HashSet::new(),
             lock_polling: Vec::new(),
@@ -834,6 +839,14 @@ impl Core {
                     || self.inodes[ino_out].row.kind != FileKind::Regular
                 {
                     return Err(EINVAL.into());
+                }
+                if *off_in == 0 && *off_out == 0 && !self.no_share.remove(&p.id) {
+                    if let Some(object) = self.shareable(*ino_in, *ino_out, *len) {
+                        let size = self.inodes[ino_in].row.size;
+                        let pending = Pending::Share { p: Box::new(p.clone()), src: *ino_in, object: object.clone(), size };
+                        self.io(IoRequest::Store(StoreRequest::Share { ino: *ino_out, object }), pending);
+                        return Err(Stop::Later);
+                    }
                 }
                 let copy = CopyTo { ctx, wall, ino: *ino_out, fh: *fh_out, offset: *off_out };
                 self.read(p.id, *ino_in, *off_in, (*len).min(COPY_CHUNK_MAX), Some(copy))
@@ -1398,6 +1411,48 @@ impl Core {
             self.publish_locks(ino);
         }
         self.wake_lock_waiters();
+    }
+
+    /// The object a whole-file copy from `src` to `dst` can share instead of copying bytes: `src`
+    /// is all in the store (nothing staged), `dst` is empty and untouched, and the copy covers
+    /// all of `src`.
+    fn shareable(&self, src: Ino, dst: Ino, len: u64) -> Option<ObjectId> {
+        let (s, d) = (self.inodes.get(&src)?, self.inodes.get(&dst)?);
+        let clean = |i: &Inode| !i.data.staged && !i.data.dirty() && !i.data.busy() && i.data.upload.is_none();
+        (src != dst && clean(s) && clean(d) && d.row.size == 0 && d.row.object.is_none() && s.row.size > 0 && len >= s.row.size)
+            .then(|| s.row.object.clone())
+            .flatten()
+    }
+
+    /// The store shared `src`'s object with the copy's destination: commit it as the
+    /// destination's contents, unless either file changed meanwhile (then copy the bytes).
+    fn shared(&mut self, p: Parked, src: Ino, object: ObjectId, size: u64, result: IoResult) {
+        let Op::CopyFileRange { ino_out: dst, .. } = p.op else { return };
+        let got = match result {
+            Ok(IoReply::Object(o)) => o,
+            _ => {
+                // Sharing failed: copy the bytes instead.
+                self.no_share.insert(p.id);
+                self.parked.push(p);
+                return;
+            }
+        };
+        let still = self.inodes.get(&src).and_then(|i| i.row.object.clone()) == Some(object)
+            && self.shareable(src, dst, size).is_some();
+        if !still {
+            self.io(IoRequest::Store(StoreRequest::Delete { ino: dst, object: got }), Pending::Ignore);
+            self.no_share.insert(p.id);
+            self.parked.push(p);
+            return;
+        }
+        let Some(inode) = self.inodes.get_mut(&dst) else { return };
+        inode.row.object = Some(got);
+        inode.row.size = size;
+        inode.data.committed_size = size;
+        inode.row.mtime = p.wall;
+        inode.row.ctime = p.wall;
+        let row = self.update_row(dst);
+        self.commit(vec![row], false, Some((p.id, Ok(Reply::Written(size.min(u64::from(u32::MAX)) as u32)))), vec![]);
     }
 
     /// Takes back what a reply that will not be sent gave the kernel: a lookup reference, and
@@ -2389,6 +2444,7 @@ impl Core {
                     self.io(IoRequest::Store(StoreRequest::PutStaged { ino }), Pending::Put { ino });
                 }
             }
+            Pending::Share { p, src, object, size } => self.shared(*p, src, object, size, result),
             Pending::Put { ino } => match result {
                 Ok(IoReply::Object(object)) => {
                     let Some(inode) = self.inodes.get(&ino) else {

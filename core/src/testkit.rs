@@ -173,6 +173,16 @@ impl MemStore {
                 let end = (start + *len as usize).min(f.len());
                 IoReply::Data(Bytes::copy_from_slice(&f[start..end]))
             }
+            IoRequest::Store(StoreRequest::Share { object, .. }) => {
+                // Like the local object directory: a second name for the same bytes.
+                let Some(data) = self.objects.get(&object.0).cloned() else {
+                    return Err(IoError::new(IoErrorKind::NotFound, format!("object {object} is missing")));
+                };
+                self.next_obj += 1;
+                let id = format!("{:032x}", self.next_obj);
+                self.objects.insert(id.clone(), data);
+                IoReply::Object(ObjectId(id))
+            }
             IoRequest::Store(StoreRequest::Delete { object, .. }) => {
                 self.objects.remove(&object.0);
                 IoReply::Done

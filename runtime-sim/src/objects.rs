@@ -72,6 +72,14 @@ impl MemObjects {
                 }
                 None => Err(IoError::new(IoErrorKind::NotFound, format!("object {} not found", object.fingerprint()))),
             },
+            StoreRequest::Share { object, .. } => match self.objects.get(&object.0) {
+                // A second object with the same bytes, as the local object directory does.
+                Some(data) => {
+                    let data = data.clone();
+                    Ok(IoReply::Object(self.put(data)))
+                }
+                None => Err(IoError::new(IoErrorKind::NotFound, format!("object {} not found", object.fingerprint()))),
+            },
             StoreRequest::Delete { object, .. } => {
                 if self.objects.remove(&object.0).is_some() {
                     self.deletes += 1;

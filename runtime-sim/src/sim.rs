@@ -138,6 +138,7 @@ fn tag(r: &IoRequest) -> (u8, u64, u64) {
             StoreRequest::Read { offset, .. } => (21, 0, *offset),
             StoreRequest::Delete { .. } => (22, 0, 0),
             StoreRequest::Space => (23, 0, 0),
+            StoreRequest::Share { ino, .. } => (24, *ino, 0),
         },
         IoRequest::Lock(l) => match l {
             LockRequest::Acquire { ino, .. } => (30, *ino, 0),

@@ -85,6 +85,30 @@ impl ObjectDir {
         Ok(())
     }
 
+    /// A new object with the bytes of `id`, as a second name of the same file (objects never
+    /// change once written): no byte is copied. Durable on return.
+    pub fn share(&self, id: &ObjectId) -> Result<ObjectId, IoError> {
+        let src = self.path_of(id)?;
+        let new = new_id().map_err(|e| io_error(&e, "/dev/urandom"))?;
+        let prefix_dir = self.dir.join(&new.0[..2]);
+        let created = match fs::create_dir(&prefix_dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_error(&e, &prefix_dir.display().to_string())),
+        };
+        match fs::hard_link(&src, prefix_dir.join(&new.0)) {
+            Ok(()) => {}
+            // Too many names for one file: a copy does it too.
+            Err(e) if e.raw_os_error() == Some(libc::EMLINK) => return self.put_file(&src),
+            Err(e) => return Err(self.object_error(&e, id)),
+        }
+        sync_dir(&prefix_dir).map_err(|e| io_error(&e, &prefix_dir.display().to_string()))?;
+        if created {
+            sync_dir(&self.dir).map_err(|e| io_error(&e, &self.dir.display().to_string()))?;
+        }
+        Ok(new)
+    }
+
     /// Reads up to `len` bytes at `offset`; shorter only at the end of the object.
     pub fn read(&self, id: &ObjectId, offset: u64, len: u32) -> IoResult {
         let path = self.path_of(id)?;
@@ -160,6 +184,7 @@ pub fn execute_store(objects: &ObjectDir, staging: &Staging, req: &StoreRequest)
     match req {
         StoreRequest::PutStaged { ino } => objects.put_file(&staging.data_path(*ino)).map(IoReply::Object),
         StoreRequest::Read { object, offset, len } => objects.read(object, *offset, *len),
+        StoreRequest::Share { object, .. } => objects.share(object).map(IoReply::Object),
         StoreRequest::Delete { object, .. } => objects.delete(object).map(|()| IoReply::Done),
         StoreRequest::Space => objects.space(),
     }

@@ -822,6 +822,7 @@ impl TahoeClient {
 ///   space when leases expire) if it still refers to `object`; a name that refers to a newer
 ///   version is left. If the link changed between the look and the unlink, the link that was
 ///   removed is put back.
+/// - `Share { ino, object }`: the same cap, also linked as `<ino>` (a whole-file copy).
 /// - `Space`: [`TahoeClient::space`].
 ///
 /// MIRROR needs the path of each file, which the core does not pass to the store yet: `Read` and
@@ -836,7 +837,9 @@ pub fn execute_store(
     match req {
         StoreRequest::Read { object, offset, len } => client.read_range(object, *offset, *len).map(IoReply::Data),
         StoreRequest::Space => client.space().map(IoReply::Space),
-        StoreRequest::PutStaged { .. } | StoreRequest::Delete { .. } if strategy == StorageStrategy::Mirror => {
+        StoreRequest::PutStaged { .. } | StoreRequest::Delete { .. } | StoreRequest::Share { .. }
+            if strategy == StorageStrategy::Mirror =>
+        {
             Err(IoError::new(
                 IoErrorKind::Other,
                 "backend_storage_strategy MIRROR is not implemented yet (the core does not pass paths to the store)",
@@ -846,6 +849,11 @@ pub fn execute_store(
             let cap = client.upload_file(&staging.data_path(*ino), client.upload_format())?;
             client.link(rootcap, &ino.to_string(), &cap, Replace::Any)?;
             Ok(IoReply::Object(cap))
+        }
+        // Immutable (and MDMF, which the core never changes in place) objects can be shared:
+        // the same cap, linked under the second inode's name too.
+        StoreRequest::Share { ino, object } => {
+            client.link(rootcap, &ino.to_string(), object, Replace::Any).map(|()| IoReply::Object(object.clone()))
         }
         StoreRequest::Delete { ino, object } => flat_delete(client, rootcap, *ino, object).map(|()| IoReply::Done),
     }

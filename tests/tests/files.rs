@@ -249,6 +249,51 @@ fn copy_file_range_copies_the_right_bytes() {
     assert_eq!(copy_file_range(&src, MIB as u64, &dst, 0, 100).unwrap(), 0);
 }
 
+/// A whole-file copy of a file already in the store shares its object instead of copying the
+/// bytes (locally a second name of the object file; on Tahoe the same cap), and the two files
+/// stay independent afterwards.
+#[test]
+fn whole_file_copy_shares_the_object() {
+    let m = Mount::new();
+    let (src_p, dst_p) = (m.path("src"), m.path("dst"));
+    let data = pseudo_random_bytes(21, 3 * MIB);
+    let f = File::create(&src_p).unwrap();
+    (&f).write_all(&data).unwrap();
+    f.sync_all().unwrap(); // in the store now
+    drop(f);
+    let src = File::open(&src_p).unwrap();
+    let dst = OpenOptions::new().write(true).create(true).truncate(true).open(&dst_p).unwrap();
+    assert_eq!(copy_file_range(&src, 0, &dst, 0, data.len()).unwrap(), data.len(), "one call copies it all");
+    drop(dst);
+    assert_bytes_eq(&fs::read(&dst_p).unwrap(), &data, "the copy");
+    if !production_backends() {
+        // Embedded store: one object file with two names, no second copy of the bytes.
+        let shared = walk_files(&m.data_dir.join("objects"))
+            .into_iter()
+            .filter(|p| fs::metadata(p).map(|md| std::os::unix::fs::MetadataExt::nlink(&md) == 2).unwrap_or(false))
+            .count();
+        assert_eq!(shared, 2, "expected the object file under two names");
+    }
+    // Independent afterwards.
+    fs::write(&dst_p, b"changed").unwrap();
+    assert_bytes_eq(&fs::read(&src_p).unwrap(), &data, "source after the copy changed");
+    fs::remove_file(&src_p).unwrap();
+    assert_eq!(fs::read(&dst_p).unwrap(), b"changed");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn unlink_while_open_keeps_data_until_close_then_frees_it() {
     let m = Mount::new();
