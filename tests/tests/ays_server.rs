@@ -419,6 +419,65 @@ fn the_redis_backend_holds_the_protocol_hashes_and_the_longest_expiration_wins()
 }
 
 #[test]
+fn a_cache_expires_what_it_fetched_from_a_store_by_that_stores_expiration() {
+    let store = AysServer::start(&[]);
+    let tree = make_tree();
+    publish_ok(&store.stor_url(), ID2, "other", tree.path());
+    let redis = RedisServer::start();
+    let cache = AysServer::start(&["--redis", &redis.url()]);
+    announce(&cache, "upstream", &store.stor_url(), "m2", ID2);
+    // Announced again with a shorter expiration: the longest (48 hours) stays.
+    post_json(&cache, "/ays/stor/upstream", json!({"url": store.stor_url(), "expiration": 1}));
+    let hello = md5_of(&tree.path().join("hello.txt"));
+    let big = md5_of(&tree.path().join("sub/big"));
+    assert_eq!(cache.get("/md/client1/m2/sub?fetch=1").status, 200);
+    assert_eq!(cache.get(&format!("/other/{hello}?fetch=1")).body, b"hello world\n");
+    assert_eq!(cache.get(&format!("/other/{big}?fetch=1")).status, 200);
+    // fetch=3 keeps nothing, so records nothing.
+    let tool = md5_of(&tree.path().join("tool"));
+    assert_eq!(cache.get(&format!("/other/{tool}?fetch=3")).status, 200);
+    // Put straight into its store (published, or written back by a client): no record.
+    publish_ok(&cache.stor_url(), ID, "pub", tree.path());
+
+    let at = |item: &str| redis.cli_text(&["HGET", "ays:fetched:at", item]);
+    let (hello_k, big_k, tree_k) = (format!("files:other:{hello}"), format!("files:other:{big}"), format!("md:{ID2}"));
+    let now: i64 = at(&hello_k).parse().expect("the fetched blob has a record");
+    assert!(at(&tree_k).parse::<i64>().is_ok(), "the fetched tree has a record");
+    assert_eq!(redis.cli_text(&["HGET", "ays:fetched:stor", &hello_k]), "upstream");
+    assert_eq!(redis.cli_text(&["HLEN", "ays:fetched:at"]), "3", "a blob and a tree fetched and kept, fetch=3 and published not");
+
+    // The blob and the tree were last used 49 hours ago, the big blob an hour ago.
+    let old = (now - 49 * 3600).to_string();
+    redis.cli(&["HSET", "ays:fetched:at", &hello_k, &old]);
+    redis.cli(&["HSET", "ays:fetched:at", &tree_k, &old]);
+    redis.cli(&["HSET", "ays:fetched:at", &big_k, &(now - 3600).to_string()]);
+    // The sweep runs when a server starts.
+    drop(cache);
+    let cache = AysServer::start(&["--redis", &redis.url()]);
+    assert!(eventually(Duration::from_secs(10), || redis.cli_text(&["HEXISTS", "files:other", &hello]) == "0"), "{}", cache.log_text());
+    assert!(eventually(Duration::from_secs(10), || redis.cli_text(&["EXISTS", &format!("md:{ID2}")]) == "0"));
+    assert!(cache.log_text().contains("expiry sweep: deleted"), "{}", cache.log_text());
+    assert_eq!(at(&hello_k), "", "the record goes with the blob");
+    assert_eq!(redis.cli_text(&["HEXISTS", "files:other", &big]), "1", "used an hour ago: kept");
+    assert_eq!(redis.cli_text(&["HLEN", "files:pub"]), "6", "published: never expires");
+    assert_eq!(redis.cli_text(&["EXISTS", &format!("md:{ID}")]), "1");
+    // Serving renews a record.
+    assert_eq!(cache.get(&format!("/other/{big}?fetch=0")).status, 200);
+    assert!(at(&big_k).parse::<i64>().unwrap() >= now);
+    // An expired blob is fetched again on demand (and recorded again).
+    assert_eq!(cache.get(&format!("/other/{hello}?fetch=1")).body, b"hello world\n");
+    assert!(at(&hello_k).parse::<i64>().unwrap() >= now);
+
+    // A client asking for 0 (never) wins: nothing expires any more.
+    post_json(&cache, "/ays/stor/upstream", json!({"url": store.stor_url(), "expiration": 0}));
+    redis.cli(&["HSET", "ays:fetched:at", &big_k, &(now - 1000 * 3600).to_string()]);
+    drop(cache);
+    let cache = AysServer::start(&["--redis", &redis.url()]);
+    assert_eq!(cache.get(&format!("/other/{big}?fetch=0")).status, 200);
+    assert!(!cache.log_text().contains("expiry sweep: deleted"), "{}", cache.log_text());
+}
+
+#[test]
 fn http_bounds_framing_and_keep_alive() {
     let server = AysServer::start(&[]);
     let md5 = "5d41402abc4b2a76b9719d911017c592"; // md5("hello")

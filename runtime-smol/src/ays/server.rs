@@ -7,21 +7,26 @@
 //! Every fetched blob is checked against its md5 before it is kept or served; a mismatch is
 //! logged with the store's name and that store is skipped. Concurrent fetches of the same thing
 //! are merged into one.
+//!
+//! What a cache keeps from a store expires: a thread sweeps, at start and then every quarter of
+//! the shortest announced expiration (between a minute and an hour), the trees and blobs not
+//! fetched or served for longer than the expiration of the store they came from (see
+//! [`super::store::Kept`]).
 
 use super::http::{HttpServer, Limits, Request, Response, ShutdownHandle};
 use super::proto::{self, ClientAnnounce, FetchMode, MdAnswer, StorAnnounce, Tree};
-use super::store::{BlobData, EmbeddedStore, RedisStore, Store, StoreError};
+use super::store::{BlobData, EmbeddedStore, Kept, RedisStore, Store, StoreError};
 use base64::Engine as _;
 use isahc::auth::{Authentication, Credentials};
 use isahc::config::{Configurable, RedirectPolicy};
 use isahc::HttpClient;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Seek, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where the server keeps its data.
 #[derive(Debug, Clone)]
@@ -130,6 +135,14 @@ impl Server {
                 })
                 .map_err(|e| format!("cannot start a fetch thread: {e}"))?;
         }
+        let app = self.app.clone();
+        std::thread::Builder::new()
+            .name("ays-expiry".into())
+            .spawn(move || loop {
+                let wait = app.sweep();
+                std::thread::sleep(wait);
+            })
+            .map_err(|e| format!("cannot start the expiry thread: {e}"))?;
         let app: Arc<dyn super::http::Handler> = self.app.clone();
         self.http.run(app).map_err(|e| format!("server failed: {e}"))
     }
@@ -158,6 +171,10 @@ enum Fetched<T> {
     NotFound,
     /// No store had a good copy and at least one failed (unreachable, garbage, corrupt).
     Failed,
+}
+
+fn now_s() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// How long a request waits for the same fetch started by another request.
@@ -297,7 +314,10 @@ impl App {
     fn store_md_get(&self, id: &str) -> Response {
         let ays_id = tri!(key("ays_id", id));
         match self.store.tree_json(&ays_id) {
-            Ok(Some(body)) => Response::json(200, body),
+            Ok(Some(body)) => {
+                self.touch(&Kept::Tree(ays_id));
+                Response::json(200, body)
+            }
             Ok(None) => not_found(),
             Err(e) => store_error(e),
         }
@@ -326,7 +346,10 @@ impl App {
             };
         }
         match self.store.blob(&domain, &md5) {
-            Ok(Some(b)) => blob_response(b, false),
+            Ok(Some(b)) => {
+                self.touch(&Kept::Blob { domain, md5 });
+                blob_response(b, false)
+            }
             Ok(None) => not_found(),
             Err(e) => store_error(e),
         }
@@ -433,13 +456,16 @@ impl App {
             }
             Err(e) => return store_error(e),
         };
-        let (Some(ays_id), Some(stor_name)) = (proto::mount_ays_id(&table), proto::mount_stor_name(&table)) else {
-            tracing::warn!(client = %client, mount = %mount, "the announced mount has no ays.id or stor.name");
+        let Some(ays_id) = proto::mount_ays_id(&table) else {
+            tracing::warn!(client = %client, mount = %mount, "the announced mount has no ays.id");
             return not_found();
         };
         let answer = |a: MdAnswer| Response::json(200, serde_json::to_vec(&a).unwrap_or_default());
         match self.store.dir(ays_id, &dir) {
-            Ok(Some(a)) => return answer(a),
+            Ok(Some(a)) => {
+                self.touch(&Kept::Tree(ays_id.to_string()));
+                return answer(a);
+            }
             Ok(None) => {}
             Err(e) => return store_error(e),
         }
@@ -449,6 +475,14 @@ impl App {
             Ok(false) => {}
             Err(e) => return store_error(e),
         }
+        // A mount without `stor.name` is served what this server keeps, and nothing is fetched.
+        let stor_name = match proto::mount_stor_name(&table) {
+            Some(s) => s,
+            None => {
+                tracing::debug!(client = %client, mount = %mount, "the announced mount has no stor.name: nothing to fetch from");
+                return not_found();
+            }
+        };
         match fetch {
             FetchMode::Local => not_found(),
             FetchMode::Background => {
@@ -464,7 +498,7 @@ impl App {
                 for _ in 0..2 {
                     let key = format!("md\0{ays_id}");
                     let fetched = self.single_flight(&key, true, || match self.fetch_tree(ays_id, stor_name) {
-                        Fetched::Found(tree) => match self.store.put_tree(ays_id, &tree) {
+                        Fetched::Found(tree) => match self.keep_tree(ays_id, stor_name, &tree) {
                             Ok(()) => Fetched::Found(()),
                             Err(e) => {
                                 tracing::error!(error = %e, ays_id = %ays_id, "cannot keep a fetched tree");
@@ -499,6 +533,9 @@ impl App {
             Err(e) => Err(store_error(e)),
         };
         if let Some(b) = tri!(local()) {
+            if !head_only {
+                self.touch(&Kept::Blob { domain, md5 });
+            }
             return blob_response(b, head_only);
         }
         match fetch {
@@ -508,7 +545,7 @@ impl App {
                 not_found()
             }
             FetchMode::FetchNoKeep => match self.fetch_blob(&domain, &md5) {
-                Fetched::Found(spool) => {
+                Fetched::Found((spool, _)) => {
                     // The name is gone; the open file keeps the bytes until it is closed.
                     let mut f = spool.into_file();
                     match f.rewind().and_then(|()| f.metadata()) {
@@ -558,7 +595,7 @@ impl App {
                 let key = format!("md\0{ays_id}");
                 self.single_flight(&key, false, || {
                     if let Fetched::Found(tree) = self.fetch_tree(&ays_id, &stor_name) {
-                        if let Err(e) = self.store.put_tree(&ays_id, &tree) {
+                        if let Err(e) = self.keep_tree(&ays_id, &stor_name, &tree) {
                             tracing::error!(error = %e, ays_id = %ays_id, "cannot keep a fetched tree");
                         }
                     }
@@ -671,10 +708,79 @@ impl App {
         }
     }
 
+    /// Keeps a tree fetched from store `stor_name`, recorded for expiry.
+    fn keep_tree(&self, ays_id: &str, stor_name: &str, tree: &Tree) -> Result<(), StoreError> {
+        self.store.put_tree(ays_id, tree)?;
+        self.store.record_fetch(&Kept::Tree(ays_id.to_string()), stor_name, now_s())
+    }
+
+    /// Renews the expiry record of something served (if it has one); failures are only logged.
+    fn touch(&self, item: &Kept) {
+        if let Err(e) = self.store.touch(item, now_s()) {
+            tracing::warn!(error = %e, "cannot record a use for expiry");
+        }
+    }
+
+    /// Deletes what was kept from a store and not used for longer than that store's expiration.
+    /// Returns how long to wait before the next sweep.
+    fn sweep(&self) -> Duration {
+        let expirations: HashMap<String, u64> = match self.store.stors() {
+            Ok(s) => s.into_iter().map(|(name, s)| (name, s.expiration)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry sweep: cannot list the stores");
+                return Duration::from_secs(60);
+            }
+        };
+        let shortest = expirations.values().copied().filter(|h| *h > 0).min();
+        // A quarter of the shortest expiration, between a minute and an hour.
+        let next = Duration::from_secs(shortest.map_or(3600, |h| h.saturating_mul(900)).clamp(60, 3600));
+        if shortest.is_none() {
+            return next;
+        }
+        let records = match self.store.fetch_records() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry sweep: cannot list what was fetched");
+                return next;
+            }
+        };
+        let now = now_s();
+        let (mut trees, mut blobs) = (0u64, 0u64);
+        for (item, rec) in records {
+            // A store no longer known, or one that never expires: kept.
+            let hours = match expirations.get(&rec.stor) {
+                Some(h) if *h > 0 => *h,
+                _ => continue,
+            };
+            let cutoff = now.saturating_sub(i64::try_from(hours.saturating_mul(3600)).unwrap_or(i64::MAX));
+            if rec.at_s >= cutoff {
+                continue;
+            }
+            match self.store.expire(&item, cutoff) {
+                Ok(true) => match item {
+                    Kept::Tree(_) => trees += 1,
+                    Kept::Blob { .. } => blobs += 1,
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "expiry sweep: cannot delete an expired item"),
+            }
+        }
+        if trees + blobs > 0 {
+            tracing::info!(trees, blobs, "expiry sweep: deleted what was not used for longer than its store's expiration");
+        }
+        next
+    }
+
     fn fetch_and_keep_blob(&self, domain: &str, md5: &str) -> Fetched<()> {
         match self.fetch_blob(domain, md5) {
-            Fetched::Found(spool) => match self.store.put_blob(domain, md5, spool) {
-                Ok(()) => Fetched::Found(()),
+            Fetched::Found((spool, stor)) => match self.store.put_blob(domain, md5, spool) {
+                Ok(()) => {
+                    let item = Kept::Blob { domain: domain.to_string(), md5: md5.to_string() };
+                    if let Err(e) = self.store.record_fetch(&item, &stor, now_s()) {
+                        tracing::warn!(error = %e, "cannot record a fetched blob for expiry");
+                    }
+                    Fetched::Found(())
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot keep a fetched blob");
                     Fetched::Failed
@@ -687,7 +793,7 @@ impl App {
 
     /// Fetches a blob from the known stores in turn into a spool file; only a copy whose md5
     /// matches is returned.
-    fn fetch_blob(&self, domain: &str, md5: &str) -> Fetched<tempfile::NamedTempFile> {
+    fn fetch_blob(&self, domain: &str, md5: &str) -> Fetched<(tempfile::NamedTempFile, String)> {
         let stors = match self.store.stors() {
             Ok(s) => s,
             Err(e) => {
@@ -698,7 +804,7 @@ impl App {
         let mut failed = false;
         for (name, stor) in &stors {
             match self.fetch_blob_from(name, stor, domain, md5) {
-                Ok(Some(f)) => return Fetched::Found(f),
+                Ok(Some(f)) => return Fetched::Found((f, name.clone())),
                 Ok(None) => {}
                 Err(()) => failed = true,
             }

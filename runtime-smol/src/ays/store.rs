@@ -11,6 +11,12 @@
 //! - [`RedisStore`]: the hashes `md:$ays_id` and `files:$domain` exactly as the protocol names
 //!   them, and the registry under `ays:` (`ays:clients`, `ays:stors`, `ays:mounts:$clientid`).
 //!
+//! Expiry: what a cache keeps because it fetched it from a store (a tree or a blob) is recorded
+//! with that store's name and the time it was last fetched or served ([`Kept`],
+//! [`FetchRecord`]); the server's sweep deletes it once it was not used for the store's
+//! announced expiration (`cache.expiration`, hours, 0 = never; the longest announced wins). What
+//! was put into the store (published, or written back by a client) has no record and stays.
+//!
 //! Names from URLs are only ever database keys: the only file names built from request input
 //! are a validated domain (see [`proto::is_valid_domain`]) and a validated md5.
 
@@ -73,6 +79,43 @@ impl BlobData {
     }
 }
 
+/// Something a cache keeps because it fetched it from a store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Kept {
+    Tree(String),
+    Blob { domain: String, md5: String },
+}
+
+impl Kept {
+    /// The record's name: `md:$ays_id` or `files:$domain:$md5` (a domain holds no `:`).
+    pub fn record_key(&self) -> String {
+        match self {
+            Kept::Tree(id) => proto::md_key(id),
+            Kept::Blob { domain, md5 } => format!("{}:{md5}", proto::files_key(domain)),
+        }
+    }
+
+    pub fn from_record_key(key: &str) -> Option<Kept> {
+        if let Some(id) = key.strip_prefix("md:") {
+            return Some(Kept::Tree(id.to_string()));
+        }
+        let (domain, md5) = key.strip_prefix("files:")?.rsplit_once(':')?;
+        (proto::is_valid_domain(domain) && proto::is_md5_hex(md5))
+            .then(|| Kept::Blob { domain: domain.to_string(), md5: md5.to_string() })
+    }
+}
+
+/// Where a kept item came from and when it was last fetched or served (epoch seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchRecord {
+    pub stor: String,
+    pub at_s: i64,
+}
+
+/// A record is rewritten when served only if it is older than this (seconds), so serving a
+/// blob again and again costs no write each time; expirations are in hours.
+pub const TOUCH_GRANULARITY_S: i64 = 60;
+
 /// The storage of a cache server. Every method is safe to call from many threads at once.
 pub trait Store: Send + Sync {
     /// One line for the logs: which backend, where (never a password).
@@ -108,6 +151,16 @@ pub trait Store: Send + Sync {
     fn stors(&self) -> StoreResult<Vec<(String, StorAnnounce)>>;
     fn put_mount(&self, client: &str, mount: &str, table: &serde_json::Value) -> StoreResult<()>;
     fn mount(&self, client: &str, mount: &str) -> StoreResult<Option<serde_json::Value>>;
+
+    /// Records that `item`, just kept, was fetched from store `stor` at `now_s`.
+    fn record_fetch(&self, item: &Kept, stor: &str, now_s: i64) -> StoreResult<()>;
+    /// `item` was served at `now_s`: its record (if it has one) is renewed.
+    fn touch(&self, item: &Kept, now_s: i64) -> StoreResult<()>;
+    /// Every record.
+    fn fetch_records(&self) -> StoreResult<Vec<(Kept, FetchRecord)>>;
+    /// Deletes `item` and its record if the record is still older than `cutoff_s` (it was not
+    /// served since it was listed). True if it was deleted.
+    fn expire(&self, item: &Kept, cutoff_s: i64) -> StoreResult<bool>;
 }
 
 /// The metadata value of one directory, as stored: compact JSON.
@@ -163,6 +216,7 @@ CREATE TABLE IF NOT EXISTS ays_stors (
     expiration_h INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ays_mounts (
     client TEXT NOT NULL, mount TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (client, mount));
+CREATE TABLE IF NOT EXISTS ays_fetched (item TEXT PRIMARY KEY, stor TEXT NOT NULL, at_s INTEGER NOT NULL);
 ";
 
 fn now_s() -> i64 {
@@ -395,6 +449,62 @@ impl Store for EmbeddedStore {
         body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError(format!("mount {client:?}/{mount:?}: stored value is not JSON: {e}"))))
             .transpose()
     }
+
+    fn record_fetch(&self, item: &Kept, stor: &str, now_s: i64) -> StoreResult<()> {
+        self.db()
+            .execute("INSERT OR REPLACE INTO ays_fetched (item, stor, at_s) VALUES (?1, ?2, ?3)", params![item.record_key(), stor, now_s])
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn touch(&self, item: &Kept, now_s: i64) -> StoreResult<()> {
+        self.db()
+            .prepare_cached("UPDATE ays_fetched SET at_s = ?2 WHERE item = ?1 AND at_s < ?3")
+            .and_then(|mut st| st.execute(params![item.record_key(), now_s, now_s - TOUCH_GRANULARITY_S]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn fetch_records(&self) -> StoreResult<Vec<(Kept, FetchRecord)>> {
+        let db = self.db();
+        let mut st = db.prepare_cached("SELECT item, stor, at_s FROM ays_fetched").map_err(sql_err)?;
+        let rows: Vec<(String, String, i64)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(sql_err)?.collect::<Result<_, _>>().map_err(sql_err)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(item, stor, at_s)| Some((Kept::from_record_key(&item)?, FetchRecord { stor, at_s })))
+            .collect())
+    }
+
+    fn expire(&self, item: &Kept, cutoff_s: i64) -> StoreResult<bool> {
+        let path = match item {
+            Kept::Blob { domain, md5 } => Some(self.blob_path(domain, md5)?),
+            Kept::Tree(_) => None,
+        };
+        {
+            let mut db = self.db();
+            let tx = db.transaction().map_err(sql_err)?;
+            let n = tx
+                .execute("DELETE FROM ays_fetched WHERE item = ?1 AND at_s < ?2", params![item.record_key(), cutoff_s])
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            if let Kept::Tree(id) = item {
+                tx.execute("DELETE FROM md WHERE ays_id = ?1", [id]).map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)?;
+        }
+        // A reader that has the blob open keeps its bytes.
+        if let Some(p) = path {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p, e)),
+            }
+        }
+        Ok(true)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,6 +514,20 @@ impl Store for EmbeddedStore {
 pub const REDIS_CLIENTS_KEY: &str = "ays:clients";
 pub const REDIS_STORS_KEY: &str = "ays:stors";
 pub const REDIS_MOUNTS_PREFIX: &str = "ays:mounts:";
+/// Fetch records: field [`Kept::record_key`], value the epoch seconds of the last fetch or use
+/// (`ays:fetched:at`) and the store's name (`ays:fetched:stor`).
+pub const REDIS_FETCHED_AT_KEY: &str = "ays:fetched:at";
+pub const REDIS_FETCHED_STOR_KEY: &str = "ays:fetched:stor";
+/// Renews a record only if it exists and is older than ARGV[3].
+const REDIS_TOUCH: &str = "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 and \
+tonumber(redis.call('HGET', KEYS[1], ARGV[1])) < tonumber(ARGV[3]) then \
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
+/// Deletes a record and its item (KEYS[3], field ARGV[3] or the whole key) if it is older than ARGV[2].
+const REDIS_EXPIRE: &str = "local t = redis.call('HGET', KEYS[1], ARGV[1]) \
+if t and tonumber(t) < tonumber(ARGV[2]) then \
+redis.call('HDEL', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1]) \
+if ARGV[3] == '' then redis.call('DEL', KEYS[3]) else redis.call('HDEL', KEYS[3], ARGV[3]) end \
+return 1 end return 0";
 /// Connections kept open for reuse.
 const REDIS_POOL_MAX: usize = 16;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -578,6 +702,73 @@ impl Store for RedisStore {
         let v: Option<String> = self.with(|c| redis::cmd("HGET").arg(&key).arg(mount).query(c))?;
         v.map(|v| serde_json::from_str(&v).map_err(|e| StoreError(format!("{key} {mount:?}: {e}")))).transpose()
     }
+
+    fn record_fetch(&self, item: &Kept, stor: &str, now_s: i64) -> StoreResult<()> {
+        let k = item.record_key();
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .cmd("HSET")
+                .arg(REDIS_FETCHED_AT_KEY)
+                .arg(&k)
+                .arg(now_s)
+                .ignore()
+                .cmd("HSET")
+                .arg(REDIS_FETCHED_STOR_KEY)
+                .arg(&k)
+                .arg(stor)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    fn touch(&self, item: &Kept, now_s: i64) -> StoreResult<()> {
+        let k = item.record_key();
+        self.with(|c| {
+            redis::cmd("EVAL")
+                .arg(REDIS_TOUCH)
+                .arg(1)
+                .arg(REDIS_FETCHED_AT_KEY)
+                .arg(&k)
+                .arg(now_s)
+                .arg(now_s - TOUCH_GRANULARITY_S)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn fetch_records(&self) -> StoreResult<Vec<(Kept, FetchRecord)>> {
+        let at: Vec<(String, String)> = self.with(|c| redis::cmd("HGETALL").arg(REDIS_FETCHED_AT_KEY).query(c))?;
+        let stors: std::collections::HashMap<String, String> =
+            self.with(|c| redis::cmd("HGETALL").arg(REDIS_FETCHED_STOR_KEY).query(c))?;
+        Ok(at
+            .into_iter()
+            .filter_map(|(k, t)| {
+                let rec = FetchRecord { stor: stors.get(&k)?.clone(), at_s: t.parse().ok()? };
+                Some((Kept::from_record_key(&k)?, rec))
+            })
+            .collect())
+    }
+
+    fn expire(&self, item: &Kept, cutoff_s: i64) -> StoreResult<bool> {
+        let (key, field) = match item {
+            Kept::Tree(id) => (proto::md_key(id), String::new()),
+            Kept::Blob { domain, md5 } => (proto::files_key(domain), md5.clone()),
+        };
+        let n: i64 = self.with(|c| {
+            redis::cmd("EVAL")
+                .arg(REDIS_EXPIRE)
+                .arg(3)
+                .arg(REDIS_FETCHED_AT_KEY)
+                .arg(REDIS_FETCHED_STOR_KEY)
+                .arg(&key)
+                .arg(item.record_key())
+                .arg(cutoff_s)
+                .arg(&field)
+                .query(c)
+        })?;
+        Ok(n == 1)
+    }
 }
 
 #[cfg(test)]
@@ -622,6 +813,48 @@ mod tests {
         // Reopening keeps everything.
         let s = EmbeddedStore::open(d.path()).unwrap();
         assert_eq!(s.stor("a").unwrap().unwrap().expiration, 0);
+    }
+
+    #[test]
+    fn embedded_expiry_records() {
+        let d = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(d.path()).unwrap();
+        let md5 = proto::md5_hex(b"abc");
+        let mut f = s.spool().unwrap();
+        f.write_all(b"abc").unwrap();
+        s.put_blob("dom", &md5, f).unwrap();
+        let tree: Tree = proto::parse_tree(br#"{"/": {}}"#).unwrap();
+        s.put_tree("t|1", &tree).unwrap();
+        let blob = Kept::Blob { domain: "dom".into(), md5: md5.clone() };
+        let t = Kept::Tree("t|1".into());
+        assert_eq!(Kept::from_record_key(&blob.record_key()), Some(blob.clone()));
+        assert_eq!(Kept::from_record_key(&t.record_key()), Some(t.clone()));
+        assert_eq!(Kept::from_record_key("files:../x:abc"), None);
+        // Without a record nothing expires.
+        assert!(!s.expire(&blob, 1_000_000).unwrap());
+        assert!(s.has_blob("dom", &md5).unwrap());
+        s.record_fetch(&blob, "main", 1000).unwrap();
+        s.record_fetch(&t, "main", 1000).unwrap();
+        // Served within the granularity: not rewritten; later: renewed.
+        s.touch(&blob, 1030).unwrap();
+        s.touch(&t, 5000).unwrap();
+        let mut recs = s.fetch_records().unwrap();
+        recs.sort_by_key(|(k, _)| k.record_key());
+        assert_eq!(
+            recs,
+            vec![
+                (blob.clone(), FetchRecord { stor: "main".into(), at_s: 1000 }),
+                (t.clone(), FetchRecord { stor: "main".into(), at_s: 5000 }),
+            ]
+        );
+        // A cutoff older than the record keeps it.
+        assert!(!s.expire(&t, 4000).unwrap());
+        assert!(s.expire(&blob, 2000).unwrap());
+        assert!(!s.has_blob("dom", &md5).unwrap());
+        assert!(s.has_tree("t|1").unwrap());
+        assert!(s.expire(&t, 6000).unwrap());
+        assert!(!s.has_tree("t|1").unwrap());
+        assert!(s.fetch_records().unwrap().is_empty());
     }
 
     #[test]
