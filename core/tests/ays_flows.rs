@@ -27,6 +27,9 @@ fn spec() -> MountSpec {
         prefetch: false,
         prefetch_parallel: 2,
         walk_parallel: 4,
+        readahead_files: 0,
+        readahead_bytes: 0,
+        readahead_parallel: 1,
     }
 }
 
@@ -332,4 +335,53 @@ fn prefetch_fetches_every_blob_once() {
     let logs = h.logs();
     assert!(logs.iter().any(|l| l.contains("prefetch m: 2 blobs, 6 bytes")), "{logs:?}");
     assert!(logs.iter().any(|l| l.contains("prefetch m: done: 2 blobs, 5 bytes in the blob cache, 1 failed")), "{logs:?}");
+}
+
+#[test]
+fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
+    const C: &str = "cccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddd";
+    let mut s = spec();
+    s.layers = Layers { local: true, grids: 0, store: false };
+    s.readahead_files = 3;
+    s.readahead_bytes = 50;
+    s.readahead_parallel = 1;
+    let mut h = H::new(s);
+    let root = format!(
+        r#"{{"a": "{}", "b": "{}", "c": "{}", "d": "{}", "e": "{}"}}"#,
+        val(A, 5),
+        val(B, 1),
+        val(C, 10),
+        val(D, 100),
+        val(A, 5)
+    );
+    h.local_tree(&[("/", &root), ("/sub", "{}")]);
+    let has = |md5: &str| {
+        let m = Md5::parse(md5).unwrap();
+        move |r: &AysIo| matches!(r, AysIo::Blob(BlobOp::Has { md5 }) if *md5 == m)
+    };
+    let a = ino_of(&mut h, ROOT_INO, "a");
+    h.request(Op::Open { ino: a, flags: libc::O_RDONLY });
+    h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
+    // The window after "a": "b" and "c" (11 bytes; "d" would pass 50), one at a time.
+    let (io, _) = h.take_io(has(B));
+    assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })), "one at a time");
+    h.complete(io, Ok(AysReply::Present(Some(1))));
+    let (io, _) = h.take_io(has(C));
+    h.complete(io, Ok(AysReply::Present(None)));
+    // Not in the blob cache: fetched through the chain.
+    let (fetch_c, _) = h.take_io(|r| matches!(r, AysIo::Redis { into_blob: Some(m), .. } if m.hex() == C));
+    // Opening "b": "c" is being fetched, "d" is past the bytes: nothing new.
+    let b_ino = ino_of(&mut h, ROOT_INO, "b");
+    h.request(Op::Open { ino: b_ino, flags: libc::O_RDONLY });
+    h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
+    assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })), "{:#?}", h.out);
+    h.complete(fetch_c, Ok(AysReply::Redis(vec![RedisValue::Stored { md5: Md5::parse(C).unwrap(), len: 10 }])));
+    // Opening "c": the window holds "d" (a first file may pass the bytes), then "e" is past
+    // them; "d" is checked.
+    let c_ino = ino_of(&mut h, ROOT_INO, "c");
+    h.request(Op::Open { ino: c_ino, flags: libc::O_RDONLY });
+    h.take_io(has(D));
+    // "e" has the content of "a": read ahead after "d" only when its turn comes.
+    assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })));
 }

@@ -300,6 +300,14 @@ fn sorted(mounts: &[Mount]) -> Vec<&Mount> {
     v
 }
 
+/// Read-ahead of the files after the one opened (see `MountSpec::readahead_files`): a window of
+/// at most 8 files and 64 MiB (and a quarter of the blob cache), 3 fetches at once besides the
+/// reader's own (each blob is hashed on its own thread, so several use the cores a single md5
+/// cannot). Measured with `tests/benches/ays_bench.rs`.
+const READAHEAD_FILES: usize = 8;
+const READAHEAD_BYTES: u64 = 64 << 20;
+const READAHEAD_PARALLEL: usize = 3;
+
 /// The core's view of mount `m` and the servers its runtime talks to.
 fn spec_of(cfg: &ClientConfig, m: &Mount) -> (MountSpec, MountServers) {
     let stor = m.stor.as_deref().and_then(|n| cfg.stor(n));
@@ -323,6 +331,9 @@ fn spec_of(cfg: &ClientConfig, m: &Mount) -> (MountSpec, MountServers) {
         prefetch: m.prefetch,
         prefetch_parallel: 4,
         walk_parallel: 8,
+        readahead_files: READAHEAD_FILES,
+        readahead_bytes: READAHEAD_BYTES.min(cfg.cache_size / 4),
+        readahead_parallel: READAHEAD_PARALLEL,
     };
     let servers = MountServers {
         local: cfg.local.as_ref().map(|l| RedisTarget { host: "127.0.0.1".into(), port: l.port, password: String::new() }),

@@ -4,12 +4,12 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use truckeefs_tests::ays::{eventually, publish_ok, AysServer, RedisServer};
 use truckeefs_tests::ays_client::{data, hget, hset, md5_hex, mount_fails, redis, AysClient, Resp, Tree};
-use truckeefs_tests::{errno_of, is_mounted};
+use truckeefs_tests::{chmod, chown, errno_of, is_mounted};
 
 fn sample_tree() -> Tree {
     Tree {
@@ -212,6 +212,58 @@ url = "{}"
     assert!(line.contains("local cache 127.0.0.1") && line.contains("corrupt") && line.contains("store s ("), "{line}");
 }
 
+/// A fake grid cache on loopback: each connection gets `answer` (after the request is read),
+/// then is closed. Runs until the process ends.
+fn fake_server(answer: &'static [u8]) -> String {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(answer);
+        }
+    });
+    url
+}
+
+#[test]
+fn grid_caches_answering_garbage_or_nothing_give_eio_and_a_line_naming_them() {
+    let local = RedisServer::start();
+    let tree = sample_tree();
+    tree.seed_redis(local.port, "g|x(1)", "");
+    let tool = md5_hex(&data(1, 300_000));
+    redis(local.port, &[b"HDEL", b"files:", tool.as_bytes()]);
+    // One answers bytes that are not HTTP, one closes without a word, one claims a body it
+    // never sends in full, one serves other bytes under the md5 asked for.
+    let garbage = fake_server(b"this is not HTTP\r\n\r\n");
+    let silent = fake_server(b"");
+    let short = fake_server(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\nonly this");
+    let wrong = fake_server(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nwrong");
+    let grids: String =
+        [&garbage, &silent, &short, &wrong].iter().map(|u| format!("[[cache.grid]]\nurl = \"{u}\"\n")).collect();
+    let mut c = AysClient::new();
+    c.write_config(&config_local(local.port, "", &format!("{grids}\n{}", mount_files("g", "g|x(1)", ""))));
+    let root = c.path("g");
+    c.start(&[&root]);
+    // What the local cache has reads fine; the blob only the broken grid caches could give: EIO.
+    assert_eq!(fs::read(root.join("hello.txt")).unwrap(), b"hello world\n");
+    assert_eq!(errno_of(fs::read(root.join("bin/tool"))), libc::EIO);
+    assert!(c.wait_log("is in no layer intact"), "{}", c.log_tail());
+    let log = c.log_text();
+    let line = log.lines().find(|l| l.contains("is in no layer intact")).unwrap();
+    for u in [&garbage, &silent, &short, &wrong] {
+        assert!(line.contains(u.as_str()), "{u} not named in: {line}");
+    }
+    assert!(line.contains("corrupt"), "{line}");
+    assert!(log.contains("corrupt copy in grid cache"), "{log}");
+    // The process is still serving.
+    assert_eq!(fs::read(root.join("lib/x.py")).unwrap(), b"print('x')\n");
+    assert!(c.try_exit().is_none());
+}
+
 #[test]
 fn malformed_metadata_gives_eio_for_that_file_only() {
     let local = RedisServer::start();
@@ -382,6 +434,29 @@ name = "dev"
     assert_eq!(errno_of(fs::OpenOptions::new().write(true).open(root.join("hello.txt"))), libc::EROFS);
     assert_eq!(errno_of(fs::create_dir(root.join("lib/d"))), libc::EROFS);
     assert!(c.log_text().contains("debug write /lib/new.py"), "{}", c.log_tail());
+    // Modes, owner and times: root:root as every file; a file created executable is 0755 and
+    // says so in its debug path value; a written file carries the time of its last write.
+    let mount_time = fs::metadata(root.join("hello.txt")).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o755).open(root.join("run.py")).unwrap();
+        f.write_all(b"#!/usr/bin/env python3\n").unwrap();
+    }
+    let run = md5_hex(b"#!/usr/bin/env python3\n");
+    assert_eq!(hget(dbg.port, "debug:paths:d", "/run.py"), Some(format!("{run},23,x").into_bytes()));
+    let md = fs::metadata(root.join("run.py")).unwrap();
+    assert_eq!((md.permissions().mode() & 0o7777, md.uid(), md.gid()), (0o755, 0, 0));
+    assert!(md.mtime() as u64 >= before, "mtime {} is the time of the write (>= {before})", md.mtime());
+    let md = fs::metadata(root.join("lib/new.py")).unwrap();
+    assert_eq!((md.permissions().mode() & 0o7777, md.uid(), md.gid()), (0o644, 0, 0));
+    assert!(md.modified().unwrap() > mount_time, "a written file is newer than the mount");
+    let md = fs::metadata(root.join("hello.txt")).unwrap();
+    assert_eq!((md.permissions().mode() & 0o7777, md.uid(), md.gid()), (0o644, 0, 0));
+    assert_eq!(md.modified().unwrap(), mount_time, "files not written keep the mount time");
+    assert_eq!(errno_of(chmod(&root.join("run.py"), 0o700)), libc::EROFS);
+    assert_eq!(errno_of(chown(&root.join("run.py"), 1, 1)), libc::EROFS);
     drop(c);
 
     // A new client reads the debug versions first.
@@ -392,6 +467,13 @@ name = "dev"
     assert_eq!(fs::read(root2.join("lib/new.py")).unwrap(), b"print('new')\n");
     assert_eq!(fs::read(root2.join("lib/x.py")).unwrap(), b"print('changed')\n# more\n");
     assert_eq!(fs::read(root2.join("hello.txt")).unwrap(), b"hello world\n");
+    assert_eq!(fs::metadata(root2.join("run.py")).unwrap().permissions().mode() & 0o7777, 0o755);
+    let log = redis(dbg.port, &[b"LRANGE", b"debug:log:d", b"0", b"-1"]).array();
+    let paths: Vec<String> = log
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(e.bytes().unwrap()).unwrap()[1].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["/lib/new.py", "/lib/x.py", "/lib/x.py", "/run.py"], "one [epoch, path, md5] entry per write");
 }
 
 #[test]

@@ -29,7 +29,8 @@ use crate::ays::{
 use crate::op::{KernelNotice, Op, Reply, StatFs};
 use crate::types::{Ctx, Ino, IoId, RequestId, Timespec, ROOT_INO};
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The grid caches are asked to fetch what they miss from the store and keep it.
@@ -59,6 +60,13 @@ pub struct MountSpec {
     pub prefetch_parallel: usize,
     /// Directories asked for at once while walking a grid cache's tree.
     pub walk_parallel: usize,
+    /// Read-ahead: opening a file fetches the blobs of the files after it in its directory (in
+    /// name order, the order of `readdir`), at most this many files (0: no read-ahead) ...
+    pub readahead_files: usize,
+    /// ... and this many bytes (at least one file) ...
+    pub readahead_bytes: u64,
+    /// ... with this many fetches at once.
+    pub readahead_parallel: usize,
 }
 
 impl MountSpec {
@@ -94,6 +102,7 @@ enum IoFor {
     Commit { fh: u64, seq: u64 },
     Publish { fh: u64, seq: u64, md5: Md5, len: u64 },
     PrefetchHas { md5: Md5, size: u64, debug: bool },
+    AheadHas { md5: Md5, size: u64, path: String },
     SweepScan,
 }
 
@@ -156,6 +165,7 @@ struct Walk {
 enum Waiter {
     Open { fh: u64 },
     Prefetch { size: u64 },
+    Ahead,
 }
 
 #[derive(Debug)]
@@ -178,6 +188,20 @@ struct Prefetch {
     failed: u64,
     last_decile: u64,
 }
+
+/// Read-ahead of the files after the one opened last (see [`MountSpec::readahead_files`]).
+#[derive(Debug, Default)]
+struct Readahead {
+    /// Blobs to make sure of next, in order; replaced by each open.
+    queue: VecDeque<(Md5, u64, String)>,
+    in_flight: usize,
+    /// Blobs read ahead already (found in the blob cache or fetched), so a reader going through
+    /// a directory does not have them checked again; bounded by [`AHEAD_SEEN_MAX`].
+    seen: HashSet<Md5>,
+}
+
+/// Forget the blobs read ahead past this many (they are then merely checked again).
+const AHEAD_SEEN_MAX: usize = 65_536;
 
 #[derive(Debug)]
 enum TreeState {
@@ -207,9 +231,12 @@ pub struct AysCore {
     handles: HashMap<u64, Handle>,
     next_fh: u64,
     prefetch: Option<Prefetch>,
+    ahead: Readahead,
     sweep_at: Option<Instant>,
     /// The last wall time seen, in epoch seconds (for atime records and log entries).
     wall: i64,
+    /// The same, whole (for the times of debug writes).
+    wall_ts: Timespec,
     /// The last time seen.
     now: Instant,
 }
@@ -245,8 +272,10 @@ impl AysCore {
             handles: HashMap::new(),
             next_fh: 1,
             prefetch: None,
+            ahead: Readahead::default(),
             sweep_at: None,
             wall: epoch(wall),
+            wall_ts: Timespec::from_system(wall),
             now,
             spec,
         };
@@ -269,6 +298,7 @@ impl AysCore {
             None => None,
         };
         self.wall = epoch(wall);
+        self.wall_ts = Timespec::from_system(wall);
         self.now = now;
         let reload = self.spec.tree_differs(&spec);
         let prefetch_now = spec.prefetch && !self.spec.prefetch;
@@ -304,6 +334,7 @@ impl AysCore {
 
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
         self.wall = epoch(wall);
+        self.wall_ts = Timespec::from_system(wall);
         self.now = now;
         if self.sweep_at.is_some_and(|t| t <= now) {
             let hours = self.spec.local_expiration_hours;
@@ -555,7 +586,7 @@ impl AysCore {
                         Some(NodeKind::File { .. }) => false,
                         _ => continue,
                     };
-                    self.tree.set_file(ino, FileMeta { executable: exec, ..meta }, true);
+                    self.tree.set_file(ino, FileMeta { executable: exec || meta.executable, ..meta }, true);
                     applied += 1;
                 }
                 None => {
@@ -578,6 +609,7 @@ impl AysCore {
 
     pub fn handle_request(&mut self, now: Instant, wall: SystemTime, id: RequestId, ctx: Ctx, op: Op) {
         self.wall = epoch(wall);
+        self.wall_ts = Timespec::from_system(wall);
         self.now = now;
         match &op {
             // These need handles only, never the tree.
@@ -775,6 +807,7 @@ impl AysCore {
             self.redis(RedisServer::Debug, cmds, None, IoFor::DebugPathAtOpen { fh });
         } else {
             self.open_blob(fh);
+            self.read_ahead(ino);
         }
     }
 
@@ -1045,6 +1078,7 @@ impl AysCore {
             match w {
                 Waiter::Open { fh } => self.blob(BlobOp::Open { handle: fh, md5 }, IoFor::OpenBlob { fh, second: true }),
                 Waiter::Prefetch { size } => self.prefetch_done(size, true),
+                Waiter::Ahead => self.ahead_done(),
             }
         }
     }
@@ -1063,8 +1097,64 @@ impl AysCore {
             match w {
                 Waiter::Open { fh } => self.open_failed(fh, libc::EIO),
                 Waiter::Prefetch { size } => self.prefetch_done(size, false),
+                Waiter::Ahead => self.ahead_done(),
             }
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Read-ahead
+
+    /// After `ino` was opened: fetch the blobs of the files after it in its directory, so a
+    /// reader going through the directory finds them in the blob cache (and several blobs are
+    /// received and hashed at once). The window counts every file after `ino`, fetched or not,
+    /// so it slides with the reader instead of growing.
+    fn read_ahead(&mut self, ino: Ino) {
+        let (files_max, bytes_max) = (self.spec.readahead_files, self.spec.readahead_bytes);
+        if files_max == 0 {
+            return;
+        }
+        let Some(node) = self.tree.get(ino) else { return };
+        let name = node.path.rsplit('/').next().unwrap_or_default().to_string();
+        let Some(NodeKind::Dir { children, .. }) = self.tree.get(node.parent).map(|n| &n.kind) else { return };
+        let mut queue = VecDeque::new();
+        let (mut files, mut bytes) = (0usize, 0u64);
+        for (_, child) in children.range::<str, _>((Bound::Excluded(name.as_str()), Bound::Unbounded)) {
+            let Some(n) = self.tree.get(*child) else { continue };
+            let NodeKind::File { meta: Ok(m), debug: false } = &n.kind else { continue };
+            if m.md5 == EMPTY_MD5 || self.in_overlay(&n.path) {
+                continue;
+            }
+            if files >= files_max || (files > 0 && bytes.saturating_add(m.size) > bytes_max) {
+                break;
+            }
+            files += 1;
+            bytes = bytes.saturating_add(m.size);
+            if !self.ahead.seen.contains(&m.md5) && !self.fetches.contains_key(&m.md5) {
+                queue.push_back((m.md5, m.size, n.path.clone()));
+            }
+        }
+        self.ahead.queue = queue;
+        self.pump_ahead();
+    }
+
+    fn pump_ahead(&mut self) {
+        while self.ahead.in_flight < self.spec.readahead_parallel.max(1) {
+            let Some((md5, size, path)) = self.ahead.queue.pop_front() else { return };
+            if self.fetches.contains_key(&md5) || !self.ahead.seen.insert(md5) {
+                continue;
+            }
+            if self.ahead.seen.len() > AHEAD_SEEN_MAX {
+                self.ahead.seen.clear();
+            }
+            self.ahead.in_flight += 1;
+            self.blob(BlobOp::Has { md5 }, IoFor::AheadHas { md5, size, path });
+        }
+    }
+
+    fn ahead_done(&mut self) {
+        self.ahead.in_flight = self.ahead.in_flight.saturating_sub(1);
+        self.pump_ahead();
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1151,6 +1241,7 @@ impl AysCore {
 
     pub fn handle_completion(&mut self, now: Instant, wall: SystemTime, io: IoId, result: AysResult) {
         self.wall = epoch(wall);
+        self.wall_ts = Timespec::from_system(wall);
         self.now = now;
         let Some(why) = self.ios.remove(&io) else {
             debug_assert!(false, "completion of an unknown I/O {io:?}");
@@ -1273,8 +1364,9 @@ impl AysCore {
                                 Some(Ok(m)) => {
                                     h.md5 = m.md5;
                                     h.size = m.size;
+                                    h.executable |= m.executable;
                                     let (ino, exec) = (h.ino, h.executable);
-                                    self.tree.set_file(ino, FileMeta { executable: exec, ..m }, true);
+                                    self.tree.set_file(ino, FileMeta { executable: exec || m.executable, ..m }, true);
                                 }
                                 _ => {
                                     let path = h.path.clone();
@@ -1350,7 +1442,7 @@ impl AysCore {
                             "HSET".into(),
                             o.paths_key().into(),
                             path.into(),
-                            crate::ays::value::debug_path_value(md5, len).into(),
+                            crate::ays::value::debug_path_value(md5, len, h.executable).into(),
                         ]),
                         RedisCmd::new(["RPUSH".into(), o.log_key().into(), entry.into()]),
                     ];
@@ -1371,6 +1463,7 @@ impl AysCore {
                         h.md5 = md5;
                         let (ino, exec, path) = (h.ino, h.executable, h.path.clone());
                         self.tree.set_file(ino, FileMeta { md5, size: len, executable: exec }, true);
+                        self.tree.set_written(ino, self.wall_ts);
                         self.effects.push_back(AysEffect::Kernel(KernelNotice::InvalInode { ino }));
                         let n = self.spec.names.debug.clone();
                         self.log(LogLevel::Info, format!("mount {}: debug write {path}: {md5}, {len} bytes, into debug redis {n}", self.spec.name));
@@ -1387,6 +1480,10 @@ impl AysCore {
                     self.log(LogLevel::Error, format!("mount {}: debug write {path}: debug redis {n}: {e}", self.spec.name));
                     self.commit_done(fh, seq, Err(libc::EIO));
                 }
+            },
+            IoFor::AheadHas { md5, size, path } => match result {
+                Ok(AysReply::Present(Some(_))) => self.ahead_done(),
+                _ => self.ensure_blob(md5, size, path, false, Waiter::Ahead),
             },
             IoFor::PrefetchHas { md5, size, debug } => match result {
                 Ok(AysReply::Present(Some(_))) => self.prefetch_done(size, true),

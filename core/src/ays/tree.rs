@@ -46,6 +46,9 @@ pub struct Tree {
     nodes: HashMap<Ino, Node>,
     next_ino: Ino,
     time: Timespec,
+    /// Debug files written through this mount: the time of their last write (their mtime and
+    /// ctime; every other node carries the mount time).
+    written: HashMap<Ino, Timespec>,
 }
 
 impl Tree {
@@ -56,7 +59,7 @@ impl Tree {
             ROOT_INO,
             Node { parent: ROOT_INO, path: "/".into(), kind: NodeKind::Dir { children: BTreeMap::new(), broken: None } },
         );
-        Tree { nodes, next_ino: ROOT_INO + 1, time }
+        Tree { nodes, next_ino: ROOT_INO + 1, time, written: HashMap::new() }
     }
 
     /// Replaces what the root holds with `listings`, whose key `root` is the directory mounted
@@ -146,7 +149,7 @@ impl Tree {
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
         let node = self.nodes.get(&ino)?;
-        let t = self.time;
+        let t = self.written.get(&ino).copied().unwrap_or(self.time);
         let (kind, perm, size, nlink) = match &node.kind {
             NodeKind::Dir { children, .. } => {
                 let subdirs = children
@@ -234,6 +237,13 @@ impl Tree {
     pub fn set_file(&mut self, ino: Ino, meta: FileMeta, debug: bool) {
         if let Some(Node { kind: k @ NodeKind::File { .. }, .. }) = self.nodes.get_mut(&ino) {
             *k = NodeKind::File { meta: Ok(meta), debug };
+        }
+    }
+
+    /// A debug file was written at `t`.
+    pub fn set_written(&mut self, ino: Ino, t: Timespec) {
+        if self.nodes.contains_key(&ino) {
+            self.written.insert(ino, t);
         }
     }
 

@@ -324,9 +324,14 @@ pub fn tree_json(listings: &Listings) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-/// A `"<md5>,<size>"` value of `debug:paths:$mount`.
-pub fn debug_path_value(md5: Md5, size: u64) -> String {
-    format!("{md5},{size}")
+/// The value of a debug path: `"<md5>,<size>"`, with `,x` for an executable file (as in
+/// metadata values), so the mode survives a new mount.
+pub fn debug_path_value(md5: Md5, size: u64, executable: bool) -> String {
+    if executable {
+        format!("{md5},{size},x")
+    } else {
+        format!("{md5},{size}")
+    }
 }
 
 /// A JSON string literal (for the debug log entry).

@@ -99,18 +99,46 @@ impl Client {
     }
 }
 
-/// An open blob or scratch copy, by the core's handle number.
+/// An open blob or scratch copy, by the core's handle number (shared, so a read needs no
+/// `dup` and does not hold the table's lock).
 enum OpenFile {
-    Blob(File),
-    Scratch(File),
+    Blob(Arc<File>),
+    Scratch(Arc<File>),
 }
 
 impl OpenFile {
-    fn file(&self) -> &File {
+    fn file(&self) -> &Arc<File> {
         match self {
             OpenFile::Blob(f) | OpenFile::Scratch(f) => f,
         }
     }
+}
+
+/// Reads up to `len` bytes at `offset` (fewer only at the end of the file), into a buffer that
+/// is not zeroed first.
+fn read_at_most(f: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::io::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let at = offset + buf.len() as u64;
+        // SAFETY: pread(2) writes at most `want` bytes into the spare capacity of `buf`, which
+        // has room for them; the length is raised only by what it reports written.
+        let n = unsafe {
+            libc::pread(f.as_raw_fd(), buf.as_mut_ptr().add(buf.len()).cast(), want, at as libc::off_t)
+        };
+        match n {
+            0 => break,
+            n if n > 0 => unsafe { buf.set_len(buf.len() + n as usize) },
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 struct Driver {
@@ -292,7 +320,7 @@ fn blob_op(shared: &Shared, op: BlobOp) -> AysResult {
     match op {
         BlobOp::Open { handle, md5 } => match blobs.open_blob(md5).map_err(e)? {
             Some((f, len)) => {
-                shared.handles().insert(handle, OpenFile::Blob(f));
+                shared.handles().insert(handle, OpenFile::Blob(Arc::new(f)));
                 Ok(AysReply::Present(Some(len)))
             }
             None => Ok(AysReply::Present(None)),
@@ -300,19 +328,10 @@ fn blob_op(shared: &Shared, op: BlobOp) -> AysResult {
         BlobOp::Has { md5 } => Ok(AysReply::Present(blobs.has(md5))),
         BlobOp::Read { handle, offset, len } => {
             let f = match shared.handles().get(&handle) {
-                Some(f) => f.file().try_clone().map_err(e)?,
+                Some(f) => f.file().clone(),
                 None => return Err(format!("handle {handle} is not open")),
             };
-            let mut buf = vec![0u8; len as usize];
-            let mut got = 0;
-            while got < buf.len() {
-                let n = f.read_at(&mut buf[got..], offset + got as u64).map_err(e)?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            buf.truncate(got);
+            let buf = read_at_most(&f, offset, len as usize).map_err(e)?;
             Ok(AysReply::Data(Bytes::from(buf)))
         }
         BlobOp::Close { handle } => {
@@ -321,7 +340,7 @@ fn blob_op(shared: &Shared, op: BlobOp) -> AysResult {
         }
         BlobOp::Scratch { handle, from } => {
             let f = blobs.scratch(from).map_err(e)?;
-            shared.handles().insert(handle, OpenFile::Scratch(f));
+            shared.handles().insert(handle, OpenFile::Scratch(Arc::new(f)));
             Ok(AysReply::Done)
         }
         BlobOp::Write { handle, offset, data } => {
@@ -342,9 +361,9 @@ fn blob_op(shared: &Shared, op: BlobOp) -> AysResult {
     }
 }
 
-fn scratch_of(shared: &Shared, handle: u64) -> Result<File, String> {
+fn scratch_of(shared: &Shared, handle: u64) -> Result<Arc<File>, String> {
     match shared.handles().get(&handle) {
-        Some(OpenFile::Scratch(f)) => f.try_clone().map_err(|e| e.to_string()),
+        Some(OpenFile::Scratch(f)) => Ok(f.clone()),
         _ => Err(format!("handle {handle} has no scratch copy")),
     }
 }

@@ -235,7 +235,8 @@ pub fn run_http(
     let status = resp.status().as_u16();
     if status == 200 && into_blob.is_some() {
         let w = blobs.writer().map_err(|e| format!("blob cache: {e}"))?;
-        let w = receive(resp.body_mut(), w, &shown)?;
+        let declared = resp.body().len();
+        let w = receive(resp.body_mut(), declared, w, &shown)?;
         let stored = blobs.install(w, into_blob).map_err(|e| format!("blob cache: {e}"))?;
         return Ok(HttpAnswer { status, body: Bytes::new(), stored: Some(stored) });
     }
@@ -248,9 +249,16 @@ pub fn run_http(
 }
 
 /// Streams a blob body into `w`: the network is read on this thread while another hashes and
-/// writes what came before (one MiB at a time), so the md5 costs no extra time.
-fn receive(body: &mut impl Read, w: BlobWriter, shown: &str) -> Result<BlobWriter, String> {
+/// writes what came before (one MiB at a time), so the md5 costs no extra time. A body declared
+/// no larger than one chunk is received and hashed on this thread (a thread would cost more).
+fn receive(body: &mut impl Read, declared: Option<u64>, mut w: BlobWriter, shown: &str) -> Result<BlobWriter, String> {
     const CHUNK: usize = 1 << 20;
+    if let Some(n) = declared.filter(|n| *n <= CHUNK as u64) {
+        let mut buf = Vec::with_capacity(n as usize);
+        body.take(CHUNK as u64 + 1).read_to_end(&mut buf).map_err(|e| format!("{shown}: {e}"))?;
+        w.write_all(&buf).map_err(|e| format!("blob cache: {e}"))?;
+        return Ok(w);
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let writer = std::thread::Builder::new()
         .name("ays-blob-write".into())
