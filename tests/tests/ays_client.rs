@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use truckeefs_tests::ays::{eventually, publish_ok, AysServer, RedisServer};
+use truckeefs_tests::ays::{eventually, publish, publish_ok, AysServer, RedisServer};
 use truckeefs_tests::ays_client::{data, hget, hset, md5_hex, mount_fails, redis, AysClient, Resp, Tree};
 use truckeefs_tests::{chmod, chown, errno_of, is_mounted};
 
@@ -262,6 +262,63 @@ fn grid_caches_answering_garbage_or_nothing_give_eio_and_a_line_naming_them() {
     // The process is still serving.
     assert_eq!(fs::read(root.join("lib/x.py")).unwrap(), b"print('x')\n");
     assert!(c.try_exit().is_none());
+}
+
+#[test]
+fn credentials_reach_the_grid_cache_and_the_store_and_never_the_logs() {
+    let (grid_pw, store_pw) = ("grid-Secret-1", "store-Secret-2");
+    let store = AysServer::start_env(&["--login", "st"], &[("TRUCKEEFS_AYS_PASSWD", store_pw)]);
+    let grid = AysServer::start_env(&["--login", "gr"], &[("TRUCKEEFS_AYS_PASSWD", grid_pw)]);
+    let tree = sample_tree();
+    let src = tempfile::tempdir().unwrap();
+    tree.write_dir(src.path());
+    let dir = src.path().display().to_string();
+    let args = ["--stor", &store.stor_url(), "--login", "st", "--ays-id", "auth|t(1)", "--domain", "", &dir];
+    let out = publish(&args, &[("TRUCKEEFS_AYS_SECRET", store_pw)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = |grid_passwd: &str, with_store: bool| {
+        let stor = if with_store {
+            format!("[[ays.stor]]\nname = \"s\"\nurl = \"{}\"\nlogin = \"st\"\nsecret = \"{store_pw}\"\n", store.stor_url())
+        } else {
+            String::new()
+        };
+        format!(
+            "[main]\nid = \"client-auth\"\ncache_dir = \"{{dir}}/cache\"\n[[cache.grid]]\nurl = \"{}\"\nlogin = \"gr\"\n\
+             passwd = \"{grid_passwd}\"\n{stor}{}{}",
+            grid.url(),
+            mount_files("a", "auth|t(1)", ""),
+            if with_store { "\"stor.name\" = \"s\"\n" } else { "" }
+        )
+    };
+    // Through the grid cache (which fetches from the store with the announced secret).
+    let mut c = AysClient::new();
+    c.write_config(&config(grid_pw, true));
+    let root = c.path("a");
+    c.start(&[&root]);
+    tree.assert_matches(&root);
+    assert!(c.log_text().contains(&format!("loaded from grid cache {}", grid.url())), "{}", c.log_tail());
+    drop(c);
+    // A wrong grid password: 401 from the grid, and the store (right secret) serves instead.
+    let mut c2 = AysClient::new();
+    c2.write_config(&config("wrong-Passwd-3", true));
+    let root2 = c2.path("a");
+    c2.start(&[&root2]);
+    assert_eq!(fs::read(root2.join("lib/x.py")).unwrap(), b"print('x')\n");
+    assert!(c2.wait_log("loaded from store s ("), "{}", c2.log_tail());
+    // Without the store, the grid's refusal is EIO naming it.
+    let mut c3 = AysClient::new();
+    c3.write_config(&config("wrong-Passwd-3", false));
+    let root3 = c3.path("a");
+    c3.start(&[&root3]);
+    assert_eq!(errno_of(fs::read(root3.join("hello.txt"))), libc::EIO);
+    assert!(c3.wait_log("401"), "{}", c3.log_tail());
+    for (what, log) in
+        [("client", c2.log_text()), ("client without store", c3.log_text()), ("grid", grid.log_text()), ("store", store.log_text())]
+    {
+        for pw in [grid_pw, store_pw, "wrong-Passwd-3"] {
+            assert!(!log.contains(pw), "the {what} log shows a password: {log}");
+        }
+    }
 }
 
 #[test]
