@@ -68,7 +68,8 @@ fn store(s: &Settings) -> Result<StoreBackend, String> {
     };
     let cache = BlockCacheConfig {
         max_bytes: if s.cache_maintenance { s.cache_size } else { 0 },
-        read_ahead: (s.max_connections as usize).clamp(1, 8),
+        // Sequential reads stream this many blocks ahead in one request.
+        read_ahead: 16,
         ..BlockCacheConfig::default()
     };
     Ok(StoreBackend::Tahoe { client, rootcap: ObjectId(rootcap.expose().to_string()), strategy, cache })

@@ -6,7 +6,7 @@ use crate::meta_sqlite::SqliteMeta;
 use crate::objects::{self, ObjectDir};
 use crate::staging::{ObjectReader, ObjectSource, Staging};
 use crate::tahoe::{self, StorageStrategy, TahoeClient};
-use crate::block_cache::{BlockCache, BlockCacheConfig, Fetch};
+use crate::block_cache::{BlockCache, BlockCacheConfig, Fetch, StreamFetch};
 use bytes::Bytes;
 use std::fmt;
 use std::io::{self, Read};
@@ -197,7 +197,11 @@ pub(crate) fn open(
             let client = Arc::new(client);
             let fetcher = client.clone();
             let fetch: Arc<Fetch> = Arc::new(move |object, offset, len| fetcher.read_range(object, offset, len));
-            let blocks = Arc::new(BlockCache::new(&cache_dir.join("blocks"), cache, fetch));
+            let streamer = client.clone();
+            let stream: Arc<StreamFetch> = Arc::new(move |object, offset, len, piece_len, piece| {
+                streamer.read_stream(object, offset, len, piece_len, piece)
+            });
+            let blocks = Arc::new(BlockCache::new(&cache_dir.join("blocks"), cache, fetch).with_stream(stream));
             ObjectStore::Tahoe { client, rootcap, strategy, blocks }
         }
     };

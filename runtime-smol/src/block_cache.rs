@@ -19,6 +19,11 @@ use truckeefs_core::{IoError, IoErrorKind, ObjectId};
 /// Fetches `len` bytes at `offset` of an object (fewer only at its end).
 pub type Fetch = dyn Fn(&ObjectId, u64, u32) -> Result<Bytes, IoError> + Send + Sync;
 
+/// Fetches `len` bytes at `offset` in one request, handing over pieces of the given size as they
+/// arrive until the callback returns false (read-ahead of sequential reads).
+pub type StreamFetch =
+    dyn Fn(&ObjectId, u64, u64, usize, &mut dyn FnMut(Bytes) -> bool) -> Result<(), IoError> + Send + Sync;
+
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct BlockCacheConfig {
@@ -42,12 +47,19 @@ pub struct BlockCache {
     dir: PathBuf,
     config: BlockCacheConfig,
     fetch: Arc<Fetch>,
+    stream: Option<Arc<StreamFetch>>,
     state: Mutex<State>,
     changed: Condvar,
 }
 
+/// Blocks kept in memory too: the kernel reads 128 KiB at a time, so a block is asked for
+/// several times in a row and must not be read from disk each time.
+const RECENT_BLOCKS: usize = 32;
+
 #[derive(Default)]
 struct State {
+    /// The last blocks used, most recent at the back.
+    recent: std::collections::VecDeque<(BlockKey, Bytes)>,
     /// Blocks being fetched.
     fetching: HashSet<BlockKey>,
     /// Per object: the end of the last read, to notice sequential access.
@@ -58,7 +70,21 @@ struct State {
 
 impl BlockCache {
     pub fn new(dir: &Path, config: BlockCacheConfig, fetch: Arc<Fetch>) -> BlockCache {
-        BlockCache { dir: dir.to_path_buf(), config, fetch, state: Mutex::new(State::default()), changed: Condvar::new() }
+        BlockCache {
+            dir: dir.to_path_buf(),
+            config,
+            fetch,
+            stream: None,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Read-ahead of sequential reads then streams runs of `read_ahead` blocks in one request
+    /// each, instead of one request per block.
+    pub fn with_stream(mut self, stream: Arc<StreamFetch>) -> BlockCache {
+        self.stream = Some(stream);
+        self
     }
 
     /// Reads up to `len` bytes at `offset` of `object` (fewer only at its end), from cached
@@ -77,9 +103,14 @@ impl BlockCache {
             seq
         };
         if sequential && self.config.read_ahead > 0 {
-            let first = end.div_ceil(bs);
-            for idx in first..first + self.config.read_ahead as u64 {
-                self.prefetch(object, id, idx);
+            match &self.stream {
+                Some(_) => self.stream_ahead(object, id, offset / bs),
+                None => {
+                    let first = end.div_ceil(bs);
+                    for idx in first..first + self.config.read_ahead as u64 {
+                        self.prefetch(object, id, idx);
+                    }
+                }
             }
         }
         let mut out = BytesMut::with_capacity(len as usize);
@@ -129,6 +160,7 @@ impl BlockCache {
         let result = (self.fetch)(object, key.1 * u64::from(bs), bs);
         if let Ok(data) = &result {
             self.store(key, data);
+            self.remember(key, data);
         }
         let mut st = self.lock();
         st.fetching.remove(&key);
@@ -162,9 +194,85 @@ impl BlockCache {
         .detach();
     }
 
+    /// Keeps the blocks from `idx` on covered: when fewer than half a window ahead are cached or
+    /// on their way, streams the next window of missing blocks in one request.
+    fn stream_ahead(self: &Arc<Self>, object: &ObjectId, id: u64, idx: u64) {
+        let window = self.config.read_ahead.max(1) as u64;
+        let covered = |b: u64, st: &State| st.fetching.contains(&(id, b)) || st.recent.iter().any(|(k, _)| *k == (id, b));
+        let mut first = idx;
+        {
+            let st = self.lock();
+            while first < idx + window && covered(first, &st) {
+                first += 1;
+            }
+        }
+        while first < idx + window && self.is_cached((id, first)) {
+            first += 1;
+        }
+        if first >= idx + window.div_ceil(2) {
+            return; // enough ahead already
+        }
+        let keys: Vec<BlockKey> = {
+            let mut st = self.lock();
+            let mut keys = Vec::new();
+            for b in first..first + window {
+                if !st.fetching.insert((id, b)) {
+                    break; // someone fetches from here on
+                }
+                keys.push((id, b));
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let (this, object) = (self.clone(), object.clone());
+        smol::unblock(move || this.stream_blocks(&object, &keys)).detach();
+    }
+
+    /// Fetches the consecutive blocks `keys` (already marked as being fetched) in one request.
+    fn stream_blocks(&self, object: &ObjectId, keys: &[BlockKey]) {
+        let Some(stream) = &self.stream else { return };
+        let bs = u64::from(self.config.block_size);
+        let mut next = 0;
+        let mut piece = |data: Bytes| {
+            let key = keys[next];
+            self.store(key, &data);
+            self.remember(key, &data);
+            self.lock().fetching.remove(&key);
+            self.changed.notify_all();
+            next += 1;
+            next < keys.len()
+        };
+        let result = stream(object, keys[0].1 * bs, bs * keys.len() as u64, bs as usize, &mut piece);
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "read-ahead stream");
+        }
+        // Blocks the stream did not deliver (its end, or an error): readers fetch them alone.
+        let mut st = self.lock();
+        for key in &keys[next.min(keys.len())..] {
+            st.fetching.remove(key);
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
     fn cached(&self, key: BlockKey) -> Option<Bytes> {
+        {
+            let mut st = self.lock();
+            if let Some(i) = st.recent.iter().position(|(k, _)| *k == key) {
+                let hit = st.recent.remove(i).expect("position is in range");
+                let data = hit.1.clone();
+                st.recent.push_back(hit);
+                return Some(data);
+            }
+        }
         match cacache::read_sync(&self.dir, cache_key(key)) {
-            Ok(data) => Some(Bytes::from(data)),
+            Ok(data) => {
+                let data = Bytes::from(data);
+                self.remember(key, &data);
+                Some(data)
+            }
             Err(cacache::Error::EntryNotFound(..)) => None,
             Err(e) => {
                 // A damaged entry is a miss: the block is fetched again and rewritten.
@@ -175,7 +283,18 @@ impl BlockCache {
         }
     }
 
+    fn remember(&self, key: BlockKey, data: &Bytes) {
+        let mut st = self.lock();
+        if st.recent.len() >= RECENT_BLOCKS {
+            st.recent.pop_front();
+        }
+        st.recent.push_back((key, data.clone()));
+    }
+
     fn is_cached(&self, key: BlockKey) -> bool {
+        if self.lock().recent.iter().any(|(k, _)| *k == key) {
+            return true;
+        }
         matches!(cacache::index::find(&self.dir, &cache_key(key)), Ok(Some(_)))
     }
 
@@ -307,6 +426,43 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "read-ahead never arrived");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn sequential_reads_stream_whole_windows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = Arc::new(object(64 * 4096 + 100));
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, max_bytes: 0 };
+        let (c, calls) = cache(tmp.path(), (*data).clone(), config);
+        let streams = Arc::new(AtomicUsize::new(0));
+        let (d, n) = (data.clone(), streams.clone());
+        let stream: Arc<StreamFetch> = Arc::new(move |_o: &ObjectId, off: u64, len: u64, piece: usize, f: &mut dyn FnMut(Bytes) -> bool| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let end = ((off + len) as usize).min(d.len());
+            let mut at = (off as usize).min(end);
+            while at < end {
+                let to = (at + piece).min(end);
+                if !f(Bytes::copy_from_slice(&d[at..to])) {
+                    break;
+                }
+                at = to;
+            }
+            Ok(())
+        });
+        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(stream));
+        let id = ObjectId("URI:CHK:s".into());
+        let mut got = Vec::new();
+        loop {
+            let chunk = c.read(&id, got.len() as u64, 1024).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, *data);
+        // 65 blocks: about one request per half window, not one per block.
+        let requests = streams.load(Ordering::SeqCst) + calls.load(Ordering::SeqCst);
+        assert!(requests <= 20, "{requests} requests for 65 blocks");
     }
 
     #[test]

@@ -656,6 +656,63 @@ impl TahoeClient {
         Err(op.err(IoErrorKind::Corrupt, "the gateway keeps answering with fewer bytes than asked"))
     }
 
+    /// Reads `len` bytes from `offset` in one request, handing them to `piece` in pieces of
+    /// `piece_len` bytes (the last may be shorter) as they arrive, until `piece` returns false.
+    /// Fewer bytes only at the end of the object.
+    pub fn read_stream(
+        &self,
+        cap: &ObjectId,
+        offset: u64,
+        len: u64,
+        piece_len: usize,
+        piece: &mut dyn FnMut(Bytes) -> bool,
+    ) -> Result<(), IoError> {
+        let op = Op::new("read", Some(cap));
+        check_cap(&op, cap)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let last = offset.saturating_add(len - 1);
+        let request = self.request("GET", &cap_path(cap)).header(RANGE, format!("bytes={offset}-{last}"));
+        self.exchange(&op, request, Vec::new(), |status, headers, body| {
+            let skip = match status {
+                206 => {
+                    let (start, _, _) = content_range(headers)
+                        .ok_or_else(|| op.err(IoErrorKind::Corrupt, "206 reply without a valid Content-Range"))?;
+                    if start != offset {
+                        return Err(op.err(IoErrorKind::Corrupt, format_args!("asked for bytes from {offset}, got {start}")));
+                    }
+                    0
+                }
+                200 => offset, // the range was ignored: the whole object
+                416 => return Ok(()),
+                _ => return Err(self.status_error(&op, status, body)),
+            };
+            if skip > 0 {
+                let skipped = io::copy(&mut (&mut *body).take(skip), &mut io::sink()).map_err(|e| self.body_error(&op, &e))?;
+                if skipped < skip {
+                    return Ok(());
+                }
+            }
+            let mut left = len;
+            while left > 0 {
+                let want = (piece_len as u64).min(left);
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut *body).take(want).read_to_end(&mut buf).map_err(|e| self.body_error(&op, &e))?;
+                let got = buf.len() as u64;
+                left -= got;
+                let end = got < want;
+                if got > 0 && !piece(Bytes::from(buf)) {
+                    return Ok(());
+                }
+                if end {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// `HEAD /uri/$CAP`: the object's size as the gateway reports it, if it does. Tahoe answers
     /// from the cap alone (no share is looked for): a check of the cap and the gateway, not of
     /// the data; [`TahoeClient::check`] looks for shares.

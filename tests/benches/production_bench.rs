@@ -1,0 +1,233 @@
+//! production_bench: a mount on MariaDB (metadata) and a Tahoe-LAFS grid (file data) against
+//! `curl` on the same gateway, in one run. The servers are the test harness's private ones
+//! (`tests/src/mariadb.rs`, `tests/src/tahoe_grid.rs`), started here.
+//!
+//! ```text
+//! cargo build --release -p truckeefs
+//! cargo bench -p truckeefs-tests --bench production_bench
+//! BENCH_MIB=64 BENCH_FILES=500 cargo bench -p truckeefs-tests --bench production_bench   # smaller
+//! ```
+//!
+//! Measures, printing figures and ratios (never failing on speed; the exit status is non-zero only
+//! when something fails functionally):
+//! - write `$BENCH_MIB` (default 256) MiB into the mount and fsync, against `curl -T` of the same
+//!   bytes to `PUT /uri` on the gateway (target >= 0.9x);
+//! - cold sequential read of that file through a fresh mount (empty block cache, kernel caches
+//!   dropped), against `curl` of the same cap (target >= 1.0x);
+//! - create, stat and unlink of `$BENCH_FILES` (default 2000) empty files;
+//! - the mount's peak resident memory while copying `$BENCH_COPY_MIB` (default 1024) MiB into it
+//!   (target < 150 MiB).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use truckeefs_tests::mariadb::MariaDb;
+use truckeefs_tests::tahoe_grid::TahoeGrid;
+use truckeefs_tests::{pseudo_random_bytes, Mount, Storage};
+
+const MIB: usize = 1 << 20;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("production_bench: FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn run() -> Result<()> {
+    let mib = env_usize("BENCH_MIB", 256)?;
+    let files = env_usize("BENCH_FILES", 2000)?;
+    let copy_mib = env_usize("BENCH_COPY_MIB", 1024)?;
+    if std::env::var_os("TRUCKEEFS_BIN").is_none() {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/truckeefs");
+        if !bin.exists() {
+            return Err(format!("{} not found: cargo build --release -p truckeefs first", bin.display()));
+        }
+        std::env::set_var("TRUCKEEFS_BIN", bin);
+    }
+    let db = MariaDb::shared();
+    let grid = TahoeGrid::shared();
+    println!("production_bench: MariaDB on port {}, Tahoe gateway {}", db.port(), grid.url);
+    let config_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = config_dir.path().join("env.yaml");
+    fs::write(
+        &config,
+        format!(
+            "rootcap: {}\ntahoe_url: {}\nsql_host: {}:{}\nsql_user: {}\nsql_pass: {}\nsql_db: {}\n",
+            grid.mkdir(),
+            grid.url,
+            db.host(),
+            db.port(),
+            db.user(),
+            db.password(),
+            db.unique_db_name("bench")
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = config.to_str().unwrap().to_string();
+    let data = pseudo_random_bytes(7, mib * MIB);
+    let scratch = tempfile::tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
+    let local_copy = scratch.path().join("bench.dat");
+    fs::write(&local_copy, &data).map_err(|e| e.to_string())?;
+
+    // --- write + fsync, against curl -T -------------------------------------------------------
+    let store = Storage::new();
+    let m = Mount::with_dirs_args(&store.data_dir, &store.cache_dir, &["-c", &cfg]);
+    let t = Instant::now();
+    let mut f = File::create(m.path("big")).map_err(|e| e.to_string())?;
+    for chunk in data.chunks(MIB) {
+        f.write_all(chunk).map_err(|e| format!("write: {e}"))?;
+    }
+    f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+    drop(f);
+    let w_mount = mib as f64 / t.elapsed().as_secs_f64();
+    let ino = fs::metadata(m.path("big")).map_err(|e| e.to_string())?.ino();
+
+    let t = Instant::now();
+    let cap = curl(&["-sS", "-f", "-T", local_copy.to_str().unwrap(), &format!("{}/uri", grid.url)])?;
+    let w_curl = mib as f64 / t.elapsed().as_secs_f64();
+    let cap = String::from_utf8(cap).map_err(|_| "curl PUT: not a cap".to_string())?;
+    println!("  write {mib} MiB: truckeefs {w_mount:.1} MiB/s, curl -T {w_curl:.1} MiB/s");
+
+    // --- metadata --------------------------------------------------------------------------
+    let (create, stat, unlink) = metadata_ops(&m.path("meta"), files)?;
+    println!("  metadata ({files} files): create {create:.0}/s, stat {stat:.0}/s, unlink {unlink:.0}/s");
+    m.unmount_ok();
+
+    // --- cold read, against curl of the same object --------------------------------------------
+    let fresh_cache = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let m = Mount::with_dirs_args(&store.data_dir, fresh_cache.path(), &["-c", &cfg]);
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let t = Instant::now();
+    let mut f = File::open(m.path("big")).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; MIB];
+    let mut pos = 0;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n] != data[pos..pos + n] {
+            return Err(format!("wrong bytes read back at offset {pos}"));
+        }
+        pos += n;
+    }
+    let r_mount = mib as f64 / t.elapsed().as_secs_f64();
+    drop(f);
+    if pos != data.len() {
+        return Err(format!("read {pos} bytes of {}", data.len()));
+    }
+    let file_cap = object_cap(grid, &config, ino)?;
+    let t = Instant::now();
+    let body = curl(&["-sS", "-f", &format!("{}/uri/{}", grid.url, file_cap)])?;
+    let r_curl = mib as f64 / t.elapsed().as_secs_f64();
+    if body != data {
+        return Err("curl read other bytes than were written".into());
+    }
+    drop(body);
+    let t = Instant::now();
+    let _ = curl(&["-sS", "-f", "-o", "/dev/null", &format!("{}/uri/{}", grid.url, cap.trim())])?;
+    let r_curl2 = mib as f64 / t.elapsed().as_secs_f64();
+    println!("  cold read {mib} MiB: truckeefs {r_mount:.1} MiB/s, curl {r_curl:.1} MiB/s (curl of its own upload {r_curl2:.1})");
+
+    // --- memory while copying ---------------------------------------------------------------
+    let copy_src = scratch.path().join("copy.dat");
+    {
+        let mut out = File::create(&copy_src).map_err(|e| e.to_string())?;
+        for i in 0..copy_mib {
+            out.write_all(&data[(i % mib) * MIB..(i % mib + 1) * MIB]).map_err(|e| e.to_string())?;
+        }
+    }
+    let pid = m.pid();
+    let t = Instant::now();
+    let mut peak = 0u64;
+    {
+        let mut input = File::open(&copy_src).map_err(|e| e.to_string())?;
+        let mut out = OpenOptions::new().write(true).create(true).truncate(true).open(m.path("copy")).map_err(|e| e.to_string())?;
+        loop {
+            let n = input.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(|e| format!("copy: {e}"))?;
+            peak = peak.max(rss_kib(pid));
+        }
+        out.sync_all().map_err(|e| format!("copy fsync: {e}"))?;
+    }
+    let copy_speed = copy_mib as f64 / t.elapsed().as_secs_f64();
+    println!("  copy {copy_mib} MiB in: {copy_speed:.1} MiB/s, daemon peak RSS {} MiB", peak / 1024);
+    m.unmount_ok();
+
+    println!();
+    println!("| metric | truckeefs | curl | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!("| write {mib} MiB + fsync (MiB/s) | {w_mount:.1} | {w_curl:.1} | {:.2}x | >= 0.9x |", w_mount / w_curl);
+    println!("| cold read {mib} MiB (MiB/s) | {r_mount:.1} | {r_curl:.1} | {:.2}x | >= 1.0x |", r_mount / r_curl);
+    println!("| create (ops/s, MariaDB) | {create:.0} | | | |");
+    println!("| stat (ops/s, MariaDB) | {stat:.0} | | | |");
+    println!("| unlink (ops/s, MariaDB) | {unlink:.0} | | | |");
+    println!("| daemon peak RSS copying {copy_mib} MiB (MiB) | {} | | | < 150 |", peak / 1024);
+    Ok(())
+}
+
+fn curl(args: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new("curl").args(args).output().map_err(|e| format!("curl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("curl failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(out.stdout)
+}
+
+/// The cap FLAT linked as `<ino>` under the rootcap.
+fn object_cap(grid: &TahoeGrid, config: &Path, ino: u64) -> Result<String> {
+    let text = fs::read_to_string(config).map_err(|e| e.to_string())?;
+    let rootcap = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rootcap: "))
+        .ok_or("no rootcap in the config")?
+        .to_string();
+    let json = curl(&["-sS", "-f", &format!("{}/uri/{}/{}?t=json", grid.url, rootcap, ino)])?;
+    let v: serde_json::Value = serde_json::from_slice(&json).map_err(|e| format!("t=json: {e}"))?;
+    v[1]["ro_uri"].as_str().map(str::to_string).ok_or_else(|| "t=json: no ro_uri".to_string())
+}
+
+fn metadata_ops(dir: &Path, n: usize) -> Result<(f64, f64, f64)> {
+    fs::create_dir(dir).map_err(|e| e.to_string())?;
+    let names: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("f{i}"))).collect();
+    let t = Instant::now();
+    for p in &names {
+        File::create(p).map_err(|e| format!("create: {e}"))?;
+    }
+    let create = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &names {
+        fs::symlink_metadata(p).map_err(|e| format!("stat: {e}"))?;
+    }
+    let stat = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &names {
+        fs::remove_file(p).map_err(|e| format!("unlink: {e}"))?;
+    }
+    let unlink = n as f64 / t.elapsed().as_secs_f64();
+    Ok((create, stat, unlink))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())))
+        .flatten()
+        .unwrap_or(0)
+}
