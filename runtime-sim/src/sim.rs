@@ -92,8 +92,8 @@ pub struct World {
     /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
     /// that were in flight when one happened.
     pub fault_epoch: u64,
-    /// Injected failures of metadata requests delivered so far.
-    pub meta_failures: u64,
+    /// Injected failures of metadata loads (`LoadInode`, `LoadDir`) delivered so far.
+    pub load_failures: u64,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -182,7 +182,7 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
-            meta_failures: 0,
+            load_failures: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
             next_request: 1,
@@ -393,8 +393,8 @@ impl World {
             if matches!(e.fault, Some(Fault::Fail(_))) {
                 // The failure shows now: requests in flight may see it.
                 self.fault_epoch += 1;
-                if matches!(e.request, IoRequest::Meta(_)) {
-                    self.meta_failures += 1;
+                if matches!(e.request, IoRequest::Meta(MetaRequest::LoadInode { .. } | MetaRequest::LoadDir { .. })) {
+                    self.load_failures += 1;
                 }
             }
             let result = match e.result {
@@ -404,7 +404,6 @@ impl World {
             if matches!(e.request, IoRequest::Meta(_)) && result.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict) {
                 // A conflict with another writer fails the transaction like an injected fault.
                 self.fault_epoch += 1;
-                self.meta_failures += 1;
             }
             self.trace.done(self.now_us(), &e.request, &result);
             let now = self.instant();
