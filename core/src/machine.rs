@@ -1474,10 +1474,18 @@ impl Core {
         let dirs: Vec<Ino> = std::mem::take(&mut self.dir_times).into_iter().collect();
         let mut ops = Vec::new();
         for dir in dirs {
-            if self.inodes.get(&dir).is_some_and(|i| i.times_dirty && !i.version_stale) {
-                ops.push(self.update_row(dir));
-            } else if let Some(i) = self.inodes.get_mut(&dir) {
-                i.times_dirty = false;
+            match self.inodes.get(&dir) {
+                Some(i) if i.times_dirty && !i.version_stale => ops.push(self.update_row(dir)),
+                Some(i) if i.times_dirty => {
+                    // Its stored version is unknown after a failed transaction: the times wait
+                    // for a reload (tried again if the last one failed), then the next flush.
+                    if !self.refreshing.contains(&dir) {
+                        self.refresh(dir);
+                    }
+                    self.dir_times.insert(dir);
+                    self.dir_times_flush_at = Some(self.now + Duration::from_secs(1));
+                }
+                _ => {}
             }
         }
         if !ops.is_empty() {
@@ -1532,6 +1540,17 @@ impl Core {
             // Some children were evicted: a fresh listing brings their attributes back.
             self.load_dir(ino);
             return Err(Stop::Wait);
+        }
+        if plus {
+            // A child left stale by a failed transaction may show the change that failed (the
+            // nlink 0 of a failed unlink): its attributes wait for its reload, as a lookup does.
+            let mut stale = false;
+            for (_, _, d) in &batch {
+                stale |= self.ensure_inode(d.ino).is_err();
+            }
+            if stale {
+                return Err(Stop::Wait);
+            }
         }
         for (off, name, d) in batch {
             let attr = if plus {
@@ -2279,10 +2298,22 @@ impl Core {
     /// that can be loaded again; keep what holds unsaved data or open handles.
     fn forget_clean_state(&mut self) {
         self.dirs.clear();
-        self.inodes.retain(|_, i| {
+        // Directories whose unsaved times ride on a transaction in flight: if that one fails too,
+        // the times go back to them (a reload would not have them).
+        let times_in_flight: HashSet<Ino> = self
+            .pending
+            .values()
+            .filter_map(|p| match p {
+                Pending::Commit { times, .. } => Some(times.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.inodes.retain(|ino, i| {
             let d = &i.data;
             i.opens > 0
                 || i.times_dirty
+                || times_in_flight.contains(ino)
                 || d.staged
                 || d.busy()
                 || d.record_on_disk

@@ -325,13 +325,9 @@ impl Harness {
         Ok(r)
     }
 
-    /// Tell the model the time now (and whether directory times can be held to their bounds).
+    /// Tell the model the time now.
     fn set_clock(&mut self) {
         self.model.now = self.wall();
-        // Open core bug dir-times-lost-on-failed-refresh: after a failed transaction, a failed
-        // refresh of a directory with unsaved times loses them. Remove with the fix
-        // (`a_failed_refresh_keeps_the_directory_times` in tests/regressions.rs then passes).
-        self.model.skip_dir_times = self.w.load_failures > 0;
     }
 
     /// The wall time now, as the core gets it with a request.

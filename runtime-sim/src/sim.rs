@@ -92,8 +92,6 @@ pub struct World {
     /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
     /// that were in flight when one happened.
     pub fault_epoch: u64,
-    /// Injected failures of metadata loads (`LoadInode`, `LoadDir`) delivered so far.
-    pub load_failures: u64,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -182,7 +180,6 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
-            load_failures: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
             next_request: 1,
@@ -393,9 +390,6 @@ impl World {
             if matches!(e.fault, Some(Fault::Fail(_))) {
                 // The failure shows now: requests in flight may see it.
                 self.fault_epoch += 1;
-                if matches!(e.request, IoRequest::Meta(MetaRequest::LoadInode { .. } | MetaRequest::LoadDir { .. })) {
-                    self.load_failures += 1;
-                }
             }
             let result = match e.result {
                 Some(r) => r,

@@ -329,11 +329,10 @@ fn a_failed_atime_update_keeps_the_directory_times() {
     );
 }
 
-// Open bug stale-attrs-after-failed-refresh: when a transaction fails and the refresh of an inode
+// Once reproduced stale-attrs-after-failed-refresh: when a transaction fails and the refresh of an inode
 // it changed fails too, readdirplus reports the failed change (here nlink 0 of a file whose
 // unlink answered EIO). (Campaign: `--seed 1740 --steps 400`, step 150.)
 #[test]
-#[ignore = "open core bug stale-attrs-after-failed-refresh"]
 fn readdirplus_never_shows_a_failed_change() {
     let mut s = Script::new(Config::default());
     let d = mkdir(&mut s, 1, "d");
@@ -365,11 +364,10 @@ fn readdirplus_never_shows_a_failed_change() {
     assert_eq!(nlink, Some(1), "readdirplus attributes of f after its unlink failed\n{}", s.trace_tail());
 }
 
-// Open bug dir-times-lost-on-failed-refresh: when a transaction fails and the refresh of a
+// Once reproduced dir-times-lost-on-failed-refresh: when a transaction fails and the refresh of a
 // directory with unsaved times fails too, its reload turns its mtime/ctime back.
 // (Campaign: `--seed 18`, step 115; `--seed 129`, step 167.)
 #[test]
-#[ignore = "open core bug dir-times-lost-on-failed-refresh"]
 fn a_failed_refresh_keeps_the_directory_times() {
     let mut s = Script::new(Config::default());
     let d = mkdir(&mut s, 1, "d");
@@ -409,12 +407,11 @@ fn a_failed_refresh_keeps_the_directory_times() {
     );
 }
 
-// Open bug dir-times-lost-on-two-failures: a directory's unsaved times ride on its atime update;
+// Once reproduced dir-times-lost-on-two-failures: a directory's unsaved times ride on its atime update;
 // an earlier transaction fails first (dropping the directory from memory, its times being in
 // flight), then that one fails too: the times have nowhere to go back to.
 // (Campaign: `--seed 952 --steps 400`, step 202.)
 #[test]
-#[ignore = "open core bug dir-times-lost-on-two-failures"]
 fn two_failed_transactions_keep_the_directory_times() {
     let mut s = Script::new(Config::default());
     let d = mkdir(&mut s, 1, "d");
