@@ -1338,11 +1338,12 @@ impl Core {
             return self.exchange(id, wall, parent, name, src, newparent, newname, dst);
         }
         if let Some(d) = dst {
-            if d.ino == src.ino {
-                return Ok(Reply::Empty); // the same file under both names: nothing to do
-            }
+            // Linux's order: NOREPLACE onto any existing name, even the source's inode, is EEXIST.
             if flags & NOREPLACE != 0 {
                 return Err(EEXIST.into());
+            }
+            if d.ino == src.ino {
+                return Ok(Reply::Empty); // the same file under both names: nothing to do
             }
             // The kernel's order: a directory into itself (EINVAL), then a target that is an
             // ancestor of the source (ENOTEMPTY), then the kinds.
