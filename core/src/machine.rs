@@ -137,6 +137,9 @@ struct Data {
     fsync_waiters: Vec<(RequestId, u64)>,
     /// Old objects to delete once no read of them is in flight.
     garbage: Vec<ObjectId>,
+    /// Uploaded objects whose commit failed: garbage once a reload shows the store's row does
+    /// not name them (a failure may hide a commit that happened).
+    uncommitted: Vec<ObjectId>,
     failures: u32,
 }
 
@@ -837,6 +840,16 @@ impl Core {
             existing.row.ctime = current.ctime;
         }
         existing.version_stale = false;
+        // Every transaction that could have stored these objects ran before this reload (all
+        // of them were issued before the failure that asked for it).
+        let d = &mut existing.data;
+        let stored = existing.row.object.clone();
+        for object in std::mem::take(&mut d.uncommitted) {
+            if Some(&object) != stored.as_ref() {
+                d.garbage.push(object);
+            }
+        }
+        self.collect_garbage(ino);
     }
 
     fn maybe_evict(&mut self, ino: Ino) {
@@ -2083,11 +2096,12 @@ impl Core {
                 let Some(up) = inode.data.upload else { return };
                 if let Err(e) = result {
                     // Transactions issued after this one may have stored the new object already,
-                    // so it is not deleted (at worst it leaks); the staged copy stays dirty and the
-                    // retry uploads and commits again.
+                    // and the failure may hide a commit that happened: the reload that follows
+                    // (`apply_refresh`) decides whether the object is garbage. The staged copy
+                    // stays dirty and the retry uploads and commits again.
                     inode.row.object = old;
                     inode.data.committed_size = old_size;
-                    let _ = object;
+                    inode.data.uncommitted.extend(object);
                     self.upload_failed(ino, &e);
                     self.forget_clean_state();
                     return;

@@ -452,3 +452,41 @@ fn two_failed_transactions_keep_the_directory_times() {
         s.trace_tail()
     );
 }
+
+// Once reproduced leak-after-failed-upload-commit: an upload whose commit failed (an injected
+// failure, or a version conflict with another writer) left its object in the store, referenced
+// by no inode, for ever. The reload after the failure now shows it unreferenced, and it goes.
+#[test]
+fn an_upload_whose_commit_failed_leaves_no_object_behind() {
+    for kind in [IoErrorKind::Other, IoErrorKind::Conflict] {
+        let mut s = Script::new(Config::default());
+        let (ino, fh) = s.create("f").unwrap();
+        assert_eq!(s.call(Op::Write { ino, fh, offset: 0, data: data(3000) }).unwrap(), Ok(Reply::Written(3000)));
+        let mut fail = true;
+        s.w.hook = Some(Box::new(move |req: &IoRequest| match req {
+            // The upload's commit: the only durable transaction storing an object.
+            IoRequest::Meta(MetaRequest::Commit(t))
+                if fail && t.durable && t.ops.iter().any(|op| matches!(op, TxnOp::UpdateInode { row, .. } if row.object.is_some())) =>
+            {
+                fail = false;
+                Some(Fault::Fail(kind))
+            }
+            _ => None,
+        }));
+        assert_eq!(s.call(Op::Fsync { ino, fh, datasync: false }).unwrap(), Err(libc::EIO), "the injected failure ({kind:?})");
+        s.call(Op::Release { ino, fh, lock_owner: None }).unwrap().unwrap();
+        // The retry uploads and commits a second object.
+        s.pass(Duration::from_secs(30)).unwrap();
+        assert_eq!(s.read_all(ino).unwrap().unwrap(), data(3000).to_vec());
+        let referenced = s.w.meta.referenced_objects();
+        let stored: Vec<&String> = s.w.objects.ids().collect();
+        assert_eq!(referenced.len(), 1, "the file's object");
+        assert!(
+            stored.iter().all(|id| referenced.contains(*id)),
+            "objects no inode references after a failed upload commit ({kind:?}): {:?} (referenced {:?})\n{}",
+            stored,
+            referenced,
+            s.trace_tail()
+        );
+    }
+}
