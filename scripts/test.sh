@@ -13,9 +13,18 @@
 #   5. cargo test        cargo test --workspace --no-fail-fast
 #   6. simulator         cargo run --release -p truckeefs-runtime-sim -- --seeds 500 --steps 200
 #                        (skipped, with a notice, while that crate has no binary target)
-#   7. pjdfstest         scripts/pjdfstest.sh: POSIX conformance of a mount vs the local disk,
+#   7. fuzz              cargo +nightly fuzz run TARGET for 10 s per target of fuzz/ (core_ops,
+#                        seal_record, tahoe_json, ays_value, ays_request, ays_config: every
+#                        `cargo fuzz list`), from the seed corpus in fuzz/corpus/TARGET; a crash
+#                        fails the section (its input stays in fuzz/artifacts/TARGET). Installs the
+#                        nightly toolchain and cargo-fuzz first if they are missing. The first
+#                        build with sanitizers is the expensive part: it is an unoptimized one
+#                        (FUZZ_PROFILE=dev, 4 min of CPU; an optimized one takes 13), enough for
+#                        seconds of fuzzing; later ones reuse fuzz/target. Long campaigns
+#                        (optimized): fuzz/README.md
+#   8. pjdfstest         scripts/pjdfstest.sh: POSIX conformance of a mount vs the local disk,
 #                        once with the kernel checking permissions, once with truckeefs
-#   8. production        the FUSE integration suites again, each mount on the harness's MariaDB
+#   9. production        the FUSE integration suites again, each mount on the harness's MariaDB
 #                        and Tahoe-LAFS grid (TRUCKEEFS_TEST_BACKENDS=production)
 # and at the end one line "N passed, N failed[, N skipped]" counting sections. Exit status 0 only
 # if no section failed.
@@ -26,6 +35,10 @@
 #   SIM_SEEDS, SIM_STEPS       simulator campaign size (default 500 seeds x 200 steps)
 #   TEST_TIMEOUT               seconds cargo test may take (default 1500)
 #   SIM_TIMEOUT                seconds the simulator campaign may take (default 900)
+#   FUZZ_SECONDS               seconds of fuzzing per target (default 10)
+#   FUZZ_PROFILE               dev (default: unoptimized, quick to build) or release (optimized, as
+#                              for long campaigns; cargo fuzz's own default)
+#   FUZZ_BUILD_TIMEOUT         seconds the fuzz build may take (default 1800)
 #   TEST_SECTIONS              space-separated section numbers to run (default: all), e.g. "2 5"
 set -euo pipefail
 
@@ -38,6 +51,9 @@ SIM_SEEDS="${SIM_SEEDS:-500}"
 SIM_STEPS="${SIM_STEPS:-200}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-1500}"
 SIM_TIMEOUT="${SIM_TIMEOUT:-900}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+FUZZ_PROFILE="${FUZZ_PROFILE:-dev}"
+FUZZ_BUILD_TIMEOUT="${FUZZ_BUILD_TIMEOUT:-1800}"
 TEST_SECTIONS="${TEST_SECTIONS:-}"
 SKIP=77 # a section's exit status meaning "skipped"
 
@@ -119,6 +135,60 @@ for p in json.load(sys.stdin)["packages"]:
     timeout -k 30 "$SIM_TIMEOUT" cargo run --release -p truckeefs-runtime-sim --bin "$bin" -- --seeds "$SIM_SEEDS" --steps "$SIM_STEPS"
 }
 
+s_fuzz() {
+    local fuzz="$ROOT/fuzz" targets t scratch log st rc=0 profile=()
+    [[ -f "$fuzz/Cargo.toml" ]] || { echo "NOTICE: skipped: there is no fuzz/ crate"; return "$SKIP"; }
+    case "$FUZZ_PROFILE" in
+        dev) profile=(--dev) ;;
+        release) profile=() ;;
+        *) echo "FUZZ_PROFILE must be dev or release, not '$FUZZ_PROFILE'"; return 1 ;;
+    esac
+    if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        echo "installing the nightly toolchain (cargo fuzz needs it)"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        echo "installing cargo-fuzz (cargo install cargo-fuzz --locked; kept in ~/.cargo/bin for later runs)"
+        cargo install cargo-fuzz --locked
+    fi
+    echo "$(cargo +nightly fuzz --version), $(cargo +nightly --version)"
+    cd "$fuzz"
+    targets="$(cargo +nightly fuzz list)"
+    echo "building the fuzz targets ($FUZZ_PROFILE, with sanitizers): $(tr '\n' ' ' <<<"$targets")"
+    log="$(mktemp)"
+    set +e
+    timeout -k 30 "$FUZZ_BUILD_TIMEOUT" cargo +nightly fuzz build "${profile[@]}" >"$log" 2>&1
+    st=$?
+    set -e
+    if ((st != 0)); then
+        tail -n 60 "$log"
+        echo "the fuzz build failed (exit $st)"
+        return 1
+    fi
+    grep -E '^\s*Finished' "$log" || true
+    rm -f "$log"
+    for t in $targets; do
+        # New inputs go to a scratch directory; the committed seed corpus is only read.
+        scratch="$(mktemp -d)"
+        log="$scratch.log"
+        echo "fuzz $t: ${FUZZ_SECONDS}s from fuzz/corpus/$t ($(find "corpus/$t" -type f 2>/dev/null | wc -l) inputs)"
+        set +e
+        timeout -k 30 $((FUZZ_SECONDS + 300)) cargo +nightly fuzz run "${profile[@]}" "$t" "$scratch" "corpus/$t" -- \
+            -max_total_time="$FUZZ_SECONDS" >"$log" 2>&1
+        st=$?
+        set -e
+        grep -E '^(INFO: seed corpus|Done [0-9]+ runs)' "$log" || true
+        if ((st != 0)); then
+            echo "fuzz $t FAILED (exit $st); the end of its output:"
+            tail -n 100 "$log"
+            echo "crash inputs kept in fuzz/artifacts/$t: $(ls "artifacts/$t" 2>/dev/null | tr '\n' ' ')"
+            rc=1
+        fi
+        rm -rf "$scratch" "$log"
+    done
+    return "$rc"
+}
+
 s_pjdfstest() {
     needs 4 "the release build"
     local rc=0
@@ -153,8 +223,9 @@ section 3 "debug build" s_build_debug
 section 4 "release build" s_build_release
 section 5 "cargo test" s_test
 section 6 "simulator" s_sim
-section 7 "pjdfstest" s_pjdfstest
-section 8 "production backends" s_production
+section 7 "fuzz" s_fuzz
+section 8 "pjdfstest" s_pjdfstest
+section 9 "production backends" s_production
 
 echo
 echo "================================================================================"

@@ -156,6 +156,9 @@ struct Data {
     close_waiters: Vec<(RequestId, u64)>,
     /// Old objects to delete once no read of them is in flight.
     garbage: Vec<ObjectId>,
+    /// Uploaded objects whose commit failed: garbage once a reload shows the store's row does
+    /// not name them (a failure may hide a commit that happened).
+    uncommitted: Vec<ObjectId>,
     failures: u32,
 }
 
@@ -1014,6 +1017,16 @@ impl Core {
             existing.row.ctime = current.ctime;
         }
         existing.version_stale = false;
+        // Every transaction that could have stored these objects ran before this reload (all
+        // of them were issued before the failure that asked for it).
+        let d = &mut existing.data;
+        let stored = existing.row.object.clone();
+        for object in std::mem::take(&mut d.uncommitted) {
+            if Some(&object) != stored.as_ref() {
+                d.garbage.push(object);
+            }
+        }
+        self.collect_garbage(ino);
     }
 
     fn maybe_evict(&mut self, ino: Ino) {
@@ -1702,11 +1715,12 @@ impl Core {
             return self.exchange(id, wall, parent, name, src, newparent, newname, dst);
         }
         if let Some(d) = dst {
-            if d.ino == src.ino {
-                return Ok(Reply::Empty); // the same file under both names: nothing to do
-            }
+            // Linux's order: NOREPLACE onto any existing name, even the source's inode, is EEXIST.
             if flags & NOREPLACE != 0 {
                 return Err(EEXIST.into());
+            }
+            if d.ino == src.ino {
+                return Ok(Reply::Empty); // the same file under both names: nothing to do
             }
             // The kernel's order: a directory into itself (EINVAL), then a target that is an
             // ancestor of the source (ENOTEMPTY), then the kinds.
@@ -1838,10 +1852,18 @@ impl Core {
         let dirs: Vec<Ino> = std::mem::take(&mut self.dir_times).into_iter().collect();
         let mut ops = Vec::new();
         for dir in dirs {
-            if self.inodes.get(&dir).is_some_and(|i| i.times_dirty && !i.version_stale) {
-                ops.push(self.update_row(dir));
-            } else if let Some(i) = self.inodes.get_mut(&dir) {
-                i.times_dirty = false;
+            match self.inodes.get(&dir) {
+                Some(i) if i.times_dirty && !i.version_stale => ops.push(self.update_row(dir)),
+                Some(i) if i.times_dirty => {
+                    // Its stored version is unknown after a failed transaction: the times wait
+                    // for a reload (tried again if the last one failed), then the next flush.
+                    if !self.refreshing.contains(&dir) {
+                        self.refresh(dir);
+                    }
+                    self.dir_times.insert(dir);
+                    self.dir_times_flush_at = Some(self.now + Duration::from_secs(1));
+                }
+                _ => {}
             }
         }
         if !ops.is_empty() {
@@ -1896,6 +1918,17 @@ impl Core {
             // Some children were evicted: a fresh listing brings their attributes back.
             self.load_dir(ino);
             return Err(Stop::Wait);
+        }
+        if plus {
+            // A child left stale by a failed transaction may show the change that failed (the
+            // nlink 0 of a failed unlink): its attributes wait for its reload, as a lookup does.
+            let mut stale = false;
+            for (_, _, d) in &batch {
+                stale |= self.ensure_inode(d.ino).is_err();
+            }
+            if stale {
+                return Err(Stop::Wait);
+            }
         }
         for (off, name, d) in batch {
             let attr = if plus {
@@ -2467,11 +2500,12 @@ impl Core {
                 let Some(up) = inode.data.upload else { return };
                 if let Err(e) = result {
                     // Transactions issued after this one may have stored the new object already,
-                    // so it is not deleted (at worst it leaks); the staged copy stays dirty and the
-                    // retry uploads and commits again.
+                    // and the failure may hide a commit that happened: the reload that follows
+                    // (`apply_refresh`) decides whether the object is garbage. The staged copy
+                    // stays dirty and the retry uploads and commits again.
                     inode.row.object = old;
                     inode.data.committed_size = old_size;
-                    let _ = object;
+                    inode.data.uncommitted.extend(object);
                     self.upload_failed(ino, &e);
                     self.forget_clean_state();
                     return;
@@ -2697,10 +2731,22 @@ impl Core {
     /// that can be loaded again; keep what holds unsaved data or open handles.
     fn forget_clean_state(&mut self) {
         self.dirs.clear();
-        self.inodes.retain(|_, i| {
+        // Directories whose unsaved times ride on a transaction in flight: if that one fails too,
+        // the times go back to them (a reload would not have them).
+        let times_in_flight: HashSet<Ino> = self
+            .pending
+            .values()
+            .filter_map(|p| match p {
+                Pending::Commit { times, .. } => Some(times.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.inodes.retain(|ino, i| {
             let d = &i.data;
             i.opens > 0
                 || i.times_dirty
+                || times_in_flight.contains(ino)
                 || d.staged
                 || d.busy()
                 || d.record_on_disk

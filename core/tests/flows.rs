@@ -228,6 +228,19 @@ fn rename_errors_follow_posix() {
     assert_eq!(h.entry(Op::Lookup { parent: ROOT_INO, name: b"d".to_vec() }).nlink, before);
 }
 
+// Linux checks RENAME_NOREPLACE before it notices that both names are the same inode.
+#[test]
+fn rename_noreplace_onto_the_same_inode_is_eexist() {
+    let mut h = Harness::new();
+    let (f, _) = h.create(ROOT_INO, "f");
+    h.entry(Op::Link { ino: f, newparent: ROOT_INO, newname: b"g".to_vec() });
+    assert_eq!(h.rename(ROOT_INO, "f", ROOT_INO, "g", libc::RENAME_NOREPLACE), Err(libc::EEXIST));
+    assert_eq!(h.rename(ROOT_INO, "f", ROOT_INO, "f", libc::RENAME_NOREPLACE), Err(libc::EEXIST));
+    // Without the flag it is a no-op that succeeds, and both names stay.
+    assert_eq!(h.rename(ROOT_INO, "f", ROOT_INO, "g", 0), Ok(Reply::Empty));
+    assert_eq!(h.names(ROOT_INO), [".", "..", "f", "g"]);
+}
+
 #[test]
 fn rename_exchange_swaps_both_names() {
     let mut h = Harness::new();

@@ -325,14 +325,9 @@ impl Harness {
         Ok(r)
     }
 
-    /// Tell the model the time now (and whether directory times can be held to their bounds).
+    /// Tell the model the time now.
     fn set_clock(&mut self) {
         self.model.now = self.wall();
-        // Open core bug dir-times-lost (partly fixed in 9e89c9a): a failed transaction (an
-        // injected failure, or a conflict with the other writer) can lose a directory's lazily
-        // stored times. Remove with the fix (`a_failed_atime_update_keeps_the_directory_times`
-        // in tests/regressions.rs then passes).
-        self.model.skip_dir_times = self.w.meta_failures > 0 || self.foreign_writes > 0;
     }
 
     /// The wall time now, as the core gets it with a request.

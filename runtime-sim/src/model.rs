@@ -111,9 +111,6 @@ pub struct Model {
     pub times: HashMap<Ino, (Timespec, Timespec)>,
     /// The wall time now (when an answer is checked): no time may be later.
     pub now: Timespec,
-    /// Do not hold directories to their time bounds (set after an injected metadata failure:
-    /// open core bug dir-times-lost, see `tests/regressions.rs`).
-    pub skip_dir_times: bool,
     /// Files whose row another writer changed behind the core's back (`foreign_chown`), with
     /// the uids the core may still show (from its cache, or from a reload between two foreign
     /// changes); until the core's next stored change of the row or a crash, requests touching
@@ -189,7 +186,6 @@ impl Model {
             locks: BTreeMap::new(),
             times: HashMap::new(),
             now: Timespec::default(),
-            skip_dir_times: false,
             foreign: BTreeMap::new(),
         }
     }
@@ -274,8 +270,7 @@ impl Model {
         }
         if !self.unsettled.contains(&ino) {
             let show = |t: Timespec| format!("{}.{:09}", t.sec, t.nsec);
-            let skip = self.skip_dir_times && n.kind == FileKind::Directory;
-            let (mtime, ctime) = if skip { Default::default() } else { self.times.get(&ino).copied().unwrap_or_default() };
+            let (mtime, ctime) = self.times.get(&ino).copied().unwrap_or_default();
             if a.mtime < mtime {
                 diffs.push(format!("mtime {} before {} (a change then, or a value seen)", show(a.mtime), show(mtime)));
             }

@@ -92,8 +92,6 @@ pub struct World {
     /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
     /// that were in flight when one happened.
     pub fault_epoch: u64,
-    /// Injected failures of metadata requests delivered so far.
-    pub meta_failures: u64,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -188,7 +186,6 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
-            meta_failures: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
             next_request: 1,
@@ -404,9 +401,6 @@ impl World {
             if matches!(e.fault, Some(Fault::Fail(_))) {
                 // The failure shows now: requests in flight may see it.
                 self.fault_epoch += 1;
-                if matches!(e.request, IoRequest::Meta(_)) {
-                    self.meta_failures += 1;
-                }
             }
             let result = match e.result {
                 Some(r) => r,
@@ -415,7 +409,6 @@ impl World {
             if matches!(e.request, IoRequest::Meta(_)) && result.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict) {
                 // A conflict with another writer fails the transaction like an injected fault.
                 self.fault_epoch += 1;
-                self.meta_failures += 1;
             }
             self.trace.done(self.now_us(), &e.request, &result);
             let now = self.instant();

@@ -328,3 +328,165 @@ fn a_failed_atime_update_keeps_the_directory_times() {
         s.trace_tail()
     );
 }
+
+// Once reproduced stale-attrs-after-failed-refresh: when a transaction fails and the refresh of an inode
+// it changed fails too, readdirplus reports the failed change (here nlink 0 of a file whose
+// unlink answered EIO). (Campaign: `--seed 1740 --steps 400`, step 150.)
+#[test]
+fn readdirplus_never_shows_a_failed_change() {
+    let mut s = Script::new(Config::default());
+    let d = mkdir(&mut s, 1, "d");
+    // Created and left open, so the core keeps it (and refreshes it) after a failed transaction.
+    let ino = match s.call(Op::Create { parent: d, name: b"f".to_vec(), mode: libc::S_IFREG | 0o644, umask: 0, flags: libc::O_RDWR }).unwrap() {
+        Ok(Reply::Created { attr, .. }) => attr.ino,
+        other => panic!("create: {other:?}"),
+    };
+    let (mut commit, mut load) = (true, true);
+    s.w.hook = Some(Box::new(move |req: &IoRequest| match req {
+        IoRequest::Meta(MetaRequest::Commit(_)) if commit => {
+            commit = false;
+            Some(Fault::Fail(IoErrorKind::Other))
+        }
+        IoRequest::Meta(MetaRequest::LoadInode { ino: i }) if *i == ino && load => {
+            load = false;
+            Some(Fault::Fail(IoErrorKind::Other))
+        }
+        _ => None,
+    }));
+    assert_eq!(s.call(Op::Unlink { parent: d, name: b"f".to_vec() }).unwrap(), Err(libc::EIO), "the injected failure");
+    s.pass(Duration::from_millis(10)).unwrap();
+    let Ok(Reply::Opened { fh: dfh, .. }) = s.call(Op::OpenDir { ino: d, flags: libc::O_RDONLY }).unwrap() else { panic!("opendir") };
+    let Ok(Reply::Dir(entries)) = s.call(Op::ReadDir { ino: d, fh: dfh, offset: 0, size: 4096, plus: true }).unwrap() else {
+        panic!("readdirplus")
+    };
+    let f = entries.iter().find(|e| e.name == b"f").expect("f is still listed (its unlink failed)");
+    let nlink = f.attr.map(|a| a.nlink);
+    assert_eq!(nlink, Some(1), "readdirplus attributes of f after its unlink failed\n{}", s.trace_tail());
+}
+
+// Once reproduced dir-times-lost-on-failed-refresh: when a transaction fails and the refresh of a
+// directory with unsaved times fails too, its reload turns its mtime/ctime back.
+// (Campaign: `--seed 18`, step 115; `--seed 129`, step 167.)
+#[test]
+fn a_failed_refresh_keeps_the_directory_times() {
+    let mut s = Script::new(Config::default());
+    let d = mkdir(&mut s, 1, "d");
+    let (g, gfh) = s.create("g").unwrap();
+    s.call(Op::Release { ino: g, fh: gfh, lock_owner: None }).unwrap().unwrap();
+    s.pass(Duration::from_secs(5)).unwrap();
+    let Ok(Reply::Entry(_)) = s.call(Op::MkNod { parent: d, name: b"x".to_vec(), mode: libc::S_IFREG | 0o644, umask: 0, rdev: 0 }).unwrap() else {
+        panic!("mknod")
+    };
+    let before = attr(&mut s, d);
+    // (Before the lazily stored times are flushed, a second later.) A transaction fails, and so
+    // does the refresh of the directory.
+    let (mut commit, mut load) = (true, true);
+    s.w.hook = Some(Box::new(move |req: &IoRequest| match req {
+        IoRequest::Meta(MetaRequest::Commit(_)) if commit => {
+            commit = false;
+            Some(Fault::Fail(IoErrorKind::Other))
+        }
+        IoRequest::Meta(MetaRequest::LoadInode { ino }) if *ino == d && load => {
+            load = false;
+            Some(Fault::Fail(IoErrorKind::Other))
+        }
+        _ => None,
+    }));
+    let chmod = Op::SetAttr { ino: g, fh: None, set: SetAttr { mode: Some(0o600), ..SetAttr::default() } };
+    assert_eq!(s.call(chmod).unwrap(), Err(libc::EIO), "the injected failure");
+    s.pass(Duration::from_secs(5)).unwrap();
+    let after = attr(&mut s, d);
+    assert!(
+        after.mtime >= before.mtime && after.ctime >= before.ctime,
+        "directory times went back: mtime {:?} -> {:?}, ctime {:?} -> {:?}\n{}",
+        before.mtime,
+        after.mtime,
+        before.ctime,
+        after.ctime,
+        s.trace_tail()
+    );
+}
+
+// Once reproduced dir-times-lost-on-two-failures: a directory's unsaved times ride on its atime update;
+// an earlier transaction fails first (dropping the directory from memory, its times being in
+// flight), then that one fails too: the times have nowhere to go back to.
+// (Campaign: `--seed 952 --steps 400`, step 202.)
+#[test]
+fn two_failed_transactions_keep_the_directory_times() {
+    let mut s = Script::new(Config::default());
+    let d = mkdir(&mut s, 1, "d");
+    let (g, gfh) = s.create("g").unwrap();
+    s.call(Op::Release { ino: g, fh: gfh, lock_owner: None }).unwrap().unwrap();
+    s.pass(Duration::from_secs(5)).unwrap();
+    let Ok(Reply::Entry(_)) = s.call(Op::MkNod { parent: d, name: b"x".to_vec(), mode: libc::S_IFREG | 0o644, umask: 0, rdev: 0 }).unwrap() else {
+        panic!("mknod")
+    };
+    let before = attr(&mut s, d);
+    let Ok(Reply::Opened { fh, .. }) = s.call(Op::OpenDir { ino: d, flags: libc::O_RDONLY }).unwrap() else { panic!("opendir") };
+    // The next two transactions fail: a chmod of another file, then the directory's atime update
+    // (relatime, on readdir), emitted before the first one's answer.
+    let mut failures = 2;
+    s.w.hook = Some(Box::new(move |req: &IoRequest| {
+        if failures > 0 && matches!(req, IoRequest::Meta(MetaRequest::Commit(_))) {
+            failures -= 1;
+            return Some(Fault::Fail(IoErrorKind::Other));
+        }
+        None
+    }));
+    let chmod = s.issue(Op::SetAttr { ino: g, fh: None, set: SetAttr { mode: Some(0o600), ..SetAttr::default() } }).unwrap();
+    let readdir = s.issue(Op::ReadDir { ino: d, fh, offset: 0, size: 4096, plus: false }).unwrap();
+    // Closed before the failures arrive: nothing keeps the directory in memory then.
+    let release = s.issue(Op::ReleaseDir { ino: d, fh }).unwrap();
+    assert_eq!(s.w.wait(chmod).unwrap(), Err(libc::EIO), "the injected failure");
+    let _ = s.w.wait(readdir).unwrap();
+    let _ = s.w.wait(release).unwrap();
+    s.pass(Duration::from_secs(5)).unwrap();
+    let after = attr(&mut s, d);
+    assert!(
+        after.mtime >= before.mtime && after.ctime >= before.ctime,
+        "directory times went back: mtime {:?} -> {:?}, ctime {:?} -> {:?}\n{}",
+        before.mtime,
+        after.mtime,
+        before.ctime,
+        after.ctime,
+        s.trace_tail()
+    );
+}
+
+// Once reproduced leak-after-failed-upload-commit: an upload whose commit failed (an injected
+// failure, or a version conflict with another writer) left its object in the store, referenced
+// by no inode, for ever. The reload after the failure now shows it unreferenced, and it goes.
+#[test]
+fn an_upload_whose_commit_failed_leaves_no_object_behind() {
+    for kind in [IoErrorKind::Other, IoErrorKind::Conflict] {
+        let mut s = Script::new(Config::default());
+        let (ino, fh) = s.create("f").unwrap();
+        assert_eq!(s.call(Op::Write { ino, fh, offset: 0, data: data(3000) }).unwrap(), Ok(Reply::Written(3000)));
+        let mut fail = true;
+        s.w.hook = Some(Box::new(move |req: &IoRequest| match req {
+            // The upload's commit: the only durable transaction storing an object.
+            IoRequest::Meta(MetaRequest::Commit(t))
+                if fail && t.durable && t.ops.iter().any(|op| matches!(op, TxnOp::UpdateInode { row, .. } if row.object.is_some())) =>
+            {
+                fail = false;
+                Some(Fault::Fail(kind))
+            }
+            _ => None,
+        }));
+        assert_eq!(s.call(Op::Fsync { ino, fh, datasync: false }).unwrap(), Err(libc::EIO), "the injected failure ({kind:?})");
+        s.call(Op::Release { ino, fh, lock_owner: None }).unwrap().unwrap();
+        // The retry uploads and commits a second object.
+        s.pass(Duration::from_secs(30)).unwrap();
+        assert_eq!(s.read_all(ino).unwrap().unwrap(), data(3000).to_vec());
+        let referenced = s.w.meta.referenced_objects();
+        let stored: Vec<&String> = s.w.objects.ids().collect();
+        assert_eq!(referenced.len(), 1, "the file's object");
+        assert!(
+            stored.iter().all(|id| referenced.contains(*id)),
+            "objects no inode references after a failed upload commit ({kind:?}): {:?} (referenced {:?})\n{}",
+            stored,
+            referenced,
+            s.trace_tail()
+        );
+    }
+}

@@ -90,7 +90,7 @@ pub struct Request<'a> {
     /// Header names in lowercase.
     headers: Vec<(String, Vec<u8>)>,
     pub peer: SocketAddr,
-    conn: &'a mut BufReader<TcpStream>,
+    conn: &'a mut dyn Conn,
     framing: Framing,
     expect_continue: bool,
     continue_sent: bool,
@@ -99,7 +99,45 @@ pub struct Request<'a> {
     body_limit: u64,
 }
 
+/// What a request reads its body from, and writes `100 Continue` to: the connection.
+pub trait Conn: Read {
+    fn write_interim(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl Conn for BufReader<TcpStream> {
+    fn write_interim(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.get_mut().write_all(bytes)
+    }
+}
+
+/// Bytes as a connection (the body parser without a socket: tests and fuzzing); what is
+/// written goes nowhere.
+impl Conn for &[u8] {
+    fn write_interim(&mut self, _bytes: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl<'a> Request<'a> {
+    /// A request with a parsed head whose body comes from `conn`.
+    pub fn new(head: Head, peer: SocketAddr, conn: &'a mut dyn Conn) -> Request<'a> {
+        let Head { method, path, query, headers, framing, close: _, expect_continue } = head;
+        Request {
+            method,
+            path,
+            query,
+            headers,
+            peer,
+            conn,
+            framing,
+            expect_continue,
+            continue_sent: false,
+            body_error: false,
+            body_read: 0,
+            body_limit: 0,
+        }
+    }
+
     /// A header's value (the first one with this name, case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
@@ -144,7 +182,7 @@ impl<'a> Request<'a> {
     fn send_continue(&mut self) -> io::Result<()> {
         if self.expect_continue && !self.continue_sent {
             self.continue_sent = true;
-            self.conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            self.conn.write_interim(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         Ok(())
     }
@@ -226,7 +264,7 @@ impl<'a> Request<'a> {
 
     /// Reads and drops what is left of the body, up to `max` bytes; false if more was left (or
     /// the body was broken), in which case the connection must be closed.
-    fn drain(&mut self, max: u64) -> bool {
+    pub fn drain(&mut self, max: u64) -> bool {
         if self.body_error {
             return false;
         }
@@ -600,6 +638,85 @@ fn read_head(conn: &mut BufReader<TcpStream>, limits: &Limits) -> Result<Vec<u8>
     }
 }
 
+/// A request head, parsed and checked: everything about a request but its body.
+pub struct Head {
+    pub method: String,
+    /// The path, still percent-encoded, without the query.
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, Vec<u8>)>,
+    framing: Framing,
+    /// The connection ends after the answer.
+    pub close: bool,
+    pub expect_continue: bool,
+}
+
+impl Head {
+    /// The declared body length (`None`: chunked).
+    pub fn content_length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length { remaining } => Some(remaining),
+            Framing::Chunked { .. } => None,
+        }
+    }
+}
+
+/// Parses a request head up to and including its empty line (at most `headers_max` headers).
+/// A head that is refused gets the answer to send before the connection is closed. Pure, so
+/// that it can be fuzzed (`fuzz/fuzz_targets/ays_request.rs`).
+pub fn parse_head(head: &[u8], headers_max: usize) -> Result<Head, Response> {
+    let mut header_buf = vec![httparse::EMPTY_HEADER; headers_max];
+    let mut parsed = httparse::Request::new(&mut header_buf);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(Response::text(431, "too many request headers"));
+        }
+        Err(e) => return Err(Response::text(400, format!("malformed request: {e}"))),
+    }
+    let method = parsed.method.unwrap_or_default().to_string();
+    let target = parsed.path.unwrap_or_default().to_string();
+    let version = parsed.version.unwrap_or(1);
+    let headers: Vec<(String, Vec<u8>)> =
+        parsed.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
+    let get = |name: &str| -> Vec<&[u8]> { headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect() };
+    let has_token = |name: &str, token: &str| {
+        get(name).iter().any(|v| String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    let mut close = version == 0 || has_token("connection", "close");
+    if version == 0 && has_token("connection", "keep-alive") {
+        close = false;
+    }
+
+    // Body framing (RFC 9112 6.3); both headers at once is refused (request smuggling).
+    let te = get("transfer-encoding");
+    let cl = get("content-length");
+    let framing = if !te.is_empty() {
+        if !cl.is_empty() || !has_token("transfer-encoding", "chunked") || te.len() != 1 {
+            return Err(Response::text(400, "unsupported Transfer-Encoding"));
+        }
+        Framing::Chunked { chunk_remaining: 0, done: false }
+    } else if !cl.is_empty() {
+        let values: Vec<Option<u64>> = cl
+            .iter()
+            .map(|v| std::str::from_utf8(v).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse().ok()))
+            .collect();
+        match values.first() {
+            Some(Some(n)) if values.iter().all(|v| *v == Some(*n)) => Framing::Length { remaining: *n },
+            _ => return Err(Response::text(400, "bad Content-Length")),
+        }
+    } else {
+        Framing::Length { remaining: 0 }
+    };
+    let expect_continue = version == 1 && get("expect").iter().any(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.clone(), None),
+    };
+    Ok(Head { method, path, query, headers, framing, close, expect_continue })
+}
+
 fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     let limits = &shared.limits;
     let _ = stream.set_nodelay(true);
@@ -625,71 +742,16 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
-        let mut header_buf = vec![httparse::EMPTY_HEADER; limits.headers_max];
-        let mut parsed = httparse::Request::new(&mut header_buf);
-        match parsed.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                write_response(&mut writer, Response::text(431, "too many request headers"), false, true);
+        let head = match parse_head(&head, limits.headers_max) {
+            Ok(h) => h,
+            Err(refusal) => {
+                write_response(&mut writer, refusal, false, true);
                 lingering_close(&mut conn);
                 return;
             }
-            Err(e) => {
-                write_response(&mut writer, Response::text(400, format!("malformed request: {e}")), false, true);
-                lingering_close(&mut conn);
-                return;
-            }
-        }
-        let method = parsed.method.unwrap_or_default().to_string();
-        let target = parsed.path.unwrap_or_default().to_string();
-        let version = parsed.version.unwrap_or(1);
-        let headers: Vec<(String, Vec<u8>)> =
-            parsed.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
-        let get = |name: &str| -> Vec<&[u8]> {
-            headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect()
         };
-        let has_token = |name: &str, token: &str| {
-            get(name).iter().any(|v| {
-                String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
-        };
-        let mut close = version == 0 || has_token("connection", "close");
-        if version == 0 && has_token("connection", "keep-alive") {
-            close = false;
-        }
-
-        // Body framing (RFC 9112 6.3); both headers at once is refused (request smuggling).
-        let te = get("transfer-encoding");
-        let cl = get("content-length");
-        let framing = if !te.is_empty() {
-            if !cl.is_empty() || !has_token("transfer-encoding", "chunked") || te.len() != 1 {
-                write_response(&mut writer, Response::text(400, "unsupported Transfer-Encoding"), false, true);
-                lingering_close(&mut conn);
-                return;
-            }
-            Framing::Chunked { chunk_remaining: 0, done: false }
-        } else if !cl.is_empty() {
-            let values: Vec<Option<u64>> = cl
-                .iter()
-                .map(|v| std::str::from_utf8(v).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse().ok()))
-                .collect();
-            match values.first() {
-                Some(Some(n)) if values.iter().all(|v| *v == Some(*n)) => Framing::Length { remaining: *n },
-                _ => {
-                    write_response(&mut writer, Response::text(400, "bad Content-Length"), false, true);
-                    lingering_close(&mut conn);
-                    return;
-                }
-            }
-        } else {
-            Framing::Length { remaining: 0 }
-        };
-        let expect_continue = version == 1 && get("expect").iter().any(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (target.clone(), None),
-        };
-        let head_only = method == "HEAD";
+        let head_only = head.method == "HEAD";
+        let mut close = head.close;
 
         let started = Instant::now();
         if !shared.slots.acquire(limits.queue_timeout) {
@@ -698,20 +760,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             return;
         }
         let _ = conn.get_ref().set_read_timeout(Some(limits.io_timeout));
-        let mut req = Request {
-            method,
-            path,
-            query,
-            headers,
-            peer,
-            conn: &mut conn,
-            framing,
-            expect_continue,
-            continue_sent: false,
-            body_error: false,
-            body_read: 0,
-            body_limit: 0,
-        };
+        let mut req = Request::new(head, peer, &mut conn);
         let resp = shared.handler.handle(&mut req);
         let status = resp.status;
         let len = resp.body_len();
@@ -729,6 +778,75 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         tracing::debug!(%peer, %method, %path, status, bytes = len, ms = started.elapsed().as_millis() as u64, "request");
         if !keep {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Head, u16> {
+        parse_head(text.as_bytes(), 8).map_err(|r| r.status)
+    }
+
+    /// The body of `request` (head, blank line, body) read through a [`Request`] over its bytes.
+    fn body(request: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+        let split = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let (h, mut rest) = request.split_at(split);
+        let h = parse_head(h, 8).map_err(|r| format!("refused: {}", r.status))?;
+        let mut req = Request::new(h, ([127, 0, 0, 1], 1).into(), &mut rest);
+        req.read_body(limit).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_head_gives_method_path_query_and_framing() {
+        let h = head("GET /md/c/m/a%20b?fetch=2 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!((h.method.as_str(), h.path.as_str(), h.query.as_deref()), ("GET", "/md/c/m/a%20b", Some("fetch=2")));
+        assert_eq!(h.content_length(), Some(0));
+        assert!(!h.close && !h.expect_continue);
+        let h = head("PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert_eq!(h.content_length(), Some(5));
+        assert!(h.expect_continue);
+        assert_eq!(head("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().content_length(), None);
+    }
+
+    #[test]
+    fn http_1_0_closes_unless_asked_to_keep_alive() {
+        assert!(head("GET / HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(!head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().close);
+        assert!(head("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").unwrap().close);
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        // Both framings at once (request smuggling), other transfer codings, bad lengths.
+        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n").err(), Some(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").err(), Some(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n").err(), Some(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").err(), Some(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n").err(), Some(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").err(), Some(400));
+        assert_eq!(head("GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\nf: 1\r\ng: 1\r\nh: 1\r\ni: 1\r\n\r\n").err(), Some(431));
+        assert_eq!(head("GET / HTTP/1.1\r\n").err(), Some(431), "a partial head");
+        assert_eq!(head("GET\0/ HTTP/1.1\r\n\r\n").err(), Some(400));
+    }
+
+    #[test]
+    fn bodies_are_read_by_their_framing_and_bounded() {
+        assert_eq!(body(b"PUT / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcdef", 10).unwrap(), b"abc");
+        assert!(body(b"PUT / HTTP/1.1\r\nContent-Length: 30\r\n\r\nabc", 100).is_err(), "a body cut short");
+        assert!(body(b"PUT / HTTP/1.1\r\nContent-Length: 30\r\n\r\nabc", 10).is_err(), "a declared length over the bound");
+        let chunked = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: 1\r\n\r\n";
+        assert_eq!(body(chunked, 10).unwrap(), b"abcde");
+        assert!(body(chunked, 4).is_err(), "a chunked body over the bound");
+        for broken in [
+            &b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"[..],
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc",
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+        ] {
+            assert!(body(broken, 100).is_err(), "{:?}", String::from_utf8_lossy(broken));
         }
     }
 }
