@@ -69,7 +69,7 @@ fn store(s: &Settings) -> Result<StoreBackend, String> {
     let cache = BlockCacheConfig {
         max_bytes: if s.cache_maintenance { s.cache_size } else { 0 },
         // Sequential reads stream this many blocks ahead in one request.
-        read_ahead: 16,
+        read_ahead: 32,
         ..BlockCacheConfig::default()
     };
     Ok(StoreBackend::Tahoe { client, rootcap: ObjectId(rootcap.expose().to_string()), strategy, cache })

@@ -54,7 +54,7 @@ pub struct BlockCache {
 
 /// Blocks kept in memory too: the kernel reads 128 KiB at a time, so a block is asked for
 /// several times in a row and must not be read from disk each time.
-const RECENT_BLOCKS: usize = 32;
+const RECENT_BLOCKS: usize = 48;
 
 #[derive(Default)]
 struct State {
