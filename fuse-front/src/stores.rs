@@ -68,9 +68,12 @@ fn store(s: &Settings) -> Result<StoreBackend, String> {
     };
     let cache = BlockCacheConfig {
         max_bytes: if s.cache_maintenance { s.cache_size } else { 0 },
+        ttl: if s.cache_maintenance { s.cache_ttl } else { None },
+        min_free_percent: if s.cache_maintenance { 5 } else { 0 },
         // Sequential reads stream this many blocks ahead in one request.
         read_ahead: 32,
         ..BlockCacheConfig::default()
     };
-    Ok(StoreBackend::Tahoe { client, rootcap: ObjectId(rootcap.expose().to_string()), strategy, cache })
+    let maintenance = s.cache_maintenance.then_some(s.sleep);
+    Ok(StoreBackend::Tahoe { client, rootcap: ObjectId(rootcap.expose().to_string()), strategy, cache, maintenance })
 }

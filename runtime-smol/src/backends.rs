@@ -28,14 +28,22 @@ pub enum StoreBackend {
     Local,
     /// A Tahoe-LAFS grid: file objects linked under `rootcap` as `strategy` says; reads go
     /// through the block cache in the cache directory.
-    Tahoe { client: TahoeClient, rootcap: ObjectId, strategy: StorageStrategy, cache: BlockCacheConfig },
+    Tahoe {
+        client: TahoeClient,
+        rootcap: ObjectId,
+        strategy: StorageStrategy,
+        cache: BlockCacheConfig,
+        /// Trim the block cache this often (`cache_maintenance`, every `sleep`); `None`: only as
+        /// it fills past its limit.
+        maintenance: Option<std::time::Duration>,
+    },
 }
 
 impl fmt::Debug for StoreBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreBackend::Local => f.write_str("Local"),
-            StoreBackend::Tahoe { client, rootcap, strategy, cache } => f
+            StoreBackend::Tahoe { client, rootcap, strategy, cache, .. } => f
                 .debug_struct("Tahoe")
                 .field("client", client)
                 .field("rootcap", rootcap) // ObjectId prints a fingerprint only
@@ -188,7 +196,7 @@ pub(crate) fn open(
                 "backend_storage_strategy MIRROR is not supported yet; use FLAT".into(),
             ));
         }
-        StoreBackend::Tahoe { client, rootcap, strategy, cache } => {
+        StoreBackend::Tahoe { client, rootcap, strategy, cache, maintenance } => {
             // The rootcap must name a directory the gateway can reach: say so now, not at the
             // first upload.
             client.stat(&rootcap).map_err(|e| {
@@ -202,6 +210,9 @@ pub(crate) fn open(
                 streamer.read_stream(object, offset, len, piece_len, piece)
             });
             let blocks = Arc::new(BlockCache::new(&cache_dir.join("blocks"), cache, fetch).with_stream(stream));
+            if let Some(every) = maintenance {
+                blocks.maintain(every);
+            }
             ObjectStore::Tahoe { client, rootcap, strategy, blocks }
         }
     };

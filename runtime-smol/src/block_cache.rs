@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use truckeefs_core::{IoError, IoErrorKind, ObjectId};
 
 /// Fetches `len` bytes at `offset` of an object (fewer only at its end).
@@ -33,11 +34,16 @@ pub struct BlockCacheConfig {
     pub read_ahead: usize,
     /// Bytes the cache may hold on disk; 0 = unlimited.
     pub max_bytes: u64,
+    /// Blocks fetched longer ago than this are removed by [`BlockCache::trim`]; `None` = never.
+    pub ttl: Option<Duration>,
+    /// [`BlockCache::trim`] removes blocks, oldest first, while the filesystem holding the cache
+    /// has less than this share of its space free (percent).
+    pub min_free_percent: u8,
 }
 
 impl Default for BlockCacheConfig {
     fn default() -> Self {
-        BlockCacheConfig { block_size: 1 << 20, read_ahead: 4, max_bytes: 0 }
+        BlockCacheConfig { block_size: 1 << 20, read_ahead: 4, max_bytes: 0, ttl: None, min_free_percent: 5 }
     }
 }
 
@@ -299,7 +305,17 @@ impl BlockCache {
     }
 
     fn store(&self, key: BlockKey, data: &[u8]) {
-        if let Err(e) = cacache::write_sync_with_algo(cacache::Algorithm::Xxh3, &self.dir, cache_key(key), data) {
+        // The size must be given: cacache's index records 0 otherwise, and trim and status
+        // count the recorded sizes.
+        let written = cacache::WriteOpts::new()
+            .algorithm(cacache::Algorithm::Xxh3)
+            .size(data.len())
+            .open_sync(&self.dir, cache_key(key))
+            .and_then(|mut w| {
+                std::io::Write::write_all(&mut w, data).map_err(|e| cacache::Error::IoError(e, "writing a block".into()))?;
+                w.commit()
+            });
+        if let Err(e) = written {
             // The read itself succeeded; the next read of this block fetches it again.
             tracing::warn!(error = %e, dir = %self.dir.display(), "block cache: cannot store a block");
             return;
@@ -318,25 +334,55 @@ impl BlockCache {
         }
     }
 
-    /// Removes the oldest blocks until the cache holds at most `max_bytes`.
+    /// Cache maintenance: removes blocks, oldest first, that are older than `ttl`, or while the
+    /// cache holds more than `max_bytes`, or while its filesystem is short of `min_free_percent`
+    /// free. Only copies of committed objects live here, so nothing is lost by it.
     pub fn trim(&self) {
-        if self.config.max_bytes == 0 {
-            return;
-        }
         let mut entries: Vec<cacache::Metadata> = cacache::list_sync(&self.dir).filter_map(Result::ok).collect();
         let mut total: u64 = entries.iter().map(|m| m.size as u64).sum();
-        if total <= self.config.max_bytes {
-            return;
-        }
+        let mut short = self.free_space_short();
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let expired = |m: &cacache::Metadata| self.config.ttl.is_some_and(|t| now_ms.saturating_sub(m.time) > t.as_millis());
         entries.sort_by_key(|m| m.time);
         for m in entries {
-            if total <= self.config.max_bytes {
-                break;
+            let over = self.config.max_bytes > 0 && total > self.config.max_bytes;
+            if !(over || short > 0 || expired(&m)) {
+                break; // the rest are newer
             }
             if cacache::remove_sync(&self.dir, &m.key).is_ok() {
                 let _ = cacache::remove_hash_sync(&self.dir, &m.integrity);
                 total = total.saturating_sub(m.size as u64);
+                short = short.saturating_sub(m.size as u64);
             }
+        }
+    }
+
+    /// Bytes missing to reach `min_free_percent` free on the cache's filesystem (0 if none, or
+    /// if it cannot be told).
+    fn free_space_short(&self) -> u64 {
+        let Ok(path) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else { return 0 };
+        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return 0;
+        }
+        let unit = st.f_frsize as u64;
+        let floor = (st.f_blocks as u64 * unit) / 100 * u64::from(self.config.min_free_percent);
+        floor.saturating_sub(st.f_bavail as u64 * unit)
+    }
+
+    /// Runs [`BlockCache::trim`] every `every` on its own thread, for as long as the cache lives.
+    pub fn maintain(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("truckeefs-cache".into()).spawn(move || loop {
+            std::thread::sleep(every.max(Duration::from_secs(1)));
+            match weak.upgrade() {
+                Some(cache) => cache.trim(),
+                None => return,
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start cache maintenance; the cache is trimmed only as it fills");
         }
     }
 
@@ -395,7 +441,7 @@ mod tests {
     fn reads_across_blocks_and_at_the_end() {
         let tmp = tempfile::tempdir().unwrap();
         let data = object(10_000);
-        let config = BlockCacheConfig { block_size: 1024, read_ahead: 0, max_bytes: 0 };
+        let config = BlockCacheConfig { block_size: 1024, read_ahead: 0, ..BlockCacheConfig::default() };
         let (c, calls) = cache(tmp.path(), data.clone(), config);
         let id = ObjectId("URI:CHK:secret".into());
         assert_eq!(&c.read(&id, 1000, 3000).unwrap()[..], &data[1000..4000]);
@@ -415,7 +461,7 @@ mod tests {
     fn sequential_reads_fetch_ahead() {
         let tmp = tempfile::tempdir().unwrap();
         let data = object(64 * 1024);
-        let config = BlockCacheConfig { block_size: 4096, read_ahead: 3, max_bytes: 0 };
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 3, ..BlockCacheConfig::default() };
         let (c, _calls) = cache(tmp.path(), data.clone(), config);
         let id = ObjectId("URI:CHK:x".into());
         let first = c.read(&id, 0, 4096).unwrap();
@@ -432,7 +478,7 @@ mod tests {
     fn sequential_reads_stream_whole_windows() {
         let tmp = tempfile::tempdir().unwrap();
         let data = Arc::new(object(64 * 4096 + 100));
-        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, max_bytes: 0 };
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
         let (c, calls) = cache(tmp.path(), (*data).clone(), config);
         let streams = Arc::new(AtomicUsize::new(0));
         let (d, n) = (data.clone(), streams.clone());
@@ -469,14 +515,34 @@ mod tests {
     fn trim_keeps_the_cache_under_its_limit() {
         let tmp = tempfile::tempdir().unwrap();
         let data = object(64 * 1024);
-        let config = BlockCacheConfig { block_size: 4096, read_ahead: 0, max_bytes: 16 * 1024 };
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 0, max_bytes: 16 * 1024, ..BlockCacheConfig::default() };
         let (c, _) = cache(tmp.path(), data.clone(), config);
         let id = ObjectId("URI:CHK:y".into());
         assert_eq!(&c.read(&id, 0, 64 * 1024).unwrap()[..], &data[..]);
         c.trim();
         assert!(c.size() <= 16 * 1024, "cache holds {} bytes", c.size());
+        assert!(c.size() > 0, "the sizes of the blocks are counted");
         // Evicted blocks are fetched again, correctly.
         assert_eq!(&c.read(&id, 0, 64 * 1024).unwrap()[..], &data[..]);
+    }
+
+    #[test]
+    fn trim_drops_blocks_older_than_the_ttl() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = object(8 * 4096);
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 0, ttl: Some(Duration::from_millis(1)), ..BlockCacheConfig::default() };
+        let (c, _) = cache(tmp.path(), data.clone(), config);
+        let id = ObjectId("URI:CHK:t".into());
+        assert_eq!(&c.read(&id, 0, 8 * 4096).unwrap()[..], &data[..]);
+        assert!(c.size() > 0);
+        std::thread::sleep(Duration::from_millis(20));
+        c.trim();
+        assert_eq!(c.size(), 0, "blocks older than the ttl stayed");
+        // Without a ttl or limit (and with space to spare) nothing goes.
+        let (keep, _) = cache(tmp.path(), data.clone(), BlockCacheConfig { block_size: 4096, read_ahead: 0, min_free_percent: 0, ..BlockCacheConfig::default() });
+        assert_eq!(&keep.read(&id, 0, 4096).unwrap()[..], &data[..4096]);
+        keep.trim();
+        assert_eq!(keep.size(), 4096);
     }
 
     #[test]
