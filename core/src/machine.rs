@@ -1431,8 +1431,21 @@ impl Core {
     /// all of `src`.
     fn shareable(&self, src: Ino, dst: Ino, len: u64) -> Option<ObjectId> {
         let (s, d) = (self.inodes.get(&src)?, self.inodes.get(&dst)?);
-        let clean = |i: &Inode| !i.data.staged && !i.data.dirty() && !i.data.busy() && i.data.upload.is_none();
-        (src != dst && clean(s) && clean(d) && d.row.size == 0 && d.row.object.is_none() && s.row.size > 0 && len >= s.row.size)
+        // The source's object holds all of its contents (a staged copy may remain beside it,
+        // identical, and its journal record may be on its way out).
+        let committed = |i: &Inode| {
+            let d = &i.data;
+            !d.dirty() && d.upload.is_none() && d.writes_in_flight == 0 && !d.init_pending && !d.removing
+        };
+        // The destination has nothing at all yet, not even a staged copy reads would go to.
+        let untouched = |i: &Inode| !i.data.staged && !i.data.busy() && committed(i);
+        (src != dst
+            && committed(s)
+            && untouched(d)
+            && d.row.size == 0
+            && d.row.object.is_none()
+            && s.row.size > 0
+            && len >= s.row.size)
             .then(|| s.row.object.clone())
             .flatten()
     }
