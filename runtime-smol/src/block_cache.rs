@@ -360,15 +360,9 @@ impl BlockCache {
     /// Bytes missing to reach `min_free_percent` free on the cache's filesystem (0 if none, or
     /// if it cannot be told).
     fn free_space_short(&self) -> u64 {
-        let Ok(path) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else { return 0 };
-        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return 0;
-        }
-        let unit = st.f_frsize as u64;
-        let floor = (st.f_blocks as u64 * unit) / 100 * u64::from(self.config.min_free_percent);
-        floor.saturating_sub(st.f_bavail as u64 * unit)
+        let Ok(space) = crate::objects::statvfs_space(&self.dir) else { return 0 };
+        let floor = space.total_bytes / 100 * u64::from(self.config.min_free_percent);
+        floor.saturating_sub(space.avail_bytes)
     }
 
     /// Runs [`BlockCache::trim`] every `every` on its own thread, for as long as the cache lives.

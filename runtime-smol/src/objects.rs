@@ -236,7 +236,8 @@ fn annotate(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-fn statvfs_space(dir: &Path) -> io::Result<Space> {
+/// Total, free and available bytes of the filesystem holding `dir`.
+pub(crate) fn statvfs_space(dir: &Path) -> io::Result<Space> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
