@@ -62,29 +62,6 @@ fn main() {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn truckeefs_bin() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TRUCKEEFS_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("the tests crate has no parent directory")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
-    let bin = target.join("release").join("truckeefs");
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it first with `cargo build --release -p truckeefs`, or set TRUCKEEFS_BIN",
-            bin.display()
-        ));
-    }
-    Ok(bin)
-}
-
 /// One file of the tree: its path relative to the root, size and md5 (hex).
 struct FileSpec {
     rel: String,
@@ -93,8 +70,8 @@ struct FileSpec {
 }
 
 fn run() -> Result<()> {
-    let bin = truckeefs_bin()?;
-    let mib = env_u64("BENCH_MIB", 1024)?.max(16);
+    let bin = truckeefs_tests::release_bin()?;
+    let mib = truckeefs_tests::env_number("BENCH_MIB", 1024)?.max(16);
     let base = PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()));
     let keep = std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1");
     let work = base.join(format!("ays-bench-{mib}"));

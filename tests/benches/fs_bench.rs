@@ -60,31 +60,7 @@ fn main() {
 }
 
 fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn truckeefs_bin() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TRUCKEEFS_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives inside the workspace")
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let bin = target.join("release").join("truckeefs");
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it first with `cargo build --release -p truckeefs`, or set TRUCKEEFS_BIN",
-            bin.display()
-        ));
-    }
-    Ok(bin)
+    truckeefs_tests::env_number(name, default as u64).map(|n| n as usize)
 }
 
 fn run() -> Result<()> {
@@ -92,7 +68,7 @@ fn run() -> Result<()> {
     let rounds = env_usize("BENCH_ROUNDS", 3)?.max(1);
     let mib = env_usize("BENCH_MIB", 1024)?;
     let timeout_secs = env_usize("BENCH_TIMEOUT", 3600)?;
-    let bin = truckeefs_bin()?;
+    let bin = truckeefs_tests::release_bin()?;
     let base = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));

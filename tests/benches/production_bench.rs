@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::Instant;
 use truckeefs_tests::mariadb::MariaDb;
 use truckeefs_tests::tahoe_grid::TahoeGrid;
-use truckeefs_tests::{pseudo_random_bytes, Mount, Storage};
+use truckeefs_tests::{env_number, pseudo_random_bytes, Mount, Storage};
 
 const MIB: usize = 1 << 20;
 
@@ -41,24 +41,13 @@ fn main() {
     }
 }
 
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn run() -> Result<()> {
-    let mib = env_usize("BENCH_MIB", 256)?;
-    let files = env_usize("BENCH_FILES", 2000)?;
-    let copy_mib = env_usize("BENCH_COPY_MIB", 1024)?;
-    if std::env::var_os("TRUCKEEFS_BIN").is_none() {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/truckeefs");
-        if !bin.exists() {
-            return Err(format!("{} not found: cargo build --release -p truckeefs first", bin.display()));
-        }
-        std::env::set_var("TRUCKEEFS_BIN", bin);
-    }
+    let mib = env_number("BENCH_MIB", 256)? as usize;
+    let files = env_number("BENCH_FILES", 2000)? as usize;
+    let copy_mib = env_number("BENCH_COPY_MIB", 1024)? as usize;
+    // The harness's Mount runs $TRUCKEEFS_BIN: the release build here.
+    let bin = truckeefs_tests::release_bin()?;
+    std::env::set_var("TRUCKEEFS_BIN", bin);
     let db = MariaDb::shared();
     let grid = TahoeGrid::shared();
     println!("production_bench: MariaDB on port {}, Tahoe gateway {}", db.port(), grid.url);

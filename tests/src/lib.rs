@@ -90,6 +90,31 @@ pub fn truckeefs_bin() -> PathBuf {
     p
 }
 
+/// For the benches: the release binary (`target/release/truckeefs`, or `$TRUCKEEFS_BIN`), or a
+/// message saying how to build it.
+pub fn release_bin() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("TRUCKEEFS_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_dir().join("target"));
+    let bin = target.join("release").join("truckeefs");
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: build it first with `cargo build --release -p truckeefs`, or set TRUCKEEFS_BIN",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// For the benches: the number in the environment variable `name`, else `default`.
+pub fn env_number(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// Path of the `truckeefs-test-helper` binary built from this crate's
 /// `src/bin/`. Cargo builds it before running the integration tests and puts
 /// it next to the `deps/` directory holding the test executables.
