@@ -7,6 +7,7 @@
 //! A host ignores its own. Delivery is best effort: a host that was disconnected may have missed
 //! changes, which is why an open on a multi-host mount re-reads its inode anyway.
 
+use crate::ays::proto::hex;
 use redis::Commands;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -294,10 +295,6 @@ pub(crate) fn decode(s: &str) -> Option<(String, Changes)> {
         entries.push((parent.as_u64()?, unhex(name.as_str()?)?));
     }
     Some((host, Changes { inodes, entries }))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

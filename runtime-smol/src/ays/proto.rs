@@ -91,7 +91,8 @@ pub fn md5_hex_of_reader(mut r: impl Read) -> io::Result<(String, u64)> {
     Ok((h.finish_hex(), len))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
