@@ -83,6 +83,14 @@ impl MetaStore {
         }
     }
 
+    /// Every entry naming `ino`, as `(parent, name)`.
+    pub(crate) fn names(&mut self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, IoError> {
+        match self {
+            MetaStore::Sqlite(m) => m.names(ino),
+            MetaStore::Mysql(m) => m.names(ino),
+        }
+    }
+
     /// For `status`: which store, never a password.
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -118,6 +126,16 @@ impl ObjectStore {
             ObjectStore::Tahoe { client, rootcap, strategy, .. } => {
                 format!("Tahoe-LAFS at {}, rootcap {}, {strategy:?}", client.gateway(), rootcap.fingerprint())
             }
+        }
+    }
+
+    /// The gateway and rootcap when the Tahoe tree mirrors the mount (MIRROR).
+    pub(crate) fn mirrored(&self) -> Option<(Arc<TahoeClient>, ObjectId)> {
+        match self {
+            ObjectStore::Tahoe { client, rootcap, strategy: StorageStrategy::Mirror, .. } => {
+                Some((client.clone(), rootcap.clone()))
+            }
+            _ => None,
         }
     }
 
@@ -190,11 +208,6 @@ pub(crate) fn open(
             ObjectStore::Local(
                 ObjectDir::open(&dir).map_err(|source| StartError::Dir { path: dir.display().to_string(), source })?,
             )
-        }
-        StoreBackend::Tahoe { strategy: StorageStrategy::Mirror, .. } => {
-            return Err(StartError::Backend(
-                "backend_storage_strategy MIRROR is not supported yet; use FLAT".into(),
-            ));
         }
         StoreBackend::Tahoe { client, rootcap, strategy, cache, maintenance } => {
             // The rootcap must name a directory the gateway can reach: say so now, not at the

@@ -10,6 +10,7 @@
 
 use crate::backends::{self, Backends, MetaStore, ObjectStore};
 use crate::coord::{Coordinator, LockService, Publisher};
+use crate::mirror::{Mirror, Planner};
 use crate::staging::Staging;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -111,6 +112,7 @@ impl Runtime {
             last_progress: Instant::now(),
             publisher: None,
             locks: None,
+            mirror: None,
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
         let coordinator = match &coordination {
@@ -119,6 +121,9 @@ impl Runtime {
                 let c = Coordinator::start(config, move |changes| {
                     let Some(shared) = weak.upgrade() else { return };
                     let mut d = shared.lock();
+                    if let (Some((planner, _)), false) = (&mut d.mirror, changes.entries.is_empty()) {
+                        planner.forget_dirs();
+                    }
                     d.core.handle_invalidation(Instant::now(), changes);
                     d.drain(&shared);
                 })
@@ -131,6 +136,18 @@ impl Runtime {
             }
             None => None,
         };
+        let mirrored = shared.lock().objects.mirrored();
+        if let Some((client, rootcap)) = mirrored {
+            // The walk at mount reads the tree through the driver, which owns the store.
+            let weak = Arc::downgrade(&shared);
+            let query = Box::new(move |req| match weak.upgrade() {
+                Some(shared) => shared.lock().meta.execute(&req),
+                None => Err(truckeefs_core::IoError::new(truckeefs_core::IoErrorKind::Other, "the mount stopped")),
+            });
+            let mirror = Mirror::start(client, rootcap, query)
+                .map_err(|source| StartError::Dir { path: "mirror thread".into(), source })?;
+            shared.lock().mirror = Some((Planner::default(), mirror));
+        }
         shared.lock().drain(&shared);
         let timer_shared = shared.clone();
         let timer = std::thread::Builder::new()
@@ -178,7 +195,12 @@ impl Runtime {
         // After the last upload: its change is published before the coordinator stops.
         self.shared.lock().publisher = None;
         self.coordinator.take();
-        result
+        let mirror = self.shared.lock().mirror.take();
+        let mirrored = match mirror {
+            Some((_, mirror)) => mirror.finish(SHUTDOWN_STALL),
+            None => Ok(()),
+        };
+        result.and(mirrored)
     }
 
     fn wait_idle(&self) -> Result<(), String> {
@@ -272,6 +294,8 @@ struct Driver {
     publisher: Option<Publisher>,
     /// Where record locks are checked against the other hosts (none: this host only).
     locks: Option<Arc<LockService>>,
+    /// MIRROR: what each commit changes in the Tahoe tree, and the thread that changes it.
+    mirror: Option<(Planner, Mirror)>,
 }
 
 impl Driver {
@@ -292,6 +316,9 @@ impl Driver {
             let limit = if limit == 0 { "unlimited".to_string() } else { limit.to_string() };
             line("block cache bytes", format!("{used} of {limit}"));
         }
+        if let Some((_, mirror)) = &self.mirror {
+            line("tahoe tree (MIRROR)", mirror.status());
+        }
         line("hosts", "this one (no coordination server configured)".into());
         out
     }
@@ -309,10 +336,15 @@ impl Driver {
                         if let Err(e) = &result {
                             tracing::error!(error = %e, "metadata store");
                         }
-                        if let (Ok(_), Some(p), MetaRequest::Commit(txn)) = (&result, &self.publisher, &req) {
-                            let changes = txn.changes();
-                            if !changes.is_empty() {
-                                p.publish(changes);
+                        if let (Ok(_), MetaRequest::Commit(txn)) = (&result, &req) {
+                            if let Some(p) = &self.publisher {
+                                let changes = txn.changes();
+                                if !changes.is_empty() {
+                                    p.publish(changes);
+                                }
+                            }
+                            if let Some((planner, mirror)) = &mut self.mirror {
+                                mirror.push(planner.plan(&mut self.meta, txn));
                             }
                         }
                         inline.push_back((io, result));

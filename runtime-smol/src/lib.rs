@@ -6,6 +6,7 @@
 //! - [`driver`]: the thread that owns the core and performs its effects;
 //! - [`meta_mysql`]: the shared metadata store (MySQL/MariaDB);
 //! - [`meta_sqlite`]: the embedded metadata store (SQLite);
+//! - `mirror`: the Tahoe tree kept in line with the metadata (MIRROR);
 //! - [`objects`]: the local object directory, the default object store;
 //! - [`staging`]: the staging area and journal of dirty file data;
 //! - [`tahoe`]: the Tahoe-LAFS web API client and object store ([`tahoe_json`]: its JSON replies).
@@ -17,6 +18,7 @@ pub mod coord;
 pub mod driver;
 pub mod meta_mysql;
 pub mod meta_sqlite;
+mod mirror;
 pub mod objects;
 pub mod staging;
 pub mod tahoe;

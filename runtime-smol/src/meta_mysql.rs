@@ -185,11 +185,23 @@ pub enum MysqlOpenError {
     Sql { server: String, message: String },
 }
 
+/// What the worker thread does: one of the core's requests, or a query of the runtime's own.
+enum Job {
+    Meta(MetaRequest),
+    /// Every entry naming an inode, as `(parent, name)`.
+    Names(u64),
+}
+
+enum JobReply {
+    Meta(IoReply),
+    Names(Vec<(u64, Vec<u8>)>),
+}
+
 /// The MySQL/MariaDB metadata store: a handle on its worker thread.
 pub struct MysqlMeta {
     server: String,
-    jobs: Option<mpsc::Sender<MetaRequest>>,
-    replies: mpsc::Receiver<IoResult>,
+    jobs: Option<mpsc::Sender<Job>>,
+    replies: mpsc::Receiver<Result<JobReply, IoError>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -205,8 +217,8 @@ impl MysqlMeta {
     pub fn open(config: &MysqlConfig) -> Result<MysqlMeta, MysqlOpenError> {
         let server = config.server();
         check_db_name(config).map_err(|reason| MysqlOpenError::Config { server: server.clone(), reason })?;
-        let (job_tx, job_rx) = mpsc::channel::<MetaRequest>();
-        let (reply_tx, reply_rx) = mpsc::channel::<IoResult>();
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let (reply_tx, reply_rx) = mpsc::channel::<Result<JobReply, IoError>>();
         let (open_tx, open_rx) = mpsc::channel::<Result<(), MysqlOpenError>>();
         let config = config.clone();
         let thread = std::thread::Builder::new()
@@ -236,9 +248,24 @@ impl MysqlMeta {
 
     /// Executes one request; see the documentation of [`MetaRequest`] for each reply.
     pub fn execute(&mut self, req: &MetaRequest) -> IoResult {
+        match self.job(Job::Meta(req.clone()))? {
+            JobReply::Meta(reply) => Ok(reply),
+            JobReply::Names(_) => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
+        }
+    }
+
+    /// Every entry naming `ino`, as `(parent, name)`.
+    pub fn names(&mut self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, IoError> {
+        match self.job(Job::Names(ino))? {
+            JobReply::Names(names) => Ok(names),
+            JobReply::Meta(_) => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
+        }
+    }
+
+    fn job(&mut self, job: Job) -> Result<JobReply, IoError> {
         let stopped = || IoError::new(IoErrorKind::Other, format!("{}: the metadata thread stopped", self.server));
         let Some(jobs) = &self.jobs else { return Err(stopped()) };
-        if jobs.send(req.clone()).is_err() {
+        if jobs.send(job).is_err() {
             return Err(stopped());
         }
         self.replies.recv().unwrap_or_else(|_| Err(stopped()))
@@ -258,8 +285,8 @@ impl Drop for MysqlMeta {
 /// The worker thread: opens the store, reports, then serves requests until the channel closes.
 fn worker(
     config: MysqlConfig,
-    jobs: mpsc::Receiver<MetaRequest>,
-    replies: mpsc::Sender<IoResult>,
+    jobs: mpsc::Receiver<Job>,
+    replies: mpsc::Sender<Result<JobReply, IoError>>,
     opened: mpsc::Sender<Result<(), MysqlOpenError>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -399,7 +426,7 @@ impl Store {
         }
     }
 
-    async fn execute(&mut self, req: &MetaRequest) -> IoResult {
+    async fn execute(&mut self, req: &Job) -> Result<JobReply, IoError> {
         let mut retried = false;
         loop {
             let reused = self.conn.is_some();
@@ -705,15 +732,40 @@ async fn insert_root(conn: &mut Conn) -> Result<(), mysql_async::Error> {
 }
 
 /// Executes one request on `conn`.
-async fn run(conn: &mut Conn, server: &str, req: &MetaRequest) -> Result<IoReply, Fail> {
-    match req {
+async fn run(conn: &mut Conn, server: &str, job: &Job) -> Result<JobReply, Fail> {
+    let req = match job {
+        Job::Meta(req) => req,
+        Job::Names(ino) => return names(conn, server, *ino).await.map(JobReply::Names),
+    };
+    let reply = match req {
         MetaRequest::AllocIds { count } => alloc_ids(conn, server, *count).await,
         MetaRequest::LoadInode { ino } => load_inode(conn, server, *ino).await.map(IoReply::Inode),
         MetaRequest::LoadDir { ino } => load_dir(conn, server, *ino).await.map(IoReply::Dir),
         MetaRequest::Commit(txn) => commit(conn, server, txn).await.map(|()| IoReply::Done),
         MetaRequest::ListOrphans => list_orphans(conn, server).await,
         MetaRequest::Usage => usage(conn, server).await,
-    }
+    };
+    reply.map(JobReply::Meta)
+}
+
+async fn names(conn: &mut Conn, server: &str, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, Fail> {
+    let key = to_i64(server, ino, "ino")?;
+    let rows: Vec<Row> =
+        conn.exec("SELECT parent, name FROM dentries WHERE ino = ? ORDER BY pos", (key,)).await.map_err(|e| classify(server, e, true))?;
+    rows.into_iter()
+        .map(Row::unwrap)
+        .map(|r| {
+            let parent = r.first().and_then(value_i64).and_then(|p| u64::try_from(p).ok());
+            let name = r.get(1).and_then(value_bytes);
+            match (parent, name) {
+                (Some(parent), Some(name)) => Ok((parent, name.to_vec())),
+                _ => Err(Fail::Reply(IoError::new(
+                    IoErrorKind::Corrupt,
+                    format!("{server}: table dentries: a bad entry for inode {ino}"),
+                ))),
+            }
+        })
+        .collect()
 }
 
 async fn alloc_ids(conn: &mut Conn, server: &str, count: u64) -> Result<IoReply, Fail> {

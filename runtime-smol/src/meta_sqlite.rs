@@ -155,6 +155,20 @@ impl SqliteMeta {
         }
     }
 
+    /// Every entry naming `ino`, as `(parent, name)`.
+    pub fn names(&mut self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, IoError> {
+        let key = self.to_i64(ino, "ino")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT parent, name FROM dentries WHERE ino = ?1 ORDER BY pos")
+            .map_err(|e| self.sql_error(e))?;
+        let rows = st
+            .query_map([key], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.sql_error(e))?;
+        Ok(rows.into_iter().filter_map(|(p, n)| Some((u64::try_from(p).ok()?, n))).collect())
+    }
+
     fn alloc_ids(&mut self, count: u64) -> IoResult {
         let count = self.to_i64(count, "id count")?;
         // One statement, so atomic on its own. The bound keeps `value + count` from overflowing,

@@ -13,12 +13,15 @@
 //! | stat | `GET /uri/$CAP?t=json`, `GET /uri/$DIRCAP/NAME?t=json` | 200, a `[type, props]` node |
 //! | check | `POST /uri/$CAP?t=check&output=JSON` | 200, share counts |
 //! | mkdir | `POST /uri?t=mkdir`; `POST /uri/$DIRCAP/?t=mkdir&name=NAME&replace=false` | 200, body = the dircap (409 if taken) |
+//! | mkdir at a path | `PUT /uri/$DIRCAP/A/B/NAME?t=mkdir` (a no-op if it exists) | 200, body = the dircap |
 //! | link | `PUT /uri/$DIRCAP/NAME?t=uri&replace=true\|false\|only-files`, child cap as the body | 200/201 (409 if `replace=false` and taken) |
 //! | unlink | `DELETE /uri/$DIRCAP/NAME` | 200, body = the cap that was linked (404 if absent) |
 //! | relink | `POST /uri/$DIRCAP/?t=relink&from_name=OLD&to_dir=$NEWDIRCAP&to_name=NEW&replace=...` | 200 |
 //! | list | `GET /uri/$DIRCAP?t=json` | 200, a dirnode with `children` |
 //! | grid status | `GET /?t=json` (servers, their `available_space`), `GET /status/?t=json` | 200 |
 //!
+//! Where a directory is given as a path (`$DIRCAP/A/B`, [`DirPath`]), the gateway walks it, and a
+//! PUT or POST creates the missing directories on the way.
 //! Caps, child names and query values are percent-encoded (a cap's colons become `%3A`).
 //! Error replies are HTML even with `Accept: text/plain`; their text is reduced to one line with
 //! anything that looks like a cap removed. Status codes map to [`IoErrorKind`]s: 404 and 410
@@ -120,7 +123,7 @@ pub enum StorageStrategy {
     /// One directory, the rootcap, whose children are named by inode number.
     #[default]
     Flat,
-    /// The tree mirrored into Tahoe directories (not implemented yet: see [`execute_store`]).
+    /// The tree mirrored into Tahoe directories, files linked under their names (`crate::mirror`).
     Mirror,
 }
 
@@ -142,6 +145,33 @@ impl Replace {
             Replace::Never => "false",
             Replace::OnlyFiles => "only-files",
         }
+    }
+}
+
+/// A directory named by a dircap and the names below it (`$DIRCAP/A/B`); the gateway walks
+/// the names.
+#[derive(Clone, Copy, Debug)]
+pub struct DirPath<'a> {
+    pub cap: &'a ObjectId,
+    pub names: &'a [String],
+}
+
+impl<'a> DirPath<'a> {
+    /// The directory `cap` itself.
+    pub fn cap(cap: &'a ObjectId) -> DirPath<'a> {
+        DirPath { cap, names: &[] }
+    }
+
+    /// `/uri/$DIRCAP/A/B`, each part checked and percent-encoded.
+    fn url(&self, op: &Op<'_>) -> Result<String, IoError> {
+        check_cap(op, self.cap)?;
+        let mut url = cap_path(self.cap);
+        for n in self.names {
+            check_name(op, n)?;
+            url.push('/');
+            url.push_str(&encode(n));
+        }
+        Ok(url)
     }
 }
 
@@ -778,23 +808,46 @@ impl TahoeClient {
 
     /// `PUT /uri/$DIRCAP/NAME?t=uri&replace=...` with `child` as the body.
     pub fn link(&self, dircap: &ObjectId, name: &str, child: &ObjectId, replace: Replace) -> Result<(), IoError> {
-        let op = Op::new("link", Some(dircap));
-        check_cap(&op, dircap)?;
+        self.link_at(DirPath::cap(dircap), name, child, replace)
+    }
+
+    /// `PUT /uri/$DIRCAP/A/B/NAME?t=uri&replace=...`: links `child` in the directory `dir`
+    /// (Tahoe creates the missing directories on the way).
+    pub fn link_at(&self, dir: DirPath<'_>, name: &str, child: &ObjectId, replace: Replace) -> Result<(), IoError> {
+        let op = Op::new("link", Some(dir.cap));
+        let url = dir.url(&op)?;
         check_name(&op, name)?;
         check_cap(&Op::new("link", Some(child)), child)?;
-        let path = format!("{}/{}?t=uri&replace={}", cap_path(dircap), encode(name), replace.query());
+        let path = format!("{url}/{}?t=uri&replace={}", encode(name), replace.query());
         self.exchange(&op, self.request("PUT", &path), child.0.as_bytes().to_vec(), |status, _, body| match status {
             200 | 201 => Ok(()),
             _ => Err(self.status_error(&op, status, body)),
         })
     }
 
+    /// `PUT /uri/$DIRCAP/A/B/NAME?t=mkdir`: the directory `name` in `dir`, made if missing (with
+    /// the missing directories on the way); returns its write cap. `Conflict` if a file is
+    /// there.
+    pub fn mkdir_at(&self, dir: DirPath<'_>, name: &str) -> Result<ObjectId, IoError> {
+        let op = Op::new("mkdir", Some(dir.cap));
+        let url = dir.url(&op)?;
+        check_name(&op, name)?;
+        let path = format!("{url}/{}?t=mkdir", encode(name));
+        let cap = self.cap_reply(&op, self.request("PUT", &path), Vec::new(), &[200, 201])?;
+        dircap_reply(&op, cap)
+    }
+
     /// `DELETE /uri/$DIRCAP/NAME`: returns the cap that was linked there; `NotFound` if none.
     pub fn unlink(&self, dircap: &ObjectId, name: &str) -> Result<ObjectId, IoError> {
-        let op = Op::new("unlink", Some(dircap));
-        check_cap(&op, dircap)?;
+        self.unlink_at(DirPath::cap(dircap), name)
+    }
+
+    /// `DELETE /uri/$DIRCAP/A/B/NAME`: returns the cap that was linked there; `NotFound` if none.
+    pub fn unlink_at(&self, dir: DirPath<'_>, name: &str) -> Result<ObjectId, IoError> {
+        let op = Op::new("unlink", Some(dir.cap));
+        let url = dir.url(&op)?;
         check_name(&op, name)?;
-        let path = format!("{}/{}", cap_path(dircap), encode(name));
+        let path = format!("{url}/{}", encode(name));
         self.cap_reply(&op, self.request("DELETE", &path), Vec::new(), &[200])
     }
 
@@ -810,22 +863,36 @@ impl TahoeClient {
         to_name: &str,
         replace: Replace,
     ) -> Result<(), IoError> {
-        let op = Op::new("relink", Some(dircap));
-        check_cap(&op, dircap)?;
+        let from = DirPath::cap(dircap);
+        self.relink_at(from, from_name, to_dir.map_or(from, DirPath::cap), to_name, replace)
+    }
+
+    /// Like [`TahoeClient::relink`], between directories given as paths (`to_dir=$DIRCAP/A/B`).
+    pub fn relink_at(
+        &self,
+        from: DirPath<'_>,
+        from_name: &str,
+        to: DirPath<'_>,
+        to_name: &str,
+        replace: Replace,
+    ) -> Result<(), IoError> {
+        let op = Op::new("relink", Some(from.cap));
+        let url = from.url(&op)?;
         check_name(&op, from_name)?;
         check_name(&op, to_name)?;
-        let mut path = format!(
-            "{}/?t=relink&from_name={}&to_name={}&replace={}",
-            cap_path(dircap),
+        to.url(&Op::new("relink", Some(to.cap)))?;
+        let mut to_dir = to.cap.0.clone();
+        for n in to.names {
+            to_dir.push('/');
+            to_dir.push_str(n);
+        }
+        let path = format!(
+            "{url}/?t=relink&from_name={}&to_name={}&replace={}&to_dir={}",
             encode(from_name),
             encode(to_name),
-            replace.query()
+            replace.query(),
+            encode(&to_dir)
         );
-        if let Some(to_dir) = to_dir {
-            check_cap(&Op::new("relink", Some(to_dir)), to_dir)?;
-            path.push_str("&to_dir=");
-            path.push_str(&encode(&to_dir.0));
-        }
         self.exchange(&op, self.request("POST", &path), Vec::new(), |status, _, body| match status {
             200 | 201 => Ok(()),
             _ => Err(self.status_error(&op, status, body)),
@@ -834,8 +901,14 @@ impl TahoeClient {
 
     /// `GET /uri/$DIRCAP?t=json`: the entries of a directory by name.
     pub fn list(&self, dircap: &ObjectId) -> Result<BTreeMap<String, NodeInfo>, IoError> {
-        let op = Op::new("list", Some(dircap));
-        let node = self.node(&op, dircap)?;
+        self.list_at(DirPath::cap(dircap))
+    }
+
+    /// `GET /uri/$DIRCAP/A/B?t=json`: the entries of the directory `dir` by name.
+    pub fn list_at(&self, dir: DirPath<'_>) -> Result<BTreeMap<String, NodeInfo>, IoError> {
+        let op = Op::new("list", Some(dir.cap));
+        let url = dir.url(&op)?;
+        let node = self.json_reply(&op, self.request("GET", &format!("{url}?t=json")), tahoe_json::parse_node)?;
         if node.kind != NodeKind::Dir {
             return Err(op.err(IoErrorKind::Corrupt, "not a directory"));
         }
@@ -882,8 +955,8 @@ impl TahoeClient {
 /// - `Share { ino, object }`: the same cap, also linked as `<ino>` (a whole-file copy).
 /// - `Space`: [`TahoeClient::space`].
 ///
-/// MIRROR needs the path of each file, which the core does not pass to the store yet: `Read` and
-/// `Space` work as in FLAT, `PutStaged` and `Delete` fail with `Other`.
+/// MIRROR: `PutStaged` uploads without linking, `Share` returns the same cap, `Delete` does
+/// nothing; `crate::mirror` links each committed version under the file's names.
 pub fn execute_store(
     client: &TahoeClient,
     staging: &Staging,
@@ -894,14 +967,13 @@ pub fn execute_store(
     match req {
         StoreRequest::Read { object, offset, len } => client.read_range(object, *offset, *len).map(IoReply::Data),
         StoreRequest::Space => client.space().map(IoReply::Space),
-        StoreRequest::PutStaged { .. } | StoreRequest::Delete { .. } | StoreRequest::Share { .. }
-            if strategy == StorageStrategy::Mirror =>
-        {
-            Err(IoError::new(
-                IoErrorKind::Other,
-                "backend_storage_strategy MIRROR is not implemented yet (the core does not pass paths to the store)",
-            ))
+        // MIRROR: the tree under the rootcap follows committed metadata (`crate::mirror`); an
+        // upload is only an upload, and the old version's link goes when the tree changes.
+        StoreRequest::PutStaged { ino } if strategy == StorageStrategy::Mirror => {
+            client.upload_file(&staging.data_path(*ino), client.upload_format()).map(IoReply::Object)
         }
+        StoreRequest::Share { object, .. } if strategy == StorageStrategy::Mirror => Ok(IoReply::Object(object.clone())),
+        StoreRequest::Delete { .. } if strategy == StorageStrategy::Mirror => Ok(IoReply::Done),
         StoreRequest::PutStaged { ino } => {
             let cap = client.upload_file(&staging.data_path(*ino), client.upload_format())?;
             client.link(rootcap, &ino.to_string(), &cap, Replace::Any)?;
