@@ -27,6 +27,9 @@
 #   PJDFSTEST_TIMEOUT        seconds the whole run on the mount may take (default 600)
 #   PJDFSTEST_MOUNT_OPTS     extra -o options for the mount (default: allow_other)
 #   PJDFSTEST_KEEP=1         keep the temporary directories (mount data, cache) for inspection
+#   PJDFSTEST_BACKENDS       embedded (default: SQLite and local objects) or production: a private
+#                            MariaDB and Tahoe-LAFS grid started for the run (truckeefs-test-servers)
+#   PJDFSTEST_STRATEGY       FLAT (default) or MIRROR: backend_storage_strategy with production
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +42,10 @@ EXCEPTIONS="$ROOT/scripts/pjdfstest-exceptions.txt"
 CASE_TIMEOUT="${PJDFSTEST_CASE_TIMEOUT:-30}"
 TOTAL_TIMEOUT="${PJDFSTEST_TIMEOUT:-600}"
 MOUNT_OPTS="${PJDFSTEST_MOUNT_OPTS:-allow_other}"
+BACKENDS="${PJDFSTEST_BACKENDS:-embedded}"
+STRATEGY="${PJDFSTEST_STRATEGY:-FLAT}"
+[[ "$BACKENDS" == embedded || "$BACKENDS" == production ]] || { echo "PJDFSTEST_BACKENDS=$BACKENDS: expected embedded or production" >&2; exit 2; }
+[[ "$STRATEGY" == FLAT || "$STRATEGY" == MIRROR ]] || { echo "PJDFSTEST_STRATEGY=$STRATEGY: expected FLAT or MIRROR" >&2; exit 2; }
 PATTERNS=("$@")
 
 export NO_COLOR=1 RUST_BACKTRACE=0
@@ -112,7 +119,13 @@ parse_log() {
 }
 
 TMPS=()
-MNT="" DAEMON_PID="" WATCHDOG_PID="" FUSE_CONN=""
+MNT="" DAEMON_PID="" WATCHDOG_PID="" FUSE_CONN="" SERVERS_FD="" SERVERS_PID=""
+stop_servers() {
+    # Closing its standard input stops truckeefs-test-servers, which stops the servers.
+    [[ -n "$SERVERS_FD" ]] && exec {SERVERS_FD}>&- || true
+    [[ -n "$SERVERS_PID" ]] && wait "$SERVERS_PID" 2>/dev/null || true
+    SERVERS_FD="" SERVERS_PID=""
+}
 is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 abort_fuse() {
     # Ends every pending request of the mount with ENOTCONN, so a hung daemon cannot leave
@@ -135,6 +148,7 @@ cleanup() {
         sleep 1
         kill -KILL "$DAEMON_PID" 2>/dev/null || true
     fi
+    stop_servers
     if [[ "${PJDFSTEST_KEEP:-0}" != 1 ]]; then
         for d in "${TMPS[@]}"; do rm -rf --one-file-system "$d" 2>/dev/null || true; done
     else
@@ -171,6 +185,21 @@ chmod 0755 "$WORK" "$WORK/mnt" "$WORK/secondary"
 MNT="$WORK/mnt"
 mount_args=(mount --data-dir "$WORK/data" --cache-dir "$WORK/cache")
 [[ -n "$MOUNT_OPTS" ]] && mount_args+=(-o "$MOUNT_OPTS")
+if [[ "$BACKENDS" == production ]]; then
+    log "starting MariaDB and a Tahoe-LAFS grid ($STRATEGY)"
+    cargo build -q -p truckeefs-tests --bin truckeefs-test-servers --manifest-path "$ROOT/Cargo.toml"
+    rm -f "$OUT/servers.out"
+    exec {SERVERS_FD}> >(exec "$ROOT/target/debug/truckeefs-test-servers" "$WORK/env.yaml" "$STRATEGY" \
+        >"$OUT/servers.out" 2>"$OUT/servers.log")
+    SERVERS_PID=$!
+    for ((i = 0; i < 3000; i++)); do
+        grep -q '^ready$' "$OUT/servers.out" 2>/dev/null && break
+        kill -0 "$SERVERS_PID" 2>/dev/null || { tail -n 40 "$OUT/servers.log"; die "truckeefs-test-servers failed"; }
+        sleep 0.1
+    done
+    grep -q '^ready$' "$OUT/servers.out" || { tail -n 40 "$OUT/servers.log"; die "the servers did not start within 300 s"; }
+    mount_args+=(-c "$WORK/env.yaml")
+fi
 log "mounting: $BIN ${mount_args[*]} $MNT"
 "$BIN" "${mount_args[@]}" "$MNT" </dev/null >"$OUT/truckeefs.log" 2>&1 &
 DAEMON_PID=$!
@@ -287,12 +316,14 @@ else
     problems+=("the mount had disappeared before the unmount")
 fi
 daemon_rc=""
-for ((i = 0; i < 600; i++)); do
+# With a grid, the unmount waits for the last uploads (and the MIRROR tree) first.
+UNMOUNT_WAIT=60; [[ "$BACKENDS" == production ]] && UNMOUNT_WAIT=300
+for ((i = 0; i < UNMOUNT_WAIT * 10; i++)); do
     kill -0 "$DAEMON_PID" 2>/dev/null || break
     sleep 0.1
 done
 if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    problems+=("truckeefs did not exit within 60 s of the unmount (log: $OUT/truckeefs.log)")
+    problems+=("truckeefs did not exit within $UNMOUNT_WAIT s of the unmount (log: $OUT/truckeefs.log)")
     kill -TERM "$DAEMON_PID" 2>/dev/null || true
     sleep 5
     kill -KILL "$DAEMON_PID" 2>/dev/null || true

@@ -222,7 +222,9 @@ enum Pending {
     Refresh { ino: Ino, base: u64 },
     LoadDir(Ino),
     AllocIds,
-    Orphans,
+    /// `startup`: the list taken at start (every orphan is left over from before); otherwise a
+    /// later collection, which spares the inodes this host knows.
+    Orphans { startup: bool },
     /// `applied`: the change already took effect where it cannot be undone (a truncated staged
     /// copy); a failed transaction then still answers with `reply`, since the row is stored with
     /// the file's next upload.
@@ -386,8 +388,20 @@ impl Core {
         };
         core.startup_pending = 2;
         core.io(IoRequest::Staging(StagingRequest::Scan), Pending::Startup);
-        core.io(IoRequest::Meta(MetaRequest::ListOrphans), Pending::Orphans);
+        core.io(IoRequest::Meta(MetaRequest::ListOrphans), Pending::Orphans { startup: true });
         core
+    }
+
+    /// Deletes the inodes without names that nobody holds open any more, as after a start: the
+    /// runtime calls it when a host that shared the stores died, and answers `ListOrphans` with
+    /// the orphans no live host holds. The inodes this host knows are spared (it deletes its own
+    /// once it lets go of them).
+    pub fn collect_orphans(&mut self, now: Instant) {
+        self.now = now;
+        if self.pending.values().any(|p| matches!(p, Pending::Orphans { .. })) {
+            return;
+        }
+        self.io(IoRequest::Meta(MetaRequest::ListOrphans), Pending::Orphans { startup: false });
     }
 
     // ----- inputs -----
@@ -2240,9 +2254,12 @@ impl Core {
                 }
                 self.startup_step_done();
             }
-            Pending::Orphans => {
+            Pending::Orphans { startup } => {
                 if let Ok(IoReply::Orphans(rows)) = result {
                     for row in rows {
+                        if !startup && self.inodes.contains_key(&row.ino) {
+                            continue;
+                        }
                         let mut after = Vec::new();
                         if let Some(obj) = row.object.clone() {
                             after.push(Cleanup::Object(row.ino, obj));
@@ -2251,7 +2268,9 @@ impl Core {
                         self.commit(vec![TxnOp::DeleteInode { ino: row.ino }], false, None, after);
                     }
                 }
-                self.startup_step_done();
+                if startup {
+                    self.startup_step_done();
+                }
             }
             Pending::LoadInode(ino) => {
                 self.loading_inodes.remove(&ino);

@@ -276,6 +276,31 @@ fn unlinked_open_file_stays_usable_until_released() {
 }
 
 #[test]
+fn collecting_orphans_spares_this_hosts_and_deletes_the_rest() {
+    let mut h = Harness::new();
+    // This host's own orphan: unlinked while open.
+    let (mine, fh) = h.create(ROOT_INO, "mine");
+    h.write(mine, fh, 0, b"still open");
+    assert_eq!(h.call(Op::Flush { ino: mine, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    h.settle();
+    assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: b"mine".to_vec() }), Ok(Reply::Empty));
+    h.settle();
+    // Another host's, left by a host that died: a row with no names this core never saw.
+    let mut theirs = h.store.inodes[&mine].clone();
+    theirs.ino = 9_999;
+    theirs.object = None;
+    h.store.inodes.insert(theirs.ino, theirs);
+    h.core.collect_orphans(h.now);
+    h.settle();
+    assert!(!h.store.inodes.contains_key(&9_999), "the dead host's orphan is still there");
+    assert!(h.store.inodes.contains_key(&mine), "this host's open orphan was deleted");
+    assert_eq!(h.read(mine, 0, 20), b"still open");
+    assert_eq!(h.call(Op::Release { ino: mine, fh, lock_owner: None }), Ok(Reply::Empty));
+    h.settle();
+    assert!(!h.store.inodes.contains_key(&mine));
+}
+
+#[test]
 fn readdir_offsets_are_stable_while_entries_change() {
     let mut h = Harness::new();
     for i in 0..20 {

@@ -139,6 +139,14 @@ impl ObjectStore {
         }
     }
 
+    /// Uploads in flight with their progress (a remote store's).
+    pub(crate) fn uploads_in_flight(&self) -> Vec<tahoe::UploadStatus> {
+        match self {
+            ObjectStore::Local(_) => Vec::new(),
+            ObjectStore::Tahoe { client, .. } => client.uploads_in_flight(),
+        }
+    }
+
     /// Bytes in the block cache and its limit (0 = none), for a remote store.
     pub(crate) fn cache_usage(&self) -> Option<(u64, u64)> {
         match self {

@@ -6,6 +6,11 @@
 //! Messages are JSON: `{"h": "<host id>", "i": [ino, ...], "e": [[parent, "<name hex>"], ...]}`.
 //! A host ignores its own. Delivery is best effort: a host that was disconnected may have missed
 //! changes, which is why an open on a multi-host mount re-reads its inode anyway.
+//!
+//! Each host also renews a heartbeat key `<prefix>host:<id>` (every second, expiring after 5 s),
+//! publishes its record locks (see [`LockService`]) and lists the files it keeps open after their
+//! last name went (`<prefix>orphans:<id>`, a set of inode numbers). When a host's heartbeat
+//! expires, the others find its orphan set and delete those files (`Core::collect_orphans`).
 
 use crate::ays::proto::hex;
 use redis::Commands;
@@ -37,6 +42,8 @@ impl std::fmt::Debug for CoordConfig {
 const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// How often the heartbeat key is renewed.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often (in heartbeats) a host looks for dead hosts' orphans.
+const ORPHAN_CHECK_EVERY: u32 = 5;
 
 /// How long a blocked read of the subscription waits before checking whether to stop.
 const POLL: Duration = Duration::from_millis(500);
@@ -69,6 +76,7 @@ impl Coordinator {
     pub fn start(
         config: &CoordConfig,
         deliver: impl Fn(Changes) + Send + 'static,
+        collect_orphans: impl Fn() + Send + 'static,
     ) -> Result<Coordinator, String> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| format!("redis_host {}: {}", config.server, e.category()))?;
@@ -106,8 +114,20 @@ impl Coordinator {
             .name("truckeefs-heartbeat".into())
             .spawn(move || {
                 let mut failing = false;
+                let mut beats = 0u32;
                 while !beat_stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(HEARTBEAT_EVERY);
+                    beats = beats.wrapping_add(1);
+                    if beats % ORPHAN_CHECK_EVERY == 0 {
+                        match beat.orphans() {
+                            Ok(o) if !o.dead_sets.is_empty() => {
+                                tracing::info!(hosts = o.dead_sets.len(), "a host died holding unlinked files open; deleting them");
+                                collect_orphans();
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(error = %e, "cannot look for dead hosts' orphans"),
+                        }
+                    }
                     match beat.heartbeat() {
                         Ok(()) if failing => {
                             tracing::info!(server = %beat.server, "heartbeat renewed again");
@@ -339,6 +359,75 @@ mod tests {
     #[test]
     fn glob_characters_in_the_prefix_are_literal() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
+
+// ----- files kept open after their last name went -----
+
+/// The orphan sets in the coordination server.
+pub(crate) struct Orphans {
+    /// Held by live hosts: not to be deleted.
+    pub(crate) held: std::collections::HashSet<Ino>,
+    /// The sets of dead hosts (their keys): what they list may go, then the sets.
+    pub(crate) dead_sets: Vec<String>,
+}
+
+impl LockService {
+    fn orphans_key(&self) -> String {
+        format!("{}orphans:{}", self.prefix, self.host)
+    }
+
+    /// This host keeps `ino` open after its last name goes (said before that is committed).
+    pub(crate) fn hold_orphan(&self, ino: Ino) -> Result<(), String> {
+        self.with_conn(|c| c.sadd::<_, _, ()>(self.orphans_key(), ino))
+    }
+
+    /// This host deleted `ino`.
+    pub(crate) fn drop_orphan(&self, ino: Ino) -> Result<(), String> {
+        self.with_conn(|c| c.srem::<_, _, ()>(self.orphans_key(), ino))
+    }
+
+    /// Every host's orphan set, split by whether the host lives.
+    pub(crate) fn orphans(&self) -> Result<Orphans, String> {
+        let pattern = format!("{}orphans:*", glob_escape(&self.prefix));
+        let host_prefix = format!("{}host:", self.prefix);
+        let set_prefix = format!("{}orphans:", self.prefix);
+        self.with_conn(|c| {
+            let keys: Vec<String> = c.scan_match::<_, String>(&pattern)?.collect();
+            let mut out = Orphans { held: std::collections::HashSet::new(), dead_sets: Vec::new() };
+            for key in keys {
+                let Some(host) = key.strip_prefix(&set_prefix) else { continue };
+                let alive: bool = host == self.host || c.exists(format!("{host_prefix}{host}"))?;
+                if alive {
+                    let members: Vec<Ino> = c.smembers(&key)?;
+                    out.held.extend(members);
+                } else {
+                    out.dead_sets.push(key);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The hosts whose heartbeat lives, this one first.
+    pub(crate) fn hosts(&self) -> Result<Vec<String>, String> {
+        let pattern = format!("{}host:*", glob_escape(&self.prefix));
+        let prefix = format!("{}host:", self.prefix);
+        let mut hosts: Vec<String> = self.with_conn(|c| {
+            Ok(c.scan_match::<_, String>(&pattern)?.filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)).collect())
+        })?;
+        hosts.sort();
+        hosts.retain(|h| *h != self.host);
+        hosts.insert(0, self.host.clone());
+        Ok(hosts)
+    }
+
+    /// Forgets dead hosts' orphan sets (once what they listed is deleted).
+    pub(crate) fn forget_sets(&self, keys: &[String]) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.with_conn(|c| c.del::<_, ()>(keys))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::backends::{self, Backends, MetaStore, ObjectStore};
 use crate::coord::{Coordinator, LockService, Publisher};
-use crate::mirror::{Mirror, Planner};
+use crate::mirror::{MetaReader, Mirror, Planner};
 use crate::staging::Staging;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -20,8 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use truckeefs_core::{
-    Config, Core, Ctx, Effect, Ino, IoId, IoReply, IoRequest, IoResult, KernelNotice, LockRequest, MetaRequest, Op,
-    Reply, RequestId,
+    Config, Core, Ctx, DentryRow, Effect, Ino, IoError, IoErrorKind, IoId, IoReply, IoRequest, IoResult, KernelNotice,
+    LoadedInode, LockRequest, MetaRequest, Op, Reply, RequestId,
 };
 
 /// Where a mount keeps its state.
@@ -113,20 +113,28 @@ impl Runtime {
             publisher: None,
             locks: None,
             mirror: None,
+            held_orphans: std::collections::HashSet::new(),
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
         let coordinator = match &coordination {
             Some(config) => {
                 let weak = Arc::downgrade(&shared);
-                let c = Coordinator::start(config, move |changes| {
-                    let Some(shared) = weak.upgrade() else { return };
-                    let mut d = shared.lock();
-                    if let (Some((planner, _)), false) = (&mut d.mirror, changes.entries.is_empty()) {
-                        planner.forget_dirs();
-                    }
-                    d.core.handle_invalidation(Instant::now(), changes);
-                    d.drain(&shared);
-                })
+                let weak_collect = weak.clone();
+                let c = Coordinator::start(
+                    config,
+                    move |changes| {
+                        let Some(shared) = weak.upgrade() else { return };
+                        let mut d = shared.lock();
+                        d.core.handle_invalidation(Instant::now(), changes);
+                        d.drain(&shared);
+                    },
+                    move || {
+                        let Some(shared) = weak_collect.upgrade() else { return };
+                        let mut d = shared.lock();
+                        d.core.collect_orphans(Instant::now());
+                        d.drain(&shared);
+                    },
+                )
                 .map_err(StartError::Backend)?;
                 let mut d = shared.lock();
                 d.publisher = Some(c.publisher());
@@ -138,13 +146,8 @@ impl Runtime {
         };
         let mirrored = shared.lock().objects.mirrored();
         if let Some((client, rootcap)) = mirrored {
-            // The walk at mount reads the tree through the driver, which owns the store.
-            let weak = Arc::downgrade(&shared);
-            let query = Box::new(move |req| match weak.upgrade() {
-                Some(shared) => shared.lock().meta.execute(&req),
-                None => Err(truckeefs_core::IoError::new(truckeefs_core::IoErrorKind::Other, "the mount stopped")),
-            });
-            let mirror = Mirror::start(client, rootcap, query)
+            let reader = Box::new(DriverReader(Arc::downgrade(&shared)));
+            let mirror = Mirror::start(client, rootcap, reader)
                 .map_err(|source| StartError::Dir { path: "mirror thread".into(), source })?;
             shared.lock().mirror = Some((Planner::default(), mirror));
         }
@@ -238,6 +241,31 @@ impl Shared {
     }
 }
 
+/// The mirror thread's view of the metadata store: the driver's, taken under its lock.
+struct DriverReader(std::sync::Weak<Shared>);
+
+impl DriverReader {
+    fn with<T>(&self, f: impl FnOnce(&mut MetaStore) -> Result<T, IoError>) -> Result<T, IoError> {
+        match self.0.upgrade() {
+            Some(shared) => f(&mut shared.lock().meta),
+            None => Err(IoError::new(IoErrorKind::Other, "the mount stopped")),
+        }
+    }
+}
+
+impl MetaReader for DriverReader {
+    fn load_dir(&self, ino: Ino) -> Result<Vec<(DentryRow, LoadedInode)>, IoError> {
+        self.with(|meta| match meta.execute(&MetaRequest::LoadDir { ino })? {
+            IoReply::Dir(entries) => Ok(entries),
+            _ => Err(IoError::new(IoErrorKind::Other, "the metadata store answered LoadDir with something else")),
+        })
+    }
+
+    fn names(&self, ino: Ino) -> Result<Vec<(Ino, Vec<u8>)>, IoError> {
+        self.with(|meta| meta.names(ino))
+    }
+}
+
 /// Fires the core's timers: sleeps until `poll_timeout`, or until woken because it moved earlier.
 fn timer_thread(shared: &Arc<Shared>) {
     let mut d = shared.lock();
@@ -296,6 +324,8 @@ struct Driver {
     locks: Option<Arc<LockService>>,
     /// MIRROR: what each commit changes in the Tahoe tree, and the thread that changes it.
     mirror: Option<(Planner, Mirror)>,
+    /// The files this host keeps open after their last name went, as listed for the other hosts.
+    held_orphans: std::collections::HashSet<Ino>,
 }
 
 impl Driver {
@@ -307,6 +337,16 @@ impl Driver {
         line("files waiting to upload", s.dirty_files.to_string());
         line("bytes waiting to upload", s.dirty_bytes.to_string());
         line("uploads in flight", s.uploads_in_flight.to_string());
+        for u in self.objects.uploads_in_flight() {
+            let what = u.name.strip_suffix(".data").map_or(u.name.clone(), |ino| format!("inode {ino}"));
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let state = if u.storing {
+                format!("all {:.1} MiB sent, the gateway is storing it", mib(u.len))
+            } else {
+                format!("{:.1} of {:.1} MiB sent ({}%)", mib(u.sent), mib(u.len), u.sent * 100 / u.len.max(1))
+            };
+            line(&format!("upload of {what}"), format!("{state}, {} s", u.elapsed.as_secs()));
+        }
         line("failed uploads (retried)", s.failed_uploads.to_string());
         line("open handles", s.open_handles.to_string());
         line("cached inodes", s.cached_inodes.to_string());
@@ -319,7 +359,14 @@ impl Driver {
         if let Some((_, mirror)) = &self.mirror {
             line("tahoe tree (MIRROR)", mirror.status());
         }
-        line("hosts", "this one (no coordination server configured)".into());
+        let hosts = match &self.locks {
+            None => "this one (no coordination server configured)".to_string(),
+            Some(locks) => match locks.hosts() {
+                Ok(hosts) => format!("{} connected: {} (this one){}", hosts.len(), hosts[0], hosts[1..].iter().map(|h| format!(", {h}")).collect::<String>()),
+                Err(e) => format!("unknown ({e})"),
+            },
+        };
+        line("hosts", hosts);
         out
     }
 
@@ -332,7 +379,13 @@ impl Driver {
                     Effect::Reply { id, result } => self.sink.reply(id, result),
                     Effect::Kernel(notice) => self.sink.notice(notice),
                     Effect::Io { io, request: IoRequest::Meta(req) } => {
-                        let result = self.meta.execute(&req);
+                        if let MetaRequest::Commit(txn) = &req {
+                            self.hold_orphans(txn);
+                        }
+                        let mut result = self.meta.execute(&req);
+                        if let (MetaRequest::ListOrphans, Ok(IoReply::Orphans(rows))) = (&req, &mut result) {
+                            self.spare_live_hosts_orphans(rows);
+                        }
                         if let Err(e) = &result {
                             tracing::error!(error = %e, "metadata store");
                         }
@@ -344,8 +397,9 @@ impl Driver {
                                 }
                             }
                             if let Some((planner, mirror)) = &mut self.mirror {
-                                mirror.push(planner.plan(&mut self.meta, txn));
+                                mirror.mark(planner.plan(&mut self.meta, txn));
                             }
+                            self.drop_orphans(txn);
                         }
                         inline.push_back((io, result));
                     }
@@ -361,6 +415,56 @@ impl Driver {
         if let (Some(next), Some(sleeping)) = (self.core.poll_timeout(), self.timer_sleeps_until) {
             if next < sleeping {
                 shared.wake.notify_all();
+            }
+        }
+    }
+
+    /// Before a transaction that leaves a file without names (kept open here), the other hosts
+    /// learn that this host holds it: they must not delete it while this host lives.
+    fn hold_orphans(&mut self, txn: &truckeefs_core::Txn) {
+        let Some(locks) = &self.locks else { return };
+        for op in &txn.ops {
+            if let truckeefs_core::TxnOp::UpdateInode { row, .. } = op {
+                if row.nlink == 0 && !self.held_orphans.contains(&row.ino) {
+                    match locks.hold_orphan(row.ino) {
+                        Ok(()) => {
+                            self.held_orphans.insert(row.ino);
+                        }
+                        Err(e) => tracing::warn!(ino = row.ino, error = %e, "cannot list an open unlinked file for the other hosts"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a committed transaction that deleted files this host listed as held.
+    fn drop_orphans(&mut self, txn: &truckeefs_core::Txn) {
+        let Some(locks) = &self.locks else { return };
+        for op in &txn.ops {
+            if let truckeefs_core::TxnOp::DeleteInode { ino } = op {
+                if self.held_orphans.remove(ino) {
+                    if let Err(e) = locks.drop_orphan(*ino) {
+                        tracing::warn!(ino, error = %e, "cannot unlist a deleted file");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The orphans the core may delete: none that a live host holds (with no coordination
+    /// server, every one: hosts that share the stores without one take turns).
+    fn spare_live_hosts_orphans(&self, rows: &mut Vec<truckeefs_core::InodeRow>) {
+        let Some(locks) = &self.locks else { return };
+        match locks.orphans() {
+            Ok(o) => {
+                rows.retain(|r| !o.held.contains(&r.ino));
+                if let Err(e) = locks.forget_sets(&o.dead_sets) {
+                    tracing::warn!(error = %e, "cannot remove a dead host's list of open files");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which unlinked files other hosts hold open; deleting none now");
+                rows.clear();
             }
         }
     }

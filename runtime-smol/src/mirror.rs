@@ -2,242 +2,106 @@
 //! the tree, so that `tahoe ls` and `tahoe get` on the rootcap show the names and bytes the mount
 //! shows, and the grid alone holds a usable copy of the files.
 //!
-//! The metadata store stays the truth; the Tahoe tree follows it, a little behind:
-//! - After each committed transaction the driver asks the [`Planner`] for the Tahoe changes it
-//!   implies ([`MirrorOp`]: make a directory, link a file's cap under a name, unlink a name, move
-//!   a link — Tahoe's relink, so a renamed directory keeps its subtree). Paths are computed at
-//!   commit time, so the queue replays the commits in order.
-//! - One thread ([`Mirror`]) performs them in that order. While the gateway is unreachable it
-//!   waits and retries (the order matters); a change the gateway refuses is logged, counted and
-//!   skipped.
-//! - At every mount the thread first walks the whole tree and repairs the differences (what a
-//!   crash, a refused change or another host's race left behind), then works through the queue.
+//! The metadata store stays the truth; the Tahoe tree follows it, a little behind, one directory
+//! at a time:
+//! - After each committed transaction the driver asks the [`Planner`] which directories it
+//!   changed: the parents of every name added or removed, and the directories naming a file
+//!   whose contents changed (an upload's commit).
+//! - One thread ([`Mirror`]) brings each such directory in line: it reads the directory from the
+//!   metadata store and from Tahoe, links what is missing or different (files by their caps,
+//!   subdirectories by the caps of their Tahoe directories, all in one `set_children`) and
+//!   unlinks what is gone. A renamed directory is linked by its cap under its new name, so it
+//!   keeps its Tahoe subtree (Tahoe's relink, in two steps). Changes arriving while a directory
+//!   waits are folded into one pass: a name created and removed in between never reaches Tahoe.
+//! - While the gateway is unreachable the thread waits and tries again; a directory the gateway
+//!   refuses is logged, counted and skipped.
+//! - At every mount the thread first walks the whole tree the same way, which repairs whatever
+//!   a crash, a refused change or another host's race left behind.
 //!
 //! What Tahoe cannot hold is left out of the Tahoe tree: symlinks, device nodes, FIFOs, sockets
 //! and names that are not UTF-8. Empty files are linked as the empty literal cap (`URI:LIT:`).
-//! Several hosts each mirror their own changes.
+//! Each host mirrors the directories its own transactions change.
 
 use crate::backends::MetaStore;
-use crate::tahoe::{DirPath, Replace, TahoeClient};
+use crate::tahoe::{DirPath, TahoeClient};
 use crate::tahoe_json::NodeKind;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use truckeefs_core::{
-    FileKind, Ino, IoError, IoErrorKind, IoReply, IoResult, MetaRequest, ObjectId, Txn, TxnOp, ROOT_INO,
-};
+use truckeefs_core::{DentryRow, FileKind, Ino, IoError, IoErrorKind, LoadedInode, ObjectId, Txn, TxnOp, ROOT_INO};
 
 /// The cap of the empty file (a literal cap holds its bytes, here none).
 const EMPTY_FILE: &str = "URI:LIT:";
 
-/// One change to the Tahoe tree. Directories are paths below the rootcap.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum MirrorOp {
-    Mkdir { dir: Vec<String>, name: String },
-    /// Link a file's cap (`None`: the empty file), replacing what is there.
-    Link { dir: Vec<String>, name: String, cap: Option<ObjectId> },
-    Unlink { dir: Vec<String>, name: String },
-    Relink { from: Vec<String>, from_name: String, to: Vec<String>, to_name: String },
+/// Reads the metadata store for the mirror thread (through the driver, which owns it).
+pub(crate) trait MetaReader: Send {
+    fn load_dir(&self, ino: Ino) -> Result<Vec<(DentryRow, LoadedInode)>, IoError>;
+    /// Every entry naming `ino`, as `(parent, name)`.
+    fn names(&self, ino: Ino) -> Result<Vec<(Ino, Vec<u8>)>, IoError>;
 }
 
-/// Turns committed transactions into [`MirrorOp`]s. Lives in the driver, which gives it the
-/// metadata store for the paths it does not know yet.
+/// Tells, for each committed transaction, which directories the mirror must redo. Lives in the
+/// driver, beside the metadata store.
 #[derive(Default)]
 pub(crate) struct Planner {
-    /// Where each known directory is: `(parent, name)`.
-    dirs: HashMap<Ino, (Ino, Vec<u8>)>,
-    /// The contents last linked for a file, so that an update that does not change them (a
-    /// chmod, a link count) costs nothing.
-    linked: HashMap<Ino, Option<ObjectId>>,
+    /// The contents last seen for a file, so that an update that does not change them (a chmod,
+    /// a link count) costs nothing.
+    seen: HashMap<Ino, Option<ObjectId>>,
 }
 
-/// Bounds the planner's memory; past it, it forgets and looks up again.
+/// Bounds the planner's memory; past it, it forgets and looks names up again.
 const PLANNER_MAX: usize = 100_000;
 
 impl Planner {
-    /// Another host changed the tree: directories may have moved.
-    pub(crate) fn forget_dirs(&mut self) {
-        self.dirs.clear();
-    }
-
-    /// The Tahoe changes a committed transaction implies, in the order to perform them.
-    pub(crate) fn plan(&mut self, meta: &mut MetaStore, txn: &Txn) -> Vec<MirrorOp> {
-        if self.dirs.len() > PLANNER_MAX {
-            self.dirs.clear();
+    /// The directories `txn` changed.
+    pub(crate) fn plan(&mut self, meta: &mut MetaStore, txn: &Txn) -> Vec<Ino> {
+        if self.seen.len() > PLANNER_MAX {
+            self.seen.clear();
         }
-        if self.linked.len() > PLANNER_MAX {
-            self.linked.clear();
-        }
-        let mut rows = HashMap::new();
-        let mut deletes = Vec::new();
-        let mut inserts = Vec::new();
+        let mut dirs = Vec::new();
+        let mut named = Vec::new();
         for op in &txn.ops {
             match op {
-                TxnOp::InsertInode(row) | TxnOp::UpdateInode { row, .. } => {
-                    rows.insert(row.ino, row);
+                TxnOp::InsertDentry(d) => {
+                    dirs.push(d.parent);
+                    named.push(d.ino);
                 }
+                TxnOp::DeleteDentry { parent, .. } => dirs.push(*parent),
                 TxnOp::DeleteInode { ino } => {
-                    self.linked.remove(ino);
-                    self.dirs.remove(ino);
+                    self.seen.remove(ino);
                 }
-                TxnOp::DeleteDentry { parent, name, ino } => deletes.push((*parent, name.as_slice(), *ino)),
-                TxnOp::InsertDentry(d) => inserts.push((d.parent, d.name.as_slice(), d.ino)),
-                TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. } => {}
+                _ => {}
             }
         }
-        // Bring the known directories up to date first: the paths below are the committed ones.
-        for (parent, name, ino) in &deletes {
-            if self.dirs.get(ino).is_some_and(|(p, n)| p == parent && n == name) {
-                self.dirs.remove(ino);
-            }
-        }
-        for (parent, name, ino) in &inserts {
-            if rows.get(ino).is_some_and(|r| r.kind == FileKind::Directory) {
-                self.dirs.insert(*ino, (*parent, name.to_vec()));
-            }
-        }
-        let moved: Vec<((Ino, &[u8]), (Ino, &[u8]), Ino)> = deletes
-            .iter()
-            .filter_map(|&(p, n, ino)| {
-                let &(tp, tn, _) = inserts.iter().find(|(_, _, i)| *i == ino)?;
-                Some(((p, n), (tp, tn), ino))
-            })
-            .collect();
-        let is_moved = |ino: Ino| moved.iter().any(|(_, _, i)| *i == ino);
-        let mut ops = Vec::new();
-        for &(parent, name, ino) in &deletes {
-            if is_moved(ino) {
+        for op in &txn.ops {
+            let (TxnOp::InsertInode(row) | TxnOp::UpdateInode { row, .. }) = op else { continue };
+            if row.kind != FileKind::Regular || self.seen.get(&row.ino) == Some(&row.object) {
                 continue;
             }
-            if let (Some(dir), Some(name)) = (self.dir_path(meta, parent), utf8(name)) {
-                ops.push(MirrorOp::Unlink { dir, name });
+            self.seen.insert(row.ino, row.object.clone());
+            if named.contains(&row.ino) || row.nlink == 0 {
+                continue; // its new name's directory is already on the list
+            }
+            match meta.names(row.ino) {
+                Ok(names) => dirs.extend(names.into_iter().map(|(parent, _)| parent)),
+                Err(e) => tracing::warn!(ino = row.ino, error = %e, "mirror: cannot find the names of a file"),
             }
         }
-        // Moves: one relink each; several at once (RENAME_EXCHANGE) go through a temporary
-        // name in the target directory, so none lands on a name another still holds.
-        let mut second = Vec::new();
-        for &((fp, fname), (tp, tname), ino) in &moved {
-            let from = self.dir_path(meta, fp).zip(utf8(fname));
-            let to = self.dir_path(meta, tp).zip(utf8(tname));
-            match (from, to) {
-                (Some((from, from_name)), Some((to, to_name))) if moved.len() == 1 => {
-                    ops.push(MirrorOp::Relink { from, from_name, to, to_name })
-                }
-                (Some((from, from_name)), Some((to, to_name))) => {
-                    let tmp = format!(".truckeefs-move-{ino}");
-                    ops.push(MirrorOp::Relink { from, from_name, to: to.clone(), to_name: tmp.clone() });
-                    second.push(MirrorOp::Relink { from: to.clone(), from_name: tmp, to, to_name });
-                }
-                (Some((dir, name)), None) => ops.push(MirrorOp::Unlink { dir, name }),
-                (None, Some((dir, name))) => {
-                    if let Some(op) = self.insert(&rows, ino, dir, name) {
-                        ops.push(op);
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        ops.extend(second);
-        for &(parent, name, ino) in &inserts {
-            if is_moved(ino) {
-                continue;
-            }
-            if let (Some(dir), Some(name)) = (self.dir_path(meta, parent), utf8(name)) {
-                if let Some(op) = self.insert(&rows, ino, dir, name) {
-                    ops.push(op);
-                }
-            }
-        }
-        // New contents of a file (an upload's commit, a truncation to nothing): under each name.
-        for row in rows.values() {
-            if row.kind != FileKind::Regular
-                || row.nlink == 0
-                || inserts.iter().any(|(_, _, i)| *i == row.ino)
-                || self.linked.get(&row.ino) == Some(&row.object)
-            {
-                continue;
-            }
-            let names = match meta.names(row.ino) {
-                Ok(names) => names,
-                Err(e) => {
-                    tracing::warn!(ino = row.ino, error = %e, "mirror: cannot find the names of a file");
-                    continue;
-                }
-            };
-            for (parent, name) in names {
-                if let (Some(dir), Some(name)) = (self.dir_path(meta, parent), utf8(&name)) {
-                    ops.push(MirrorOp::Link { dir, name, cap: row.object.clone() });
-                }
-            }
-            self.linked.insert(row.ino, row.object.clone());
-        }
-        ops
-    }
-
-    /// The op for a new name of `ino`, if Tahoe can hold what it is.
-    fn insert(
-        &mut self,
-        rows: &HashMap<Ino, &truckeefs_core::InodeRow>,
-        ino: Ino,
-        dir: Vec<String>,
-        name: String,
-    ) -> Option<MirrorOp> {
-        let row = rows.get(&ino)?;
-        match row.kind {
-            FileKind::Directory => Some(MirrorOp::Mkdir { dir, name }),
-            FileKind::Regular => {
-                self.linked.insert(ino, row.object.clone());
-                Some(MirrorOp::Link { dir, name, cap: row.object.clone() })
-            }
-            _ => None,
-        }
-    }
-
-    /// The path of directory `ino` below the root, or `None` if it has no name (removed) or a
-    /// part that is not UTF-8.
-    fn dir_path(&mut self, meta: &mut MetaStore, mut ino: Ino) -> Option<Vec<String>> {
-        let mut parts = Vec::new();
-        while ino != ROOT_INO {
-            if parts.len() > 4096 {
-                tracing::warn!(ino, "mirror: a directory deeper than 4096 levels (or a cycle)");
-                return None;
-            }
-            let (parent, name) = match self.dirs.get(&ino) {
-                Some(entry) => entry.clone(),
-                None => match meta.names(ino) {
-                    Ok(names) => {
-                        let entry = names.into_iter().next()?;
-                        self.dirs.insert(ino, entry.clone());
-                        entry
-                    }
-                    Err(e) => {
-                        tracing::warn!(ino, error = %e, "mirror: cannot find where a directory is");
-                        return None;
-                    }
-                },
-            };
-            parts.push(utf8(&name)?);
-            ino = parent;
-        }
-        parts.reverse();
-        Some(parts)
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs
     }
 }
 
-fn utf8(name: &[u8]) -> Option<String> {
-    String::from_utf8(name.to_vec()).ok()
-}
-
-/// Runs a metadata request for the walk at mount (through the driver, which owns the store).
-pub(crate) type Query = Box<dyn Fn(MetaRequest) -> IoResult + Send>;
-
-/// The queue of changes and what `status` shows of it.
+/// What the thread has to do, and what `status` shows of it.
 #[derive(Default)]
 struct State {
-    ops: VecDeque<MirrorOp>,
-    /// The op being performed (taken off the queue).
-    busy: bool,
+    dirty: BTreeSet<Ino>,
+    /// When the oldest waiting directory was marked.
+    since: Option<Instant>,
+    /// Directories being done now (taken off `dirty`).
+    busy: usize,
     /// The walk at mount has finished.
     walked: bool,
     stopping: bool,
@@ -256,6 +120,17 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn mark(&self, dirs: impl IntoIterator<Item = Ino>) {
+        let mut s = self.lock();
+        let before = s.dirty.len();
+        s.dirty.extend(dirs);
+        if s.dirty.len() > before {
+            s.since.get_or_insert_with(Instant::now);
+            drop(s);
+            self.wake.notify_all();
+        }
+    }
 }
 
 /// The thread that keeps the Tahoe tree in line.
@@ -268,33 +143,36 @@ pub(crate) struct Mirror {
 /// maximum).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a changed directory waits for more changes before it is done.
+const SETTLE: Duration = Duration::from_millis(200);
 
 impl Mirror {
-    pub(crate) fn start(client: Arc<TahoeClient>, rootcap: ObjectId, query: Query) -> std::io::Result<Mirror> {
+    pub(crate) fn start(client: Arc<TahoeClient>, rootcap: ObjectId, meta: Box<dyn MetaReader>) -> std::io::Result<Mirror> {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new() });
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("truckeefs-mirror".into())
-            .spawn(move || worker(&s, &client, &rootcap, &query))?;
+        let thread = std::thread::Builder::new().name("truckeefs-mirror".into()).spawn(move || {
+            let mut w = Worker { shared: &s, client: &client, meta: &*meta, caps: HashMap::new(), walking: true };
+            w.caps.insert(ROOT_INO, rootcap);
+            w.run();
+        })?;
         Ok(Mirror { shared, thread: Some(thread) })
     }
 
-    pub(crate) fn push(&self, ops: Vec<MirrorOp>) {
-        if ops.is_empty() {
-            return;
+    /// Directories changed by a committed transaction.
+    pub(crate) fn mark(&self, dirs: Vec<Ino>) {
+        if !dirs.is_empty() {
+            self.shared.mark(dirs);
         }
-        self.shared.lock().ops.extend(ops);
-        self.shared.wake.notify_all();
     }
 
     /// One line for `status`.
     pub(crate) fn status(&self) -> String {
         let s = self.shared.lock();
-        let waiting = s.ops.len() + usize::from(s.busy);
+        let waiting = s.dirty.len() + s.busy;
         let mut line = if s.walked {
-            format!("{waiting} change(s) waiting, {} done, {} refused by the gateway", s.done, s.refused)
+            format!("{waiting} directories waiting, {} done, {} refused by the gateway", s.done, s.refused)
         } else {
-            format!("checking the whole tree; {waiting} change(s) waiting")
+            format!("checking the whole tree; {waiting} directories waiting")
         };
         if let Some(e) = &s.last_error {
             line.push_str(&format!(" (last error: {e})"));
@@ -302,19 +180,19 @@ impl Mirror {
         line
     }
 
-    /// Waits until the queue is empty, or until nothing has moved for `stall`; then stops.
+    /// Waits until nothing is left to do, or until nothing has moved for `stall`; then stops.
     pub(crate) fn finish(mut self, stall: Duration) -> Result<(), String> {
         let start = Instant::now();
         let mut s = self.shared.lock();
         let result = loop {
-            if s.walked && s.ops.is_empty() && !s.busy {
+            if s.walked && s.dirty.is_empty() && s.busy == 0 {
                 break Ok(());
             }
             let since = s.last_progress.unwrap_or(start).max(start);
             if since.elapsed() > stall {
                 break Err(format!(
-                    "the Tahoe tree (MIRROR) is {} change(s) behind; it is repaired at the next mount",
-                    s.ops.len() + usize::from(s.busy)
+                    "the Tahoe tree (MIRROR) is {} directories behind; the next mount repairs it",
+                    s.dirty.len() + s.busy
                 ));
             }
             s = self.shared.wake.wait_timeout(s, Duration::from_millis(200)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
@@ -339,170 +217,220 @@ impl Drop for Mirror {
     }
 }
 
-fn worker(shared: &Shared, client: &TahoeClient, root: &ObjectId, query: &Query) {
-    let mut delay = RETRY_FIRST;
-    loop {
-        match walk(client, root, query, || shared.lock().stopping) {
-            Ok(fixed) => {
-                tracing::info!(fixed, "mirror: the Tahoe tree matches the metadata");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mirror: checking the tree failed; trying again");
-                shared.lock().last_error = Some(e.to_string());
-                if !sleep(shared, &mut delay) {
-                    return;
-                }
-            }
-        }
-    }
-    shared.lock().walked = true;
-    shared.wake.notify_all();
-    loop {
-        let op = {
-            let mut s = shared.lock();
-            loop {
-                if s.stopping {
-                    return;
-                }
-                if let Some(op) = s.ops.pop_front() {
-                    s.busy = true;
-                    break op;
-                }
-                s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
-            }
-        };
+/// Why a directory could not be done.
+enum Failure {
+    /// The gateway is unreachable (or the metadata store is): try again later.
+    Later(IoError),
+    /// The gateway refused: skip it.
+    Refused(IoError),
+}
+
+struct Worker<'a> {
+    shared: &'a Shared,
+    client: &'a TahoeClient,
+    meta: &'a dyn MetaReader,
+    /// The Tahoe directory of each directory inode, as far as known.
+    caps: HashMap<Ino, ObjectId>,
+    /// The walk at mount is under way (it visits every subdirectory anyway).
+    walking: bool,
+}
+
+impl Worker<'_> {
+    fn run(&mut self) {
+        // The walk at mount: every directory, parents first.
         let mut delay = RETRY_FIRST;
-        let mut refused_once = false;
-        loop {
-            match apply(client, root, &op) {
-                Ok(()) => {
-                    let mut s = shared.lock();
-                    s.done += 1;
-                    break;
-                }
-                Err(e) => {
-                    shared.lock().last_error = Some(e.to_string());
-                    if client.welcome().is_err() {
-                        // Unreachable gateway: wait and try again, keeping the order.
-                        tracing::info!(error = %e, "mirror: gateway unreachable; waiting");
-                    } else if refused_once
-                        || matches!(e.kind, IoErrorKind::NotFound | IoErrorKind::Conflict | IoErrorKind::Corrupt)
-                    {
-                        // A reachable gateway that refuses: log and go on (the walk at the
-                        // next mount repairs what this leaves).
-                        tracing::warn!(error = %e, "mirror: the gateway refused a change; skipped");
-                        shared.lock().refused += 1;
-                        break;
-                    } else {
-                        refused_once = true;
-                    }
-                    if !sleep(shared, &mut delay) {
+        let mut stack = vec![ROOT_INO];
+        while let Some(dir) = stack.pop() {
+            if self.shared.lock().stopping {
+                return;
+            }
+            match self.redo(dir) {
+                Ok(children) => stack.extend(children),
+                Err(f) => {
+                    stack.push(dir);
+                    if !self.failed(f, &mut delay) {
                         return;
                     }
                 }
             }
         }
-        let mut s = shared.lock();
-        s.busy = false;
-        s.last_progress = Some(Instant::now());
-        drop(s);
-        shared.wake.notify_all();
-    }
-}
+        tracing::info!(directories = self.caps.len(), "mirror: the Tahoe tree matches the metadata");
+        self.walking = false;
+        self.shared.lock().walked = true;
+        self.shared.wake.notify_all();
 
-/// Sleeps `delay` (doubled for next time); false if told to stop meanwhile.
-fn sleep(shared: &Shared, delay: &mut Duration) -> bool {
-    let s = shared.lock();
-    let (s, _) = shared.wake.wait_timeout_while(s, *delay, |s| !s.stopping).unwrap_or_else(|e| e.into_inner());
-    *delay = (*delay * 2).min(RETRY_MAX);
-    !s.stopping
-}
-
-fn empty_file() -> ObjectId {
-    ObjectId(EMPTY_FILE.into())
-}
-
-fn apply(client: &TahoeClient, root: &ObjectId, op: &MirrorOp) -> Result<(), IoError> {
-    let at = |names| DirPath { cap: root, names };
-    match op {
-        MirrorOp::Mkdir { dir, name } => client.mkdir_at(at(dir), name).map(drop),
-        MirrorOp::Link { dir, name, cap } => {
-            client.link_at(at(dir), name, cap.as_ref().unwrap_or(&empty_file()), Replace::Any)
-        }
-        MirrorOp::Unlink { dir, name } => match client.unlink_at(at(dir), name) {
-            Err(e) if e.kind == IoErrorKind::NotFound => Ok(()),
-            r => r.map(drop),
-        },
-        MirrorOp::Relink { from, from_name, to, to_name } => {
-            client.relink_at(at(from), from_name, at(to), to_name, Replace::Any)
-        }
-    }
-}
-
-/// What a name should be in Tahoe.
-enum Want {
-    Dir(Ino),
-    File(ObjectId),
-}
-
-/// Walks the metadata tree and makes the Tahoe tree match it; returns how many changes that
-/// took.
-fn walk(client: &TahoeClient, root: &ObjectId, query: &Query, stopping: impl Fn() -> bool) -> Result<u64, IoError> {
-    let mut fixed = 0;
-    let mut stack: Vec<(Ino, Vec<String>)> = vec![(ROOT_INO, Vec::new())];
-    while let Some((ino, path)) = stack.pop() {
-        if stopping() {
-            return Ok(fixed);
-        }
-        let entries = match query(MetaRequest::LoadDir { ino })? {
-            IoReply::Dir(entries) => entries,
-            _ => return Err(IoError::new(IoErrorKind::Other, "mirror: unexpected reply to LoadDir")),
-        };
-        let here = DirPath { cap: root, names: &path };
-        let tahoe = match client.list_at(here) {
-            Ok(children) => children,
-            Err(e) if e.kind == IoErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
-        };
-        let mut want = BTreeMap::new();
-        for (d, inode) in entries {
-            let Some(name) = utf8(&d.name) else { continue };
-            match inode.row.kind {
-                FileKind::Directory => want.insert(name, Want::Dir(inode.row.ino)),
-                FileKind::Regular => want.insert(name, Want::File(inode.row.object.unwrap_or_else(empty_file))),
-                _ => None,
-            };
-        }
-        for name in tahoe.keys() {
-            if !want.contains_key(name) {
-                client.unlink_at(here, name)?;
-                fixed += 1;
-            }
-        }
-        for (name, w) in want {
-            let there = tahoe.get(&name);
-            match w {
-                Want::Dir(child) => {
-                    if !there.is_some_and(|n| n.kind == NodeKind::Dir) {
-                        if there.is_some() {
-                            client.unlink_at(here, &name)?;
+        loop {
+            let batch = {
+                let mut s = self.shared.lock();
+                loop {
+                    if s.stopping {
+                        return;
+                    }
+                    match s.since {
+                        Some(since) if since.elapsed() >= SETTLE => break,
+                        Some(since) => {
+                            let left = SETTLE.saturating_sub(since.elapsed());
+                            s = self.shared.wake.wait_timeout(s, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
                         }
-                        client.mkdir_at(here, &name)?;
-                        fixed += 1;
-                    }
-                    let mut sub = path.clone();
-                    sub.push(name);
-                    stack.push((child, sub));
-                }
-                Want::File(cap) => {
-                    if !there.is_some_and(|n| n.has_cap(&cap)) {
-                        client.link_at(here, &name, &cap, Replace::Any)?;
-                        fixed += 1;
+                        None => s = self.shared.wake.wait(s).unwrap_or_else(|e| e.into_inner()),
                     }
                 }
+                let batch = std::mem::take(&mut s.dirty);
+                s.since = None;
+                s.busy = batch.len();
+                batch
+            };
+            let mut delay = RETRY_FIRST;
+            for dir in batch {
+                loop {
+                    match self.redo(dir) {
+                        Ok(_) => break,
+                        Err(f) => {
+                            if let Failure::Refused(_) = f {
+                                self.failed(f, &mut delay);
+                                break;
+                            }
+                            if !self.failed(f, &mut delay) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let mut s = self.shared.lock();
+                s.busy -= 1;
+                s.done += 1;
+                s.last_progress = Some(Instant::now());
+                drop(s);
+                self.shared.wake.notify_all();
             }
         }
     }
-    Ok(fixed)
+
+    /// Records a failure; for one to try again, waits first. False if told to stop meanwhile.
+    fn failed(&self, f: Failure, delay: &mut Duration) -> bool {
+        match f {
+            Failure::Refused(e) => {
+                tracing::warn!(error = %e, "mirror: the gateway refused a change; skipped");
+                let mut s = self.shared.lock();
+                s.refused += 1;
+                s.last_error = Some(e.to_string());
+                true
+            }
+            Failure::Later(e) => {
+                tracing::info!(error = %e, "mirror: waiting to try again");
+                let s = self.shared.lock();
+                let (mut s, _) =
+                    self.shared.wake.wait_timeout_while(s, *delay, |s| !s.stopping).unwrap_or_else(|e| e.into_inner());
+                s.last_error = Some(e.to_string());
+                *delay = (*delay * 2).min(RETRY_MAX);
+                !s.stopping
+            }
+        }
+    }
+
+    /// Classifies a gateway error: refused if the gateway answers at all.
+    fn classify(&self, e: IoError) -> Failure {
+        if matches!(e.kind, IoErrorKind::NotFound | IoErrorKind::Conflict | IoErrorKind::Corrupt)
+            || self.client.welcome().is_ok()
+        {
+            Failure::Refused(e)
+        } else {
+            Failure::Later(e)
+        }
+    }
+
+    /// Makes the Tahoe copy of directory `dir` match the metadata; returns its subdirectories.
+    fn redo(&mut self, dir: Ino) -> Result<Vec<Ino>, Failure> {
+        if dir != ROOT_INO && self.meta.names(dir).map_err(Failure::Later)?.is_empty() {
+            return Ok(Vec::new()); // removed: its parent's pass unlinked it
+        }
+        let Some(cap) = self.cap_of(dir, 0)? else { return Ok(Vec::new()) };
+        let entries = self.meta.load_dir(dir).map_err(Failure::Later)?;
+        let here = DirPath::cap(&cap);
+        let there = match self.client.list_at(here) {
+            Ok(children) => children,
+            Err(e) => return Err(self.classify(e)),
+        };
+        let mut want: BTreeMap<String, (FileKind, Ino, Option<ObjectId>)> = BTreeMap::new();
+        for (d, inode) in entries {
+            let Ok(name) = String::from_utf8(d.name) else { continue };
+            if matches!(inode.row.kind, FileKind::Directory | FileKind::Regular) {
+                want.insert(name, (inode.row.kind, inode.row.ino, inode.row.object));
+            }
+        }
+        let mut links = Vec::new();
+        let mut subdirs = Vec::new();
+        for (name, (kind, ino, object)) in &want {
+            let node = there.get(name);
+            if *kind == FileKind::Regular {
+                let cap = object.clone().unwrap_or_else(|| ObjectId(EMPTY_FILE.into()));
+                if !node.is_some_and(|n| n.kind == NodeKind::File && n.has_cap(&cap)) {
+                    links.push((name.clone(), cap));
+                }
+                continue;
+            }
+            subdirs.push(*ino);
+            let linked = node.filter(|n| n.kind == NodeKind::Dir).and_then(|n| n.rw_uri.clone());
+            match (linked, self.caps.get(ino)) {
+                (Some(linked), Some(known)) if linked == *known => {}
+                (Some(linked), _) => {
+                    // A Tahoe directory already there: this one's from now on (its contents
+                    // are checked too, they may be another directory's).
+                    self.caps.insert(*ino, linked);
+                    if !self.walking {
+                        self.shared.mark([*ino]);
+                    }
+                }
+                (None, Some(known)) => links.push((name.clone(), known.clone())), // moved here
+                (None, None) => {
+                    let made = self.client.mkdir().map_err(|e| self.classify(e))?;
+                    self.caps.insert(*ino, made.clone());
+                    if !self.walking {
+                        self.shared.mark([*ino]);
+                    }
+                    links.push((name.clone(), made));
+                }
+            }
+        }
+        if !links.is_empty() {
+            self.client.set_children_at(here, &links).map_err(|e| self.classify(e))?;
+        }
+        for name in there.keys().filter(|n| !want.contains_key(*n)) {
+            match self.client.unlink_at(here, name) {
+                Ok(_) => {}
+                Err(e) if e.kind == IoErrorKind::NotFound => {}
+                Err(e) => return Err(self.classify(e)),
+            }
+        }
+        Ok(subdirs)
+    }
+
+    /// The Tahoe directory of `dir`, found through its parent's if not known; `None` if the
+    /// directory is gone or its parent's Tahoe copy does not hold it yet (the parent is marked,
+    /// and doing it marks this one).
+    fn cap_of(&mut self, dir: Ino, depth: usize) -> Result<Option<ObjectId>, Failure> {
+        if let Some(cap) = self.caps.get(&dir) {
+            return Ok(Some(cap.clone()));
+        }
+        if depth > 4096 {
+            return Err(Failure::Refused(IoError::new(IoErrorKind::Corrupt, "a directory more than 4096 levels deep")));
+        }
+        let names = self.meta.names(dir).map_err(Failure::Later)?;
+        let Some((parent, name)) = names.into_iter().next() else { return Ok(None) };
+        let Ok(name) = String::from_utf8(name) else { return Ok(None) };
+        let Some(parent_cap) = self.cap_of(parent, depth + 1)? else { return Ok(None) };
+        match self.client.list_at(DirPath::cap(&parent_cap)) {
+            Ok(children) => match children.get(&name).filter(|n| n.kind == NodeKind::Dir).and_then(|n| n.rw_uri.clone()) {
+                Some(cap) => {
+                    self.caps.insert(dir, cap.clone());
+                    Ok(Some(cap))
+                }
+                None => {
+                    self.shared.mark([parent]);
+                    Ok(None)
+                }
+            },
+            Err(e) => Err(self.classify(e)),
+        }
+    }
 }

@@ -15,6 +15,7 @@
 //! | mkdir | `POST /uri?t=mkdir`; `POST /uri/$DIRCAP/?t=mkdir&name=NAME&replace=false` | 200, body = the dircap (409 if taken) |
 //! | mkdir at a path | `PUT /uri/$DIRCAP/A/B/NAME?t=mkdir` (a no-op if it exists) | 200, body = the dircap |
 //! | link | `PUT /uri/$DIRCAP/NAME?t=uri&replace=true\|false\|only-files`, child cap as the body | 200/201 (409 if `replace=false` and taken) |
+//! | link several | `POST /uri/$DIRCAP/?t=set_children&replace=true`, `{name: ["filenode"\|"dirnode", {"ro_uri"\|"rw_uri": cap}]}` | 200 |
 //! | unlink | `DELETE /uri/$DIRCAP/NAME` | 200, body = the cap that was linked (404 if absent) |
 //! | relink | `POST /uri/$DIRCAP/?t=relink&from_name=OLD&to_dir=$NEWDIRCAP&to_name=NEW&replace=...` | 200 |
 //! | list | `GET /uri/$DIRCAP?t=json` | 200, a dirnode with `children` |
@@ -273,6 +274,37 @@ pub struct TahoeClient {
     permits: Semaphore,
     max_connections: usize,
     format: UploadFormat,
+    /// Uploads in flight, for `status`.
+    uploads: Mutex<BTreeMap<u64, UploadInFlight>>,
+    next_upload: AtomicU64,
+}
+
+struct UploadInFlight {
+    /// The file's name (in the staging area: `<ino>.data`).
+    name: String,
+    len: u64,
+    progress: Arc<Progress>,
+}
+
+/// One upload in flight, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub name: String,
+    pub len: u64,
+    /// Body bytes the gateway has taken.
+    pub sent: u64,
+    pub elapsed: Duration,
+    /// The whole body is sent; the gateway encodes and pushes it to the storage servers.
+    pub storing: bool,
+}
+
+/// Removes an upload from the list in flight when it ends, however it ends.
+struct Registered<'a>(&'a TahoeClient, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.uploads.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
 }
 
 impl fmt::Debug for TahoeClient {
@@ -331,6 +363,8 @@ impl TahoeClient {
             permits: Semaphore::new(max_connections),
             max_connections,
             format: UploadFormat::Chk,
+            uploads: Mutex::new(BTreeMap::new()),
+            next_upload: AtomicU64::new(0),
         })
     }
 
@@ -478,6 +512,10 @@ impl TahoeClient {
         let file = File::open(path).map_err(|e| io_error(&e, &path.display().to_string()))?;
         let len = file.metadata().map_err(|e| io_error(&e, &path.display().to_string()))?.len();
         let progress = Arc::new(Progress::new());
+        let id = self.next_upload.fetch_add(1, Ordering::Relaxed);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(id, UploadInFlight { name, len, progress: progress.clone() });
+        let _registered = Registered(self, id);
         let (tx, rx) = smol::channel::bounded::<Vec<u8>>(UPLOAD_QUEUE);
         let body = if len == 0 {
             AsyncBody::from(Vec::new())
@@ -549,6 +587,24 @@ impl TahoeClient {
             }
             _ => Err(status_error(&op, status, &reply)),
         }
+    }
+
+    /// The uploads in flight, oldest first.
+    pub fn uploads_in_flight(&self) -> Vec<UploadStatus> {
+        let uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads
+            .values()
+            .map(|u| {
+                let sent = u.progress.sent();
+                UploadStatus {
+                    name: u.name.clone(),
+                    len: u.len,
+                    sent,
+                    elapsed: u.progress.start.elapsed(),
+                    storing: sent >= u.len,
+                }
+            })
+            .collect()
     }
 
     /// Fails (returns) when an upload stalls; runs until the upload's exchange wins the race.
@@ -820,6 +876,30 @@ impl TahoeClient {
         check_cap(&Op::new("link", Some(child)), child)?;
         let path = format!("{url}/{}?t=uri&replace={}", encode(name), replace.query());
         self.exchange(&op, self.request("PUT", &path), child.0.as_bytes().to_vec(), |status, _, body| match status {
+            200 | 201 => Ok(()),
+            _ => Err(self.status_error(&op, status, body)),
+        })
+    }
+
+    /// `POST /uri/$DIRCAP/A/B?t=set_children`: links each `(name, cap)` (files and directories)
+    /// in `dir`, replacing what is there, in one change of the directory (Tahoe creates the
+    /// missing directories on the way).
+    pub fn set_children_at(&self, dir: DirPath<'_>, children: &[(String, ObjectId)]) -> Result<(), IoError> {
+        let op = Op::new("link", Some(dir.cap));
+        let url = dir.url(&op)?;
+        let mut body = serde_json::Map::new();
+        for (name, cap) in children {
+            check_name(&op, name)?;
+            check_cap(&Op::new("link", Some(cap)), cap)?;
+            // Immutable caps are read caps; a mutable file's is its write cap.
+            let slot = if cap.0.starts_with("URI:CHK:") || cap.0.starts_with("URI:LIT:") { "ro_uri" } else { "rw_uri" };
+            let kind = if cap.0.starts_with("URI:DIR2") { "dirnode" } else { "filenode" };
+            let props = serde_json::json!({ slot: cap.0 });
+            body.insert(name.clone(), serde_json::json!([kind, props]));
+        }
+        let body = serde_json::Value::Object(body).to_string().into_bytes();
+        let path = format!("{url}?t=set_children&replace=true");
+        self.exchange(&op, self.request("POST", &path), body, |status, _, body| match status {
             200 | 201 => Ok(()),
             _ => Err(self.status_error(&op, status, body)),
         })

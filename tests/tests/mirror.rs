@@ -50,7 +50,7 @@ fn wait_mirrored(m: &Mount) {
         let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(&format!("{k}: "))).unwrap_or("").to_string();
         if field("files waiting to upload") == "0"
             && field("uploads in flight") == "0"
-            && field("tahoe tree (MIRROR)").starts_with("0 change(s) waiting")
+            && field("tahoe tree (MIRROR)").starts_with("0 directories waiting")
         {
             return;
         }

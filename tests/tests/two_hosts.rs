@@ -19,6 +19,9 @@ struct Hosts {
     _a_dirs: Arc<Storage>,
     _b_dirs: Arc<Storage>,
     redis: RedisServer,
+    /// The MariaDB database they share, and the configuration file.
+    db: String,
+    cfg: String,
     _config: tempfile::TempDir,
 }
 
@@ -28,6 +31,7 @@ fn two_hosts() -> Hosts {
     let redis = RedisServer::start();
     let config = tempfile::tempdir().unwrap();
     let path = config.path().join("env.yaml");
+    let db_name = db.unique_db_name("hosts");
     fs::write(
         &path,
         format!(
@@ -39,7 +43,7 @@ fn two_hosts() -> Hosts {
             db.port(),
             db.user(),
             db.password(),
-            db.unique_db_name("hosts"),
+            db_name,
             redis.port,
         ),
     )
@@ -49,15 +53,19 @@ fn two_hosts() -> Hosts {
     let a = Mount::with_dirs_args(&a_dirs.data_dir, &a_dirs.cache_dir, &["-c", &cfg]);
     // The first mount creates the tables; the second finds them.
     let b = Mount::with_dirs_args(&b_dirs.data_dir, &b_dirs.cache_dir, &["-c", &cfg]);
-    Hosts { a, b, _a_dirs: a_dirs, _b_dirs: b_dirs, redis, _config: config }
+    Hosts { a, b, _a_dirs: a_dirs, _b_dirs: b_dirs, redis, db: db_name, cfg, _config: config }
 }
 
 /// Polls `f` until it holds: another host's change arrives through the coordination server,
 /// a moment after the call that made it returned.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), f)
+}
+
+fn eventually_within(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
     while !f() {
-        assert!(Instant::now() < deadline, "{what}: not seen within 10 s");
+        assert!(Instant::now() < deadline, "{what}: not seen within {within:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -182,5 +190,69 @@ fn locks_of_a_killed_host_are_free_within_seconds() {
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(10), "took {took:?}");
     drop(holder);
+    h.b.unmount_ok();
+}
+
+/// Rows of inodes without names (files kept open after their last name went).
+fn orphan_rows(db: &str) -> usize {
+    MariaDb::shared().sql(Some(db), "SELECT COUNT(*) FROM inodes WHERE nlink = 0").trim().parse().unwrap()
+}
+
+#[test]
+fn a_killed_hosts_open_unlinked_files_are_deleted_by_the_other() {
+    let h = two_hosts();
+    let data = pseudo_random_bytes(3, 100_000);
+    fs::write(h.a.path("kept"), &data).unwrap();
+    let holder = as_root().hold(&["hold-open", ps(&h.a.path("kept"))]);
+    assert_eq!(holder.reply.errno, 0);
+    fs::remove_file(h.a.path("kept")).unwrap();
+    assert_eq!(orphan_rows(&h.db), 1, "the open unlinked file has a row");
+
+    // While A lives, B spares it: neither its periodic look for dead hosts nor a fresh start
+    // of B deletes it.
+    std::thread::sleep(Duration::from_secs(6));
+    h.b.unmount_ok();
+    let b = Mount::with_dirs_args(&h._b_dirs.data_dir, &h._b_dirs.cache_dir, &["-c", &h.cfg]);
+    assert_eq!(orphan_rows(&h.db), 1, "B deleted a file A holds open:\n{}", b.log_tail());
+
+    // A dies holding it: B deletes it once A's heartbeat has expired.
+    let killed = Instant::now();
+    h.a.kill9();
+    drop(holder);
+    eventually_within("B deleting the dead host's open unlinked file", Duration::from_secs(20), || orphan_rows(&h.db) == 0);
+    assert!(killed.elapsed() < Duration::from_secs(20));
+    b.unmount_ok();
+}
+
+fn status_of(m: &Mount) -> String {
+    String::from_utf8(getxattr(&m.dir, "user.truckeefs.status").expect("status attribute")).unwrap()
+}
+
+#[test]
+fn status_shows_the_connected_hosts_and_uploads_in_flight() {
+    let h = two_hosts();
+    eventually("both hosts in A's status", || {
+        let s = status_of(&h.a);
+        let hosts = s.lines().find_map(|l| l.strip_prefix("hosts: ")).unwrap_or_else(|| panic!("no hosts line:\n{s}"));
+        hosts.starts_with("2 connected: ") && hosts.contains("(this one)")
+    });
+
+    // A large file's upload, watched while its close waits for it.
+    let path = h.a.path("big");
+    let writer = std::thread::spawn(move || fs::write(path, pseudo_random_bytes(4, 96 << 20)).unwrap());
+    let mut seen = None;
+    while !writer.is_finished() {
+        let s = status_of(&h.a);
+        if let Some(l) = s.lines().find(|l| l.starts_with("upload of inode ")) {
+            seen = Some(l.to_string());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    writer.join().unwrap();
+    let line = seen.expect("no upload seen in flight while the close waited for it");
+    assert!(line.contains("MiB sent"), "{line}");
+    eventually("the upload leaving the status", || !status_of(&h.a).contains("upload of inode"));
+    h.a.unmount_ok();
     h.b.unmount_ok();
 }
