@@ -28,6 +28,7 @@ fn coordination(s: &Settings) -> Option<CoordConfig> {
         server,
         prefix: s.redis_prefix.clone(),
         reset: s.reset_redis,
+        state_ttl: s.redis_semaphore_timeout,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct CoordConfig {
     pub prefix: String,
     /// Delete every key under `prefix` at start (never anything else).
     pub reset: bool,
+    /// How long a per-inode process state lives (`redis_semaphore_timeout`).
+    pub state_ttl: Duration,
 }
 
 impl std::fmt::Debug for CoordConfig {
@@ -62,11 +64,55 @@ pub struct Coordinator {
 
 /// Queues changes for the other hosts; cheap to clone, never blocks on the network.
 #[derive(Clone)]
-pub struct Publisher(mpsc::Sender<Changes>);
+pub struct Publisher(mpsc::Sender<Message>);
+
+enum Message {
+    Changes(Changes),
+    State { ino: Ino, process: Process, state: ProcessState },
+}
+
+/// The per-inode processes whose state operators can read, as the Python release named them:
+/// key `<prefix><ino>:<process>` holds the state's number, `<prefix><ino>:<process>_host` the
+/// host running it; both expire after `redis_semaphore_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Process {
+    /// Copying a file's committed contents from the grid into the staging area (to change it).
+    Read,
+    /// Changed data of the file waits in this host's staging area.
+    Write,
+    /// Uploading the file.
+    Sync,
+    /// Deleting an old version from the grid.
+    Delete,
+}
+
+impl Process {
+    fn name(self) -> &'static str {
+        match self {
+            Process::Read => "read",
+            Process::Write => "write",
+            Process::Sync => "sync",
+            Process::Delete => "delete",
+        }
+    }
+}
+
+/// The Python release's state numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    Error = 0,
+    Running = 2,
+    Complete = 3,
+}
 
 impl Publisher {
     pub fn publish(&self, changes: Changes) {
-        let _ = self.0.send(changes);
+        let _ = self.0.send(Message::Changes(changes));
+    }
+
+    /// Records a process state (queued; written by the publisher thread).
+    pub fn state(&self, ino: Ino, process: Process, state: ProcessState) {
+        let _ = self.0.send(Message::State { ino, process, state });
     }
 }
 
@@ -93,12 +139,12 @@ impl Coordinator {
         let channel = format!("{}changes", config.prefix);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-        let (tx, rx) = mpsc::channel::<Changes>();
+        let (tx, rx) = mpsc::channel::<Message>();
         let (pub_client, pub_channel, pub_host, server) = (client.clone(), channel.clone(), host.clone(), config.server.clone());
-        let pub_stop = stop.clone();
+        let (pub_stop, states) = (stop.clone(), (config.prefix.clone(), config.state_ttl));
         let publisher = std::thread::Builder::new()
             .name("truckeefs-publish".into())
-            .spawn(move || publisher(pub_client, conn, &pub_channel, &pub_host, &server, rx, &pub_stop))
+            .spawn(move || publisher(pub_client, conn, &pub_channel, &pub_host, &server, &states, rx, &pub_stop))
             .map_err(|e| format!("cannot start the publisher thread: {e}"))?;
 
         let locks = Arc::new(LockService {
@@ -177,35 +223,48 @@ impl Drop for Coordinator {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn publisher(
     client: redis::Client,
     mut conn: redis::Connection,
     channel: &str,
     host: &str,
     server: &str,
-    rx: mpsc::Receiver<Changes>,
+    (prefix, ttl): &(String, Duration),
+    rx: mpsc::Receiver<Message>,
     stop: &std::sync::atomic::AtomicBool,
 ) {
     loop {
-        let changes = match rx.recv_timeout(POLL) {
+        let message = match rx.recv_timeout(POLL) {
             Ok(c) => c,
             // Stopping: everything queued before the stop was sent (the queue is empty).
             Err(mpsc::RecvTimeoutError::Timeout) if stop.load(std::sync::atomic::Ordering::Relaxed) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let message = encode(host, &changes);
+        let send = |conn: &mut redis::Connection| -> redis::RedisResult<()> {
+            match &message {
+                Message::Changes(changes) => conn.publish::<_, _, i64>(channel, encode(host, changes)).map(drop),
+                Message::State { ino, process, state } => {
+                    let key = format!("{prefix}{ino}:{}", process.name());
+                    let secs = ttl.as_secs().max(1);
+                    redis::pipe()
+                        .cmd("SET").arg(&key).arg(*state as u8).arg("EX").arg(secs).ignore()
+                        .cmd("SET").arg(format!("{key}_host")).arg(host).arg("EX").arg(secs).ignore()
+                        .query::<()>(conn)
+                }
+            }
+        };
         // One retry on a fresh connection: the server may have restarted.
-        let sent: redis::RedisResult<i64> = conn.publish(channel, &message);
-        if let Err(e) = sent {
+        if let Err(e) = send(&mut conn) {
             match client.get_connection_with_timeout(Duration::from_secs(5)) {
                 Ok(mut fresh) => {
-                    if let Err(e) = fresh.publish::<_, _, i64>(channel, &message) {
-                        tracing::warn!(server, error = %e.category(), "cannot publish changes to other hosts");
+                    if let Err(e) = send(&mut fresh) {
+                        tracing::warn!(server, error = %e.category(), "cannot publish to other hosts");
                     }
                     conn = fresh;
                 }
-                Err(_) => tracing::warn!(server, error = %e.category(), "cannot publish changes to other hosts"),
+                Err(_) => tracing::warn!(server, error = %e.category(), "cannot publish to other hosts"),
             }
         }
     }

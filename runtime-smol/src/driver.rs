@@ -9,7 +9,7 @@
 //! blocking pool.
 
 use crate::backends::{self, Backends, MetaStore, ObjectStore};
-use crate::coord::{Coordinator, LockService, Publisher};
+use crate::coord::{Coordinator, LockService, Process, ProcessState, Publisher};
 use crate::mirror::{MetaReader, Mirror, Planner};
 use crate::staging::Staging;
 use std::collections::VecDeque;
@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use truckeefs_core::{
     Config, Core, Ctx, DentryRow, Effect, Ino, IoError, IoErrorKind, IoId, IoReply, IoRequest, IoResult, KernelNotice,
-    LoadedInode, LockRequest, MetaRequest, Op, Reply, RequestId,
+    LoadedInode, LockRequest, MetaRequest, Op, Reply, RequestId, StagingRequest, StoreRequest,
 };
 
 /// Where a mount keeps its state.
@@ -114,6 +114,7 @@ impl Runtime {
             locks: None,
             mirror: None,
             held_orphans: std::collections::HashSet::new(),
+            running: std::collections::HashSet::new(),
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
         let coordinator = match &coordination {
@@ -326,6 +327,8 @@ struct Driver {
     mirror: Option<(Planner, Mirror)>,
     /// The files this host keeps open after their last name went, as listed for the other hosts.
     held_orphans: std::collections::HashSet<Ino>,
+    /// The per-inode processes reported running (a state is written only when it changes).
+    running: std::collections::HashSet<(Ino, Process)>,
 }
 
 impl Driver {
@@ -469,7 +472,34 @@ impl Driver {
         }
     }
 
-    fn spawn_io(&self, shared: &Arc<Shared>, io: IoId, request: IoRequest) {
+    /// Writes a per-inode process state for operators (hosts with a coordination server).
+    fn report(&mut self, ino: Ino, process: Process, state: ProcessState) {
+        let Some(p) = &self.publisher else { return };
+        let changed = match state {
+            ProcessState::Running => self.running.insert((ino, process)),
+            _ => self.running.remove(&(ino, process)),
+        };
+        if changed || state == ProcessState::Error {
+            p.state(ino, process, state);
+        }
+    }
+
+    /// The process an I/O request is part of, if operators see it.
+    fn process_of(request: &IoRequest) -> Option<(Ino, Process)> {
+        match request {
+            IoRequest::Staging(StagingRequest::Init { ino, from: Some(_), .. }) => Some((*ino, Process::Read)),
+            IoRequest::Staging(StagingRequest::Write { ino, .. }) => Some((*ino, Process::Write)),
+            IoRequest::Store(StoreRequest::PutStaged { ino }) => Some((*ino, Process::Sync)),
+            IoRequest::Store(StoreRequest::Delete { ino, .. }) => Some((*ino, Process::Delete)),
+            _ => None,
+        }
+    }
+
+    fn spawn_io(&mut self, shared: &Arc<Shared>, io: IoId, request: IoRequest) {
+        let process = Self::process_of(&request);
+        if let Some((ino, p)) = process {
+            self.report(ino, p, ProcessState::Running);
+        }
         let shared = shared.clone();
         let objects = self.objects.clone();
         let staging = self.staging.clone();
@@ -493,6 +523,17 @@ impl Driver {
             }
             let mut d = shared.lock();
             d.last_progress = Instant::now();
+            match (process, &result) {
+                // A write's process runs until the file's upload is done.
+                (Some((_, Process::Write)), Ok(_)) | (None, _) => {}
+                (Some((ino, p)), Ok(_)) => {
+                    d.report(ino, p, ProcessState::Complete);
+                    if p == Process::Sync {
+                        d.report(ino, Process::Write, ProcessState::Complete);
+                    }
+                }
+                (Some((ino, p)), Err(_)) => d.report(ino, p, ProcessState::Error),
+            }
             d.core.handle_completion(Instant::now(), io, result);
             d.drain(&shared);
             if d.core.is_idle() {

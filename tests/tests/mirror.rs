@@ -35,7 +35,7 @@ fn config(dir: &Path, rootcap: &str, mariadb: bool) -> String {
 }
 
 fn status_field(m: &Mount, key: &str) -> String {
-    let s = String::from_utf8(getxattr(&m.dir, "user.truckeefs.status").expect("status attribute")).unwrap();
+    let s = String::from_utf8(getxattr_buf(&m.dir, "user.truckeefs.status", 65536).expect("status attribute")).unwrap();
     s.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
         .unwrap_or_else(|| panic!("no {key:?} in status:\n{s}"))
@@ -46,7 +46,7 @@ fn status_field(m: &Mount, key: &str) -> String {
 fn wait_mirrored(m: &Mount) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = String::from_utf8(getxattr(&m.dir, "user.truckeefs.status").unwrap()).unwrap();
+        let s = String::from_utf8(getxattr_buf(&m.dir, "user.truckeefs.status", 65536).unwrap()).unwrap();
         let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(&format!("{k}: "))).unwrap_or("").to_string();
         if field("files waiting to upload") == "0"
             && field("uploads in flight") == "0"

@@ -6,7 +6,7 @@ use std::io::Write;
 use truckeefs_tests::*;
 
 fn status_of(m: &Mount) -> String {
-    String::from_utf8(getxattr(&m.dir, "user.truckeefs.status").expect("status attribute")).unwrap()
+    String::from_utf8(getxattr_buf(&m.dir, "user.truckeefs.status", 65536).expect("status attribute")).unwrap()
 }
 
 fn field(status: &str, key: &str) -> String {

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -225,7 +226,7 @@ fn a_killed_hosts_open_unlinked_files_are_deleted_by_the_other() {
 }
 
 fn status_of(m: &Mount) -> String {
-    String::from_utf8(getxattr(&m.dir, "user.truckeefs.status").expect("status attribute")).unwrap()
+    String::from_utf8(getxattr_buf(&m.dir, "user.truckeefs.status", 65536).expect("status attribute")).unwrap()
 }
 
 #[test]
@@ -253,6 +254,15 @@ fn status_shows_the_connected_hosts_and_uploads_in_flight() {
     let line = seen.expect("no upload seen in flight while the close waited for it");
     assert!(line.contains("MiB sent"), "{line}");
     eventually("the upload leaving the status", || !status_of(&h.a).contains("upload of inode"));
+
+    // The per-inode process states, for operators: the upload (sync) and the write it ended.
+    let ino = fs::metadata(h.a.path("big")).unwrap().ino();
+    let state = |p: &str| h.redis.cli_text(&["GET", &format!("test:{ino}:{p}")]).trim().to_string();
+    eventually("the sync state COMPLETE (3)", || state("sync") == "3");
+    assert_eq!(state("write"), "3");
+    assert!(h.redis.cli_text(&["GET", &format!("test:{ino}:sync_host")]).contains('/'), "no host recorded");
+    let ttl: i64 = h.redis.cli_text(&["TTL", &format!("test:{ino}:sync")]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 1800, "expiry {ttl} (redis_semaphore_timeout 1800)");
     h.a.unmount_ok();
     h.b.unmount_ok();
 }
