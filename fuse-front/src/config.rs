@@ -88,6 +88,9 @@ pub struct Settings {
     pub cache_maintenance: bool,
     /// Bytes of cached file data kept at most; 0 is no limit.
     pub cache_size: u64,
+    /// At most this many bytes of changed files wait in the staging area (0: up to the disk's
+    /// free space); past it, writes that grow the staged data fail with ENOSPC.
+    pub staging_size: u64,
     /// Cached data unused for this long may be pruned; `None` is never (`inf`).
     pub cache_ttl: Option<Duration>,
     /// A file kept open and written is uploaded after this long without writes.
@@ -126,7 +129,7 @@ pub struct Settings {
 }
 
 /// Every key, in the order `truckeefs config` prints them.
-pub const KEYS: [&str; 32] = [
+pub const KEYS: [&str; 33] = [
     "rootcap",
     "tahoe_url",
     "auth_token",
@@ -139,6 +142,7 @@ pub const KEYS: [&str; 32] = [
     "cache_maintenance",
     "cache_size",
     "cache_ttl",
+    "staging_size",
     "upload_delay",
     "sql_engine",
     "sql_host",
@@ -308,6 +312,7 @@ fn show(s: &Settings, key: &str) -> String {
         "cache_dir" => path(&s.cache_dir),
         "cache_maintenance" => s.cache_maintenance.to_string(),
         "cache_size" => s.cache_size.to_string(),
+        "staging_size" => s.staging_size.to_string(),
         "cache_ttl" => s.cache_ttl.map_or_else(|| "inf".to_string(), value::show_seconds),
         "upload_delay" => value::show_seconds(s.upload_delay),
         "sql_engine" => s.sql_engine.clone(),
@@ -348,6 +353,7 @@ impl Settings {
             cache_dir: xdg_dir(env, "XDG_CACHE_HOME", ".cache"),
             cache_maintenance: true,
             cache_size: 0,
+            staging_size: 0,
             cache_ttl: Some(Duration::from_secs(14400)),
             upload_delay: truckeefs_core::Config::default().upload_delay,
             sql_engine: "mysql".into(),
@@ -571,6 +577,7 @@ impl Builder {
                 "cache_dir" => s.cache_dir = PathBuf::from(t),
                 "cache_maintenance" => s.cache_maintenance = value::parse_bool(&t).map_err(err)?,
                 "cache_size" => s.cache_size = value::parse_size(&t).map_err(err)?,
+                "staging_size" => s.staging_size = value::parse_size(&t).map_err(err)?,
                 "cache_ttl" => s.cache_ttl = value::parse_seconds_or_inf(&t).map_err(err)?,
                 "upload_delay" => s.upload_delay = value::parse_seconds(&t).map_err(err)?,
                 "sql_engine" => {

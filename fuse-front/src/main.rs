@@ -131,7 +131,11 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
 
 fn mount(args: MountArgs) -> Result<(), String> {
     preflight(&args.mountpoint)?;
-    let dirs = MountDirs { data_dir: args.data_dir.clone(), cache_dir: args.cache_dir.clone() };
+    let dirs = MountDirs {
+        data_dir: args.data_dir.clone(),
+        cache_dir: args.cache_dir.clone(),
+        staging_limit: args.settings.staging_size,
+    };
     // Permissions: a mount others may use (allow_other, allow_root) gets the kernel's checks; a
     // private one is checked by the core, which saves a request per create or unlink (see
     // truckeefs_core::perm).

@@ -31,6 +31,8 @@ pub struct MountDirs {
     pub data_dir: PathBuf,
     /// Staging area and journal (`staging/`).
     pub cache_dir: PathBuf,
+    /// At most this many bytes staged (0: no bound but the disk).
+    pub staging_limit: u64,
 }
 
 /// Receives the core's answers; implemented by the FUSE front.
@@ -100,7 +102,8 @@ impl Runtime {
         let (meta, objects) = backends::open(backends, &dirs.data_dir, &dirs.cache_dir)?;
         let staging_dir = dirs.cache_dir.join("staging");
         let staging = Staging::open(&staging_dir)
-            .map_err(|source| StartError::Dir { path: staging_dir.display().to_string(), source })?;
+            .map_err(|source| StartError::Dir { path: staging_dir.display().to_string(), source })?
+            .with_limit(dirs.staging_limit);
         let driver = Driver {
             core: Core::new(config, Instant::now()),
             meta,
@@ -339,6 +342,9 @@ impl Driver {
         let mut line = |k: &str, v: String| out.push_str(&format!("{k}: {v}\n"));
         line("files waiting to upload", s.dirty_files.to_string());
         line("bytes waiting to upload", s.dirty_bytes.to_string());
+        let (staged, limit) = self.staging.usage();
+        let limit = if limit == 0 { "no limit but the disk".to_string() } else { format!("limit {limit}") };
+        line("staging area bytes", format!("{staged} ({limit})"));
         line("uploads in flight", s.uploads_in_flight.to_string());
         for u in self.objects.uploads_in_flight() {
             let what = u.name.strip_suffix(".data").map_or(u.name.clone(), |ino| format!("inode {ino}"));

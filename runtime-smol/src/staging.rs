@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +63,10 @@ pub struct Staging {
     /// is the file now at `data_path(ino)`, because renames and removals of data files and cache
     /// insertions all happen with the lock held.
     files: Mutex<HashMap<Ino, Arc<File>>>,
+    /// `staging_size`: at most this many bytes of staged data (0: no bound but the disk).
+    limit: u64,
+    /// The disk space each staged file takes.
+    used: Mutex<HashMap<Ino, u64>>,
 }
 
 /// The journal record as stored.
@@ -83,7 +87,54 @@ impl Staging {
             .mode(0o700)
             .create(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-        Ok(Staging { dir: dir.to_path_buf(), files: Mutex::new(HashMap::new()) })
+        let mut used = HashMap::new();
+        for entry in fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let ino = name.to_str().and_then(|n| n.strip_suffix(".data")).and_then(|n| n.parse::<Ino>().ok());
+            if let (Some(ino), Ok(meta)) = (ino, entry.metadata()) {
+                used.insert(ino, meta.blocks() * 512);
+            }
+        }
+        Ok(Staging { dir: dir.to_path_buf(), files: Mutex::new(HashMap::new()), limit: 0, used: Mutex::new(used) })
+    }
+
+    /// Bounds the staged data (`staging_size`; 0: no bound but the disk).
+    pub fn with_limit(mut self, limit: u64) -> Staging {
+        self.limit = limit;
+        self
+    }
+
+    /// Bytes of disk the staged files take, and the bound.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.used.lock().unwrap_or_else(|e| e.into_inner()).values().sum(), self.limit)
+    }
+
+    /// Refuses (NoSpace) a change that would grow `ino`'s staged data by `grow` bytes past the
+    /// bound.
+    fn check_room(&self, ino: Ino, grow: u64) -> Result<(), IoError> {
+        if self.limit == 0 || grow == 0 {
+            return Ok(());
+        }
+        let (used, _) = self.usage();
+        if used.saturating_add(grow) > self.limit {
+            return Err(IoError::new(
+                IoErrorKind::NoSpace,
+                format!(
+                    "{}: the staging area holds {used} bytes waiting to upload; staging_size is {}",
+                    self.data_path(ino).display(),
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the space `ino`'s staged file takes now.
+    fn account(&self, ino: Ino, file: &File) {
+        if let Ok(meta) = file.metadata() {
+            self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(ino, meta.blocks() * 512);
+        }
     }
 
     /// The staged contents of `ino` (which may not exist).
@@ -105,11 +156,16 @@ impl Staging {
         match req {
             StagingRequest::Scan => self.scan().map(IoReply::Staged),
             StagingRequest::Init { ino, from, size } => {
+                self.check_room(*ino, if from.is_some() { *size } else { 0 })?;
                 let source = match from {
                     Some(id) => Some(objects.open_object(id)?),
                     None => None,
                 };
-                self.init(*ino, source, *size).map(|()| IoReply::Done)
+                self.init(*ino, source, *size)?;
+                if let Ok(file) = self.file(*ino, false) {
+                    self.account(*ino, &file);
+                }
+                Ok(IoReply::Done)
             }
             StagingRequest::Write { ino, offset, data } => {
                 let len = u32::try_from(data.len()).map_err(|_| {
@@ -119,7 +175,13 @@ impl Staging {
                     )
                 })?;
                 let file = self.file(*ino, true)?;
+                if self.limit != 0 {
+                    let old_len = file.metadata().map_err(|e| self.data_error(&e, *ino))?.len();
+                    let end = offset.saturating_add(u64::from(len));
+                    self.check_room(*ino, end.saturating_sub(old_len.max(*offset)))?;
+                }
                 file.write_all_at(data, *offset).map_err(|e| self.data_error(&e, *ino))?;
+                self.account(*ino, &file);
                 Ok(IoReply::Written(len))
             }
             StagingRequest::Read { ino, offset, len } => {
@@ -129,11 +191,14 @@ impl Staging {
             StagingRequest::Truncate { ino, size } => {
                 let file = self.file(*ino, true)?;
                 file.set_len(*size).map_err(|e| self.data_error(&e, *ino))?;
+                self.account(*ino, &file);
                 Ok(IoReply::Done)
             }
             StagingRequest::Allocate { ino, offset, len } => {
                 let file = self.file(*ino, true)?;
+                self.check_room(*ino, *len)?;
                 allocate(&file, *offset, *len).map_err(|e| self.data_error(&e, *ino))?;
+                self.account(*ino, &file);
                 Ok(IoReply::Done)
             }
             StagingRequest::Seal { ino, record } => self.seal(*ino, record).map(|()| IoReply::Done),
@@ -337,6 +402,7 @@ impl Staging {
     fn remove(&self, ino: Ino) -> Result<(), IoError> {
         let mut files = self.lock();
         files.remove(&ino);
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
         // Data first: a crash in between leaves a record without data, which Scan discards,
         // never data that looks unsealed.
         remove_if_exists(&self.data_path(ino))?;
@@ -698,5 +764,31 @@ mod tests {
     fn staging_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Staging>();
+    }
+
+    #[test]
+    fn staging_size_bounds_the_staged_data() {
+        let mut fx = Fixture::new();
+        fx.staging = Staging::open(&fx._tmp.path().join("staging")).unwrap().with_limit(10_000);
+        let write = |fx: &Fixture, ino: Ino, offset: u64, n: usize| {
+            fx.run(StagingRequest::Write { ino, offset, data: Bytes::from(vec![7u8; n]) })
+        };
+        assert_eq!(write(&fx, 3, 0, 8000), Ok(IoReply::Written(8000)));
+        let (used, limit) = fx.staging.usage();
+        assert!((8000..=10_000).contains(&used) && limit == 10_000, "{used}");
+        // Growing past the bound: ENOSPC (NoSpace), naming the key; nothing written.
+        let e = write(&fx, 4, 0, 4000).unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::NoSpace);
+        assert!(e.message.contains("staging_size is 10000"), "{e}");
+        assert_eq!(write(&fx, 3, 8000, 4000).unwrap_err().kind, IoErrorKind::NoSpace);
+        // Rewriting what is there needs no room.
+        assert_eq!(write(&fx, 3, 100, 4000), Ok(IoReply::Written(4000)));
+        // Once a file is uploaded and removed, its room is free again.
+        fx.run(StagingRequest::Remove { ino: 3 }).unwrap();
+        assert_eq!(fx.staging.usage().0, 0);
+        assert_eq!(write(&fx, 4, 0, 4000), Ok(IoReply::Written(4000)));
+        // A reopened staging area counts what it holds.
+        let again = Staging::open(&fx._tmp.path().join("staging")).unwrap();
+        assert_eq!(again.usage().0, fx.staging.usage().0);
     }
 }

@@ -73,8 +73,8 @@ fn config_prints_file_env_and_flags_with_their_sources() {
     assert!(row(&stdout, "rootcap").starts_with("secret#"));
     assert!(!stdout.contains("pw-in-a-file") && !stdout.contains(&CAP[10..]), "{stdout}");
     // Every key has a row, under a header.
-    // A header and one row per key of fuse-front/src/config.rs `KEYS` (32).
-    assert_eq!(stdout.lines().count(), 1 + 32, "{stdout}");
+    // A header and one row per key of fuse-front/src/config.rs `KEYS` (33).
+    assert_eq!(stdout.lines().count(), 1 + 33, "{stdout}");
 }
 
 #[test]

@@ -382,3 +382,28 @@ fn metadata_changes_survive_clean_remount() {
     assert_errno(fs::symlink_metadata(m.path("f")), libc::ENOENT, "old name");
     m.unmount_ok();
 }
+
+/// `staging_size` bounds the data waiting to upload: a write that would grow it further fails
+/// with ENOSPC, what was written before stays, and room comes back once files are uploaded.
+#[test]
+fn staging_size_bounds_unsaved_data_with_enospc() {
+    // Uploads wait an hour: everything written stays staged.
+    let m = Mount::new_with_args(&["-o", "upload_delay=3600", "--staging-size", "1m"]);
+    let mut f = fs::File::create(m.path("big")).unwrap();
+    let chunk = pseudo_random_bytes(5, 64 << 10);
+    let mut written = 0usize;
+    let err = loop {
+        match f.write_all(&chunk) {
+            Ok(()) => written += chunk.len(),
+            Err(e) => break e,
+        }
+        assert!(written <= 2 << 20, "2 MiB written past a 1 MiB staging_size");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(written >= 512 << 10, "only {written} bytes before ENOSPC");
+    drop(f);
+    let got = fs::read(m.path("big")).unwrap();
+    assert!(got.len() >= written, "{} bytes read back, {written} written", got.len());
+    assert_bytes_eq(&got[..chunk.len()], &chunk, "the first chunk");
+    m.unmount_ok();
+}
