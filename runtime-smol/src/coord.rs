@@ -164,7 +164,7 @@ impl Coordinator {
                 while !beat_stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(HEARTBEAT_EVERY);
                     beats = beats.wrapping_add(1);
-                    if beats % ORPHAN_CHECK_EVERY == 0 {
+                    if beats.is_multiple_of(ORPHAN_CHECK_EVERY) {
                         match beat.orphans() {
                             Ok(o) if !o.dead_sets.is_empty() => {
                                 tracing::info!(hosts = o.dead_sets.len(), "a host died holding unlinked files open; deleting them");
@@ -381,44 +381,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_round_trip_and_garbage_is_refused() {
-        let c = Changes { inodes: vec![1, 42], entries: vec![(1, b"a\xffb".to_vec()), (7, vec![])] };
-        let m = encode("h1", &c);
-        assert_eq!(decode(&m), Some(("h1".to_string(), c)));
-        for bad in ["", "{}", "[1]", r#"{"h":"x","i":[-1],"e":[]}"#, r#"{"h":"x","i":[],"e":[[1,"abc"]]}"#,
-            r#"{"h":"x","i":[],"e":[[1]]}"#, r#"{"h":"x","i":[],"e":[[1,"zz"]]}"#] {
-            assert_eq!(decode(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn lock_entries_as_cjson_writes_them() {
-        assert_eq!(
-            decode_lock("[0,-1,1,42]"),
-            Some(LockRange { start: 0, end: i64::MAX as u64, typ: libc::F_WRLCK, pid: 42 })
-        );
-        assert_eq!(
-            decode_lock("[10,9.2233720368548e+18,0,7]").map(|l| (l.start, l.typ)),
-            Some((10, libc::F_RDLCK))
-        );
-        assert_eq!(decode_lock("[1,2,3]"), None);
-        assert_eq!(decode_lock("{}"), None);
-        assert_eq!(end_of(i64::MAX as u64), -1);
-        assert_eq!(end_of(u64::MAX), -1);
-        assert_eq!(end_of(99), 99);
-    }
-
-    #[test]
-    fn glob_characters_in_the_prefix_are_literal() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
 }
 
 // ----- files kept open after their last name went -----
@@ -651,4 +613,42 @@ fn decode_lock(s: &str) -> Option<LockRange> {
         typ: if table_number(typ)? == 1 { libc::F_WRLCK } else { libc::F_RDLCK },
         pid: table_number(pid).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let c = Changes { inodes: vec![1, 42], entries: vec![(1, b"a\xffb".to_vec()), (7, vec![])] };
+        let m = encode("h1", &c);
+        assert_eq!(decode(&m), Some(("h1".to_string(), c)));
+        for bad in ["", "{}", "[1]", r#"{"h":"x","i":[-1],"e":[]}"#, r#"{"h":"x","i":[],"e":[[1,"abc"]]}"#,
+            r#"{"h":"x","i":[],"e":[[1]]}"#, r#"{"h":"x","i":[],"e":[[1,"zz"]]}"#] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn lock_entries_as_cjson_writes_them() {
+        assert_eq!(
+            decode_lock("[0,-1,1,42]"),
+            Some(LockRange { start: 0, end: i64::MAX as u64, typ: libc::F_WRLCK, pid: 42 })
+        );
+        assert_eq!(
+            decode_lock("[10,9.2233720368548e+18,0,7]").map(|l| (l.start, l.typ)),
+            Some((10, libc::F_RDLCK))
+        );
+        assert_eq!(decode_lock("[1,2,3]"), None);
+        assert_eq!(decode_lock("{}"), None);
+        assert_eq!(end_of(i64::MAX as u64), -1);
+        assert_eq!(end_of(u64::MAX), -1);
+        assert_eq!(end_of(99), 99);
+    }
+
+    #[test]
+    fn glob_characters_in_the_prefix_are_literal() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
 }

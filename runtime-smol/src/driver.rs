@@ -502,6 +502,10 @@ impl Driver {
     }
 
     fn spawn_io(&mut self, shared: &Arc<Shared>, io: IoId, request: IoRequest) {
+        if let IoRequest::Staging(StagingRequest::Remove { ino }) = &request {
+            // Nothing of the file is staged any more: no state of it stays running.
+            self.running.retain(|(i, _)| i != ino);
+        }
         let process = Self::process_of(&request);
         if let Some((ino, p)) = process {
             self.report(ino, p, ProcessState::Running);
