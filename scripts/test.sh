@@ -26,7 +26,8 @@
 #                        once with the kernel checking permissions, once with truckeefs, then
 #                        on MariaDB + a Tahoe-LAFS grid in the FLAT and in the MIRROR layout
 #   9. production        the FUSE integration suites again, each mount on the harness's MariaDB
-#                        and Tahoe-LAFS grid (TRUCKEEFS_TEST_BACKENDS=production)
+#                        and Tahoe-LAFS grid (TRUCKEEFS_TEST_BACKENDS=production), in the FLAT
+#                        and the MIRROR layout (TRUCKEEFS_TEST_STRATEGY)
 # and at the end one line "N passed, N failed[, N skipped]" counting sections. Exit status 0 only
 # if no section failed.
 #
@@ -212,10 +213,14 @@ FUSE_SUITES=(attrs durability files locks mount namespace permissions readdir st
 
 s_production() {
     needs 3 "the debug build"
-    local args=()
+    local args=() rc=0
     for t in "${FUSE_SUITES[@]}"; do args+=(--test "$t"); done
-    TRUCKEEFS_TEST_BACKENDS=production timeout -k 30 "$TEST_TIMEOUT" \
-        cargo test -p truckeefs-tests --no-fail-fast "${args[@]}"
+    for strategy in FLAT MIRROR; do
+        echo "-- the FUSE suites on MariaDB and a Tahoe-LAFS grid, $strategy"
+        TRUCKEEFS_TEST_BACKENDS=production TRUCKEEFS_TEST_STRATEGY=$strategy timeout -k 30 "$TEST_TIMEOUT" \
+            cargo test -p truckeefs-tests --no-fail-fast "${args[@]}" || rc=1
+    done
+    return "$rc"
 }
 
 echo "TruckeeFS test run: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on $(uname -srm), $(nproc) cores, $(cargo --version)"

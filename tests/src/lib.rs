@@ -276,12 +276,22 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
 /// [`Mount::storage`]) to remount the same directories after unmount/kill.
 /// `TRUCKEEFS_TEST_BACKENDS=production`: every [`Storage`] (so every [`Mount`] of the FUSE suite)
 /// keeps its metadata in the harness's MariaDB (a database of its own) and its file data in the
-/// harness's Tahoe-LAFS grid (a directory of its own, FLAT), instead of the embedded stores.
+/// harness's Tahoe-LAFS grid (a directory of its own, FLAT; `TRUCKEEFS_TEST_STRATEGY=MIRROR` for
+/// the MIRROR layout), instead of the embedded stores.
 pub fn production_backends() -> bool {
     match std::env::var("TRUCKEEFS_TEST_BACKENDS").as_deref() {
         Ok("production") => true,
         Ok("embedded") | Err(_) => false,
         Ok(other) => panic!("TRUCKEEFS_TEST_BACKENDS={other}: expected production or embedded"),
+    }
+}
+
+/// `TRUCKEEFS_TEST_STRATEGY`: the layout of production storages, FLAT (default) or MIRROR.
+pub fn test_strategy() -> &'static str {
+    match std::env::var("TRUCKEEFS_TEST_STRATEGY").as_deref() {
+        Ok("FLAT") | Err(_) => "FLAT",
+        Ok("MIRROR") => "MIRROR",
+        Ok(other) => panic!("TRUCKEEFS_TEST_STRATEGY={other}: expected FLAT or MIRROR"),
     }
 }
 
@@ -298,7 +308,9 @@ fn write_backend_config(path: &Path) {
          sql_host: {host}:{port}\n\
          sql_user: {user}\n\
          sql_pass: {pass}\n\
-         sql_db: {name}\n",
+         sql_db: {name}\n\
+         backend_storage_strategy: {strategy}\n",
+        strategy = test_strategy(),
         rootcap = grid.mkdir(),
         url = grid.url,
         host = db.host(),
