@@ -249,6 +249,8 @@ enum Pending {
     Remove(Ino),
     Unseal(Ino),
     Ignore,
+    /// This host's locks on an inode published to the other hosts.
+    LockPublished(Ino),
     /// Another host's view of a SetLk (`LockRequest::Acquire`); the request itself.
     LockAcquire(Box<Parked>),
     /// Another host's view of a GetLk (`LockRequest::Query`).
@@ -1449,8 +1451,11 @@ impl Core {
             self.locks_republish.insert(ino);
             return;
         }
+        // One lock request per inode at a time: the runtime may run two concurrently, and an
+        // older list stored last would show other hosts a lock let go of for good.
         let held = self.locks.held(ino);
-        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::Ignore);
+        self.locks_in_flight.insert(ino);
+        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::LockPublished(ino));
     }
 
     /// The other hosts' answer to a SetLk.
@@ -2651,6 +2656,13 @@ impl Core {
                 self.maybe_unstage(ino);
             }
             Pending::Ignore => {}
+            Pending::LockPublished(ino) => {
+                self.locks_in_flight.remove(&ino);
+                if self.locks_republish.remove(&ino) {
+                    self.publish_locks(ino);
+                }
+                self.wake_lock_waiters();
+            }
             Pending::LockAcquire(p) => self.lock_acquired(*p, result),
             Pending::LockQuery { id, want } => {
                 let r = match result {
