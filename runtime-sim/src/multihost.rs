@@ -445,7 +445,11 @@ impl Mh {
                 f.unsettled = Some(h);
             }
         }
-        // Its locks stay in the table until its heartbeat expires.
+        // Its locks stay in the table until its heartbeat expires, and so do those it let go of
+        // whose `Publish` the crash may have cut off.
+        for g in self.lingering.iter_mut().filter(|g| g.redis_id == old_id && g.until > self.c.now) {
+            g.until = g.until.max(expiry);
+        }
         let owners: Vec<u64> = self.locks.iter().filter(|(_, l)| l.host == h).map(|(o, _)| *o).collect();
         for o in owners {
             let l = self.locks.remove(&o).expect("listed above");
