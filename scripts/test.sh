@@ -11,10 +11,11 @@
 #                        which the integration tests in tests/ mount)
 #   4. release build     cargo build --release -p truckeefs
 #   5. cargo test        cargo test --workspace --no-fail-fast
-#   6. simulator         cargo run --release -p truckeefs-runtime-sim -- --seeds 500 --steps 200
+#   6. simulator         cargo run --release -p truckeefs-runtime-sim -- --seeds 500 --steps 200,
+#                        then the same with --hosts 3 (several hosts sharing the stores, 400 seeds)
 #                        (skipped, with a notice, while that crate has no binary target)
 #   7. fuzz              cargo +nightly fuzz run TARGET for 10 s per target of fuzz/ (core_ops,
-#                        seal_record, tahoe_json, ays_value, ays_request, ays_config: every
+#                        seal_record, tahoe_json, ays_value, ays_request, ays_config, mount_config: every
 #                        `cargo fuzz list`), from the seed corpus in fuzz/corpus/TARGET; a crash
 #                        fails the section (its input stays in fuzz/artifacts/TARGET). Installs the
 #                        nightly toolchain and cargo-fuzz first if they are missing. The first
@@ -35,6 +36,7 @@
 #   ./scripts/test.sh
 # Environment:
 #   SIM_SEEDS, SIM_STEPS       simulator campaign size (default 500 seeds x 200 steps)
+#   SIM_HOSTS, SIM_MULTI_SEEDS the multi-host campaign (default 3 hosts, 400 seeds x SIM_STEPS)
 #   TEST_TIMEOUT               seconds cargo test may take (default 1500)
 #   SIM_TIMEOUT                seconds the simulator campaign may take (default 900)
 #   FUZZ_SECONDS               seconds of fuzzing per target (default 10)
@@ -51,6 +53,8 @@ command -v cargo >/dev/null 2>&1 || { echo "test.sh: ERROR: cargo not found (ins
 
 SIM_SEEDS="${SIM_SEEDS:-500}"
 SIM_STEPS="${SIM_STEPS:-200}"
+SIM_HOSTS="${SIM_HOSTS:-3}"
+SIM_MULTI_SEEDS="${SIM_MULTI_SEEDS:-400}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-1500}"
 SIM_TIMEOUT="${SIM_TIMEOUT:-900}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
@@ -135,6 +139,8 @@ for p in json.load(sys.stdin)["packages"]:
     fi
     echo "campaign: $SIM_SEEDS seeds x $SIM_STEPS steps (binary $bin)"
     timeout -k 30 "$SIM_TIMEOUT" cargo run --release -p truckeefs-runtime-sim --bin "$bin" -- --seeds "$SIM_SEEDS" --steps "$SIM_STEPS"
+    echo "multi-host campaign: $SIM_HOSTS hosts, $SIM_MULTI_SEEDS seeds x $SIM_STEPS steps"
+    timeout -k 30 "$SIM_TIMEOUT" cargo run --release -p truckeefs-runtime-sim --bin "$bin" -- --seeds "$SIM_MULTI_SEEDS" --steps "$SIM_STEPS" --hosts "$SIM_HOSTS"
 }
 
 s_fuzz() {

@@ -251,6 +251,8 @@ enum Pending {
     Remove(Ino),
     Unseal(Ino),
     Ignore,
+    /// This host's locks on an inode published to the other hosts.
+    LockPublished(Ino),
     /// Another host's view of a SetLk (`LockRequest::Acquire`); the request itself.
     LockAcquire(Box<Parked>),
     /// Another host's view of a GetLk (`LockRequest::Query`).
@@ -305,6 +307,10 @@ pub struct Core {
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
     refreshing: HashSet<Ino>,
+    /// Loads (and refreshes) in flight that another host's change overtook: their answer may
+    /// predate the change, so it is dropped and the load sent again.
+    stale_dir_loads: HashSet<Ino>,
+    stale_inode_loads: HashSet<Ino>,
     /// Inodes with a `LockRequest::Acquire` in flight, and those whose locks changed meanwhile
     /// (published once it completes, so that the other hosts see the last state).
     locks_in_flight: HashSet<Ino>,
@@ -359,6 +365,8 @@ impl Core {
             deleted: HashSet::new(),
             loading_inodes: HashSet::new(),
             loading_dirs: HashSet::new(),
+            stale_dir_loads: HashSet::new(),
+            stale_inode_loads: HashSet::new(),
             refreshing: HashSet::new(),
             running: None,
             no_share: HashSet::new(),
@@ -456,6 +464,19 @@ impl Core {
             return;
         }
         for changes in std::mem::take(&mut self.invalidations) {
+            // A listing in flight may hold the old entries or rows; a load or refresh in flight
+            // the old row.
+            for (parent, _) in &changes.entries {
+                if self.loading_dirs.contains(parent) {
+                    self.stale_dir_loads.insert(*parent);
+                }
+            }
+            for ino in &changes.inodes {
+                self.stale_dir_loads.extend(self.loading_dirs.iter().copied());
+                if self.loading_inodes.contains(ino) || self.refreshing.contains(ino) {
+                    self.stale_inode_loads.insert(*ino);
+                }
+            }
             for (parent, name) in changes.entries {
                 self.dirs.remove(&parent);
                 self.effects.push_back(Effect::Kernel(KernelNotice::InvalEntry { parent, name }));
@@ -689,6 +710,15 @@ impl Core {
                     let before = self.inodes.get(ino).map(|i| i.row.object.clone());
                     if self.is_forgettable(*ino) {
                         self.inodes.remove(ino);
+                    } else if let Some(i) = self.inodes.get_mut(ino) {
+                        // Held for more than a copy (open, dirty, locked): its row is read again
+                        // all the same, and a refresh already on its way may predate the close.
+                        i.version_stale = true;
+                        if self.refreshing.contains(ino) {
+                            self.stale_inode_loads.insert(*ino);
+                        } else {
+                            self.refresh(*ino);
+                        }
                     }
                     self.revalidated.insert(p.id, before.flatten());
                 }
@@ -1012,13 +1042,34 @@ impl Core {
             return;
         }
         let Some(loaded) = loaded else {
-            // Not in the store: its creation failed. Nothing refers to it any more.
-            self.inodes.remove(&ino);
+            // Not in the store: its creation failed, or (several hosts) another host deleted
+            // it. Nothing refers to it any more: drop what this host still has of it.
+            if let Some(gone) = self.inodes.remove(&ino) {
+                let d = gone.data;
+                if let Some(old) = d.deadline {
+                    self.deadlines.remove(&(old, ino));
+                }
+                for (rid, _) in d.flush_waiters.into_iter().chain(d.fsync_waiters).chain(d.close_waiters) {
+                    self.reply(rid, Ok(Reply::Empty));
+                }
+                if d.staged || d.init_pending || d.record_on_disk {
+                    self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                }
+            }
             self.deleted.insert(ino);
             return;
         };
         let since = existing.row.version.wrapping_sub(base);
         let current = existing.row.clone();
+        // Another host stored a new version: a clean staged copy of the old one (kept while the
+        // file is open) would serve the old bytes and size. Drop it; reads go to the new object.
+        let d = &mut existing.data;
+        let outdated = d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0
+            && loaded.row.object != current.object;
+        if outdated {
+            d.staged = false;
+            d.removing = true;
+        }
         existing.row = loaded.row;
         existing.row.version = existing.row.version.wrapping_add(since);
         existing.xattrs = loaded.xattrs;
@@ -1039,6 +1090,9 @@ impl Core {
             if Some(&object) != stored.as_ref() {
                 d.garbage.push(object);
             }
+        }
+        if outdated {
+            self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
         }
         self.collect_garbage(ino);
     }
@@ -1411,8 +1465,11 @@ impl Core {
             self.locks_republish.insert(ino);
             return;
         }
+        // One lock request per inode at a time: the runtime may run two concurrently, and an
+        // older list stored last would show other hosts a lock let go of for good.
         let held = self.locks.held(ino);
-        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::Ignore);
+        self.locks_in_flight.insert(ino);
+        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::LockPublished(ino));
     }
 
     /// The other hosts' answer to a SetLk.
@@ -2272,6 +2329,11 @@ impl Core {
                     self.startup_step_done();
                 }
             }
+            Pending::LoadInode(ino) if self.stale_inode_loads.remove(&ino) => {
+                self.loading_inodes.remove(&ino);
+                self.loads_in_flight -= 1;
+                let _ = self.ensure_inode(ino);
+            }
             Pending::LoadInode(ino) => {
                 self.loading_inodes.remove(&ino);
                 self.loads_in_flight -= 1;
@@ -2295,6 +2357,12 @@ impl Core {
                     self.deleted.clear();
                 }
             }
+            Pending::Refresh { ino, .. } if self.stale_inode_loads.remove(&ino) => {
+                self.refreshing.remove(&ino);
+                if self.inodes.get(&ino).is_some_and(|i| i.version_stale) {
+                    self.refresh(ino);
+                }
+            }
             Pending::Refresh { ino, base } => match result {
                 Ok(IoReply::Inode(loaded)) => self.apply_refresh(ino, base, loaded),
                 _ => {
@@ -2302,6 +2370,11 @@ impl Core {
                     self.fail_parked_on(ino);
                 }
             },
+            Pending::LoadDir(ino) if self.stale_dir_loads.remove(&ino) => {
+                self.loading_dirs.remove(&ino);
+                self.loads_in_flight -= 1;
+                self.load_dir(ino);
+            }
             Pending::LoadDir(ino) => {
                 self.loading_dirs.remove(&ino);
                 self.loads_in_flight -= 1;
@@ -2602,6 +2675,13 @@ impl Core {
                 self.maybe_unstage(ino);
             }
             Pending::Ignore => {}
+            Pending::LockPublished(ino) => {
+                self.locks_in_flight.remove(&ino);
+                if self.locks_republish.remove(&ino) {
+                    self.publish_locks(ino);
+                }
+                self.wake_lock_waiters();
+            }
             Pending::LockAcquire(p) => self.lock_acquired(*p, result),
             Pending::LockQuery { id, want } => {
                 let r = match result {

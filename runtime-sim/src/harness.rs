@@ -44,11 +44,13 @@ pub struct Options {
     pub concurrency: usize,
     /// Fail on a different errno even where the kernel answers before asking the filesystem.
     pub strict: bool,
+    /// Simulated hosts sharing the stores (more than one: [`crate::multihost`]).
+    pub hosts: usize,
 }
 
 impl Options {
     pub fn new(seed: u64, steps: u64) -> Options {
-        Options { seed, steps, trace_tail: 40, verbose: false, faults: true, concurrency: 4, strict: false }
+        Options { seed, steps, trace_tail: 40, verbose: false, faults: true, concurrency: 4, strict: false, hosts: 1 }
     }
 }
 
@@ -98,6 +100,9 @@ impl Options {
         }
         if self.strict {
             f.push_str(" --strict-errno");
+        }
+        if self.hosts > 1 {
+            f.push_str(&format!(" --hosts {}", self.hosts));
         }
         f
     }
@@ -1220,5 +1225,8 @@ fn show_path(p: &[Vec<u8>]) -> String {
 
 /// Run one seed.
 pub fn run(opts: Options) -> Result<Stats, Failure> {
+    if opts.hosts > 1 {
+        return crate::multihost::run(opts);
+    }
     Harness::new(opts).run()
 }

@@ -10,10 +10,13 @@
 
 pub mod faults;
 pub mod harness;
+pub mod hosts;
 pub mod meta;
 pub mod model;
+pub mod multihost;
 pub mod objects;
 pub mod ops;
+pub mod redis;
 pub mod rng;
 pub mod script;
 pub mod sim;

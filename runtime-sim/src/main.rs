@@ -24,7 +24,7 @@ struct Args {
     stats: bool,
 }
 
-const USAGE: &str = "usage: truckeefs-runtime-sim [--seeds N] [--first SEED] [--steps S] [--hosts 1] \
+const USAGE: &str = "usage: truckeefs-runtime-sim [--seeds N] [--first SEED] [--steps S] [--hosts H] \
 [--seed N] [--trace-hash] [--verbose] [--sequential] [--no-faults] [--strict-errno] [--tail N] [--quiet] [--stats]";
 
 fn parse() -> Result<Args, lexopt::Error> {
@@ -84,8 +84,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.hosts != 1 {
-        eprintln!("error: --hosts {}: only one simulated host is supported so far", args.hosts);
+    if args.hosts == 0 {
+        eprintln!("error: --hosts 0: at least one host is needed");
         return ExitCode::from(2);
     }
     let (first, count) = match args.single {
@@ -103,6 +103,7 @@ fn main() -> ExitCode {
         opts.trace_tail = args.tail;
         opts.faults = !args.no_faults;
         opts.strict = args.strict;
+        opts.hosts = args.hosts as usize;
         if args.sequential {
             opts.concurrency = 1;
         }
@@ -147,6 +148,7 @@ fn main() -> ExitCode {
                 o.concurrency = if args.sequential { 1 } else { o.concurrency };
                 o.faults = !args.no_faults;
                 o.strict = args.strict;
+                o.hosts = args.hosts as usize;
                 println!("FAILED seed {seed}: the simulator panicked (message above); rerun with --verbose for the trace");
                 println!(
                     "reproduce: TRUCKEEFS_SEED={seed} cargo run --release -p truckeefs-runtime-sim -- --seed {seed} --steps {}{}",

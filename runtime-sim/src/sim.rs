@@ -14,6 +14,7 @@
 use crate::faults::{Fault, Faults};
 use crate::meta::MemMeta;
 use crate::objects::MemObjects;
+use crate::redis::{HostId, MemRedis};
 use crate::rng::Rng;
 use crate::staging::MemStaging;
 use crate::trace::Trace;
@@ -21,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use truckeefs_core::{
-    Config, Core, Ctx, Effect, IoErrorKind, IoId, IoReply, IoRequest, IoResult, LockRequest, MetaRequest, Op, Reply, RequestId,
+    Changes, Config, Core, Ctx, Effect, IoErrorKind, IoId, IoReply, IoRequest, IoResult, LockRequest, MetaRequest, Op, Reply, RequestId,
     StagingRequest, StoreRequest,
 };
 
@@ -108,6 +109,15 @@ pub struct World {
     /// Per request kind: (answered with success, answered with an error).
     pub histogram: std::collections::BTreeMap<&'static str, (u64, u64)>,
     names: HashMap<RequestId, &'static str>,
+    /// Several hosts: the shared Redis stand-in (moved in by [`crate::hosts::Cluster`] around
+    /// every call into this host) and this host's id in it. `None`: one host, nobody else holds
+    /// locks.
+    pub redis: Option<MemRedis>,
+    pub host_id: HostId,
+    /// Several hosts: what this host's committed transactions changed, in commit order, for the
+    /// cluster to publish (as `runtime-smol`'s driver publishes `txn.changes()` after each
+    /// successful commit).
+    pub published: Vec<Changes>,
 }
 
 /// A failure of the core's contract seen by the event loop (not by the model).
@@ -198,6 +208,9 @@ impl World {
             hook: None,
             crash_mode: crate::staging::CrashMode::SealedOnly,
             crash_rng: Rng::new(0),
+            redis: None,
+            host_id: 0,
+            published: Vec::new(),
         };
         w.drain().expect("a new core emits only I/O");
         w
@@ -335,7 +348,20 @@ impl World {
         if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
             return Err(e);
         }
-        self.meta.execute(m)
+        self.execute_meta(m)
+    }
+
+    /// The metadata store executes `m`; with several hosts, a committed change is published
+    /// right then (the real driver publishes as soon as its inline execution succeeds).
+    fn execute_meta(&mut self, m: &MetaRequest) -> IoResult {
+        let result = self.meta.execute(m);
+        if let (Some(_), Ok(_), MetaRequest::Commit(txn)) = (&self.redis, &result, m) {
+            let changes = txn.changes();
+            if !changes.is_empty() {
+                self.published.push(changes);
+            }
+        }
+        result
     }
 
     fn perform(&mut self, request: &IoRequest, fault: &Option<Fault>) -> IoResult {
@@ -343,9 +369,13 @@ impl World {
             return Err(e);
         }
         match request {
-            IoRequest::Meta(m) => self.meta.execute(m),
+            IoRequest::Meta(m) => self.execute_meta(m),
             IoRequest::Staging(s) => self.staging.execute(s, &self.objects),
             IoRequest::Store(s) => self.objects.execute(s, &self.staging),
+            IoRequest::Lock(l) if self.redis.is_some() => {
+                let (me, now) = (self.host_id, self.now);
+                self.redis.as_mut().expect("checked by the guard").execute(me, now, l)
+            }
             // One host: nobody else holds locks.
             IoRequest::Lock(LockRequest::Acquire { .. } | LockRequest::Query { .. }) => Ok(IoReply::LockConflict(None)),
             IoRequest::Lock(LockRequest::Publish { .. }) => Ok(IoReply::Done),
@@ -358,7 +388,7 @@ impl World {
     }
 
     /// The time of the next thing that will happen, if anything is pending.
-    fn next_time(&self) -> Option<Duration> {
+    pub fn next_time(&self) -> Option<Duration> {
         let ev = self.queue.peek().map(|Reverse(e)| e.at);
         let to = self.core.poll_timeout().map(|t| t.saturating_duration_since(self.base));
         match (ev, to) {
@@ -418,6 +448,14 @@ impl World {
         Ok(true)
     }
 
+    /// Another host's committed changes arrive (several hosts).
+    pub fn invalidate(&mut self, changes: Changes) -> LoopResult<()> {
+        self.trace.note(self.now_us(), format!("invalidation {:?} {:?}", changes.inodes, changes.entries));
+        let now = self.instant();
+        self.core.handle_invalidation(now, changes);
+        self.drain()
+    }
+
     /// Run until `id` is answered. Fails on a deadlock or when virtual time runs away.
     pub fn wait(&mut self, id: RequestId) -> LoopResult<Result<Reply, i32>> {
         let limit = self.now + Duration::from_secs(3600);
@@ -463,6 +501,14 @@ impl World {
             self.now = target;
         }
         Ok(())
+    }
+
+    /// Unmount: the core uploads what is left; run until [`Core::is_idle`].
+    pub fn shutdown(&mut self) -> LoopResult<()> {
+        self.trace.note(self.now_us(), "shutdown".into());
+        let now = self.instant();
+        self.core.begin_shutdown(now);
+        self.drain()
     }
 
     /// Run until the core is idle (shutdown), within `limit` of virtual time.

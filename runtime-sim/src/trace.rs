@@ -68,7 +68,7 @@ fn short_bytes(b: &Bytes) -> String {
     }
 }
 
-fn op_str(op: &Op) -> String {
+pub fn op_str(op: &Op) -> String {
     match op {
         Op::Write { ino, fh, offset, data } => format!("Write {{ ino: {ino}, fh: {fh}, offset: {offset}, data: {} }}", short_bytes(data)),
         Op::SetXattr { ino, name, value, flags } => format!(

@@ -64,3 +64,14 @@ fn requests_run_concurrently_and_every_kind_succeeds() {
         assert!(ok.get(kind).copied().unwrap_or(0) > 0, "no successful {kind}: {ok:?}");
     }
 }
+
+/// Several hosts share the stores (`--hosts 3`): twenty seeds with faults, crashes of one host,
+/// lost leases, delayed invalidations and time jumps, each ending in the liveness phase.
+#[test]
+fn twenty_seeds_on_three_hosts() {
+    let stats = campaign(0..20, 200, |o| o.hosts = 3);
+    let ops: u64 = stats.iter().map(|s| s.ops).sum();
+    let crashes: u64 = stats.iter().map(|s| s.crashes).sum();
+    assert!(ops > 10_000, "too few requests: {ops}");
+    assert!(crashes > 0, "no host crashed in twenty seeds");
+}

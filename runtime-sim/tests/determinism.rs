@@ -60,9 +60,37 @@ fn env_var_selects_one_seed() {
 }
 
 #[test]
-fn more_than_one_host_is_refused_clearly() {
+fn zero_hosts_is_refused_clearly() {
     let exe = env!("CARGO_BIN_EXE_truckeefs-runtime-sim");
-    let o = Command::new(exe).args(["--hosts", "2", "--seeds", "1"]).env_remove("TRUCKEEFS_SEED").output().unwrap();
+    let o = Command::new(exe).args(["--hosts", "0", "--seeds", "1"]).env_remove("TRUCKEEFS_SEED").output().unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("only one simulated host"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least one host"));
+}
+
+/// Several hosts on one clock: the same seed gives the same trace, in this process and in
+/// another, and the hosts' interleaving makes different seeds differ.
+#[test]
+fn several_hosts_same_seed_same_trace() {
+    let multi = |seed: u64| {
+        let mut opts = Options::new(seed, 150);
+        opts.hosts = 3;
+        match run(opts) {
+            Ok(stats) => stats.trace_hash,
+            Err(f) => panic!("{f}"),
+        }
+    };
+    for seed in [0, 3, 46, 151] {
+        assert_eq!(multi(seed), multi(seed), "seed {seed}, 3 hosts");
+    }
+    assert_ne!(multi(0), multi(1));
+    assert_ne!(multi(0), hash(0, 150, 4), "3 hosts and 1 host run differently");
+    let exe = env!("CARGO_BIN_EXE_truckeefs-runtime-sim");
+    let o = Command::new(exe)
+        .args(["--seed", "46", "--steps", "150", "--hosts", "3", "--trace-hash", "--quiet"])
+        .env_remove("TRUCKEEFS_SEED")
+        .output()
+        .expect("run the simulator");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(text.lines().last().unwrap(), format!("trace_hash={:016x}", multi(46)), "process vs library");
 }

@@ -1,0 +1,228 @@
+//! The Redis stand-in shared by the simulated hosts: heartbeat keys with an expiry, the lock
+//! table answering `LockRequest`s exactly like `runtime-smol`'s `LockService::execute` (its Lua
+//! `ACQUIRE` script over the hash `<prefix>locks:<ino>`), and the publish/subscribe channel of
+//! committed changes.
+//!
+//! What is reproduced from `runtime-smol/src/coord.rs`:
+//! - a host is live while its heartbeat key exists: `SET host:<id> 1 PX 5000`, renewed every
+//!   second (the renewals are driven by [`crate::hosts`]); a crashed host stops renewing, so its
+//!   key, and with it its locks, expire 5 s after its last renewal;
+//! - `Acquire`/`Query` look at every other host's entry of the inode's hash: a dead host's entry
+//!   is deleted on the way (`HDEL`), a live host's locks are checked in order and the first
+//!   conflicting one is returned as the table stores it (end `-1` for "to the end of the file",
+//!   read back as `i64::MAX`); `Acquire` without a conflict stores `held` (deletes the entry when
+//!   `held` is empty), `Query` changes nothing;
+//! - `Publish` stores (or deletes) this host's entry without looking at anyone else's;
+//! - a published message reaches every *other* subscribed host (the subscriber drops its own
+//!   host's messages); a host that is down is not subscribed and misses it.
+//!
+//! Hash fields are kept in a `BTreeMap` by host id (Redis keeps insertion order; either is one
+//! fixed order, and this one does not depend on history the trace does not show).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use truckeefs_core::{Ino, IoReply, IoResult, LockRange, LockRequest};
+
+/// A host whose heartbeat key is older than this is dead (`HEARTBEAT_TTL` of coord.rs).
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+/// How often a live host renews its heartbeat key (`HEARTBEAT_EVERY` of coord.rs).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// A host's id in Redis: a new one for every start of the mount process (coord.rs `host_id`
+/// draws a random part at every start).
+pub type HostId = u64;
+
+#[derive(Clone, Debug, Default)]
+pub struct MemRedis {
+    /// `host:<id>` keys: when each expires.
+    heartbeats: BTreeMap<HostId, Duration>,
+    /// `locks:<ino>` hashes: host id -> that host's locks, as the table stores them.
+    locks: BTreeMap<Ino, BTreeMap<HostId, Vec<StoredLock>>>,
+    /// Lock scripts run (statistics).
+    pub scripts: u64,
+}
+
+/// One lock as the JSON of the table holds it: `[start, end or -1, 1 if a write lock, pid]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StoredLock {
+    start: i64,
+    end: i64,
+    write: bool,
+    pid: u32,
+}
+
+/// coord.rs `end_of`: "to the end of the file" is -1 in the table.
+fn end_of(end: u64) -> i64 {
+    if end >= i64::MAX as u64 {
+        -1
+    } else {
+        end as i64
+    }
+}
+
+impl StoredLock {
+    fn from_range(l: &LockRange) -> StoredLock {
+        // cjson reads the start back as a double; every start the kernel hands over fits.
+        StoredLock {
+            start: l.start.min(i64::MAX as u64) as i64,
+            end: end_of(l.end),
+            write: l.typ == libc::F_WRLCK,
+            pid: l.pid,
+        }
+    }
+
+    /// coord.rs `decode_lock`.
+    fn to_range(self) -> LockRange {
+        LockRange {
+            start: self.start.max(0) as u64,
+            end: if self.end < 0 { i64::MAX as u64 } else { self.end as u64 },
+            typ: if self.write { libc::F_WRLCK } else { libc::F_RDLCK },
+            pid: self.pid,
+        }
+    }
+}
+
+impl MemRedis {
+    pub fn new() -> MemRedis {
+        MemRedis::default()
+    }
+
+    /// `SET host:<id> 1 PX 5000`.
+    pub fn renew(&mut self, host: HostId, now: Duration) {
+        self.heartbeats.insert(host, now + HEARTBEAT_TTL);
+    }
+
+    /// `DEL host:<id>` (an unmount says goodbye).
+    pub fn goodbye(&mut self, host: HostId) {
+        self.heartbeats.remove(&host);
+    }
+
+    /// Whether `host`'s heartbeat key exists at `now`.
+    pub fn is_live(&self, host: HostId, now: Duration) -> bool {
+        self.heartbeats.get(&host).is_some_and(|&expires| expires > now)
+    }
+
+    /// When `host`'s heartbeat key expires (or expired).
+    pub fn expiry(&self, host: HostId) -> Option<Duration> {
+        self.heartbeats.get(&host).copied()
+    }
+
+    /// The locks the table holds for `host` on `ino` (what other hosts are checked against).
+    pub fn held(&self, ino: Ino, host: HostId) -> Vec<LockRange> {
+        self.locks
+            .get(&ino)
+            .and_then(|h| h.get(&host))
+            .map(|ls| ls.iter().map(|l| l.to_range()).collect())
+            .unwrap_or_default()
+    }
+
+    /// `LockService::execute` of the host `me` at `now`.
+    pub fn execute(&mut self, me: HostId, now: Duration, req: &LockRequest) -> IoResult {
+        match req {
+            LockRequest::Publish { ino, held } => {
+                self.store(*ino, me, held);
+                Ok(IoReply::Done)
+            }
+            LockRequest::Acquire { ino, want, held } => {
+                let found = self.conflict(*ino, me, now, want);
+                if found.is_none() {
+                    self.store(*ino, me, held);
+                }
+                Ok(IoReply::LockConflict(found))
+            }
+            LockRequest::Query { ino, want } => Ok(IoReply::LockConflict(self.conflict(*ino, me, now, want))),
+        }
+    }
+
+    /// `HSET locks:<ino> <me> <json>`, or `HDEL` when nothing is held.
+    fn store(&mut self, ino: Ino, me: HostId, held: &[LockRange]) {
+        if held.is_empty() {
+            if let Some(h) = self.locks.get_mut(&ino) {
+                h.remove(&me);
+                if h.is_empty() {
+                    self.locks.remove(&ino);
+                }
+            }
+        } else {
+            self.locks.entry(ino).or_default().insert(me, held.iter().map(StoredLock::from_range).collect());
+        }
+    }
+
+    /// The `conflict` function of the ACQUIRE script.
+    fn conflict(&mut self, ino: Ino, me: HostId, now: Duration, want: &LockRange) -> Option<LockRange> {
+        self.scripts += 1;
+        let (start, stop) = (want.start.min(i64::MAX as u64) as i64, end_of(want.end));
+        let stop = if stop < 0 { i64::MAX } else { stop };
+        let write = want.typ == libc::F_WRLCK;
+        let hosts: Vec<HostId> = self.locks.get(&ino)?.keys().copied().filter(|h| *h != me).collect();
+        for h in hosts {
+            if !self.is_live(h, now) {
+                let table = self.locks.get_mut(&ino).expect("the hash was read above");
+                table.remove(&h);
+                if table.is_empty() {
+                    self.locks.remove(&ino);
+                    return None;
+                }
+                continue;
+            }
+            for l in &self.locks[&ino][&h] {
+                let lstop = if l.end < 0 { i64::MAX } else { l.end };
+                if l.start <= stop && start <= lstop && (l.write || write) {
+                    return Some(l.to_range());
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: u64, end: u64, typ: i32) -> LockRange {
+        LockRange { start, end, typ, pid: 7 }
+    }
+
+    #[test]
+    fn a_dead_hosts_locks_stop_counting_when_its_heartbeat_expires() {
+        let mut r = MemRedis::new();
+        let t0 = Duration::from_secs(10);
+        r.renew(1, t0);
+        r.renew(2, t0);
+        let w = range(0, 9, libc::F_WRLCK);
+        let take = |held: Vec<LockRange>| LockRequest::Acquire { ino: 5, want: w, held };
+        assert_eq!(r.execute(1, t0, &take(vec![w])), Ok(IoReply::LockConflict(None)));
+        assert_eq!(r.execute(2, t0, &take(vec![w])), Ok(IoReply::LockConflict(Some(w))));
+        // Host 1 stops renewing: still live until 5 s after its last renewal.
+        let later = t0 + HEARTBEAT_TTL - Duration::from_millis(1);
+        r.renew(2, later);
+        assert_eq!(r.execute(2, later, &take(vec![w])), Ok(IoReply::LockConflict(Some(w))));
+        let expired = t0 + HEARTBEAT_TTL;
+        assert_eq!(r.execute(2, expired, &take(vec![w])), Ok(IoReply::LockConflict(None)));
+        assert!(r.held(5, 1).is_empty(), "the dead host's entry is deleted by the script");
+        assert_eq!(r.held(5, 2), vec![w]);
+    }
+
+    #[test]
+    fn read_locks_share_and_to_the_end_of_file_is_stored_as_minus_one() {
+        let mut r = MemRedis::new();
+        let now = Duration::from_secs(1);
+        r.renew(1, now);
+        r.renew(2, now);
+        let to_eof = range(4, u64::MAX, libc::F_RDLCK);
+        r.execute(1, now, &LockRequest::Publish { ino: 3, held: vec![to_eof] }).unwrap();
+        let read = range(100, 200, libc::F_RDLCK);
+        assert_eq!(r.execute(2, now, &LockRequest::Query { ino: 3, want: read }), Ok(IoReply::LockConflict(None)));
+        let write = range(100, 200, libc::F_WRLCK);
+        let seen = LockRange { end: i64::MAX as u64, ..to_eof };
+        assert_eq!(
+            r.execute(2, now, &LockRequest::Query { ino: 3, want: write }),
+            Ok(IoReply::LockConflict(Some(seen)))
+        );
+        // A query takes nothing.
+        assert!(r.held(3, 2).is_empty());
+        r.execute(1, now, &LockRequest::Publish { ino: 3, held: vec![] }).unwrap();
+        assert_eq!(r.execute(2, now, &LockRequest::Query { ino: 3, want: write }), Ok(IoReply::LockConflict(None)));
+    }
+}
