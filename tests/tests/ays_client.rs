@@ -506,6 +506,9 @@ name = "dev"
     let md = fs::metadata(root.join("run.py")).unwrap();
     assert_eq!((md.permissions().mode() & 0o7777, md.uid(), md.gid()), (0o755, 0, 0));
     assert!(md.mtime() as u64 >= before, "mtime {} is the time of the write (>= {before})", md.mtime());
+    // The write time is kept beside the design's "md5,size" value, to the nanosecond.
+    let run_time = String::from_utf8(hget(dbg.port, "debug:times:d", "/run.py").expect("debug:times has /run.py")).unwrap();
+    assert_eq!(run_time, format!("{}.{:09}", md.mtime(), md.mtime_nsec()), "debug:times value is the mtime shown");
     let md = fs::metadata(root.join("lib/new.py")).unwrap();
     assert_eq!((md.permissions().mode() & 0o7777, md.uid(), md.gid()), (0o644, 0, 0));
     assert!(md.modified().unwrap() > mount_time, "a written file is newer than the mount");
@@ -514,9 +517,13 @@ name = "dev"
     assert_eq!(md.modified().unwrap(), mount_time, "files not written keep the mount time");
     assert_eq!(errno_of(chmod(&root.join("run.py"), 0o700)), libc::EROFS);
     assert_eq!(errno_of(chown(&root.join("run.py"), 1, 1)), libc::EROFS);
+    let written_times: Vec<(i64, i64)> =
+        ["run.py", "lib/new.py"].iter().map(|p| fs::metadata(root.join(p)).unwrap()).map(|m| (m.mtime(), m.mtime_nsec())).collect();
     drop(c);
+    // A write time that is not one (put there by hand) is logged and shows the mount time.
+    redis(dbg.port, &[b"HSET", b"debug:times:d", b"/lib/x.py", b"yesterday"]);
 
-    // A new client reads the debug versions first.
+    // A new client reads the debug versions first, with their write times.
     let mut c2 = AysClient::new();
     c2.write_config(&text);
     let root2 = c2.path("d");
@@ -525,6 +532,12 @@ name = "dev"
     assert_eq!(fs::read(root2.join("lib/x.py")).unwrap(), b"print('changed')\n# more\n");
     assert_eq!(fs::read(root2.join("hello.txt")).unwrap(), b"hello world\n");
     assert_eq!(fs::metadata(root2.join("run.py")).unwrap().permissions().mode() & 0o7777, 0o755);
+    let shown: Vec<(i64, i64)> =
+        ["run.py", "lib/new.py"].iter().map(|p| fs::metadata(root2.join(p)).unwrap()).map(|m| (m.mtime(), m.mtime_nsec())).collect();
+    assert_eq!(shown, written_times, "a remount shows the time of the last write");
+    let mount2_time = fs::metadata(root2.join("hello.txt")).unwrap().modified().unwrap();
+    assert_eq!(fs::metadata(root2.join("lib/x.py")).unwrap().modified().unwrap(), mount2_time);
+    assert!(c2.log_text().contains("debug:times:d: /lib/x.py: bad time \"yesterday\""), "{}", c2.log_tail());
     let log = redis(dbg.port, &[b"LRANGE", b"debug:log:d", b"0", b"-1"]).array();
     let paths: Vec<String> = log
         .iter()

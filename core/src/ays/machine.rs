@@ -100,7 +100,8 @@ enum IoFor {
     Write { id: RequestId, fh: u64, end: u64 },
     Truncate { id: RequestId, fh: u64, size: u64 },
     Commit { fh: u64, seq: u64 },
-    Publish { fh: u64, seq: u64, md5: Md5, len: u64 },
+    /// `at`: the write time published in `debug:times` (and shown as the file's mtime).
+    Publish { fh: u64, seq: u64, md5: Md5, len: u64, at: Timespec },
     PrefetchHas { md5: Md5, size: u64, debug: bool },
     AheadHas { md5: Md5, size: u64, path: String },
     SweepScan,
@@ -542,7 +543,8 @@ impl AysCore {
         }
         if self.overlay.is_some() {
             let key = self.overlay.as_ref().map(Overlay::paths_key).unwrap_or_default();
-            let cmds = vec![RedisCmd::new(["HGETALL".into(), key.into()])];
+            let times = self.overlay.as_ref().map(Overlay::times_key).unwrap_or_default();
+            let cmds = vec![RedisCmd::new(["HGETALL".into(), key.into()]), RedisCmd::new(["HGETALL".into(), times.into()])];
             self.redis(RedisServer::Debug, cmds, None, IoFor::DebugPaths { gen });
         } else {
             self.tree_ready(gen);
@@ -566,8 +568,17 @@ impl AysCore {
         }
     }
 
-    fn apply_debug_paths(&mut self, pairs: &[Vec<u8>]) {
+    /// Shows the debug overlay's files (`pairs`: `debug:paths`, field and value in turn) with
+    /// their write times (`times`: `debug:times`, likewise; a path without one shows the mount
+    /// time).
+    fn apply_debug_paths(&mut self, pairs: &[Vec<u8>], times: &[Vec<u8>]) {
         let Some(overlay) = self.overlay.clone() else { return };
+        let mut written: HashMap<&[u8], &[u8]> = HashMap::new();
+        for c in times.chunks(2) {
+            if let [path, value] = c {
+                written.insert(path, value);
+            }
+        }
         let mut applied = 0;
         for c in pairs.chunks(2) {
             let [path, value] = c else { continue };
@@ -579,7 +590,7 @@ impl AysCore {
                 self.log(LogLevel::Warn, format!("debug redis: {}: {path}: bad value {value:?}", overlay.paths_key()));
                 continue;
             };
-            match self.tree.by_path(path) {
+            let ino = match self.tree.by_path(path) {
                 Some(ino) => {
                     let exec = match self.tree.get(ino).map(|n| &n.kind) {
                         Some(NodeKind::File { meta: Ok(m), .. }) => m.executable,
@@ -587,14 +598,25 @@ impl AysCore {
                         _ => continue,
                     };
                     self.tree.set_file(ino, FileMeta { executable: exec || meta.executable, ..meta }, true);
-                    applied += 1;
+                    ino
                 }
                 None => {
                     let Some((parent, name)) = crate::ays::value::split_parent(path) else { continue };
-                    if let Some(p) = self.tree.by_path(parent) {
-                        if self.tree.add_file(p, name, meta, true).is_ok() {
-                            applied += 1;
-                        }
+                    let Some(p) = self.tree.by_path(parent) else { continue };
+                    match self.tree.add_file(p, name, meta, true) {
+                        Ok(ino) => ino,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            applied += 1;
+            if let Some(t) = written.get(path.as_bytes()) {
+                match std::str::from_utf8(t).ok().and_then(Overlay::parse_time) {
+                    Some(t) => self.tree.set_written(ino, t),
+                    None => {
+                        let shown = String::from_utf8_lossy(t);
+                        let key = overlay.times_key();
+                        self.log(LogLevel::Warn, format!("debug redis: {key}: {path}: bad time {shown:?}; showing the mount time"));
                     }
                 }
             }
@@ -1307,7 +1329,11 @@ impl AysCore {
                     Ok(AysReply::Redis(v)) => {
                         if let Some(RedisValue::Array(a)) = v.first() {
                             let pairs = flat_bytes(a);
-                            self.apply_debug_paths(&pairs);
+                            let times = match v.get(1) {
+                                Some(RedisValue::Array(t)) => flat_bytes(t),
+                                _ => Vec::new(),
+                            };
+                            self.apply_debug_paths(&pairs, &times);
                         }
                     }
                     Ok(_) => {}
@@ -1436,17 +1462,19 @@ impl AysCore {
                     let Some(o) = self.overlay.clone() else { return self.commit_done(fh, seq, Err(libc::EROFS)) };
                     let path = h.path.clone();
                     let entry = Overlay::log_entry(self.wall, &path, md5);
+                    let at = self.wall_ts;
                     let cmds = vec![
                         RedisCmd::new(["HSET".into(), o.files_key().into(), md5.hex().into(), Arg::Blob(md5)]),
                         RedisCmd::new([
                             "HSET".into(),
                             o.paths_key().into(),
-                            path.into(),
+                            path.clone().into(),
                             crate::ays::value::debug_path_value(md5, len, h.executable).into(),
                         ]),
+                        RedisCmd::new(["HSET".into(), o.times_key().into(), path.into(), Overlay::time_value(at).into()]),
                         RedisCmd::new(["RPUSH".into(), o.log_key().into(), entry.into()]),
                     ];
-                    self.redis(RedisServer::Debug, cmds, None, IoFor::Publish { fh, seq, md5, len });
+                    self.redis(RedisServer::Debug, cmds, None, IoFor::Publish { fh, seq, md5, len, at });
                 }
                 other => {
                     let e = match other {
@@ -1457,13 +1485,13 @@ impl AysCore {
                     self.commit_done(fh, seq, Err(libc::EIO));
                 }
             },
-            IoFor::Publish { fh, seq, md5, len } => match result {
+            IoFor::Publish { fh, seq, md5, len, at } => match result {
                 Ok(AysReply::Redis(_)) => {
                     if let Some(h) = self.handles.get_mut(&fh) {
                         h.md5 = md5;
                         let (ino, exec, path) = (h.ino, h.executable, h.path.clone());
                         self.tree.set_file(ino, FileMeta { md5, size: len, executable: exec }, true);
-                        self.tree.set_written(ino, self.wall_ts);
+                        self.tree.set_written(ino, at);
                         self.effects.push_back(AysEffect::Kernel(KernelNotice::InvalInode { ino }));
                         let n = self.spec.names.debug.clone();
                         self.log(LogLevel::Info, format!("mount {}: debug write {path}: {md5}, {len} bytes, into debug redis {n}", self.spec.name));

@@ -3,9 +3,13 @@
 //! its leading slash, e.g. `/lib/x.py`) are writable; what is written goes to the named debug
 //! Redis: `debug:paths:$mount` (field: path, value `"<md5>,<size>"`), `debug:files:$mount`
 //! (field: md5, value: the bytes) and `debug:log:$mount` (RPUSH of `[epoch, "path", "md5"]`).
+//! Beyond the design, `debug:times:$mount` (field: path, value: the time of the last write,
+//! `"<seconds>.<nanoseconds>"` since the epoch) keeps each file's mtime, in a hash of its own so
+//! that the design's `"md5,size"` values stay as they are.
 //! Reads of matching paths look in `debug:paths:$mount` first.
 
 use crate::ays::value::{json_string, Md5};
+use crate::Timespec;
 use regex::Regex;
 
 #[derive(Clone, Debug)]
@@ -42,6 +46,28 @@ impl Overlay {
         format!("debug:log:{}", self.mount)
     }
 
+    pub fn times_key(&self) -> String {
+        format!("debug:times:{}", self.mount)
+    }
+
+    /// A `debug:times` value: `"<seconds>.<nanoseconds, 9 digits>"`.
+    pub fn time_value(t: Timespec) -> String {
+        format!("{}.{:09}", t.sec, t.nsec)
+    }
+
+    /// Parses a `debug:times` value (`"<seconds>"` or `"<seconds>.<fraction>"`, at most 9
+    /// fraction digits, seconds not negative); `None` if it is not one.
+    pub fn parse_time(v: &str) -> Option<Timespec> {
+        let (sec, frac) = v.split_once('.').unwrap_or((v, ""));
+        let digits = |s: &str| !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(sec) || (!frac.is_empty() && (frac.len() > 9 || !digits(frac))) || v.ends_with('.') {
+            return None;
+        }
+        let sec: i64 = sec.parse().ok()?;
+        let nsec: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
+        Some(Timespec { sec, nsec })
+    }
+
     /// One transaction-log entry: `[epoch, "path", "md5"]`.
     pub fn log_entry(epoch: i64, path: &str, md5: Md5) -> String {
         format!("[{epoch}, {}, {}]", json_string(path), json_string(&md5.hex()))
@@ -69,5 +95,19 @@ mod tests {
         assert_eq!(v[1], "/a \"b\".py");
         assert!(Overlay::new("m", &["(".into()]).unwrap_err().contains("\"(\""));
         assert!(!Overlay::new("m", &[]).unwrap().matches("/x"));
+    }
+
+    #[test]
+    fn write_times_round_trip_and_reject_garbage() {
+        let o = Overlay::new("mongodb", &[]).unwrap();
+        assert_eq!(o.times_key(), "debug:times:mongodb");
+        let t = Timespec { sec: 1_712_345_678, nsec: 1_234 };
+        assert_eq!(Overlay::time_value(t), "1712345678.000001234");
+        assert_eq!(Overlay::parse_time(&Overlay::time_value(t)), Some(t));
+        assert_eq!(Overlay::parse_time("17"), Some(Timespec { sec: 17, nsec: 0 }));
+        assert_eq!(Overlay::parse_time("17.5"), Some(Timespec { sec: 17, nsec: 500_000_000 }));
+        for bad in ["", ".", "17.", ".5", "-1", "1e9", "17.1234567890", "x", "1 2", "99999999999999999999"] {
+            assert_eq!(Overlay::parse_time(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,16 +1,16 @@
-//! The aysfs client's on-disk blob cache: content-addressed by md5, fanned out by hash prefix
-//! (`blobs/ab/cd/abcd...`, 65,536 directories, so millions of blobs never sit in one directory),
-//! bounded in size (least recently used blobs are removed first), shared by every mount of the
-//! process.
+//! The aysfs client's on-disk blob cache, on `cacache` (as `block_cache.rs`): content under
+//! `cache_dir/cacache/content-v2/xxh3/ab/cd/...` (fanned out by hash prefix, so millions of
+//! blobs never sit in one directory), an index entry per blob under its md5 (hex) as the key,
+//! with its size and the time it was installed; bounded in size (least recently used blobs are
+//! removed first), shared by every mount of the process.
 //!
-//! Why not `cacache`: it addresses content by its own SHA-256 integrity string and checks the
-//! whole content on every read, has no ranged (pread) reads, and no size bound. aysfs blobs are
-//! already named by their md5, FUSE reads are ranged, and the bound is the point. So: a plain
-//! fanned-out directory, whose entries are installed only after their md5 was checked (a blob
-//! is written to `tmp/` while its md5 is computed, then renamed into place), so a blob file's
-//! name is always the md5 of its content.
-//!
-//! Removing a blob never disturbs a reader: an open file descriptor keeps its data.
+//! A blob is received through a cacache writer while its md5 is computed, and its content and
+//! index entry are committed only if the md5 is the one asked for, so an index entry always names
+//! the md5 of its content. cacache addresses content by a hash of its own (xxh3 here: cheap, and
+//! only cacache's business); reads are ranged (`pread`) on a hard link of the content file made
+//! for each open and unlinked at once (`hard_link_hash_unchecked_sync`: cacache's public way to
+//! a file of its content, without reading it all as `read_sync` does). Removing a blob never
+//! disturbs a reader: an open file descriptor keeps its data.
 
 use md5::{Digest, Md5 as Md5Hasher};
 use std::collections::HashMap;
@@ -25,56 +25,54 @@ use truckeefs_core::ays::Md5;
 /// The blob cache of one client process.
 pub struct BlobCache {
     dir: PathBuf,
+    /// The cacache directory (`dir/cacache`).
+    root: PathBuf,
     limit: u64,
     index: Mutex<Index>,
     next_tmp: AtomicU64,
 }
 
+struct Entry {
+    len: u64,
+    /// Last use, in `Index::tick`s.
+    used: u64,
+    sri: cacache::Integrity,
+}
+
 #[derive(Default)]
 struct Index {
-    /// md5 -> (length, last use tick)
-    blobs: HashMap<Md5, (u64, u64)>,
+    blobs: HashMap<Md5, Entry>,
     total: u64,
     tick: u64,
 }
 
 impl Index {
-    fn touch(&mut self, md5: Md5) -> Option<u64> {
+    fn touch(&mut self, md5: Md5) -> Option<(u64, cacache::Integrity)> {
         self.tick += 1;
         let t = self.tick;
         let e = self.blobs.get_mut(&md5)?;
-        e.1 = t;
-        Some(e.0)
+        e.used = t;
+        Some((e.len, e.sri.clone()))
     }
 }
 
-/// A blob being received: a temporary file and the md5 of what was written so far.
+/// A blob being received: a cacache writer and the md5 of what was written so far.
 pub struct BlobWriter {
-    file: File,
-    path: PathBuf,
+    inner: cacache::SyncWriter,
     hasher: Md5Hasher,
     len: u64,
-    done: bool,
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.path);
-        }
+        self.inner.flush()
     }
 }
 
@@ -94,32 +92,43 @@ fn md5_of_digest(d: &[u8]) -> Md5 {
     Md5(m)
 }
 
+fn io_err(e: cacache::Error) -> io::Error {
+    match e {
+        cacache::Error::IoError(e, what) => io::Error::new(e.kind(), format!("{what}: {e}")),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
 impl BlobCache {
-    /// Opens (creating) the cache at `dir` with a bound of `limit` bytes, indexing what is there.
-    /// Leftover temporary files are removed.
+    /// Opens (creating) the cache at `dir` with a bound of `limit` bytes, indexing what is there
+    /// (least recently installed first in line for eviction). Leftover temporary files are
+    /// removed, and so is the blob directory of earlier versions (`dir/blobs`).
     pub fn open(dir: &Path, limit: u64) -> io::Result<BlobCache> {
-        let blobs = dir.join("blobs");
+        let root = dir.join("cacache");
         let tmp = dir.join("tmp");
-        fs::create_dir_all(&blobs)?;
+        fs::create_dir_all(&root)?;
         fs::create_dir_all(&tmp)?;
         for e in fs::read_dir(&tmp)?.flatten() {
             let _ = fs::remove_file(e.path());
         }
-        let mut index = Index::default();
-        for a in fs::read_dir(&blobs)?.flatten() {
-            let Ok(rd) = fs::read_dir(a.path()) else { continue };
-            for b in rd.flatten() {
-                let Ok(rd) = fs::read_dir(b.path()) else { continue };
-                for f in rd.flatten() {
-                    let name = f.file_name();
-                    let Some(md5) = name.to_str().and_then(Md5::parse) else { continue };
-                    let Ok(meta) = f.metadata() else { continue };
-                    index.blobs.insert(md5, (meta.len(), 0));
-                    index.total += meta.len();
-                }
-            }
+        let old = dir.join("blobs");
+        if old.is_dir() {
+            tracing::info!("blob cache: removing {} (the layout before cacache)", old.display());
+            let _ = fs::remove_dir_all(&old);
         }
-        let cache = BlobCache { dir: dir.to_path_buf(), limit, index: Mutex::new(index), next_tmp: AtomicU64::new(0) };
+        let mut entries: Vec<cacache::Metadata> = cacache::list_sync(&root).filter_map(Result::ok).collect();
+        entries.sort_by_key(|m| m.time);
+        let mut index = Index::default();
+        for m in entries {
+            let Some(md5) = Md5::parse(&m.key) else { continue };
+            index.tick += 1;
+            let e = Entry { len: m.size as u64, used: index.tick, sri: m.integrity };
+            if let Some(old) = index.blobs.insert(md5, e) {
+                index.total -= old.len;
+            }
+            index.total += m.size as u64;
+        }
+        let cache = BlobCache { dir: dir.to_path_buf(), root, limit, index: Mutex::new(index), next_tmp: AtomicU64::new(0) };
         cache.evict();
         Ok(cache)
     }
@@ -137,38 +146,39 @@ impl BlobCache {
         self.index().total
     }
 
-    fn path(&self, md5: Md5) -> PathBuf {
-        let h = md5.hex();
-        self.dir.join("blobs").join(&h[0..2]).join(&h[2..4]).join(h)
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        self.dir.join("tmp").join(format!("{}-{what}-{n}", std::process::id()))
     }
 
     /// The length of blob `md5` if the cache has it (and marks it used).
     pub fn has(&self, md5: Md5) -> Option<u64> {
-        self.index().touch(md5)
+        self.index().touch(md5).map(|(len, _)| len)
     }
 
     /// Opens blob `md5` for reading: the file and its length; `None` if the cache lacks it.
     pub fn open_blob(&self, md5: Md5) -> io::Result<Option<(File, u64)>> {
-        if self.has(md5).is_none() {
-            return Ok(None);
-        }
-        match File::open(self.path(md5)) {
-            Ok(f) => {
-                let len = f.metadata()?.len();
-                Ok(Some((f, len)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let Some((_, sri)) = self.index().touch(md5) else { return Ok(None) };
+        let link = self.tmp_path("open");
+        if let Err(e) = cacache::hard_link_hash_unchecked_sync(&self.root, &sri, &link) {
+            let e = io_err(e);
+            if e.kind() == io::ErrorKind::NotFound {
                 self.forget(md5);
-                Ok(None)
+                return Ok(None);
             }
-            Err(e) => Err(e),
+            return Err(e);
         }
+        let f = File::open(&link);
+        let _ = fs::remove_file(&link);
+        let f = f?;
+        let len = f.metadata()?.len();
+        Ok(Some((f, len)))
     }
 
     fn forget(&self, md5: Md5) {
         let mut ix = self.index();
-        if let Some((len, _)) = ix.blobs.remove(&md5) {
-            ix.total -= len;
+        if let Some(e) = ix.blobs.remove(&md5) {
+            ix.total -= e.len;
         }
     }
 
@@ -182,44 +192,36 @@ impl BlobCache {
         Ok(v)
     }
 
-    /// A new temporary file to receive a blob into.
+    /// A new writer to receive a blob into (a cacache temporary file).
     pub fn writer(&self) -> io::Result<BlobWriter> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join("tmp").join(format!("{}-{n}", std::process::id()));
-        let file = File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
-        Ok(BlobWriter { file, path, hasher: Md5Hasher::new(), len: 0, done: false })
+        let inner = cacache::WriteOpts::new().algorithm(cacache::Algorithm::Xxh3).open_hash_sync(&self.root).map_err(io_err)?;
+        Ok(BlobWriter { inner, hasher: Md5Hasher::new(), len: 0 })
     }
 
     /// Finishes a received blob: installs it if its md5 is `expected` (else drops it). Returns
     /// the md5 it hashed to and its length.
     pub fn install(&self, mut w: BlobWriter, expected: Option<Md5>) -> io::Result<(Md5, u64)> {
-        w.file.flush()?;
+        w.inner.flush()?;
         let actual = md5_of_digest(&std::mem::take(&mut w.hasher).finalize());
         let len = w.len;
         if expected.is_none_or(|e| e == actual) {
-            self.install_file(&w.path, actual, len)?;
-            w.done = true;
-        }
-        Ok((actual, len))
-    }
-
-    fn install_file(&self, from: &Path, md5: Md5, len: u64) -> io::Result<()> {
-        let to = self.path(md5);
-        if let Some(p) = to.parent() {
-            fs::create_dir_all(p)?;
-        }
-        fs::rename(from, &to)?;
-        {
-            let mut ix = self.index();
-            ix.tick += 1;
-            let t = ix.tick;
-            if let Some((old, _)) = ix.blobs.insert(md5, (len, t)) {
-                ix.total -= old;
+            // Content first, then the index entry naming it by md5.
+            let sri = w.inner.commit().map_err(io_err)?;
+            let opts = cacache::WriteOpts::new().integrity(sri.clone()).size(len as usize);
+            cacache::index::insert(&self.root, &actual.hex(), opts).map_err(io_err)?;
+            {
+                let mut ix = self.index();
+                ix.tick += 1;
+                let used = ix.tick;
+                if let Some(old) = ix.blobs.insert(actual, Entry { len, used, sri }) {
+                    ix.total -= old.len;
+                }
+                ix.total += len;
             }
-            ix.total += len;
+            self.evict();
         }
-        self.evict();
-        Ok(())
+        // Not committed: dropping the writer removes its temporary file.
+        Ok((actual, len))
     }
 
     /// Installs a blob whose content is given (a debug write), md5 computed here.
@@ -238,20 +240,22 @@ impl BlobCache {
             if ix.total <= self.limit {
                 return;
             }
-            let mut by_age: Vec<(u64, Md5, u64)> = ix.blobs.iter().map(|(m, (len, t))| (*t, *m, *len)).collect();
+            let mut by_age: Vec<(u64, Md5)> = ix.blobs.iter().map(|(m, e)| (e.used, *m)).collect();
             by_age.sort();
             let newest = by_age.last().map(|e| e.1);
-            for (_, md5, len) in by_age {
+            for (_, md5) in by_age {
                 if ix.total <= self.limit || Some(md5) == newest {
                     break;
                 }
-                ix.blobs.remove(&md5);
-                ix.total -= len;
-                victims.push(md5);
+                if let Some(e) = ix.blobs.remove(&md5) {
+                    ix.total -= e.len;
+                    victims.push((md5, e.sri));
+                }
             }
         }
-        for md5 in &victims {
-            let _ = fs::remove_file(self.path(*md5));
+        for (md5, sri) in &victims {
+            let _ = cacache::remove_sync(&self.root, md5.hex());
+            let _ = cacache::remove_hash_sync(&self.root, sri);
         }
         if !victims.is_empty() {
             tracing::debug!(count = victims.len(), limit = self.limit, "blob cache: evicted least recently used blobs");
@@ -260,8 +264,7 @@ impl BlobCache {
 
     /// A scratch copy for a file being written: a temporary file holding blob `from` (or empty).
     pub fn scratch(&self, from: Option<Md5>) -> io::Result<File> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join("tmp").join(format!("{}-scratch-{n}", std::process::id()));
+        let path = self.tmp_path("scratch");
         let mut file = File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
         let _ = fs::remove_file(&path);
         if let Some(md5) = from {
@@ -297,23 +300,43 @@ mod tests {
     #[test]
     fn install_verify_evict() {
         let d = tempfile::tempdir().unwrap();
+        // A blob directory of the layout before cacache goes.
+        fs::create_dir_all(d.path().join("blobs/5d/41")).unwrap();
         let c = BlobCache::open(d.path(), 10).unwrap();
+        assert!(!d.path().join("blobs").exists());
+        let root = d.path().join("cacache");
         let (m1, l1) = c.install_bytes(b"hello").unwrap();
         assert_eq!(m1.hex(), "5d41402abc4b2a76b9719d911017c592");
         assert_eq!(l1, 5);
-        assert!(c.path(m1).starts_with(d.path().join("blobs/5d/41")));
+        let meta = cacache::metadata_sync(&root, m1.hex()).unwrap().expect("indexed under its md5");
+        assert_eq!(meta.size, 5);
+        assert_eq!(cacache::read_hash_sync(&root, &meta.integrity).unwrap(), b"hello");
         // A blob whose md5 is not the one expected is not installed.
         let mut w = c.writer().unwrap();
         w.write_all(b"other").unwrap();
         let (m2, _) = c.install(w, Some(m1)).unwrap();
         assert_ne!(m2, m1);
         assert!(c.has(m2).is_none());
+        assert!(cacache::metadata_sync(&root, m2.hex()).unwrap().is_none());
         assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+        let leftovers = fs::read_dir(root.join("tmp")).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(leftovers, 0, "a rejected blob leaves no temporary file");
+        // Ranged reads on an open blob.
+        let (f, len) = c.open_blob(m1).unwrap().unwrap();
+        assert_eq!(len, 5);
+        let mut two = [0u8; 2];
+        f.read_exact_at(&mut two, 2).unwrap();
+        assert_eq!(&two, b"ll");
         // Over the bound: the least recently used goes.
         c.install_bytes(b"abc").unwrap();
         assert!(c.has(m1).is_some());
         let (m3, _) = c.install_bytes(b"0123456").unwrap();
         assert!(c.has(m1).is_none(), "evicted");
+        assert!(cacache::metadata_sync(&root, m1.hex()).unwrap().is_none(), "evicted from the index");
+        assert!(!cacache::exists_sync(&root, &meta.integrity), "and its content");
+        assert_eq!(&two, b"ll", "an open blob stays readable");
+        f.read_exact_at(&mut two, 0).unwrap();
+        assert_eq!(&two, b"he");
         assert!(c.has(m3).is_some());
         assert!(c.total() <= 10);
         // Reopened: the index is rebuilt from the directory.
@@ -326,5 +349,10 @@ mod tests {
         assert_eq!(l4, 7);
         assert_eq!(c.read_all(m4).unwrap(), b"X123456");
         let _ = s.flush();
+        // Content gone from under the index: the blob is missing, not an error.
+        let sri = cacache::metadata_sync(&root, m4.hex()).unwrap().unwrap().integrity;
+        cacache::remove_hash_sync(&root, &sri).unwrap();
+        assert!(c.open_blob(m4).unwrap().is_none());
+        assert!(c.has(m4).is_none());
     }
 }

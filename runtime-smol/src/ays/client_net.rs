@@ -251,6 +251,8 @@ pub fn run_http(
 /// Streams a blob body into `w`: the network is read on this thread while another hashes and
 /// writes what came before (one MiB at a time), so the md5 costs no extra time. A body declared
 /// no larger than one chunk is received and hashed on this thread (a thread would cost more).
+/// The chunk buffers go back and forth between the two threads (at most `IN_FLIGHT + 2` of
+/// them), so no chunk is allocated, zeroed and faulted in anew.
 fn receive(body: &mut impl Read, declared: Option<u64>, mut w: BlobWriter, shown: &str) -> Result<BlobWriter, String> {
     const CHUNK: usize = 1 << 20;
     if let Some(n) = declared.filter(|n| *n <= CHUNK as u64) {
@@ -259,13 +261,17 @@ fn receive(body: &mut impl Read, declared: Option<u64>, mut w: BlobWriter, shown
         w.write_all(&buf).map_err(|e| format!("blob cache: {e}"))?;
         return Ok(w);
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    const IN_FLIGHT: usize = 4;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let writer = std::thread::Builder::new()
         .name("ays-blob-write".into())
         .spawn(move || -> Result<BlobWriter, String> {
             let mut w = w;
             for chunk in rx {
                 w.write_all(&chunk).map_err(|e| format!("blob cache: {e}"))?;
+                // The receiver may be gone (it failed); the buffer is then dropped here.
+                let _ = back_tx.send(chunk);
             }
             Ok(w)
         })
@@ -273,7 +279,9 @@ fn receive(body: &mut impl Read, declared: Option<u64>, mut w: BlobWriter, shown
     let mut total = 0u64;
     let mut failed = None;
     loop {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = back_rx.try_recv().unwrap_or_default();
+        // Only a new buffer is zeroed (once); a returned one keeps its length of CHUNK.
+        buf.resize(CHUNK, 0);
         let mut filled = 0;
         // Fill a whole chunk (or reach the end) before handing it over.
         while filled < CHUNK {
