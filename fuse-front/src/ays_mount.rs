@@ -13,7 +13,7 @@
 //!   `umount`) ends the process.
 
 mod config;
-mod fs;
+pub(crate) mod fs;
 
 use config::{ClientConfig, Mount};
 use fuser::MountOption;
