@@ -245,7 +245,10 @@ impl Worker<'_> {
                 return;
             }
             match self.redo(dir) {
-                Ok(children) => stack.extend(children),
+                Ok(children) => {
+                    stack.extend(children);
+                    self.shared.lock().last_progress = Some(Instant::now());
+                }
                 Err(f) => {
                     stack.push(dir);
                     if !self.failed(f, &mut delay) {
@@ -373,7 +376,9 @@ impl Worker<'_> {
             let linked = node.filter(|n| n.kind == NodeKind::Dir).and_then(|n| n.rw_uri.clone());
             match (linked, self.caps.get(ino)) {
                 (Some(linked), Some(known)) if linked == *known => {}
-                (Some(linked), _) => {
+                // Moved here (over whatever was there): its Tahoe directory, with its subtree.
+                (_, Some(known)) => links.push((name.clone(), known.clone())),
+                (Some(linked), None) => {
                     // A Tahoe directory already there: this one's from now on (its contents
                     // are checked too, they may be another directory's).
                     self.caps.insert(*ino, linked);
@@ -381,7 +386,6 @@ impl Worker<'_> {
                         self.shared.mark([*ino]);
                     }
                 }
-                (None, Some(known)) => links.push((name.clone(), known.clone())), // moved here
                 (None, None) => {
                     let made = self.client.mkdir().map_err(|e| self.classify(e))?;
                     self.caps.insert(*ino, made.clone());

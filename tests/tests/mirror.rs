@@ -145,6 +145,12 @@ fn make_changes(m: &Mount) {
     fs::write(m.path("mover"), b"took the victim's name").unwrap();
     rename(&m.path("mover"), &m.path("victim")).unwrap();
     renameat2(&m.path("x"), &m.path("a/y"), libc::RENAME_EXCHANGE).unwrap();
+    // A directory with a subtree moved over an empty directory.
+    fs::create_dir(m.path("empty-dir")).unwrap();
+    fs::create_dir_all(m.path("full-dir/sub")).unwrap();
+    fs::write(m.path("full-dir/sub/deep"), b"moved with its directory").unwrap();
+    wait_mirrored(m);
+    rename(&m.path("full-dir"), &m.path("empty-dir")).unwrap();
     // A new version, and a truncation to nothing.
     let mut f = fs::OpenOptions::new().write(true).truncate(true).open(m.path("a/c/f1")).unwrap();
     f.write_all(&pseudo_random_bytes(2, 123_457)).unwrap();
@@ -167,7 +173,11 @@ fn mirror_follows_the_tree(mariadb: bool) {
     make_changes(&m);
     wait_mirrored(&m);
     let want = mount_tree(&m.dir);
-    assert!(want.contains_key("a/c/f1") && want.contains_key("a/y") && !want.contains_key("gone"), "{:?}", want.keys());
+    assert!(
+        want.contains_key("a/c/f1") && want.contains_key("empty-dir/sub/deep") && !want.contains_key("gone"),
+        "{:?}",
+        want.keys()
+    );
     assert_same_tree(&want, &tahoe_tree(&rootcap));
     assert_eq!(status_field(&m, "tahoe tree (MIRROR)").split(", ").nth(2), Some("0 refused by the gateway"));
     m.unmount_ok();
