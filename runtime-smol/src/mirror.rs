@@ -18,6 +18,12 @@
 //! - At every mount the thread first walks the whole tree the same way, which repairs whatever
 //!   a crash, a refused change or another host's race left behind.
 //!
+//! Every link the mirror makes carries the link metadata `truckeefs`, and it removes or
+//! replaces only such links: a name someone else linked into the tree (`tahoe put`, `tahoe
+//! mkdir`) is left alone, even where the mount has a file of that name (which is then not
+//! mirrored there; the log says so). (A name the mirror linked stays its own when someone
+//! replaces it with `tahoe put`: Tahoe keeps the link's metadata.)
+//!
 //! What Tahoe cannot hold is left out of the Tahoe tree: symlinks, device nodes, FIFOs, sockets
 //! and names that are not UTF-8. Empty files are linked as the empty literal cap (`URI:LIT:`).
 //! Each host mirrors the directories its own transactions change.
@@ -363,8 +369,13 @@ impl Worker<'_> {
         }
         let mut links = Vec::new();
         let mut subdirs = Vec::new();
+        let mut foreign = 0;
         for (name, (kind, ino, object)) in &want {
             let node = there.get(name);
+            if node.is_some_and(|n| !n.mirrored) {
+                foreign += 1;
+                continue;
+            }
             if *kind == FileKind::Regular {
                 let cap = object.clone().unwrap_or_else(|| ObjectId(EMPTY_FILE.into()));
                 if !node.is_some_and(|n| n.kind == NodeKind::File && n.has_cap(&cap)) {
@@ -399,7 +410,14 @@ impl Worker<'_> {
         if !links.is_empty() {
             self.client.set_children_at(here, &links).map_err(|e| self.classify(e))?;
         }
-        for name in there.keys().filter(|n| !want.contains_key(*n)) {
+        if foreign > 0 {
+            tracing::warn!(
+                directory = dir,
+                names = foreign,
+                "mirror: names in the Tahoe tree that the mount did not link are left alone (their files are not mirrored there)"
+            );
+        }
+        for (name, _) in there.iter().filter(|(n, node)| node.mirrored && !want.contains_key(*n)) {
             match self.client.unlink_at(here, name) {
                 Ok(_) => {}
                 Err(e) if e.kind == IoErrorKind::NotFound => {}
@@ -424,7 +442,11 @@ impl Worker<'_> {
         let Ok(name) = String::from_utf8(name) else { return Ok(None) };
         let Some(parent_cap) = self.cap_of(parent, depth + 1)? else { return Ok(None) };
         match self.client.list_at(DirPath::cap(&parent_cap)) {
-            Ok(children) => match children.get(&name).filter(|n| n.kind == NodeKind::Dir).and_then(|n| n.rw_uri.clone()) {
+            Ok(children) => match children
+                .get(&name)
+                .filter(|n| n.kind == NodeKind::Dir && n.mirrored)
+                .and_then(|n| n.rw_uri.clone())
+            {
                 Some(cap) => {
                     self.caps.insert(dir, cap.clone());
                     Ok(Some(cap))

@@ -883,7 +883,7 @@ impl TahoeClient {
 
     /// `POST /uri/$DIRCAP/A/B?t=set_children`: links each `(name, cap)` (files and directories)
     /// in `dir`, replacing what is there, in one change of the directory (Tahoe creates the
-    /// missing directories on the way).
+    /// missing directories on the way). Each link's metadata carries [`tahoe_json::MIRROR_TAG`].
     pub fn set_children_at(&self, dir: DirPath<'_>, children: &[(String, ObjectId)]) -> Result<(), IoError> {
         let op = Op::new("link", Some(dir.cap));
         let url = dir.url(&op)?;
@@ -894,7 +894,7 @@ impl TahoeClient {
             // Immutable caps are read caps; a mutable file's is its write cap.
             let slot = if cap.0.starts_with("URI:CHK:") || cap.0.starts_with("URI:LIT:") { "ro_uri" } else { "rw_uri" };
             let kind = if cap.0.starts_with("URI:DIR2") { "dirnode" } else { "filenode" };
-            let props = serde_json::json!({ slot: cap.0 });
+            let props = serde_json::json!({ slot: cap.0, "metadata": { tahoe_json::MIRROR_TAG: "mirror" } });
             body.insert(name.clone(), serde_json::json!([kind, props]));
         }
         let body = serde_json::Value::Object(body).to_string().into_bytes();

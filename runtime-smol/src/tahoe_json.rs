@@ -48,6 +48,9 @@ pub enum NodeKind {
     Unknown,
 }
 
+/// The key of the link metadata that marks a link the MIRROR layout made (and may remove).
+pub const MIRROR_TAG: &str = "truckeefs";
+
 /// The link metadata Tahoe keeps on a directory entry (`metadata.tahoe`), in seconds since the
 /// epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -73,6 +76,8 @@ pub struct NodeInfo {
     pub size: Option<u64>,
     /// Present when the node was reached through a directory (a child entry or `DIRCAP/NAME`).
     pub link: Option<LinkTimes>,
+    /// The link carries the metadata key [`MIRROR_TAG`]: the MIRROR layout made it.
+    pub mirrored: bool,
     /// A directory's entries, when the reply is about the directory itself.
     pub children: Option<BTreeMap<String, NodeInfo>>,
 }
@@ -148,9 +153,9 @@ fn node_from_value(value: &Value, what: &str, top: bool) -> JResult<NodeInfo> {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| JsonError::new(format!("`size` of {what} is not a byte count")))?),
     };
-    let link = match props.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(link_times(m, what)?),
+    let (link, mirrored) = match props.get("metadata") {
+        None | Some(Value::Null) => (None, false),
+        Some(Value::Object(m)) => (Some(link_times(m, what)?), m.contains_key(MIRROR_TAG)),
         Some(_) => return Err(JsonError::new(format!("`metadata` of {what} is not an object"))),
     };
     let children = match props.get("children") {
@@ -172,7 +177,7 @@ fn node_from_value(value: &Value, what: &str, top: bool) -> JResult<NodeInfo> {
         }
         Some(_) => return Err(JsonError::new(format!("`children` of {what} is not an object"))),
     };
-    Ok(NodeInfo { kind, rw_uri, ro_uri, verify_uri, mutable, format, size, link, children })
+    Ok(NodeInfo { kind, rw_uri, ro_uri, verify_uri, mutable, format, size, link, mirrored, children })
 }
 
 fn link_times(m: &Map<String, Value>, what: &str) -> JResult<LinkTimes> {

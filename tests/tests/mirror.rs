@@ -182,16 +182,23 @@ fn mirror_follows_the_tree(mariadb: bool) {
     assert_eq!(status_field(&m, "tahoe tree (MIRROR)").split(", ").nth(2), Some("0 refused by the gateway"));
     m.unmount_ok();
 
-    // While no mount runs, the Tahoe tree goes astray: a file unlinked, a stray name, a file
-    // replaced. The next mount walks the tree and repairs it.
+    // While no mount runs, the Tahoe tree goes astray: a file and a directory the mirror made
+    // are unlinked, another of its files is overwritten (Tahoe keeps the link's metadata, so
+    // the name stays the mirror's). Someone also links things of their own: a directory and a
+    // file. The next mount's walk repairs what is the mirror's and leaves theirs alone.
     tahoe(&["unlink", &format!("{rootcap}/a/c/f1")]);
-    tahoe(&["mkdir", &format!("{rootcap}/stray")]);
-    let stray = tmp.path().join("stray.txt");
-    fs::write(&stray, b"not in the metadata").unwrap();
-    tahoe(&["put", stray.to_str().unwrap(), &format!("{rootcap}/a/y")]);
+    tahoe(&["unlink", &format!("{rootcap}/empty-dir")]);
+    let put = tmp.path().join("theirs.txt");
+    fs::write(&put, b"put there by someone else").unwrap();
+    tahoe(&["put", put.to_str().unwrap(), &format!("{rootcap}/a/y")]);
+    tahoe(&["mkdir", &format!("{rootcap}/theirs")]);
+    tahoe(&["put", put.to_str().unwrap(), &format!("{rootcap}/a/theirs.txt")]);
     let m = Mount::with_dirs_args(&dirs.data_dir, &dirs.cache_dir, &["-c", &cfg]);
     wait_mirrored(&m);
-    assert_same_tree(&want, &tahoe_tree(&rootcap));
+    let mut expected = want.clone();
+    expected.insert("theirs".into(), None);
+    expected.insert("a/theirs.txt".into(), Some(b"put there by someone else".to_vec()));
+    assert_same_tree(&expected, &tahoe_tree(&rootcap));
     assert_eq!(mount_tree(&m.dir), want, "the mount after a remount");
     m.unmount_ok();
 }
