@@ -1123,7 +1123,7 @@ impl Mh {
         if f.writer == Some(host) {
             return f.versions.len() - 1;
         }
-        if let Some(_h) = f.unsettled {
+        if f.unsettled.is_some() {
             return f.acked;
         }
         // Close-to-open: every close acknowledged before this open.
