@@ -755,11 +755,12 @@ impl Core {
             }
             Op::Write { ino, fh, offset, data } => self.write(p.id, wall, *ino, *fh, *offset, data.clone()),
             Op::Flush { ino, fh: _, lock_owner } => {
-                self.ensure_inode(*ino)?;
+                // The owner's locks go even if the flush fails: the file is closed all the same.
                 if self.locks.release_owner(*ino, *lock_owner) {
                     self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
+                self.ensure_inode(*ino)?;
                 self.flush(p.id, *ino)
             }
             Op::Fsync { ino, fh: _, datasync: _ } => {

@@ -816,3 +816,31 @@ fn lock_publications_of_one_inode_go_one_at_a_time() {
     h.settle();
     assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
 }
+
+/// Regression (found by the multi-host simulator, `--hosts 3 --seed 1720 --steps 400`): a flush
+/// whose inode could not be loaded answered EIO before letting go of the owner's record locks;
+/// the file was closed all the same, and its locks stayed for ever (here and, published, on
+/// every other host).
+#[test]
+fn a_failed_flush_still_drops_the_owners_locks() {
+    let config = Config { multi_host: true, ..Config::default() };
+    let mut h = Harness::with_config(Store::new(), Instant::now(), config);
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    let lock = LockRange { start: 0, end: 9, typ: libc::F_WRLCK, pid: 1 };
+    assert_eq!(h.call(Op::SetLk { ino, fh, owner: 1, lock, sleep: false }), Ok(Reply::Empty));
+    // Another host changed the file: the locked inode is read again; that load fails.
+    h.core.handle_invalidation(h.now, Changes { inodes: vec![ino], entries: vec![] });
+    h.collect();
+    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    h.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { .. })));
+    let (io, _) = h.ios.pop_front().expect("the inode is being read again");
+    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.settle();
+    assert_eq!(h.replies.remove(&flush), Some(Err(libc::EIO)));
+    h.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    let Ok(Reply::Opened { fh: fh2, .. }) = h.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    match h.call(Op::GetLk { ino, fh: fh2, owner: 2, lock: LockRange { pid: 2, ..lock } }) {
+        Ok(Reply::Lock(l)) => assert_eq!(l.typ, libc::F_UNLCK, "the closed owner's lock is still there: {l:?}"),
+        other => panic!("getlk: {other:?}"),
+    }
+}

@@ -186,6 +186,8 @@ enum Act {
         h: usize,
         lock: LockRange,
     },
+    /// Opendir of the root, readdir, releasedir.
+    List,
 }
 
 /// An action in progress on one host.
@@ -499,6 +501,8 @@ impl Mh {
                     | Act::Open { name, .. }
                     | Act::ReadFile { name }
                     | Act::Stat { name } => used_names.push(*name),
+                    // A listing sees every name: nothing else in the step may change one.
+                    Act::List => used_names.extend(0..NAMES.len()),
                     Act::Write { h, .. }
                     | Act::Fsync { h }
                     | Act::Close { h }
@@ -529,6 +533,9 @@ impl Mh {
             .map(|(k, _)| *k)
             .collect();
         let free_names: Vec<usize> = (0..NAMES.len()).filter(|n| !used_names.contains(n)).collect();
+        if used_names.is_empty() && self.rng.chance(0.05) {
+            return Some(Act::List);
+        }
         for _ in 0..8 {
             let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4]);
             if (3..=5).contains(&kind) || kind >= 8 {
@@ -696,6 +703,7 @@ impl Mh {
                 flags: libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
             },
             Act::Unlink { name: n } => Op::Unlink { parent: ROOT_INO, name: name(*n) },
+            Act::List => Op::OpenDir { ino: ROOT_INO, flags: libc::O_RDONLY },
             Act::Open { name: n, .. } | Act::ReadFile { name: n } | Act::Stat { name: n } => {
                 Op::Lookup { parent: ROOT_INO, name: name(*n) }
             }
@@ -1093,6 +1101,26 @@ impl Mh {
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
+            (Act::List, 0) => match reply {
+                Ok(Reply::Opened { fh, .. }) => {
+                    r.fh = Some(fh);
+                    Ok(Some(Op::ReadDir { ino: ROOT_INO, fh, offset: 0, size: 1 << 16, plus: false }))
+                }
+                Err(e) if self.io_error_ok(r, e) => Ok(None),
+                other => Err(self.unexpected(r, format!("{other:?}"))),
+            },
+            (Act::List, 1) => {
+                match reply {
+                    Ok(Reply::Dir(entries)) => self.check_listing(&entries).map_err(|e| self.unexpected(r, e))?,
+                    Err(e) if self.io_error_ok(r, e) => {}
+                    other => return Err(self.unexpected(r, format!("{other:?}"))),
+                }
+                Ok(Some(Op::ReleaseDir { ino: ROOT_INO, fh: r.fh.expect("opened") }))
+            }
+            (Act::List, _) => match reply {
+                Ok(Reply::Empty) => Ok(None),
+                other => Err(self.unexpected(r, format!("releasedir: {other:?}"))),
+            },
             (act, stage) => Err(format!("harness: no stage {stage} of {act:?}")),
         }
     }
@@ -1123,7 +1151,7 @@ impl Mh {
         if f.writer == Some(host) {
             return f.versions.len() - 1;
         }
-        if let Some(_h) = f.unsettled {
+        if f.unsettled.is_some() {
             return f.acked;
         }
         // Close-to-open: every close acknowledged before this open.
@@ -1157,6 +1185,28 @@ impl Mh {
             f.latest().len(),
             older.map(|i| format!("; they are the older version {i}")).unwrap_or_default()
         ))
+    }
+
+    /// A listing of the root: every name as a lookup may see it (exactly, right after a sync).
+    fn check_listing(&self, entries: &[truckeefs_core::DirEntry]) -> Result<(), String> {
+        let mut seen: Vec<Option<Ino>> = vec![None; NAMES.len()];
+        for e in entries.iter().filter(|e| e.name != b"." && e.name != b"..") {
+            let Some(n) = NAMES.iter().position(|n| n.as_bytes() == e.name.as_slice()) else {
+                return Err(format!("listed {:?}, which no client created", String::from_utf8_lossy(&e.name)));
+            };
+            if seen[n].replace(e.ino).is_some() {
+                return Err(format!("{} listed twice", NAMES[n]));
+            }
+        }
+        for (n, v) in seen.into_iter().enumerate() {
+            if !self.names[n].allows(v, self.last_sync) {
+                return Err(format!(
+                    "{} listed as {v:?}; it is {:?} (since before the last sync)",
+                    NAMES[n], self.names[n].current
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_size(&self, host: usize, ino: Ino, size: u64) -> Result<(), String> {
@@ -1346,6 +1396,8 @@ impl Mh {
             let batch: Vec<(usize, Act)> = up.into_iter().map(|h| (h, Act::Stat { name: n })).collect();
             self.run_batch(batch)?;
         }
+        let up = self.up_hosts();
+        self.run_batch(up.into_iter().map(|h| (h, Act::List)).collect())?;
         Ok(())
     }
 
@@ -1411,6 +1463,8 @@ impl Mh {
             self.run_batch(hosts.iter().map(|h| (*h, Act::ReadFile { name: n })).collect())?;
             self.run_batch(hosts.iter().map(|h| (*h, Act::Stat { name: n })).collect())?;
         }
+        let hosts = self.up_hosts();
+        self.run_batch(hosts.iter().map(|h| (*h, Act::List)).collect())?;
         // Unmount everywhere: nothing staged may be left.
         for h in 0..self.c.hosts.len() {
             self.c.with(h, |w| w.shutdown())?;
