@@ -13,7 +13,7 @@
 //!   `umount`) ends the process.
 
 mod config;
-pub(crate) mod fs;
+mod fs;
 
 use config::{ClientConfig, Mount};
 use fuser::MountOption;

@@ -213,43 +213,14 @@ pub struct FuseFs {
     /// flock(2) goes to the core (as whole-file record locks) instead of staying in the kernel:
     /// on a multi-host mount, so that other hosts see it.
     flock_in_core: bool,
-    /// The sysfs file of this mount's kernel read-ahead, raised at the first request (after
-    /// INIT, which sets it to the kernel's 128 KiB).
-    pub readahead: Arc<std::sync::OnceLock<std::path::PathBuf>>,
-    readahead_done: bool,
 }
-
-/// Kernel read-ahead of a mount: more reads in flight keep a remote object's stream busy.
-const READAHEAD_KB: u32 = 8192;
 
 impl FuseFs {
     pub fn new(runtime: Runtime, replies: Arc<Replies>, shutdown: ShutdownResult, flock_in_core: bool) -> FuseFs {
-        FuseFs {
-            runtime: Some(runtime),
-            replies,
-            next_id: 1,
-            shutdown,
-            flock_in_core,
-            readahead: Arc::new(std::sync::OnceLock::new()),
-            readahead_done: false,
-        }
-    }
-
-    fn raise_readahead(&mut self) {
-        if self.readahead_done {
-            return;
-        }
-        let Some(p) = self.readahead.get() else { return };
-        self.readahead_done = true;
-        match std::fs::write(p, format!("{READAHEAD_KB}\n")) {
-            Ok(()) => tracing::debug!("kernel read-ahead {READAHEAD_KB} KiB ({})", p.display()),
-            // Not root, or no sysfs: reads still work, with the kernel's default read-ahead.
-            Err(e) => tracing::info!("cannot raise the kernel read-ahead ({}): {e}; reads use the default 128 KiB", p.display()),
-        }
+        FuseFs { runtime: Some(runtime), replies, next_id: 1, shutdown, flock_in_core }
     }
 
     fn send(&mut self, req: &Request<'_>, op: Op, pending: Pending) {
-        self.raise_readahead();
         let id = self.next_id;
         self.next_id += 1;
         let Some(rt) = &self.runtime else {

@@ -160,7 +160,6 @@ fn mount(args: MountArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let shutdown: fuse::ShutdownResult = Arc::new(Mutex::new(None));
     let fs = fuse::FuseFs::new(runtime, replies.clone(), shutdown.clone(), multi_host);
-    let readahead = fs.readahead.clone();
 
     let mut options = vec![
         MountOption::FSName("truckeefs".into()),
@@ -173,9 +172,6 @@ fn mount(args: MountArgs) -> Result<(), String> {
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     replies.set_notifier(session.notifier());
-    if let Some(p) = ays_mount::fs::bdi_readahead_path(&args.mountpoint) {
-        let _ = readahead.set(p);
-    }
     let functionality = selftest::after_mount(&args.settings, &args.mountpoint, session.unmount_callable(), args.verbose);
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
