@@ -183,15 +183,8 @@ impl State {
         if !writable {
             options.push(MountOption::RO);
         }
-        let readahead = Arc::new(std::sync::OnceLock::new());
-        let fsys = fs::AysFs::new(mount.clone(), replies.clone(), readahead.clone());
+        let fsys = fs::AysFs::new(mount.clone(), replies.clone());
         let mut session = fuser::Session::new(fsys, &m.path, &options).map_err(|e| format!("{what}: cannot mount: {e}"))?;
-        match fs::bdi_readahead_path(&m.path) {
-            Some(p) => {
-                let _ = readahead.set(p);
-            }
-            None => tracing::debug!("{what}: no device in /proc/self/mountinfo; kernel read-ahead stays at its default"),
-        }
         replies.set_notifier(session.notifier());
         let unmounter = session.unmount_callable();
         let id = self.next_id;

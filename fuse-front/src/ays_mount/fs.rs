@@ -201,79 +201,19 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-/// The kernel's read-ahead for the mount, in KiB: what a local disk typically gets (the kernel
-/// gives a FUSE mount 128 KiB, and refuses more in the INIT reply). With 128 KiB a sequential
-/// reader waits for one 128 KiB request at a time; with this, the kernel keeps several 1 MiB
-/// requests (`max_pages`) in flight, answered in parallel from the blob cache.
-const READAHEAD_KB: u32 = 8192;
-
-/// The sysfs file of the kernel read-ahead of the FUSE mount at `mount_point`
-/// (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`), from `/proc/self/mountinfo` (never by `stat`ing the
-/// mount point, which would ask this very filesystem).
-pub fn bdi_readahead_path(mount_point: &Path) -> Option<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mount_point.as_os_str().as_bytes();
-    // The last matching line is the mount on top.
-    info.lines().rev().find_map(|line| {
-        let mut f = line.split(' ');
-        let dev = f.nth(2)?;
-        let point = f.nth(1)?;
-        (unescape_mountinfo(point) == want).then(|| Path::new("/sys/class/bdi").join(dev).join("read_ahead_kb"))
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 /// The fuser filesystem of one aysfs mount.
 pub struct AysFs {
     mount: Arc<AysMount>,
     replies: Arc<AysReplies>,
     next_id: u64,
-    /// Where to raise the kernel read-ahead, set once the mount exists; done at the first
-    /// request after INIT (the kernel lowers it to the INIT reply's value while processing it).
-    readahead: Arc<OnceLock<std::path::PathBuf>>,
-    readahead_done: bool,
 }
 
 impl AysFs {
-    pub fn new(mount: Arc<AysMount>, replies: Arc<AysReplies>, readahead: Arc<OnceLock<std::path::PathBuf>>) -> AysFs {
-        AysFs { mount, replies, next_id: 1, readahead, readahead_done: false }
-    }
-
-    fn raise_readahead(&mut self) {
-        if self.readahead_done {
-            return;
-        }
-        let Some(p) = self.readahead.get() else { return };
-        self.readahead_done = true;
-        match std::fs::write(p, format!("{READAHEAD_KB}\n")) {
-            Ok(()) => tracing::debug!("kernel read-ahead {READAHEAD_KB} KiB ({})", p.display()),
-            // Not root, or no sysfs: reads still work, with the kernel's default read-ahead.
-            Err(e) => tracing::info!("cannot raise the kernel read-ahead ({}): {e}; reads use the default 128 KiB", p.display()),
-        }
+    pub fn new(mount: Arc<AysMount>, replies: Arc<AysReplies>) -> AysFs {
+        AysFs { mount, replies, next_id: 1 }
     }
 
     fn send(&mut self, req: &Request<'_>, op: Op, pending: Pending) {
-        self.raise_readahead();
         let id = self.next_id;
         self.next_id += 1;
         self.replies.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, pending);
@@ -474,17 +414,5 @@ impl Filesystem for AysFs {
 
     fn fallocate(&mut self, _req: &Request<'_>, _i: u64, _fh: u64, _o: i64, _l: i64, _m: i32, reply: ReplyEmpty) {
         reply.error(libc::EOPNOTSUPP);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), b"/mnt/a b\\c");
-        assert_eq!(unescape_mountinfo(r"/x\04"), b"/x\\04", "a short escape stays as it is");
-        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
     }
 }
