@@ -267,9 +267,10 @@ fn debug_overlay_write_is_published_with_a_log_entry() {
     let AysIo::Redis { cmds, .. } = req else { unreachable!() };
     assert_eq!(cmds[0].0, vec![Arg::from("HSET"), Arg::from("debug:files:m"), Arg::from(B), Arg::Blob(md5)]);
     assert_eq!(cmds[1].0, vec![Arg::from("HSET"), Arg::from("debug:paths:m"), Arg::from("/a.py"), Arg::from(format!("{B},9"))]);
-    assert_eq!(cmds[2].0, vec![Arg::from("RPUSH"), Arg::from("debug:log:m"), Arg::from(format!("[1000000, \"/a.py\", \"{B}\"]"))]);
+    assert_eq!(cmds[2].0, vec![Arg::from("HSET"), Arg::from("debug:times:m"), Arg::from("/a.py"), Arg::from("1000000.000000000")]);
+    assert_eq!(cmds[3].0, vec![Arg::from("RPUSH"), Arg::from("debug:log:m"), Arg::from(format!("[1000000, \"/a.py\", \"{B}\"]"))]);
     assert!(h.reply(fl).is_none(), "flush waits for the debug redis");
-    h.complete(io, Ok(AysReply::Redis(vec![RedisValue::Int(1), RedisValue::Int(1), RedisValue::Int(1)])));
+    h.complete(io, Ok(AysReply::Redis(vec![RedisValue::Int(1); 4])));
     assert_eq!(h.reply(fl), Some(Ok(Reply::Empty)));
     // A clean release publishes nothing more.
     let r = h.request(Op::Release { ino: attr.ino, fh, lock_owner: None });

@@ -77,6 +77,9 @@ struct State {
     last_end: HashMap<u64, u64>,
     /// Per object with a read-ahead stream: the next block the stream delivers.
     streams: HashMap<u64, u64>,
+    /// Per object: the furthest end of a read, which a stream keeps ahead of (the kernel's
+    /// read-ahead sends several reads at once, not always in order).
+    furthest: HashMap<u64, u64>,
     /// Bytes written into the cache since the last size check.
     written_since_trim: u64,
 }
@@ -112,8 +115,12 @@ impl BlockCache {
             let seq = offset == 0 || st.last_end.get(&id) == Some(&offset);
             if st.last_end.len() > 4096 {
                 st.last_end.clear();
+                st.furthest.clear();
             }
             st.last_end.insert(id, end);
+            // A read from the start begins a new pass over the object.
+            let furthest = st.furthest.entry(id).or_insert(end);
+            *furthest = if offset == 0 { end } else { (*furthest).max(end) };
             seq
         };
         // A stream waiting for this reader to catch up goes on.
@@ -268,7 +275,7 @@ impl BlockCache {
             self.changed.notify_all();
             // At most a window ahead of the reader; stop when it goes elsewhere or away.
             loop {
-                let Some(reader) = st.last_end.get(&id).map(|end| end / bs) else { return false };
+                let Some(reader) = st.furthest.get(&id).map(|end| end / bs) else { return false };
                 if reader + 1 < first || reader > next + window {
                     return false;
                 }
@@ -284,7 +291,7 @@ impl BlockCache {
             }
         };
         // To the end of the object, whatever its size (a range past the end is cut there).
-        let result = stream(object, first * bs, u64::MAX / 4, bs as usize, &mut piece);
+        let result = stream(object, first * bs, crate::tahoe::TahoeClient::STREAM_TO_END, bs as usize, &mut piece);
         if let Err(e) = result {
             tracing::debug!(error = %e, "read-ahead stream");
         }

@@ -742,6 +742,9 @@ impl TahoeClient {
         Err(op.err(IoErrorKind::Corrupt, "the gateway keeps answering with fewer bytes than asked"))
     }
 
+    /// `len` for [`TahoeClient::read_stream`]: to the end of the object, however long.
+    pub const STREAM_TO_END: u64 = u64::MAX / 4;
+
     /// Reads `len` bytes from `offset` in one request, handing them to `piece` in pieces of
     /// `piece_len` bytes (the last may be shorter) as they arrive, until `piece` returns false.
     /// Fewer bytes only at the end of the object.
@@ -759,7 +762,11 @@ impl TahoeClient {
             return Ok(());
         }
         let last = offset.saturating_add(len - 1);
-        let request = self.request("GET", &cap_path(cap)).header(RANGE, format!("bytes={offset}-{last}"));
+        let mut request = self.request("GET", &cap_path(cap));
+        // The whole object: a plain GET, as `curl` would send (the gateway's fastest path).
+        if offset > 0 || len < Self::STREAM_TO_END {
+            request = request.header(RANGE, format!("bytes={offset}-{last}"));
+        }
         self.exchange(&op, request, Vec::new(), |status, headers, body| {
             let skip = match status {
                 206 => {
