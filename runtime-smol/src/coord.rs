@@ -69,6 +69,8 @@ pub struct Publisher(mpsc::Sender<Message>);
 enum Message {
     Changes(Changes),
     State { ino: Ino, process: Process, state: ProcessState },
+    /// The file is gone: its state keys go too.
+    Forget(Ino),
 }
 
 /// The per-inode processes whose state operators can read, as the Python release named them:
@@ -113,6 +115,11 @@ impl Publisher {
     /// Records a process state (queued; written by the publisher thread).
     pub fn state(&self, ino: Ino, process: Process, state: ProcessState) {
         let _ = self.0.send(Message::State { ino, process, state });
+    }
+
+    /// Removes a deleted file's process states.
+    pub fn forget_states(&self, ino: Ino) {
+        let _ = self.0.send(Message::Forget(ino));
     }
 }
 
@@ -252,6 +259,13 @@ fn publisher(
                         .cmd("SET").arg(&key).arg(*state as u8).arg("EX").arg(secs).ignore()
                         .cmd("SET").arg(format!("{key}_host")).arg(host).arg("EX").arg(secs).ignore()
                         .query::<()>(conn)
+                }
+                Message::Forget(ino) => {
+                    let keys: Vec<String> = [Process::Read, Process::Write, Process::Sync, Process::Delete]
+                        .iter()
+                        .flat_map(|p| [format!("{prefix}{ino}:{}", p.name()), format!("{prefix}{ino}:{}_host", p.name())])
+                        .collect();
+                    conn.del::<_, ()>(keys)
                 }
             }
         };

@@ -118,6 +118,7 @@ impl Runtime {
             mirror: None,
             held_orphans: std::collections::HashSet::new(),
             running: std::collections::HashSet::new(),
+            gone: std::collections::HashSet::new(),
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
         let coordinator = match &coordination {
@@ -335,6 +336,8 @@ struct Driver {
     held_orphans: std::collections::HashSet<Ino>,
     /// The per-inode processes reported running (a state is written only when it changes).
     running: std::collections::HashSet<(Ino, Process)>,
+    /// Deleted files: their states are removed once none of their processes runs.
+    gone: std::collections::HashSet<Ino>,
 }
 
 impl Driver {
@@ -451,6 +454,11 @@ impl Driver {
 
     /// After a committed transaction that deleted files this host listed as held.
     fn drop_orphans(&mut self, txn: &truckeefs_core::Txn) {
+        for op in &txn.ops {
+            if let truckeefs_core::TxnOp::DeleteInode { ino } = op {
+                self.forget_states(*ino, true);
+            }
+        }
         let Some(locks) = &self.locks else { return };
         for op in &txn.ops {
             if let truckeefs_core::TxnOp::DeleteInode { ino } = op {
@@ -493,6 +501,21 @@ impl Driver {
         }
     }
 
+    /// A deleted file's process states go once none of its processes runs (`deleted`: it was
+    /// just deleted; otherwise one of its processes ended).
+    fn forget_states(&mut self, ino: Ino, deleted: bool) {
+        let Some(p) = &self.publisher else { return };
+        if deleted {
+            if self.gone.len() > 100_000 {
+                self.gone.clear();
+            }
+            self.gone.insert(ino);
+        }
+        if self.gone.contains(&ino) && !self.running.iter().any(|(i, _)| *i == ino) {
+            p.forget_states(ino);
+        }
+    }
+
     /// The process an I/O request is part of, if operators see it.
     fn process_of(request: &IoRequest) -> Option<(Ino, Process)> {
         match request {
@@ -508,6 +531,7 @@ impl Driver {
         if let IoRequest::Staging(StagingRequest::Remove { ino }) = &request {
             // Nothing of the file is staged any more: no state of it stays running.
             self.running.retain(|(i, _)| i != ino);
+            self.forget_states(*ino, false);
         }
         let process = Self::process_of(&request);
         if let Some((ino, p)) = process {
@@ -546,6 +570,9 @@ impl Driver {
                     }
                 }
                 (Some((ino, p)), Err(_)) => d.report(ino, p, ProcessState::Error),
+            }
+            if let Some((ino, _)) = process {
+                d.forget_states(ino, false);
             }
             d.core.handle_completion(Instant::now(), io, result);
             d.drain(&shared);
