@@ -62,8 +62,6 @@ pub struct BlockCache {
 /// several times in a row and must not be read from disk each time.
 const RECENT_BLOCKS: usize = 48;
 
-/// A reader waits for a stream that delivers its block within this many blocks.
-const STREAM_WAIT: u64 = 4;
 /// A stream whose reader has not moved for this long ends (it holds a gateway connection).
 const STREAM_IDLE: Duration = Duration::from_secs(10);
 
@@ -171,8 +169,10 @@ impl BlockCache {
                 }
                 continue;
             }
-            if st.streams.get(&key.0).is_some_and(|next| (*next..*next + STREAM_WAIT).contains(&idx)) {
-                // A stream delivers it in a moment: cheaper than a request of its own.
+            let window = self.config.read_ahead.max(1) as u64;
+            if st.streams.get(&key.0).is_some_and(|next| (*next..*next + window).contains(&idx)) {
+                // A stream delivers it soon (one further ahead of the stream makes it stop):
+                // cheaper than a request of its own.
                 drop(self.changed.wait_timeout(st, Duration::from_secs(1)));
                 continue;
             }
@@ -526,16 +526,6 @@ mod tests {
             Ok(())
         });
         let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(stream));
-        // A reader that stops after its first read: the stream gets at most a window ahead.
-        let paused = ObjectId("URI:CHK:p".into());
-        assert_eq!(&c.read(&paused, 0, 1024).unwrap()[..], &data[..1024]);
-        std::thread::sleep(Duration::from_millis(300));
-        let pid = object_hash(&paused);
-        let ahead = (0..65).filter(|i| c.is_cached((pid, *i))).count();
-        assert!((2..=9).contains(&ahead), "{ahead} blocks cached for a reader at block 0, window 8");
-        streams.store(0, Ordering::SeqCst);
-        calls.store(0, Ordering::SeqCst);
-
         let id = ObjectId("URI:CHK:s".into());
         let mut got = Vec::new();
         loop {
@@ -548,6 +538,34 @@ mod tests {
         assert_eq!(got, *data);
         // 65 blocks: one request from the first block to the end.
         assert_eq!((streams.load(Ordering::SeqCst), calls.load(Ordering::SeqCst)), (1, 0), "(streams, single fetches)");
+    }
+
+    #[test]
+    fn a_stream_stays_a_window_ahead_of_a_reader_that_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = Arc::new(object(64 * 4096 + 100));
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
+        let (c, _) = cache(tmp.path(), (*data).clone(), config);
+        let d = data.clone();
+        let stream: Arc<StreamFetch> = Arc::new(move |_o: &ObjectId, off: u64, len: u64, piece: usize, f: &mut dyn FnMut(Bytes) -> bool| {
+            let end = ((off + len) as usize).min(d.len());
+            let mut at = (off as usize).min(end);
+            while at < end {
+                let to = (at + piece).min(end);
+                if !f(Bytes::copy_from_slice(&d[at..to])) {
+                    break;
+                }
+                at = to;
+            }
+            Ok(())
+        });
+        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(stream));
+        let paused = ObjectId("URI:CHK:p".into());
+        assert_eq!(&c.read(&paused, 0, 1024).unwrap()[..], &data[..1024]);
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = object_hash(&paused);
+        let ahead = (0..65).filter(|i| c.is_cached((pid, *i))).count();
+        assert!((2..=9).contains(&ahead), "{ahead} blocks cached for a reader at block 0, window 8");
     }
 
     #[test]
