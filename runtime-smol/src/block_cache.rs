@@ -78,6 +78,8 @@ struct State {
     /// Per object: the furthest end of a read, which a stream keeps ahead of (the kernel's
     /// read-ahead sends several reads at once, not always in order).
     furthest: HashMap<u64, u64>,
+    /// Per object whose end was seen: its number of blocks (no stream starts past it).
+    ends: HashMap<u64, u64>,
     /// Bytes written into the cache since the last size check.
     written_since_trim: u64,
 }
@@ -114,6 +116,7 @@ impl BlockCache {
             if st.last_end.len() > 4096 {
                 st.last_end.clear();
                 st.furthest.clear();
+                st.ends.clear();
             }
             st.last_end.insert(id, end);
             // A read from the start begins a new pass over the object.
@@ -225,12 +228,19 @@ impl BlockCache {
     /// Keeps the blocks from `idx` on covered: unless a stream of this object runs or the next
     /// half window is there already, starts one from the first missing block.
     fn stream_ahead(self: &Arc<Self>, object: &ObjectId, id: u64, idx: u64) {
-        let window = self.config.read_ahead.max(1) as u64;
+        let mut window = self.config.read_ahead.max(1) as u64;
         let mut first = idx;
         {
             let st = self.lock();
             if st.streams.contains_key(&id) {
                 return;
+            }
+            if let Some(&end) = st.ends.get(&id) {
+                // Nothing to stream past the end of the object.
+                window = window.min(end.saturating_sub(idx));
+                if window == 0 {
+                    return;
+                }
             }
             while first < idx + window
                 && (st.fetching.contains(&(id, first)) || st.recent.iter().any(|(k, _)| *k == (id, first)))
@@ -263,6 +273,7 @@ impl BlockCache {
         let window = self.config.read_ahead.max(1) as u64;
         let mut next = first;
         let mut reader_seen = (None, Instant::now());
+        let mut stopped = false;
         let mut piece = |data: Bytes| {
             let key = (id, next);
             if !self.lock().recent.iter().any(|(k, _)| *k == key) {
@@ -275,8 +286,12 @@ impl BlockCache {
             self.changed.notify_all();
             // At most a window ahead of the reader; stop when it goes elsewhere or away.
             loop {
-                let Some(reader) = st.furthest.get(&id).map(|end| end / bs) else { return false };
+                let Some(reader) = st.furthest.get(&id).map(|end| end / bs) else {
+                    stopped = true;
+                    return false;
+                };
                 if reader + 1 < first || reader > next + window {
+                    stopped = true;
                     return false;
                 }
                 if next < reader + window {
@@ -285,6 +300,7 @@ impl BlockCache {
                 if reader_seen.0 != Some(reader) {
                     reader_seen = (Some(reader), Instant::now());
                 } else if reader_seen.1.elapsed() > STREAM_IDLE {
+                    stopped = true;
                     return false;
                 }
                 st = self.changed.wait_timeout(st, Duration::from_millis(500)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
@@ -292,10 +308,17 @@ impl BlockCache {
         };
         // To the end of the object, whatever its size (a range past the end is cut there).
         let result = stream(object, first * bs, crate::tahoe::TahoeClient::STREAM_TO_END, bs as usize, &mut piece);
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "read-ahead stream");
+        let mut st = self.lock();
+        match result {
+            // The stream ran to the end of the object: it has `next` blocks.
+            Ok(()) if !stopped => {
+                st.ends.insert(id, next);
+            }
+            Ok(()) => {}
+            Err(e) => tracing::debug!(error = %e, "read-ahead stream"),
         }
-        self.lock().streams.remove(&id);
+        st.streams.remove(&id);
+        drop(st);
         self.changed.notify_all();
     }
 
@@ -467,6 +490,23 @@ mod tests {
         (Arc::new(BlockCache::new(dir, config, fetch)), calls)
     }
 
+    /// A stream of `data` in pieces, counting its requests.
+    fn streamer(data: Arc<Vec<u8>>, requests: Arc<AtomicUsize>) -> Arc<StreamFetch> {
+        Arc::new(move |_o: &ObjectId, off: u64, len: u64, piece: usize, f: &mut dyn FnMut(Bytes) -> bool| {
+            requests.fetch_add(1, Ordering::SeqCst);
+            let end = ((off + len) as usize).min(data.len());
+            let mut at = (off as usize).min(end);
+            while at < end {
+                let to = (at + piece).min(end);
+                if !f(Bytes::copy_from_slice(&data[at..to])) {
+                    break;
+                }
+                at = to;
+            }
+            Ok(())
+        })
+    }
+
     #[test]
     fn reads_across_blocks_and_at_the_end() {
         let tmp = tempfile::tempdir().unwrap();
@@ -511,21 +551,7 @@ mod tests {
         let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
         let (c, calls) = cache(tmp.path(), (*data).clone(), config);
         let streams = Arc::new(AtomicUsize::new(0));
-        let (d, n) = (data.clone(), streams.clone());
-        let stream: Arc<StreamFetch> = Arc::new(move |_o: &ObjectId, off: u64, len: u64, piece: usize, f: &mut dyn FnMut(Bytes) -> bool| {
-            n.fetch_add(1, Ordering::SeqCst);
-            let end = ((off + len) as usize).min(d.len());
-            let mut at = (off as usize).min(end);
-            while at < end {
-                let to = (at + piece).min(end);
-                if !f(Bytes::copy_from_slice(&d[at..to])) {
-                    break;
-                }
-                at = to;
-            }
-            Ok(())
-        });
-        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(stream));
+        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(streamer(data.clone(), streams.clone())));
         let id = ObjectId("URI:CHK:s".into());
         let mut got = Vec::new();
         loop {
@@ -546,26 +572,19 @@ mod tests {
         let data = Arc::new(object(64 * 4096 + 100));
         let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
         let (c, _) = cache(tmp.path(), (*data).clone(), config);
-        let d = data.clone();
-        let stream: Arc<StreamFetch> = Arc::new(move |_o: &ObjectId, off: u64, len: u64, piece: usize, f: &mut dyn FnMut(Bytes) -> bool| {
-            let end = ((off + len) as usize).min(d.len());
-            let mut at = (off as usize).min(end);
-            while at < end {
-                let to = (at + piece).min(end);
-                if !f(Bytes::copy_from_slice(&d[at..to])) {
-                    break;
-                }
-                at = to;
-            }
-            Ok(())
-        });
-        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(stream));
+        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(streamer(data.clone(), Arc::default())));
         let paused = ObjectId("URI:CHK:p".into());
         assert_eq!(&c.read(&paused, 0, 1024).unwrap()[..], &data[..1024]);
-        std::thread::sleep(Duration::from_millis(300));
         let pid = object_hash(&paused);
-        let ahead = (0..65).filter(|i| c.is_cached((pid, *i))).count();
-        assert!((2..=9).contains(&ahead), "{ahead} blocks cached for a reader at block 0, window 8");
+        let ahead = || (0..65).filter(|i| c.is_cached((pid, *i))).count();
+        // The stream fills the window (however slowly it is scheduled), then waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ahead() < 8 {
+            assert!(std::time::Instant::now() < deadline, "the stream never filled its window: {} blocks", ahead());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(ahead(), 8, "blocks cached for a reader in block 0 with a window of 8");
     }
 
     #[test]

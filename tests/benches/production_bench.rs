@@ -55,16 +55,7 @@ fn run() -> Result<()> {
     let config = config_dir.path().join("env.yaml");
     fs::write(
         &config,
-        format!(
-            "rootcap: {}\ntahoe_url: {}\nsql_host: {}:{}\nsql_user: {}\nsql_pass: {}\nsql_db: {}\n",
-            grid.mkdir(),
-            grid.url,
-            db.host(),
-            db.port(),
-            db.user(),
-            db.password(),
-            db.unique_db_name("bench")
-        ),
+        truckeefs_tests::production_yaml(grid, db, &db.unique_db_name("bench")),
     )
     .map_err(|e| e.to_string())?;
     let cfg = config.to_str().unwrap().to_string();

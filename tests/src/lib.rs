@@ -295,6 +295,20 @@ pub fn test_strategy() -> &'static str {
     }
 }
 
+/// The keys of a mount on the harness's Tahoe grid (a fresh rootcap) and MariaDB (database
+/// `db_name`), a `key: value` line each.
+pub fn production_yaml(grid: &tahoe_grid::TahoeGrid, db: &mariadb::MariaDb, db_name: &str) -> String {
+    format!(
+        "rootcap: {}\ntahoe_url: {}\nsql_host: {}:{}\nsql_user: {}\nsql_pass: {}\nsql_db: {db_name}\n",
+        grid.mkdir(),
+        grid.url,
+        db.host(),
+        db.port(),
+        db.user(),
+        db.password()
+    )
+}
+
 /// The backend configuration file of a storage, beside its data and cache directories.
 const BACKEND_CONFIG: &str = "backends.yaml";
 
@@ -302,22 +316,9 @@ fn write_backend_config(path: &Path) {
     let db = mariadb::MariaDb::shared();
     let grid = tahoe_grid::TahoeGrid::shared();
     let yaml = format!(
-        "# made by the test harness (TRUCKEEFS_TEST_BACKENDS=production)\n\
-         rootcap: {rootcap}\n\
-         tahoe_url: {url}\n\
-         sql_host: {host}:{port}\n\
-         sql_user: {user}\n\
-         sql_pass: {pass}\n\
-         sql_db: {name}\n\
-         backend_storage_strategy: {strategy}\n",
-        strategy = test_strategy(),
-        rootcap = grid.mkdir(),
-        url = grid.url,
-        host = db.host(),
-        port = db.port(),
-        user = db.user(),
-        pass = db.password(),
-        name = db.unique_db_name("fuse"),
+        "# made by the test harness (TRUCKEEFS_TEST_BACKENDS=production)\n{}backend_storage_strategy: {}\n",
+        production_yaml(grid, db, &db.unique_db_name("fuse")),
+        test_strategy()
     );
     fs::write(path, yaml).unwrap();
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();

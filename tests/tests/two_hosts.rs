@@ -35,18 +35,7 @@ fn two_hosts() -> Hosts {
     let db_name = db.unique_db_name("hosts");
     fs::write(
         &path,
-        format!(
-            "rootcap: {}\ntahoe_url: {}\nsql_host: {}:{}\nsql_user: {}\nsql_pass: {}\nsql_db: {}\n\
-             redis_host: 127.0.0.1:{}\nredis_prefix: 'test:'\n",
-            grid.mkdir(),
-            grid.url,
-            db.host(),
-            db.port(),
-            db.user(),
-            db.password(),
-            db_name,
-            redis.port,
-        ),
+        format!("{}redis_host: 127.0.0.1:{}\nredis_prefix: 'test:'\n", production_yaml(grid, db, &db_name), redis.port),
     )
     .unwrap();
     let cfg = path.to_str().unwrap().to_string();

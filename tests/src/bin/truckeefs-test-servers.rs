@@ -26,15 +26,8 @@ fn main() {
     let db = MariaDb::start();
     let grid = TahoeGrid::start();
     let yaml = format!(
-        "# made by truckeefs-test-servers\nrootcap: {}\ntahoe_url: {}\nbackend_storage_strategy: {strategy}\n\
-         sql_host: {}:{}\nsql_user: {}\nsql_pass: {}\nsql_db: {}\n",
-        grid.mkdir(),
-        grid.url,
-        db.host(),
-        db.port(),
-        db.user(),
-        db.password(),
-        db.unique_db_name("servers"),
+        "# made by truckeefs-test-servers\n{}backend_storage_strategy: {strategy}\n",
+        truckeefs_tests::production_yaml(&grid, &db, &db.unique_db_name("servers"))
     );
     let written = std::fs::write(&config, yaml)
         .and_then(|()| std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)));
