@@ -507,6 +507,16 @@ mod tests {
         })
     }
 
+    /// A cache of 4 KiB blocks streaming 8 ahead, with its single fetches and its streams
+    /// counted.
+    fn streaming_cache(dir: &Path, data: &Arc<Vec<u8>>) -> (Arc<BlockCache>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
+        let (c, calls) = cache(dir, (**data).clone(), config);
+        let streams = Arc::new(AtomicUsize::new(0));
+        let c = Arc::try_unwrap(c).ok().expect("only reference").with_stream(streamer(data.clone(), streams.clone()));
+        (Arc::new(c), calls, streams)
+    }
+
     #[test]
     fn reads_across_blocks_and_at_the_end() {
         let tmp = tempfile::tempdir().unwrap();
@@ -548,10 +558,7 @@ mod tests {
     fn sequential_reads_stream_in_one_request_a_window_ahead() {
         let tmp = tempfile::tempdir().unwrap();
         let data = Arc::new(object(64 * 4096 + 100));
-        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
-        let (c, calls) = cache(tmp.path(), (*data).clone(), config);
-        let streams = Arc::new(AtomicUsize::new(0));
-        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(streamer(data.clone(), streams.clone())));
+        let (c, calls, streams) = streaming_cache(tmp.path(), &data);
         let id = ObjectId("URI:CHK:s".into());
         let mut got = Vec::new();
         loop {
@@ -570,9 +577,7 @@ mod tests {
     fn a_stream_stays_a_window_ahead_of_a_reader_that_stops() {
         let tmp = tempfile::tempdir().unwrap();
         let data = Arc::new(object(64 * 4096 + 100));
-        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
-        let (c, _) = cache(tmp.path(), (*data).clone(), config);
-        let c = Arc::new(Arc::try_unwrap(c).ok().unwrap().with_stream(streamer(data.clone(), Arc::default())));
+        let (c, _, _) = streaming_cache(tmp.path(), &data);
         let paused = ObjectId("URI:CHK:p".into());
         assert_eq!(&c.read(&paused, 0, 1024).unwrap()[..], &data[..1024]);
         let pid = object_hash(&paused);

@@ -13,7 +13,6 @@
 //! | stat | `GET /uri/$CAP?t=json`, `GET /uri/$DIRCAP/NAME?t=json` | 200, a `[type, props]` node |
 //! | check | `POST /uri/$CAP?t=check&output=JSON` | 200, share counts |
 //! | mkdir | `POST /uri?t=mkdir`; `POST /uri/$DIRCAP/?t=mkdir&name=NAME&replace=false` | 200, body = the dircap (409 if taken) |
-//! | mkdir at a path | `PUT /uri/$DIRCAP/A/B/NAME?t=mkdir` (a no-op if it exists) | 200, body = the dircap |
 //! | link | `PUT /uri/$DIRCAP/NAME?t=uri&replace=true\|false\|only-files`, child cap as the body | 200/201 (409 if `replace=false` and taken) |
 //! | link several | `POST /uri/$DIRCAP/?t=set_children&replace=true`, `{name: ["filenode"\|"dirnode", {"ro_uri"\|"rw_uri": cap}]}` | 200 |
 //! | unlink | `DELETE /uri/$DIRCAP/NAME` | 200, body = the cap that was linked (404 if absent) |
@@ -910,18 +909,6 @@ impl TahoeClient {
             200 | 201 => Ok(()),
             _ => Err(self.status_error(&op, status, body)),
         })
-    }
-
-    /// `PUT /uri/$DIRCAP/A/B/NAME?t=mkdir`: the directory `name` in `dir`, made if missing (with
-    /// the missing directories on the way); returns its write cap. `Conflict` if a file is
-    /// there.
-    pub fn mkdir_at(&self, dir: DirPath<'_>, name: &str) -> Result<ObjectId, IoError> {
-        let op = Op::new("mkdir", Some(dir.cap));
-        let url = dir.url(&op)?;
-        check_name(&op, name)?;
-        let path = format!("{url}/{}?t=mkdir", encode(name));
-        let cap = self.cap_reply(&op, self.request("PUT", &path), Vec::new(), &[200, 201])?;
-        dircap_reply(&op, cap)
     }
 
     /// `DELETE /uri/$DIRCAP/NAME`: returns the cap that was linked there; `NotFound` if none.
