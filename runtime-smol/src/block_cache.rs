@@ -137,6 +137,14 @@ impl BlockCache {
                 }
             }
         }
+        if len > 0 && offset / bs == (end - 1) / bs {
+            // Within one block (the kernel's reads are): a slice of it, no copy.
+            let idx = offset / bs;
+            let block = self.block(object, id, idx)?;
+            let within = ((offset - idx * bs) as usize).min(block.len());
+            let take = block.len().min(within + len as usize);
+            return Ok(block.slice(within..take));
+        }
         let mut out = BytesMut::with_capacity(len as usize);
         let mut pos = offset;
         while pos < end {
@@ -527,6 +535,12 @@ mod tests {
         assert_eq!(&c.read(&id, 1000, 3000).unwrap()[..], &data[1000..4000]);
         assert_eq!(&c.read(&id, 9000, 4096).unwrap()[..], &data[9000..]);
         assert!(c.read(&id, 20_000, 10).unwrap().is_empty());
+        // Within one block: in the middle, up to the object's end, past it, and empty.
+        assert_eq!(&c.read(&id, 2100, 200).unwrap()[..], &data[2100..2300]);
+        assert_eq!(&c.read(&id, 9500, 500).unwrap()[..], &data[9500..]);
+        assert_eq!(&c.read(&id, 9990, 30).unwrap()[..], &data[9990..]);
+        assert!(c.read(&id, 10_100, 10).unwrap().is_empty());
+        assert!(c.read(&id, 0, 0).unwrap().is_empty());
         let before = calls.load(Ordering::SeqCst);
         // Cached now: no new fetch.
         assert_eq!(&c.read(&id, 1500, 100).unwrap()[..], &data[1500..1600]);
