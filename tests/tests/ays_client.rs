@@ -629,3 +629,60 @@ fn a_dead_mount_point_is_detached_and_mounted_again() {
     assert!(c.log_text().contains("dead mount"), "{}", c.log_tail());
     tree.assert_matches(Path::new(&root));
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_blob_rotted_in_the_disk_cache_is_fetched_again_not_served() {
+    let store = AysServer::start(&[]);
+    let tree = sample_tree();
+    let src = tempfile::tempdir().unwrap();
+    tree.write_dir(src.path());
+    publish_ok(&store.stor_url(), "r|tree(1)", "", src.path());
+    let mut c = AysClient::new();
+    c.write_config(&format!(
+        r#"[main]
+id = "client-rot"
+cache_dir = "{{dir}}/cache"
+[[ays.stor]]
+name = "s"
+url = "{}"
+{}
+"stor.name" = "s"
+"#,
+        store.stor_url(),
+        mount_files("r", "r|tree(1)", "")
+    ));
+    let root = c.path("r");
+    c.start(&[&root]);
+    let big = data(2, 3 * 1024 * 1024 + 7);
+    assert!(fs::read(root.join("lib/big.bin")).unwrap() == big);
+    let st = c.signal_and_wait(libc::SIGTERM).expect("exits on SIGTERM");
+    assert!(st.success(), "{st}: {}", c.log_tail());
+    // The disk rots one byte of the blob's file in the on-disk blob cache.
+    let content = files_under(&c.path("cache"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("content-v2") && fs::read(p).map(|d| d == big).unwrap_or(false))
+        .expect("the blob is in the disk cache");
+    fs::set_permissions(&content, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut rotten = big.clone();
+    rotten[1_000_000] ^= 0x20;
+    fs::write(&content, &rotten).unwrap();
+    // The next process finds it damaged, says so, and serves the store's copy.
+    c.start(&[&root]);
+    assert!(fs::read(root.join("lib/big.bin")).unwrap() == big, "wrong bytes: {}", c.log_tail());
+    assert!(c.log_text().contains("damaged on disk"), "{}", c.log_tail());
+    tree.assert_matches(&root);
+}

@@ -11,6 +11,11 @@
 //! for each open and unlinked at once (`hard_link_hash_unchecked_sync`: cacache's public way to
 //! a file of its content, without reading it all as `read_sync` does). Removing a blob never
 //! disturbs a reader: an open file descriptor keeps its data.
+//!
+//! A disk can rot what it holds. A blob found on disk at start is checked against cacache's
+//! hash of it (xxh3, recorded when it was installed after its md5 matched) the first time this
+//! process opens it; one that no longer matches is reported, removed, and fetched again from the
+//! next layer. Blobs installed by this process are checked as they arrive.
 
 use md5::{Digest, Md5 as Md5Hasher};
 use std::collections::HashMap;
@@ -37,6 +42,8 @@ struct Entry {
     /// Last use, in `Index::tick`s.
     used: u64,
     sri: cacache::Integrity,
+    /// Checked against `sri` since this process started (installed or opened by it).
+    verified: bool,
 }
 
 #[derive(Default)]
@@ -47,12 +54,13 @@ struct Index {
 }
 
 impl Index {
-    fn touch(&mut self, md5: Md5) -> Option<(u64, cacache::Integrity)> {
+    /// Marks blob `md5` used: its length, its cacache hash, and whether it was checked.
+    fn touch(&mut self, md5: Md5) -> Option<(u64, cacache::Integrity, bool)> {
         self.tick += 1;
         let t = self.tick;
         let e = self.blobs.get_mut(&md5)?;
         e.used = t;
-        Some((e.len, e.sri.clone()))
+        Some((e.len, e.sri.clone(), e.verified))
     }
 }
 
@@ -92,6 +100,20 @@ fn md5_of_digest(d: &[u8]) -> Md5 {
     Md5(m)
 }
 
+/// Whether the whole of `f` (read from its start) hashes to `sri`; leaves `f` at its end.
+fn matches_hash(f: &mut File, sri: &cacache::Integrity) -> io::Result<bool> {
+    let mut checker = ssri::IntegrityChecker::new(sri.clone());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        checker.input(&buf[..n]);
+    }
+    Ok(checker.result().is_ok())
+}
+
 fn io_err(e: cacache::Error) -> io::Error {
     match e {
         cacache::Error::IoError(e, what) => io::Error::new(e.kind(), format!("{what}: {e}")),
@@ -122,7 +144,7 @@ impl BlobCache {
         for m in entries {
             let Some(md5) = Md5::parse(&m.key) else { continue };
             index.tick += 1;
-            let e = Entry { len: m.size as u64, used: index.tick, sri: m.integrity };
+            let e = Entry { len: m.size as u64, used: index.tick, sri: m.integrity, verified: false };
             if let Some(old) = index.blobs.insert(md5, e) {
                 index.total -= old.len;
             }
@@ -153,12 +175,12 @@ impl BlobCache {
 
     /// The length of blob `md5` if the cache has it (and marks it used).
     pub fn has(&self, md5: Md5) -> Option<u64> {
-        self.index().touch(md5).map(|(len, _)| len)
+        self.index().touch(md5).map(|(len, ..)| len)
     }
 
     /// Opens blob `md5` for reading: the file and its length; `None` if the cache lacks it.
     pub fn open_blob(&self, md5: Md5) -> io::Result<Option<(File, u64)>> {
-        let Some((_, sri)) = self.index().touch(md5) else { return Ok(None) };
+        let Some((_, sri, verified)) = self.index().touch(md5) else { return Ok(None) };
         let link = self.tmp_path("open");
         if let Err(e) = cacache::hard_link_hash_unchecked_sync(&self.root, &sri, &link) {
             let e = io_err(e);
@@ -170,9 +192,35 @@ impl BlobCache {
         }
         let f = File::open(&link);
         let _ = fs::remove_file(&link);
-        let f = f?;
+        let mut f = f?;
+        if !verified {
+            if !matches_hash(&mut f, &sri)? {
+                tracing::warn!(
+                    blob = %md5,
+                    dir = %self.dir.display(),
+                    "blob cache: blob damaged on disk (its content no longer matches what was stored); removed, fetching it again"
+                );
+                self.remove(md5, &sri);
+                return Ok(None);
+            }
+            if let Some(e) = self.index().blobs.get_mut(&md5) {
+                e.verified = true;
+            }
+            io::Seek::rewind(&mut f)?;
+        }
         let len = f.metadata()?.len();
         Ok(Some((f, len)))
+    }
+
+    /// Forgets blob `md5` and removes its index entry and content.
+    fn remove(&self, md5: Md5, sri: &cacache::Integrity) {
+        self.forget(md5);
+        self.remove_files(md5, sri);
+    }
+
+    fn remove_files(&self, md5: Md5, sri: &cacache::Integrity) {
+        let _ = cacache::remove_sync(&self.root, md5.hex());
+        let _ = cacache::remove_hash_sync(&self.root, sri);
     }
 
     fn forget(&self, md5: Md5) {
@@ -213,7 +261,7 @@ impl BlobCache {
                 let mut ix = self.index();
                 ix.tick += 1;
                 let used = ix.tick;
-                if let Some(old) = ix.blobs.insert(actual, Entry { len, used, sri }) {
+                if let Some(old) = ix.blobs.insert(actual, Entry { len, used, sri, verified: true }) {
                     ix.total -= old.len;
                 }
                 ix.total += len;
@@ -254,8 +302,7 @@ impl BlobCache {
             }
         }
         for (md5, sri) in &victims {
-            let _ = cacache::remove_sync(&self.root, md5.hex());
-            let _ = cacache::remove_hash_sync(&self.root, sri);
+            self.remove_files(*md5, sri);
         }
         if !victims.is_empty() {
             tracing::debug!(count = victims.len(), limit = self.limit, "blob cache: evicted least recently used blobs");
@@ -354,5 +401,33 @@ mod tests {
         cacache::remove_hash_sync(&root, &sri).unwrap();
         assert!(c.open_blob(m4).unwrap().is_none());
         assert!(c.has(m4).is_none());
+    }
+
+    #[test]
+    fn a_blob_rotted_on_disk_is_removed_not_served() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let c = BlobCache::open(d.path(), 1 << 20).unwrap();
+        let (good, _) = c.install_bytes(b"good bytes").unwrap();
+        let (rotten, _) = c.install_bytes(b"some bytes").unwrap();
+        drop(c);
+        // Flip a byte of one content file in place (through a hard link: the same file).
+        let root = d.path().join("cacache");
+        let sri = cacache::metadata_sync(&root, rotten.hex()).unwrap().unwrap().integrity;
+        let link = d.path().join("link");
+        cacache::hard_link_hash_unchecked_sync(&root, &sri, &link).unwrap();
+        fs::set_permissions(&link, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::OpenOptions::new().write(true).open(&link).unwrap().write_all_at(b"S", 0).unwrap();
+        fs::remove_file(&link).unwrap();
+        // Reopened, as by a new process: the damaged blob is reported missing and removed.
+        let c = BlobCache::open(d.path(), 1 << 20).unwrap();
+        assert!(c.open_blob(rotten).unwrap().is_none());
+        assert!(c.has(rotten).is_none());
+        assert!(cacache::metadata_sync(&root, rotten.hex()).unwrap().is_none());
+        assert!(!cacache::exists_sync(&root, &sri));
+        // The sound one is served whole, from its start, and checked once.
+        assert_eq!(c.read_all(good).unwrap(), b"good bytes");
+        assert!(c.index().blobs[&good].verified);
+        assert_eq!(c.read_all(good).unwrap(), b"good bytes");
     }
 }
