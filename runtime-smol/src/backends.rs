@@ -35,6 +35,8 @@ pub enum MetaBackend {
 }
 
 /// The object store a mount uses.
+// Made once per mount and moved once: the size of the Tahoe variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreBackend {
     /// `objects/` in the data directory.
     Local,
