@@ -10,6 +10,7 @@ use truckeefs_core::{
     Txn, TxnOp, ROOT_INO,
 };
 use truckeefs_runtime_sim::meta::MemMeta;
+use truckeefs_runtime_smol::backends::Fence;
 use truckeefs_runtime_sim::rng::Rng;
 use truckeefs_runtime_smol::meta_mysql::{MysqlConfig, MysqlMeta};
 use truckeefs_runtime_smol::meta_sqlite::SqliteMeta;
@@ -308,6 +309,106 @@ fn version_conflicts() {
             kind_of(commit(s, vec![TxnOp::UpdateInode { row: file_row(2, 41), expect_version: u64::MAX }])),
             IoErrorKind::Other
         );
+    });
+}
+
+/// The SQL stores, which check the fencing tokens of upload leases (`backends::Fence`); the
+/// simulator's store has no leases (its token is always 0, which no store checks).
+trait Fenced: Store {
+    fn fenced(&mut self, ops: Vec<TxnOp>, fence: Fence) -> IoResult;
+    fn max_fence(&mut self) -> u64;
+}
+
+impl Fenced for Sqlite {
+    fn fenced(&mut self, ops: Vec<TxnOp>, fence: Fence) -> IoResult {
+        self.meta.execute_fenced(&MetaRequest::Commit(Txn { ops, durable: true }), Some(fence))
+    }
+    fn max_fence(&mut self) -> u64 {
+        self.meta.max_fence().unwrap()
+    }
+}
+
+impl Fenced for Mysql {
+    fn fenced(&mut self, ops: Vec<TxnOp>, fence: Fence) -> IoResult {
+        self.meta.execute_fenced(&MetaRequest::Commit(Txn { ops, durable: true }), Some(fence))
+    }
+    fn max_fence(&mut self) -> u64 {
+        self.meta.max_fence().unwrap()
+    }
+}
+
+/// Runs `check` on the SQL stores.
+fn on_sql(check: impl Fn(&mut dyn Fenced)) {
+    let mut s = sqlite();
+    let root = load(&mut s, ROOT_INO).expect("root").row;
+    let mut my = mysql_like(&root);
+    check(&mut s);
+    check(&mut my);
+}
+
+fn update(ino: Ino, version: u64) -> Vec<TxnOp> {
+    vec![TxnOp::UpdateInode { row: file_row(ino, version), expect_version: version - 1 }]
+}
+
+#[test]
+fn fencing_tokens_lower_refused_equal_or_higher_accepted_zero_unchecked() {
+    on_sql(|s| {
+        let name = s.name();
+        let f = |token| Fence { ino: 2, token };
+        commit(s, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
+        assert_eq!(s.max_fence(), 0, "{name}");
+        // Token 0 (no coordination server) is never checked.
+        s.fenced(update(2, 2), f(0)).unwrap();
+        s.fenced(update(2, 3), f(5)).unwrap();
+        // Lower than the row's: refused at the right version, the row untouched.
+        let err = s.fenced(update(2, 4), f(4)).unwrap_err();
+        assert_eq!(err.kind, IoErrorKind::Conflict, "{name}");
+        assert!(err.message.contains("fencing token"), "{name}: {}", err.message);
+        assert!(!err.message.contains("0123456789abcdef"), "{name}: object id leaked: {}", err.message);
+        assert_eq!(load(s, 2).unwrap().row.version, 3, "{name}");
+        // Equal and higher: accepted; the higher one is the row's fence from then on.
+        s.fenced(update(2, 4), f(5)).unwrap();
+        s.fenced(update(2, 5), f(9)).unwrap();
+        assert_eq!(kind_of(s.fenced(update(2, 6), f(8))), IoErrorKind::Conflict, "{name}");
+        // 0, and a commit without a fence, are accepted and leave the fence as it is.
+        s.fenced(update(2, 6), f(0)).unwrap();
+        commit(s, update(2, 7)).unwrap();
+        assert_eq!(kind_of(s.fenced(update(2, 8), f(8))), IoErrorKind::Conflict, "{name}");
+        assert_eq!(s.max_fence(), 9, "{name}");
+        // A fence applies to its own inode only.
+        s.fenced(update(2, 8), Fence { ino: 3, token: 1 }).unwrap();
+        // A refused fence rolls the whole transaction back.
+        let mut ops = vec![TxnOp::InsertInode(file_row(4, 1))];
+        ops.extend(update(2, 9));
+        assert_eq!(kind_of(s.fenced(ops, f(2))), IoErrorKind::Conflict, "{name}");
+        assert_eq!(load(s, 4), None, "{name}: the insert must be rolled back");
+        // A stale version fails whatever the token.
+        assert_eq!(kind_of(s.fenced(update(2, 8), f(100))), IoErrorKind::Conflict, "{name}");
+        assert_eq!(load(s, 2).unwrap().row.version, 8, "{name}");
+    });
+}
+
+/// Host A takes the upload lease (token 5) and is paused past it; host B takes it (token 6),
+/// commits its version; A wakes with B's row re-read (so the version check passes) and commits:
+/// refused. B's object stays; A uploads again under a new lease and commits on top.
+#[test]
+fn a_stale_token_cannot_overwrite_a_newer_row() {
+    on_sql(|s| {
+        let name = s.name();
+        commit(s, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
+        let with = |version: u64, object: &str| {
+            let mut row = file_row(2, version);
+            row.object = Some(ObjectId(object.into()));
+            vec![TxnOp::UpdateInode { row, expect_version: version - 1 }]
+        };
+        s.fenced(with(2, "URI:CHK:from-b"), Fence { ino: 2, token: 6 }).unwrap();
+        let err = s.fenced(with(3, "URI:CHK:from-a"), Fence { ino: 2, token: 5 }).unwrap_err();
+        assert_eq!(err.kind, IoErrorKind::Conflict, "{name}");
+        let row = load(s, 2).unwrap().row;
+        assert_eq!((row.version, row.object), (2, Some(ObjectId("URI:CHK:from-b".into()))), "{name}");
+        // A's retry, under a lease taken after B's.
+        s.fenced(with(3, "URI:CHK:from-a"), Fence { ino: 2, token: 7 }).unwrap();
+        assert_eq!(load(s, 2).unwrap().row.object, Some(ObjectId("URI:CHK:from-a".into())), "{name}");
     });
 }
 

@@ -12,7 +12,19 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
-use truckeefs_core::{IoError, IoReply, IoResult, MetaRequest, ObjectId, StoreRequest};
+use truckeefs_core::{Ino, IoError, IoReply, IoResult, MetaRequest, ObjectId, StoreRequest};
+
+/// The fencing token of an upload lease, attached by the driver to the commit of the uploaded
+/// object (see `coord::UploadLease`). A metadata store applies the update of inode `ino` in that
+/// commit only if the row's `fence` column is at most `token`, and then sets it to `token`;
+/// otherwise the commit fails with `Conflict`: a host with a later lease committed first. Token
+/// 0 (no coordination server, hence no leases) skips the check and leaves the column alone:
+/// `... WHERE ino = ? AND version = ? AND (? = 0 OR fence <= ?)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub ino: Ino,
+    pub token: u64,
+}
 
 /// The metadata store a mount uses.
 #[derive(Debug)]
@@ -23,6 +35,8 @@ pub enum MetaBackend {
 }
 
 /// The object store a mount uses.
+// Made once per mount and moved once: the size of the Tahoe variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreBackend {
     /// `objects/` in the data directory.
     Local,
@@ -77,9 +91,22 @@ pub(crate) enum MetaStore {
 
 impl MetaStore {
     pub(crate) fn execute(&mut self, req: &MetaRequest) -> IoResult {
+        self.execute_fenced(req, None)
+    }
+
+    /// [`MetaStore::execute`], with the fencing token of an upload lease checked by a commit.
+    pub(crate) fn execute_fenced(&mut self, req: &MetaRequest, fence: Option<Fence>) -> IoResult {
         match self {
-            MetaStore::Sqlite(m) => m.execute(req),
-            MetaStore::Mysql(m) => m.execute(req),
+            MetaStore::Sqlite(m) => m.execute_fenced(req, fence),
+            MetaStore::Mysql(m) => m.execute_fenced(req, fence),
+        }
+    }
+
+    /// The highest fencing token any inode row holds (0 if none).
+    pub(crate) fn max_fence(&mut self) -> Result<u64, IoError> {
+        match self {
+            MetaStore::Sqlite(m) => m.max_fence(),
+            MetaStore::Mysql(m) => m.max_fence(),
         }
     }
 

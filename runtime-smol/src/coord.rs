@@ -11,6 +11,14 @@
 //! publishes its record locks (see [`LockService`]) and lists the files it keeps open after their
 //! last name went (`<prefix>orphans:<id>`, a set of inode numbers). When a host's heartbeat
 //! expires, the others find its orphan set and delete those files (`Core::collect_orphans`).
+//!
+//! Fencing tokens come from one counter, `<prefix>fence` (`INCR`): every upload lease and every
+//! record-lock grant gets the next one. Before a host uploads a new version of inode N it takes
+//! the lease `<prefix>upload:<N>` (value `<token> <host id>`, expiring after [`LEASE_TTL`],
+//! renewed by the heartbeat thread while held, deleted after the commit); while another host
+//! holds it, the upload waits (see [`LockService::take_upload_lease`]). The metadata store checks
+//! the token when the upload's object is committed (`backends::Fence`), so a host that was paused
+//! past its lease cannot overwrite a version committed under a later one.
 
 use crate::ays::proto::hex;
 use redis::Commands;
@@ -46,6 +54,12 @@ const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How often (in heartbeats) a host looks for dead hosts' orphans.
 const ORPHAN_CHECK_EVERY: u32 = 5;
+
+/// How long an upload lease lives without renewal: a few heartbeats, so the lease of a dead or
+/// paused host is free within seconds. The heartbeat thread renews this host's every second.
+pub const LEASE_TTL: Duration = HEARTBEAT_TTL;
+/// How often an upload waiting for another host's lease tries again.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
 
 /// How long a blocked read of the subscription waits before checking whether to stop.
 const POLL: Duration = Duration::from_millis(500);
@@ -154,13 +168,7 @@ impl Coordinator {
             .spawn(move || publisher(pub_client, conn, &pub_channel, &pub_host, &server, &states, rx, &pub_stop))
             .map_err(|e| format!("cannot start the publisher thread: {e}"))?;
 
-        let locks = Arc::new(LockService {
-            client: client.clone(),
-            prefix: config.prefix.clone(),
-            host: host.clone(),
-            server: config.server.clone(),
-            conns: Mutex::new(Vec::new()),
-        });
+        let locks = Arc::new(LockService::new(client.clone(), &config.prefix, &host, &config.server));
         locks.heartbeat().map_err(|e| format!("redis_host {}: {e}", config.server))?;
         let (beat, beat_stop) = (locks.clone(), stop.clone());
         let heartbeat = std::thread::Builder::new()
@@ -181,6 +189,7 @@ impl Coordinator {
                             Err(e) => tracing::debug!(error = %e, "cannot look for dead hosts' orphans"),
                         }
                     }
+                    beat.renew_upload_leases();
                     match beat.heartbeat() {
                         Ok(()) if failing => {
                             tracing::info!(server = %beat.server, "heartbeat renewed again");
@@ -391,7 +400,7 @@ pub(crate) fn decode(s: &str) -> Option<(String, Changes)> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -478,10 +487,27 @@ pub struct LockService {
     host: String,
     server: String,
     conns: Mutex<Vec<redis::Connection>>,
+    /// The fencing token of this host's latest grant of record locks, per inode it holds locks on.
+    lock_tokens: Mutex<std::collections::BTreeMap<Ino, u64>>,
+    /// The upload leases this host holds (renewed by the heartbeat thread), by inode: the token.
+    leases: Mutex<std::collections::BTreeMap<Ino, u64>>,
+    /// Uploads waiting for another host's lease, by inode.
+    lease_waits: Mutex<std::collections::BTreeMap<Ino, LeaseWait>>,
+}
+
+/// An upload waiting for the lease of another host.
+#[derive(Clone, Debug)]
+pub struct LeaseWait {
+    /// The host holding it, as its lease names it.
+    pub holder: String,
+    /// That host's fencing token.
+    pub token: u64,
+    pub since: std::time::Instant,
 }
 
 /// Takes `want` unless another live host holds a conflicting lock; then records ARGV[5] as this
-/// host's locks. Returns the first conflicting lock (JSON) or false.
+/// host's locks. Returns the first conflicting lock (JSON), or (taken) the grant's fencing token
+/// from the counter KEYS[2], or false (a check only).
 const ACQUIRE: &str = r#"
 local function conflict(key, me, start, stop, typ, hostprefix)
   local all = redis.call('HGETALL', key)
@@ -508,11 +534,28 @@ if stop < 0 then stop = math.huge end
 local found = conflict(KEYS[1], ARGV[1], tonumber(ARGV[2]), stop, tonumber(ARGV[4]), ARGV[6])
 if found then return found end
 if ARGV[7] == 'check' then return false end
-if ARGV[5] == '[]' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[5]) end
-return false
+if ARGV[5] == '[]' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return false
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+return redis.call('INCR', KEYS[2])
 "#;
 
 impl LockService {
+    fn new(client: redis::Client, prefix: &str, host: &str, server: &str) -> LockService {
+        LockService {
+            client,
+            prefix: prefix.to_string(),
+            host: host.to_string(),
+            server: server.to_string(),
+            conns: Mutex::new(Vec::new()),
+            lock_tokens: Mutex::new(Default::default()),
+            leases: Mutex::new(Default::default()),
+            lease_waits: Mutex::new(Default::default()),
+        }
+    }
+
     fn heartbeat(&self) -> Result<(), String> {
         self.with_conn(|c| {
             redis::cmd("SET")
@@ -557,8 +600,11 @@ impl LockService {
     pub fn execute(&self, req: &LockRequest) -> IoResult {
         let failed = |e: String| IoError::new(IoErrorKind::Other, format!("locks on redis_host {}: {e}", self.server));
         match req {
-            LockRequest::Publish { ino, held } => self
-                .with_conn(|c| {
+            LockRequest::Publish { ino, held } => {
+                if held.is_empty() {
+                    lock(&self.lock_tokens).remove(ino);
+                }
+                self.with_conn(|c| {
                     if held.is_empty() {
                         c.hdel::<_, _, ()>(self.locks_key(*ino), &self.host)
                     } else {
@@ -566,16 +612,18 @@ impl LockService {
                     }
                 })
                 .map(|()| IoReply::Done)
-                .map_err(failed),
+                .map_err(failed)
+            }
             LockRequest::Acquire { ino, want, held } => self.run(*ino, want, Some(held)).map_err(failed),
             LockRequest::Query { ino, want } => self.run(*ino, want, None).map_err(failed),
         }
     }
 
     fn run(&self, ino: Ino, want: &LockRange, held: Option<&Vec<LockRange>>) -> Result<IoReply, String> {
-        let found: Option<String> = self.with_conn(|c| {
+        let answer: redis::Value = self.with_conn(|c| {
             redis::Script::new(ACQUIRE)
                 .key(self.locks_key(ino))
+                .key(self.fence_key())
                 .arg(&self.host)
                 .arg(want.start)
                 .arg(end_of(want.end))
@@ -585,11 +633,210 @@ impl LockService {
                 .arg(if held.is_some() { "take" } else { "check" })
                 .invoke(c)
         })?;
-        let conflict = match found {
-            None => None,
-            Some(json) => Some(decode_lock(&json).ok_or("a malformed lock entry in the lock table")?),
+        let conflict = match answer {
+            redis::Value::Nil => None,
+            redis::Value::Int(token) => {
+                lock(&self.lock_tokens).insert(ino, token.max(0) as u64);
+                None
+            }
+            redis::Value::BulkString(json) => Some(
+                std::str::from_utf8(&json)
+                    .ok()
+                    .and_then(decode_lock)
+                    .ok_or("a malformed lock entry in the lock table")?,
+            ),
+            _ => return Err("an unexpected answer from the lock script".into()),
         };
         Ok(IoReply::LockConflict(conflict))
+    }
+
+    /// The record locks this host holds, by inode, with the fencing token of their latest grant.
+    pub fn lock_tokens(&self) -> Vec<(Ino, u64)> {
+        lock(&self.lock_tokens).iter().map(|(i, t)| (*i, *t)).collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ----- upload leases -----
+
+/// Takes the lease KEYS[1] for host ARGV[1] for ARGV[2] ms with the next token of the counter
+/// KEYS[2], unless another host holds it (a lease of this host's own is stale: one upload per
+/// file runs at a time here, and it holds none). Returns `{token, "", 0}` when taken, else
+/// `{0, "<token> <holder>", pttl}`.
+const TAKE_LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sp = string.find(cur, ' ', 1, true)
+  local holder = cur
+  if sp then holder = string.sub(cur, sp + 1) end
+  if holder ~= ARGV[1] then
+    return {0, cur, redis.call('PTTL', KEYS[1])}
+  end
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], string.format('%d', token) .. ' ' .. ARGV[1], 'PX', ARGV[2])
+return {token, '', 0}
+"#;
+
+/// Extends the lease KEYS[1] to ARGV[2] ms if it still holds ARGV[1]. Returns 1, or 0 if lost.
+const RENEW_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Deletes the lease KEYS[1] if it still holds ARGV[1].
+const RELEASE_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Raises the counter KEYS[1] to at least ARGV[1].
+const RAISE_FENCE: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if cur < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+/// An upload lease this host holds: give it back with [`LockService::release_upload_lease`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct UploadLease {
+    pub ino: Ino,
+    /// Its fencing token, checked by the metadata store at the commit.
+    pub token: u64,
+}
+
+impl LockService {
+    fn fence_key(&self) -> String {
+        format!("{}fence", self.prefix)
+    }
+
+    fn upload_key(&self, ino: Ino) -> String {
+        format!("{}upload:{ino}", self.prefix)
+    }
+
+    fn lease_value(&self, token: u64) -> String {
+        format!("{token} {}", self.host)
+    }
+
+    /// Takes the upload lease of `ino`, waiting while another host holds it (until that host
+    /// releases it, or its lease expires: at most [`LEASE_TTL`] after it died or stopped). An
+    /// error (the coordination server unreachable) ends the wait: the upload fails and is
+    /// retried later, as after any failed upload.
+    pub fn take_upload_lease(&self, ino: Ino) -> Result<UploadLease, String> {
+        let result = loop {
+            let answer: Result<(u64, String, i64), String> = self.with_conn(|c| {
+                redis::Script::new(TAKE_LEASE)
+                    .key(self.upload_key(ino))
+                    .key(self.fence_key())
+                    .arg(&self.host)
+                    .arg(LEASE_TTL.as_millis() as u64)
+                    .invoke(c)
+            });
+            match answer {
+                Ok((token, _, _)) if token > 0 => {
+                    lock(&self.leases).insert(ino, token);
+                    break Ok(UploadLease { ino, token });
+                }
+                Ok((_, holder, _)) => {
+                    let (token, holder) = holder.split_once(' ').unwrap_or(("0", &holder));
+                    let mut waits = lock(&self.lease_waits);
+                    let first = !waits.contains_key(&ino);
+                    let wait = waits.entry(ino).or_insert_with(|| LeaseWait {
+                        holder: String::new(),
+                        token: 0,
+                        since: std::time::Instant::now(),
+                    });
+                    (wait.holder, wait.token) = (holder.to_string(), token.parse().unwrap_or(0));
+                    drop(waits);
+                    if first {
+                        tracing::info!(ino, holder, "upload waits for another host's upload lease");
+                    }
+                    std::thread::sleep(LEASE_RETRY);
+                }
+                Err(e) => break Err(format!("upload lease on redis_host {}: {e}", self.server)),
+            }
+        };
+        lock(&self.lease_waits).remove(&ino);
+        result
+    }
+
+    /// Gives a lease back (after the commit it fenced, or when no commit came).
+    pub fn release_upload_lease(&self, lease: UploadLease) {
+        {
+            // The next upload of the file may have taken a new lease already.
+            let mut leases = lock(&self.leases);
+            if leases.get(&lease.ino) == Some(&lease.token) {
+                leases.remove(&lease.ino);
+            }
+        }
+        let released = self.with_conn(|c| {
+            redis::Script::new(RELEASE_LEASE)
+                .key(self.upload_key(lease.ino))
+                .arg(self.lease_value(lease.token))
+                .invoke::<i64>(c)
+        });
+        if let Err(e) = released {
+            // It expires by itself.
+            tracing::warn!(ino = lease.ino, server = %self.server, error = %e, "cannot release an upload lease");
+        }
+    }
+
+    /// Extends every lease this host holds (the heartbeat thread, every heartbeat). A lease found
+    /// taken by another host (this one was paused past it) is no longer renewed: the commit it
+    /// was for fails on its stale token and the upload is done again under a new lease.
+    fn renew_upload_leases(&self) {
+        let held: Vec<(Ino, u64)> = lock(&self.leases).iter().map(|(i, t)| (*i, *t)).collect();
+        for (ino, token) in held {
+            let renewed = self.with_conn(|c| {
+                redis::Script::new(RENEW_LEASE)
+                    .key(self.upload_key(ino))
+                    .arg(self.lease_value(token))
+                    .arg(LEASE_TTL.as_millis() as u64)
+                    .invoke::<i64>(c)
+            });
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => {
+                    tracing::warn!(ino, token, "this host's upload lease expired while it was held (paused?); the commit will be refused if another host's came after it");
+                    let mut leases = lock(&self.leases);
+                    if leases.get(&ino) == Some(&token) {
+                        leases.remove(&ino);
+                    }
+                }
+                Err(e) => tracing::debug!(ino, error = %e, "cannot renew an upload lease"),
+            }
+        }
+    }
+
+    /// Makes the token counter count on from at least `floor` (the highest token the metadata
+    /// store holds): after the coordination server lost its data, or a `reset_redis`, tokens
+    /// would otherwise start again below the fences of the rows, and every upload of those
+    /// files would be refused.
+    pub fn raise_fence(&self, floor: u64) -> Result<(), String> {
+        if floor == 0 {
+            return Ok(());
+        }
+        self.with_conn(|c| redis::Script::new(RAISE_FENCE).key(self.fence_key()).arg(floor).invoke::<i64>(c)).map(drop)
+    }
+
+    /// The upload leases this host holds, by inode, with their tokens.
+    pub fn upload_leases(&self) -> Vec<(Ino, u64)> {
+        lock(&self.leases).iter().map(|(i, t)| (*i, *t)).collect()
+    }
+
+    /// The uploads waiting for another host's lease, by inode.
+    pub fn lease_waits(&self) -> Vec<(Ino, LeaseWait)> {
+        lock(&self.lease_waits).iter().map(|(i, w)| (*i, w.clone())).collect()
     }
 }
 

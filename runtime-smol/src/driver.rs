@@ -7,8 +7,14 @@
 //! under the lock, strictly in the order the core emitted them (the core relies on that order),
 //! which also saves a thread hand-off per operation; staging and store requests run on the
 //! blocking pool.
+//!
+//! With a coordination server, an upload (`PutStaged`) first takes the file's upload lease
+//! ([`LockService::take_upload_lease`]), waiting on its blocking-pool thread while another host
+//! holds it; the commit of the uploaded object, which the core emits when the upload completes
+//! and which runs inline in that same drain, carries the lease's fencing token, checked by the
+//! metadata store ([`Fence`]); then the lease is given back. The core knows nothing of leases.
 
-use crate::backends::{self, Backends, MetaStore, ObjectStore};
+use crate::backends::{self, Backends, Fence, MetaStore, ObjectStore};
 use crate::coord::{Coordinator, LockService, Process, ProcessState, Publisher};
 use crate::mirror::{MetaReader, Mirror, Planner};
 use crate::staging::Staging;
@@ -119,6 +125,7 @@ impl Runtime {
             held_orphans: std::collections::HashSet::new(),
             running: std::collections::HashSet::new(),
             gone: std::collections::HashSet::new(),
+            upload_fence: None,
         };
         let shared = Arc::new(Shared { driver: Mutex::new(driver), wake: Condvar::new() });
         let coordinator = match &coordination {
@@ -144,6 +151,7 @@ impl Runtime {
                 let mut d = shared.lock();
                 d.publisher = Some(c.publisher());
                 d.locks = Some(c.locks());
+                d.raise_fence();
                 drop(d);
                 Some(c)
             }
@@ -332,6 +340,9 @@ struct Driver {
     locks: Option<Arc<LockService>>,
     /// MIRROR: what each commit changes in the Tahoe tree, and the thread that changes it.
     mirror: Option<(Planner, Mirror)>,
+    /// The upload lease of an upload that just finished, with the object it stored: the commit
+    /// of that object checks the lease's fencing token (taken by the first commit that does).
+    upload_fence: Option<(Fence, truckeefs_core::ObjectId)>,
     /// The files this host keeps open after their last name went, as listed for the other hosts.
     held_orphans: std::collections::HashSet<Ino>,
     /// The per-inode processes reported running (a state is written only when it changes).
@@ -382,7 +393,47 @@ impl Driver {
             },
         };
         line("hosts", hosts);
+        if let Some(locks) = &self.locks {
+            let waits = locks.lease_waits();
+            line("uploads waiting for another host's lease", waits.len().to_string());
+            for (ino, w) in waits {
+                line(
+                    &format!("waiting for the upload lease of inode {ino}"),
+                    format!("held by {} (fencing token {}), {} s", w.holder, w.token, w.since.elapsed().as_secs()),
+                );
+            }
+            for (ino, token) in locks.upload_leases() {
+                line(&format!("upload lease of inode {ino}"), format!("fencing token {token}"));
+            }
+            for (ino, token) in locks.lock_tokens() {
+                line(&format!("record locks on inode {ino}"), format!("fencing token {token}"));
+            }
+        }
         out
+    }
+
+    /// Makes the coordination server's token counter count on from above every fence the
+    /// metadata store holds (it may have lost its data, or been reset with `reset_redis`).
+    fn raise_fence(&mut self) {
+        let Some(locks) = &self.locks else { return };
+        match self.meta.max_fence() {
+            Ok(floor) => {
+                if let Err(e) = locks.raise_fence(floor) {
+                    tracing::warn!(error = %e, "cannot raise the fencing-token counter");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the highest fencing token"),
+        }
+    }
+
+    /// The fence of `txn` if it commits the object of the upload that just finished.
+    fn fence_of(&mut self, txn: &truckeefs_core::Txn) -> Option<Fence> {
+        let (fence, object) = self.upload_fence.as_ref()?;
+        let commits = txn.ops.iter().any(|op| match op {
+            truckeefs_core::TxnOp::UpdateInode { row, .. } => row.ino == fence.ino && row.object.as_ref() == Some(object),
+            _ => false,
+        });
+        commits.then(|| self.upload_fence.take().map(|(f, _)| f)).flatten()
     }
 
     /// Perform every effect; metadata requests complete inline, in order.
@@ -394,10 +445,21 @@ impl Driver {
                     Effect::Reply { id, result } => self.sink.reply(id, result),
                     Effect::Kernel(notice) => self.sink.notice(notice),
                     Effect::Io { io, request: IoRequest::Meta(req) } => {
+                        let mut fence = None;
                         if let MetaRequest::Commit(txn) = &req {
                             self.hold_orphans(txn);
+                            fence = self.fence_of(txn);
                         }
-                        let mut result = self.meta.execute(&req);
+                        let mut result = self.meta.execute_fenced(&req, fence);
+                        if let (Some(f), Err(e)) = (fence, &result) {
+                            if e.kind == IoErrorKind::Conflict {
+                                // Refused (or another host changed the row): the retry gets a
+                                // token above every fence the store holds, even if the
+                                // coordination server lost its counter.
+                                tracing::info!(ino = f.ino, token = f.token, error = %e, "upload commit refused; uploading again");
+                                self.raise_fence();
+                            }
+                        }
                         if let (MetaRequest::ListOrphans, Ok(IoReply::Orphans(rows))) = (&req, &mut result) {
                             self.spare_live_hosts_orphans(rows);
                         }
@@ -542,6 +604,9 @@ impl Driver {
         let staging = self.staging.clone();
         let locks = self.locks.clone();
         smol::unblock(move || {
+            // With other hosts, an upload holds the file's upload lease from before it starts
+            // until its object is committed (or no commit comes).
+            let mut lease = None;
             let result = match &request {
                 IoRequest::Lock(r) => match &locks {
                     Some(service) => service.execute(r),
@@ -552,7 +617,16 @@ impl Driver {
                     }),
                 },
                 IoRequest::Staging(r) => staging.execute(r, &*objects),
-                IoRequest::Store(r) => objects.execute(&staging, r),
+                IoRequest::Store(r) => match (r, &locks) {
+                    (StoreRequest::PutStaged { ino }, Some(service)) => match service.take_upload_lease(*ino) {
+                        Ok(l) => {
+                            lease = Some(l);
+                            objects.execute(&staging, r)
+                        }
+                        Err(e) => Err(IoError::new(IoErrorKind::Other, e)),
+                    },
+                    _ => objects.execute(&staging, r),
+                },
                 IoRequest::Meta(_) => unreachable!("metadata requests run inline"),
             };
             if let Err(e) = &result {
@@ -574,11 +648,20 @@ impl Driver {
             if let Some((ino, _)) = process {
                 d.forget_states(ino, false);
             }
+            if let (Some(l), Ok(IoReply::Object(object))) = (&lease, &result) {
+                d.upload_fence = Some((Fence { ino: l.ino, token: l.token }, object.clone()));
+            }
             d.core.handle_completion(Instant::now(), io, result);
             d.drain(&shared);
+            // The commit ran inline in that drain, if one came.
+            d.upload_fence = None;
             if d.core.is_idle() {
                 // An unmount may be waiting for exactly this.
                 shared.wake.notify_all();
+            }
+            drop(d);
+            if let (Some(l), Some(locks)) = (lease, &locks) {
+                locks.release_upload_lease(l);
             }
         })
         .detach();

@@ -20,6 +20,10 @@
 //! `CLIENT_FOUND_ROWS`, so an update that matches its row but leaves it unchanged still counts
 //! (as in SQLite). `AllocIds` is one statement (`UPDATE ... SET value = LAST_INSERT_ID(value + n)`),
 //! atomic across hosts. Reads are single statements (joins), so each sees one consistent snapshot.
+//! The commit of an uploaded object carries the fencing token of the host's upload lease
+//! ([`Fence`]): its update adds `AND fence <= token` and sets `fence = token`, so a host paused past
+//! its lease cannot overwrite a version committed under a later one (a `Conflict` as above); token
+//! 0 (no coordination server, hence no leases) is not checked and leaves the column alone.
 //!
 //! # Durability
 //! With InnoDB's default `innodb_flush_log_at_trx_commit = 1` every `COMMIT` is on disk when the
@@ -54,15 +58,16 @@ use std::fmt;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
+use crate::backends::Fence;
 use truckeefs_core::{
     DentryRow, FileKind, InodeRow, IoError, IoErrorKind, IoReply, IoResult, LoadedInode, MetaRequest, ObjectId,
     Timespec, Txn, TxnOp, ROOT_INO,
 };
 
 /// The schema version this build writes and understands (the same numbering as SQLite's).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// The tables of schema version 1, in the order they are created.
+/// The tables of the schema, in the order they are created.
 const TABLES: &[&str] = &["schema", "counters", "inodes", "dentries", "xattrs"];
 
 /// `MIGRATIONS[v]` takes a database from schema version `v` to `v + 1`. MySQL commits DDL
@@ -109,6 +114,14 @@ const MIGRATIONS: &[&[&str]] = &[
              value MEDIUMBLOB NOT NULL,
              PRIMARY KEY (ino, name)) ENGINE=InnoDB",
         // The root directory is inserted by `migrate` (it needs the owner and the time).
+    ],
+    // 1 -> 2: the fencing token of the last upload lease that committed the row (see
+    // `backends::Fence`), and an index for `max_fence`. MySQL has no `ADD COLUMN IF NOT EXISTS`
+    // (MariaDB has): a step run again after an interruption finds the column or the index there
+    // (errors 1060 and 1061), which `migrate_locked` takes as done.
+    &[
+        "ALTER TABLE inodes ADD COLUMN fence BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE inodes ADD KEY inodes_fence (fence)",
     ],
 ];
 
@@ -187,7 +200,10 @@ pub enum MysqlOpenError {
 
 /// What the worker thread does: one of the core's requests, or a query of the runtime's own.
 enum Job {
-    Meta(MetaRequest),
+    /// With the fencing token its commit checks, if any.
+    Meta(MetaRequest, Option<Fence>),
+    /// The highest fencing token of any inode row.
+    MaxFence,
     /// Every entry naming an inode, as `(parent, name)`.
     Names(u64),
 }
@@ -195,6 +211,7 @@ enum Job {
 enum JobReply {
     Meta(IoReply),
     Names(Vec<(u64, Vec<u8>)>),
+    MaxFence(u64),
 }
 
 /// The MySQL/MariaDB metadata store: a handle on its worker thread.
@@ -248,9 +265,24 @@ impl MysqlMeta {
 
     /// Executes one request; see the documentation of [`MetaRequest`] for each reply.
     pub fn execute(&mut self, req: &MetaRequest) -> IoResult {
-        match self.job(Job::Meta(req.clone()))? {
+        self.execute_fenced(req, None)
+    }
+
+    /// [`MysqlMeta::execute`]; a `Commit` also checks and sets the row fence of `fence.ino`
+    /// (see [`Fence`]). Other requests ignore `fence`.
+    pub fn execute_fenced(&mut self, req: &MetaRequest, fence: Option<Fence>) -> IoResult {
+        match self.job(Job::Meta(req.clone(), fence))? {
             JobReply::Meta(reply) => Ok(reply),
-            JobReply::Names(_) => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
+            _ => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
+        }
+    }
+
+    /// The highest fencing token of any inode row (0 if none): a coordination server that lost
+    /// its counter starts again above it.
+    pub fn max_fence(&mut self) -> Result<u64, IoError> {
+        match self.job(Job::MaxFence)? {
+            JobReply::MaxFence(v) => Ok(v),
+            _ => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
         }
     }
 
@@ -258,7 +290,7 @@ impl MysqlMeta {
     pub fn names(&mut self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, IoError> {
         match self.job(Job::Names(ino))? {
             JobReply::Names(names) => Ok(names),
-            JobReply::Meta(_) => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
+            _ => Err(IoError::new(IoErrorKind::Other, "metadata thread: mismatched reply")),
         }
     }
 
@@ -344,6 +376,11 @@ const SQL_INSERT_INODE: &str = "INSERT INTO inodes (ino, kind, perm, uid, gid, n
 const SQL_UPDATE_INODE: &str = "UPDATE inodes SET kind = ?, perm = ?, uid = ?, gid = ?, nlink = ?, size = ?, \
      atime_sec = ?, atime_nsec = ?, mtime_sec = ?, mtime_nsec = ?, ctime_sec = ?, ctime_nsec = ?, rdev = ?, \
      version = ?, object = ?, target = ? WHERE ino = ? AND version = ?";
+/// [`SQL_UPDATE_INODE`] with the fencing token of an upload lease: the row must not carry a later
+/// one, and carries this one afterwards.
+const SQL_UPDATE_INODE_FENCED: &str = "UPDATE inodes SET kind = ?, perm = ?, uid = ?, gid = ?, nlink = ?, size = ?, \
+     atime_sec = ?, atime_nsec = ?, mtime_sec = ?, mtime_nsec = ?, ctime_sec = ?, ctime_nsec = ?, rdev = ?, \
+     version = ?, object = ?, target = ?, fence = ? WHERE ino = ? AND version = ? AND fence <= ?";
 /// One statement, so atomic on its own; the bound keeps `value + n` from overflowing. The new value
 /// comes back in the OK packet's last-insert-id.
 const SQL_ALLOC_IDS: &str = "UPDATE counters SET value = LAST_INSERT_ID(value + ?) \
@@ -674,7 +711,11 @@ async fn migrate_locked(conn: &mut Conn, server: &str) -> Result<(), MysqlOpenEr
             }
         }
         for stmt in MIGRATIONS[version as usize] {
-            conn.query_drop(*stmt).await.map_err(sql_err)?;
+            match conn.query_drop(*stmt).await {
+                // ER_DUP_FIELDNAME, ER_DUP_KEYNAME: an interrupted run of this step got this far.
+                Err(mysql_async::Error::Server(e)) if e.code == 1060 || e.code == 1061 => {}
+                r => r.map_err(sql_err)?,
+            }
         }
         if version == 0 {
             insert_root(conn).await.map_err(sql_err)?;
@@ -733,15 +774,16 @@ async fn insert_root(conn: &mut Conn) -> Result<(), mysql_async::Error> {
 
 /// Executes one request on `conn`.
 async fn run(conn: &mut Conn, server: &str, job: &Job) -> Result<JobReply, Fail> {
-    let req = match job {
-        Job::Meta(req) => req,
+    let (req, fence) = match job {
+        Job::Meta(req, fence) => (req, *fence),
         Job::Names(ino) => return names(conn, server, *ino).await.map(JobReply::Names),
+        Job::MaxFence => return max_fence(conn, server).await.map(JobReply::MaxFence),
     };
     let reply = match req {
         MetaRequest::AllocIds { count } => alloc_ids(conn, server, *count).await,
         MetaRequest::LoadInode { ino } => load_inode(conn, server, *ino).await.map(IoReply::Inode),
         MetaRequest::LoadDir { ino } => load_dir(conn, server, *ino).await.map(IoReply::Dir),
-        MetaRequest::Commit(txn) => commit(conn, server, txn).await.map(|()| IoReply::Done),
+        MetaRequest::Commit(txn) => commit(conn, server, txn, fence).await.map(|()| IoReply::Done),
         MetaRequest::ListOrphans => list_orphans(conn, server).await,
         MetaRequest::Usage => usage(conn, server).await,
     };
@@ -876,7 +918,13 @@ async fn usage(conn: &mut Conn, server: &str) -> Result<IoReply, Fail> {
 }
 
 /// Applies a transaction: all or nothing.
-async fn commit(conn: &mut Conn, server: &str, txn: &Txn) -> Result<(), Fail> {
+async fn max_fence(conn: &mut Conn, server: &str) -> Result<u64, Fail> {
+    let v: Option<Value> =
+        conn.query_first("SELECT coalesce(max(fence), 0) FROM inodes").await.map_err(|e| classify(server, e, true))?;
+    Ok(v.as_ref().and_then(value_i64).unwrap_or(0).max(0) as u64)
+}
+
+async fn commit(conn: &mut Conn, server: &str, txn: &Txn, fence: Option<Fence>) -> Result<(), Fail> {
     if txn.ops.is_empty() {
         // Nothing to change; and every earlier commit is already durable (see the module docs).
         return Ok(());
@@ -884,7 +932,7 @@ async fn commit(conn: &mut Conn, server: &str, txn: &Txn) -> Result<(), Fail> {
     // A broken connection is found here, before anything happened: safe to retry.
     conn.query_drop("START TRANSACTION").await.map_err(|e| classify(server, e, true))?;
     for op in &txn.ops {
-        if let Err(fail) = apply_op(conn, server, op).await {
+        if let Err(fail) = apply_op(conn, server, op, fence).await {
             let fail = scrub(fail, txn);
             return Err(match fail {
                 Fail::Lost { message, .. } => {
@@ -907,7 +955,7 @@ async fn commit(conn: &mut Conn, server: &str, txn: &Txn) -> Result<(), Fail> {
     }
 }
 
-async fn apply_op(conn: &mut Conn, server: &str, op: &TxnOp) -> Result<(), Fail> {
+async fn apply_op(conn: &mut Conn, server: &str, op: &TxnOp, fence: Option<Fence>) -> Result<(), Fail> {
     let conflict = |msg: String| Fail::Reply(IoError::new(IoErrorKind::Conflict, format!("{server}: {msg}")));
     let err = |e| classify(server, e, true);
     match op {
@@ -921,12 +969,39 @@ async fn apply_op(conn: &mut Conn, server: &str, op: &TxnOp) -> Result<(), Fail>
         TxnOp::UpdateInode { row, expect_version } => {
             let mut params = encode_inode(server, row)?;
             let expect = to_i64(server, *expect_version, "version")?;
+            // The fence applies to its own inode only; token 0 is no check (no leases).
+            let token = match fence {
+                Some(f) if f.ino == row.ino && f.token != 0 => to_i64(server, f.token, "fencing token")?,
+                _ => 0,
+            };
             // SET columns are all but the first (ino), which moves to the WHERE clause.
             let ino = params.remove(0);
-            params.push(ino);
+            if token != 0 {
+                params.push(token.into());
+            }
+            params.push(ino.clone());
             params.push(expect.into());
-            conn.exec_drop(SQL_UPDATE_INODE, params).await.map_err(err)?;
-            if conn.affected_rows() == 0 {
+            if token != 0 {
+                params.push(token.into());
+            }
+            let sql = if token == 0 { SQL_UPDATE_INODE } else { SQL_UPDATE_INODE_FENCED };
+            conn.exec_drop(sql, params).await.map_err(err)?;
+            let matched = conn.affected_rows();
+            if matched == 0 && token != 0 {
+                let stored: Option<(Value, Value)> = conn
+                    .exec_first("SELECT version, fence FROM inodes WHERE ino = ?", (ino,))
+                    .await
+                    .map_err(err)?;
+                let stored = stored.and_then(|(v, f)| Some((value_i64(&v)?, value_i64(&f)?)));
+                if let Some((version, stored)) = stored.filter(|&(v, f)| v == expect && f > token) {
+                    return Err(conflict(format!(
+                        "table inodes: inode {} at version {version} was committed under fencing token {stored}, \
+                         later than this upload's {token} (another host's upload lease came after this one)",
+                        row.ino
+                    )));
+                }
+            }
+            if matched == 0 {
                 return Err(conflict(format!(
                     "table inodes: inode {} is not at version {expect_version} (changed or deleted)",
                     row.ino

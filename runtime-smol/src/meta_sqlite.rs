@@ -6,6 +6,10 @@
 //! Integers are stored as SQLite INTEGER (i64). Values the core hands us that do not fit are
 //! refused rather than wrapped; values read back that do not fit their Rust type are `Corrupt`.
 //!
+//! A commit that carries an upload lease's fencing token ([`Fence`], hosts with a coordination
+//! server) updates its inode only if the row's `fence` is at most the token, and stores the token
+//! there; token 0 (no leases: this embedded store on one host) is not checked.
+//!
 //! Foreign keys are off on purpose: the core owns referential integrity, and the three metadata
 //! stores (SQLite, MySQL, the simulator's) must accept and refuse exactly the same transactions.
 
@@ -14,13 +18,14 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use crate::backends::Fence;
 use truckeefs_core::{
     DentryRow, FileKind, InodeRow, IoError, IoErrorKind, IoReply, IoResult, LoadedInode, MetaRequest, ObjectId,
     Timespec, Txn, TxnOp, ROOT_INO,
 };
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[v]` takes a database from schema version `v` to `v + 1` (version 0 is an empty
 /// file). Each step runs in its own transaction together with the `schema` version bump. Never edit
@@ -62,6 +67,11 @@ const MIGRATIONS: &[&str] = &[
          name BLOB NOT NULL,
          value BLOB NOT NULL,
          PRIMARY KEY(ino, name)) WITHOUT ROWID;",
+    // 1 -> 2: the fencing token of the last upload lease that committed the row (see
+    // `backends::Fence`); 0 until a host with a coordination server commits an upload. The
+    // index serves `max_fence` (only rows that ever had a lease).
+    "ALTER TABLE inodes ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX inodes_fence ON inodes(fence) WHERE fence > 0;",
 ];
 
 /// The page size of new databases: commits of small metadata rows write a quarter of the bytes
@@ -145,14 +155,31 @@ impl SqliteMeta {
 
     /// Executes one request; see the documentation of [`MetaRequest`] for each reply.
     pub fn execute(&mut self, req: &MetaRequest) -> IoResult {
+        self.execute_fenced(req, None)
+    }
+
+    /// [`SqliteMeta::execute`]; a `Commit` also checks and sets the row fence of `fence.ino`
+    /// (see [`Fence`]). Other requests ignore `fence`.
+    pub fn execute_fenced(&mut self, req: &MetaRequest, fence: Option<Fence>) -> IoResult {
         match req {
             MetaRequest::AllocIds { count } => self.alloc_ids(*count),
             MetaRequest::LoadInode { ino } => Ok(IoReply::Inode(self.load_inode(*ino)?)),
             MetaRequest::LoadDir { ino } => Ok(IoReply::Dir(self.load_dir(*ino)?)),
-            MetaRequest::Commit(txn) => self.commit(txn).map(|()| IoReply::Done),
+            MetaRequest::Commit(txn) => self.commit(txn, fence).map(|()| IoReply::Done),
             MetaRequest::ListOrphans => self.list_orphans(),
             MetaRequest::Usage => self.usage(),
         }
+    }
+
+    /// The highest fencing token of any inode row (0 if none): a coordination server that lost
+    /// its counter starts again above it.
+    pub fn max_fence(&mut self) -> Result<u64, IoError> {
+        let v: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(fence), 0) FROM inodes WHERE fence > 0")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(|e| self.sql_error(e))?;
+        Ok(v.max(0) as u64)
     }
 
     /// Every entry naming `ino`, as `(parent, name)`.
@@ -288,9 +315,9 @@ impl SqliteMeta {
         Ok(entries)
     }
 
-    fn commit(&mut self, txn: &Txn) -> Result<(), IoError> {
+    fn commit(&mut self, txn: &Txn, fence: Option<Fence>) -> Result<(), IoError> {
         if !txn.durable {
-            return self.commit_ops(&txn.ops);
+            return self.commit_ops(&txn.ops, fence);
         }
         // Durability: in WAL mode with synchronous=FULL, SQLite fsyncs the WAL at commit. The WAL
         // is append-only, so that one fsync also makes every earlier (NORMAL) commit durable,
@@ -298,7 +325,7 @@ impl SqliteMeta {
         // transactions pay for the fsync.
         self.set_synchronous("FULL")?;
         let before = self.conn.total_changes();
-        let result = self.commit_ops(&txn.ops);
+        let result = self.commit_ops(&txn.ops, fence);
         let changed = self.conn.total_changes() != before;
         // Always go back to NORMAL, even after a failed commit.
         let reset = self.set_synchronous("NORMAL");
@@ -318,11 +345,11 @@ impl SqliteMeta {
 
     /// Applies `ops` in one transaction: all or nothing. BEGIN and COMMIT are cached statements
     /// (rusqlite's `Transaction` parses them anew each time, a tenth of a small commit's cost).
-    fn commit_ops(&mut self, ops: &[TxnOp]) -> Result<(), IoError> {
+    fn commit_ops(&mut self, ops: &[TxnOp], fence: Option<Fence>) -> Result<(), IoError> {
         let SqliteMeta { conn, path } = self;
         let sql_error = |e| sql_error(path, e);
         conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut st| st.execute([])).map_err(sql_error)?;
-        let applied = ops.iter().try_for_each(|op| apply_op(conn, path, op));
+        let applied = ops.iter().try_for_each(|op| apply_op(conn, path, op, fence));
         let result = applied.and_then(|()| {
             conn.prepare_cached("COMMIT").and_then(|mut st| st.execute([])).map(drop).map_err(sql_error)
         });
@@ -371,7 +398,7 @@ impl SqliteMeta {
     }
 }
 
-fn apply_op(tx: &Connection, path: &Path, op: &TxnOp) -> Result<(), IoError> {
+fn apply_op(tx: &Connection, path: &Path, op: &TxnOp, fence: Option<Fence>) -> Result<(), IoError> {
     let db = path.display();
     let conflict = |msg: String| IoError::new(IoErrorKind::Conflict, format!("{db}: {msg}"));
     let sql_error = |e| sql_error(path, e);
@@ -395,20 +422,45 @@ fn apply_op(tx: &Connection, path: &Path, op: &TxnOp) -> Result<(), IoError> {
         TxnOp::UpdateInode { row, expect_version } => {
             let p = encode_inode(path, row)?;
             let expect = to_i64(path, *expect_version, "version")?;
-            let mut st = tx
-                .prepare_cached(
-                    "UPDATE inodes SET kind = ?2, perm = ?3, uid = ?4, gid = ?5, nlink = ?6, size = ?7, \
-                     atime_sec = ?8, atime_nsec = ?9, mtime_sec = ?10, mtime_nsec = ?11, ctime_sec = ?12, \
-                     ctime_nsec = ?13, rdev = ?14, version = ?15, object = ?16, target = ?17 \
-                     WHERE ino = ?1 AND version = ?18",
-                )
-                .map_err(sql_error)?;
-            let n = st
-                .execute(params![
-                    p.ino, p.kind, p.perm, p.uid, p.gid, p.nlink, p.size, p.atime.0, p.atime.1, p.mtime.0, p.mtime.1,
-                    p.ctime.0, p.ctime.1, p.rdev, p.version, p.object, p.target, expect
-                ])
-                .map_err(sql_error)?;
+            // The fence applies to its own inode only; token 0 is no check (no leases).
+            let token = match fence {
+                Some(f) if f.ino == row.ino && f.token != 0 => to_i64(path, f.token, "fencing token")?,
+                _ => 0,
+            };
+            // Unfenced updates leave the column out, so they do not touch its index.
+            let sql = if token == 0 {
+                "UPDATE inodes SET kind = ?2, perm = ?3, uid = ?4, gid = ?5, nlink = ?6, size = ?7, \
+                 atime_sec = ?8, atime_nsec = ?9, mtime_sec = ?10, mtime_nsec = ?11, ctime_sec = ?12, \
+                 ctime_nsec = ?13, rdev = ?14, version = ?15, object = ?16, target = ?17 \
+                 WHERE ino = ?1 AND version = ?18"
+            } else {
+                "UPDATE inodes SET kind = ?2, perm = ?3, uid = ?4, gid = ?5, nlink = ?6, size = ?7, \
+                 atime_sec = ?8, atime_nsec = ?9, mtime_sec = ?10, mtime_nsec = ?11, ctime_sec = ?12, \
+                 ctime_nsec = ?13, rdev = ?14, version = ?15, object = ?16, target = ?17, fence = ?19 \
+                 WHERE ino = ?1 AND version = ?18 AND fence <= ?19"
+            };
+            let mut st = tx.prepare_cached(sql).map_err(sql_error)?;
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+                &p.ino, &p.kind, &p.perm, &p.uid, &p.gid, &p.nlink, &p.size, &p.atime.0, &p.atime.1, &p.mtime.0,
+                &p.mtime.1, &p.ctime.0, &p.ctime.1, &p.rdev, &p.version, &p.object, &p.target, &expect,
+            ];
+            if token != 0 {
+                values.push(&token);
+            }
+            let n = st.execute(values.as_slice()).map_err(sql_error)?;
+            if n == 0 && token != 0 {
+                let stored: Option<(i64, i64)> = tx
+                    .prepare_cached("SELECT version, fence FROM inodes WHERE ino = ?1")
+                    .and_then(|mut st| st.query_row([p.ino], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .map_err(sql_error)?;
+                if let Some((version, stored)) = stored.filter(|&(v, f)| v == expect && f > token) {
+                    return Err(conflict(format!(
+                        "table inodes: inode {} at version {version} was committed under fencing token {stored}, \
+                         later than this upload's {token} (another host's upload lease came after this one)",
+                        row.ino
+                    )));
+                }
+            }
             if n == 0 {
                 return Err(conflict(format!(
                     "table inodes: inode {} is not at version {expect_version} (changed or deleted)",
@@ -1023,7 +1075,7 @@ mod tests {
             conn.execute("UPDATE schema SET version = 7", []).unwrap();
         }
         let err = SqliteMeta::open(&path).err().expect("must refuse");
-        assert!(matches!(err, MetaOpenError::NewerSchema { found: 7, supported: 1, .. }), "{err:?}");
+        assert!(matches!(err, MetaOpenError::NewerSchema { found: 7, supported: SCHEMA_VERSION, .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("meta.db") && msg.contains("newer") && msg.contains("upgrade"), "{msg}");
         assert!(!msg.contains('\n'));
@@ -1031,6 +1083,58 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let v: i64 = conn.query_row("SELECT version FROM schema", [], |r| r.get(0)).unwrap();
         assert_eq!(v, 7);
+    }
+
+    fn fenced(meta: &mut SqliteMeta, row: InodeRow, expect_version: u64, token: u64) -> IoResult {
+        let txn = Txn { ops: vec![TxnOp::UpdateInode { row, expect_version }], durable: false };
+        meta.execute_fenced(&MetaRequest::Commit(txn), Some(Fence { ino: 2, token }))
+    }
+
+    #[test]
+    fn fencing_tokens() {
+        let (_d, mut meta) = open_tmp();
+        commit(&mut meta, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
+        assert_eq!(meta.max_fence(), Ok(0));
+        fenced(&mut meta, file_row(2, 2), 1, 5).unwrap();
+        // A lower token, at the right version: refused, saying why.
+        let err = fenced(&mut meta, file_row(2, 3), 2, 4).unwrap_err();
+        assert_eq!(err.kind, IoErrorKind::Conflict);
+        assert!(err.message.contains("fencing token 5") && err.message.contains("meta.db"), "{}", err.message);
+        assert!(!err.message.contains("0123456789abcdef"), "object id leaked: {}", err.message);
+        // Equal and higher are accepted; 0 is never checked and leaves the fence.
+        fenced(&mut meta, file_row(2, 3), 2, 5).unwrap();
+        fenced(&mut meta, file_row(2, 4), 3, 9).unwrap();
+        fenced(&mut meta, file_row(2, 5), 4, 0).unwrap();
+        commit(&mut meta, vec![TxnOp::UpdateInode { row: file_row(2, 6), expect_version: 5 }]).unwrap();
+        assert_eq!(fenced(&mut meta, file_row(2, 7), 6, 8).unwrap_err().kind, IoErrorKind::Conflict);
+        assert_eq!(meta.max_fence(), Ok(9));
+        // A stale version with a good token is the usual version conflict.
+        let err = fenced(&mut meta, file_row(2, 7), 5, 10).unwrap_err();
+        assert!(err.message.contains("not at version 5"), "{}", err.message);
+        assert_eq!(load(&mut meta, 2).unwrap().row.version, 6);
+    }
+
+    /// A database of schema version 1 (before fencing tokens) gets the column, every row at 0.
+    #[test]
+    fn version_1_databases_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            insert_root(&tx).unwrap();
+            tx.execute("UPDATE schema SET version = 1", []).unwrap();
+            tx.commit().unwrap();
+        }
+        let mut meta = SqliteMeta::open(&path).unwrap();
+        let v: i64 = meta.conn.query_row("SELECT version FROM schema", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 2);
+        let fence: i64 = meta.conn.query_row("SELECT fence FROM inodes WHERE ino = 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(fence, 0);
+        commit(&mut meta, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
+        fenced(&mut meta, file_row(2, 2), 1, 3).unwrap();
+        assert_eq!(meta.max_fence(), Ok(3));
     }
 
     #[test]

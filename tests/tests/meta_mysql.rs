@@ -13,6 +13,7 @@ use truckeefs_core::{
     DentryRow, FileKind, Ino, InodeRow, IoErrorKind, IoReply, IoResult, LoadedInode, MetaRequest,
     ObjectId, Timespec, Txn, TxnOp, ROOT_INO,
 };
+use truckeefs_runtime_smol::backends::Fence;
 use truckeefs_runtime_smol::meta_mysql::{MysqlConfig, MysqlMeta, MysqlOpenError, SCHEMA_VERSION};
 use truckeefs_tests::mariadb::MariaDb;
 
@@ -219,7 +220,7 @@ fn creates_tables_once_and_refuses_a_newer_schema_untouched() {
             err,
             MysqlOpenError::NewerSchema {
                 found: 7,
-                supported: 1,
+                supported: SCHEMA_VERSION,
                 ..
             }
         ),
@@ -239,6 +240,62 @@ fn creates_tables_once_and_refuses_a_newer_schema_untouched() {
         "7",
         "nothing written"
     );
+}
+
+/// A database of schema version 1 (before fencing tokens) gets the `fence` column, each row at
+/// 0; so does one whose upgrade was interrupted after the column (the step runs again).
+#[test]
+fn version_1_databases_get_the_fence_column() {
+    let server = MariaDb::shared();
+    let (cfg, mut meta) = fresh("fence1");
+    commit(&mut meta, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
+    drop(meta);
+    let column = || {
+        server.sql(
+            None,
+            &format!(
+                "SELECT count(*) FROM information_schema.columns \
+                 WHERE table_schema = '{}' AND table_name = 'inodes' AND column_name = 'fence'",
+                cfg.db
+            ),
+        )
+    };
+    assert_eq!(column().trim(), "1");
+    // Back to version 1 as it was.
+    server.sql(
+        Some(&cfg.db),
+        "ALTER TABLE inodes DROP KEY inodes_fence, DROP COLUMN fence; UPDATE `schema` SET version = 1",
+    );
+    assert_eq!(column().trim(), "0");
+    let mut meta = MysqlMeta::open(&cfg).unwrap_or_else(|e| panic!("upgrade: {e}"));
+    assert_eq!(meta.max_fence(), Ok(0));
+    let version = server.sql(Some(&cfg.db), "SELECT version FROM `schema`");
+    assert_eq!(version.trim(), SCHEMA_VERSION.to_string());
+    assert_eq!(
+        server.sql(Some(&cfg.db), "SELECT fence FROM inodes WHERE ino = 2").trim(),
+        "0"
+    );
+    drop(meta);
+    // Interrupted after the column, before the index and the version bump.
+    server.sql(
+        Some(&cfg.db),
+        "ALTER TABLE inodes DROP KEY inodes_fence; UPDATE `schema` SET version = 1",
+    );
+    let mut meta = MysqlMeta::open(&cfg).unwrap_or_else(|e| panic!("resumed upgrade: {e}"));
+    let version = server.sql(Some(&cfg.db), "SELECT version FROM `schema`");
+    assert_eq!(version.trim(), SCHEMA_VERSION.to_string());
+    let fenced = meta.execute_fenced(
+        &MetaRequest::Commit(Txn {
+            ops: vec![TxnOp::UpdateInode {
+                row: file_row(2, 2),
+                expect_version: 1,
+            }],
+            durable: false,
+        }),
+        Some(Fence { ino: 2, token: 3 }),
+    );
+    assert_eq!(fenced, Ok(IoReply::Done));
+    assert_eq!(meta.max_fence(), Ok(3));
 }
 
 #[test]

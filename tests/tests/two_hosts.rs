@@ -143,6 +143,10 @@ fn record_locks_and_flock_exclude_across_hosts() {
     // fcntl: a range held on A is refused on B, the rest of the file is free.
     let holder = as_root().hold(&["hold-lock", ps(&p), "0", "100", "w"]);
     assert_eq!(holder.reply.errno, 0, "A could not take F_WRLCK");
+    // A's status names the lock grant's fencing token.
+    let ino = fs::metadata(&p).unwrap().ino();
+    let held = format!("record locks on inode {ino}: fencing token ");
+    assert!(status_of(&h.a).contains(&held), "{}", status_of(&h.a));
     let f = fs::OpenOptions::new().read(true).write(true).open(&on_b).unwrap();
     assert_errno(setlk(f.as_raw_fd(), libc::F_WRLCK, 50, 10), libc::EAGAIN, "B F_WRLCK inside A's range");
     let fl = getlk(f.as_raw_fd(), libc::F_RDLCK, 0, 10).unwrap();
@@ -150,6 +154,7 @@ fn record_locks_and_flock_exclude_across_hosts() {
     setlk(f.as_raw_fd(), libc::F_WRLCK, 200, 10).expect("B locks a range A does not hold");
     holder.release();
     setlk(f.as_raw_fd(), libc::F_WRLCK, 50, 10).expect("B locks the range once A let go");
+    eventually("A's status without the released lock", || !status_of(&h.a).contains(&held));
     drop(f);
 
     // flock: exclusive on A excludes B until released.
@@ -252,6 +257,90 @@ fn status_shows_the_connected_hosts_and_uploads_in_flight() {
     assert!(h.redis.cli_text(&["GET", &format!("test:{ino}:sync_host")]).contains('/'), "no host recorded");
     let ttl: i64 = h.redis.cli_text(&["TTL", &format!("test:{ino}:sync")]).trim().parse().unwrap();
     assert!(ttl > 0 && ttl <= 1800, "expiry {ttl} (redis_semaphore_timeout 1800)");
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+/// One command to the Redis server over its socket (RESP), without a child process; the
+/// first line of the answer.
+fn redis_command(redis: &RedisServer, args: &[&str]) -> String {
+    use std::io::BufRead;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+/// The fence column of a file's row: the fencing token of the last upload lease that committed it.
+fn fence_of(db: &str, ino: u64) -> u64 {
+    MariaDb::shared().sql(Some(db), &format!("SELECT fence FROM inodes WHERE ino = {ino}")).trim().parse().unwrap()
+}
+
+/// Another host holds a file's upload lease (taken here by hand, as a host takes it: the next
+/// token of `<prefix>fence`, then `<prefix>upload:<ino>` = "<token> <host>"): B's fsync and
+/// close of a write to that file wait, B's status says so, and both complete once the lease is
+/// released; both hosts read B's bytes, and the row carries B's later token. A lease its host
+/// stopped renewing (a dead host) expires by itself and B goes on.
+#[test]
+fn an_upload_waits_for_another_hosts_lease() {
+    let h = two_hosts();
+    fs::write(h.a.path("f"), b"first version").unwrap();
+    let on_b = h.b.path("f");
+    eventually("f on B", || on_b.exists());
+    let ino = fs::metadata(h.a.path("f")).unwrap().ino();
+    let first = fence_of(&h.db, ino);
+    assert!(first > 0, "A's upload committed without a fencing token");
+    let key = format!("test:upload:{ino}");
+    assert_eq!(h.redis.cli_text(&["EXISTS", &key]), "0", "A kept its lease after the commit");
+
+    let token: u64 = h.redis.cli_text(&["INCR", "test:fence"]).trim().parse().unwrap();
+    assert!(token > first);
+    assert_eq!(h.redis.cli_text(&["SET", &key, &format!("{token} elsewhere/1/fake"), "NX"]), "OK");
+    let data = pseudo_random_bytes(5, 200_000);
+    let writer = {
+        let (p, d) = (on_b.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().write(true).truncate(true).open(p).unwrap();
+            f.write_all(&d).unwrap();
+            let t = Instant::now();
+            f.sync_all().unwrap();
+            let synced = t.elapsed();
+            drop(f);
+            synced
+        })
+    };
+    let waiting = format!("waiting for the upload lease of inode {ino}: held by elsewhere/1/fake (fencing token {token})");
+    eventually("B's status showing the wait", || status_of(&h.b).contains(&waiting));
+    assert!(status_of(&h.b).contains("uploads waiting for another host's lease: 1"), "{}", status_of(&h.b));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!writer.is_finished(), "B's fsync returned while another host held the upload lease");
+    // Not with redis-cli: a child process started now would close (flush) the writer's file
+    // at its exec, and that flush, a close on B, waits for the same upload.
+    assert_eq!(redis_command(&h.redis, &["DEL", &key]), ":1");
+    let synced = writer.join().unwrap();
+    assert!(synced >= Duration::from_secs(2), "fsync took {synced:?}");
+    assert!(!status_of(&h.b).contains("waiting for the upload lease"), "{}", status_of(&h.b));
+    assert_bytes_eq(&read(&on_b), &data, "B's bytes on B");
+    assert_bytes_eq(&read(&h.a.path("f")), &data, "B's bytes on A");
+    assert!(fence_of(&h.db, ino) > token, "the row's fence is not B's later token");
+    eventually("B's lease released after its commit", || h.redis.cli_text(&["EXISTS", &key]) == "0");
+
+    // A dead host's lease: nobody releases it, it expires (3 s here; a host's own live 5 s).
+    let token: u64 = h.redis.cli_text(&["INCR", "test:fence"]).trim().parse().unwrap();
+    assert_eq!(h.redis.cli_text(&["SET", &key, &format!("{token} dead/1/fake"), "NX", "PX", "3000"]), "OK");
+    let v3 = pseudo_random_bytes(6, 50_000);
+    let t = Instant::now();
+    fs::write(&on_b, &v3).unwrap();
+    let took = t.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(15), "B's close took {took:?}");
+    assert_bytes_eq(&read(&h.a.path("f")), &v3, "B's third version on A");
+    assert!(fence_of(&h.db, ino) > token);
+
     h.a.unmount_ok();
     h.b.unmount_ok();
 }
