@@ -120,7 +120,7 @@ pub fn setattr(row: &InodeRow, caller: Caller, set: SetAttr, has_fh: bool) -> Re
         let perm = (mode & 0o7777) as u16;
         if owner {
             if perm & S_ISGID != 0 && !caller.in_group(set.gid.unwrap_or(row.gid)) {
-                set.mode = Some(mode & !(libc::S_ISGID as u32));
+                set.mode = Some(mode & !libc::S_ISGID);
             }
         } else if perm != row.perm & !(S_ISUID | S_ISGID) || perm == row.perm {
             // The one mode change a non-owner causes: the kernel dropping the set-id bits after
