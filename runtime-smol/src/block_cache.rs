@@ -270,7 +270,15 @@ impl BlockCache {
             st.streams.insert(id, first);
         }
         let (this, object) = (self.clone(), object.clone());
-        smol::unblock(move || this.stream_from(&object, id, first)).detach();
+        let spawned = std::thread::Builder::new().name("truckeefs-stream".into()).spawn(move || {
+            background_priority();
+            this.stream_from(&object, id, first)
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "block cache: cannot start a read-ahead stream");
+            self.lock().streams.remove(&id);
+            self.changed.notify_all();
+        }
     }
 
     /// Streams `object` from block `first` to its end in one request (the stream registered in
@@ -471,6 +479,19 @@ fn object_hash(object: &ObjectId) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10). A read-ahead stream runs ahead of
+/// its reader, so a little delay costs nothing, and the Tahoe gateway it reads from (Python,
+/// CPU-bound, most often on this machine) gets the processor first: the gateway is the
+/// bottleneck of a cold read, and the socket's buffers absorb the stream's delays.
+fn background_priority() {
+    // SAFETY: plain system calls on the calling thread; a failure only leaves the priority as
+    // it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 fn cache_key((id, idx): BlockKey) -> String {
