@@ -324,6 +324,9 @@ pub struct Core {
     running: Option<Parked>,
     /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
     invalidations: Vec<Changes>,
+    /// Other hosts' changes may have been lost (see `invalidate_all`): everything cached goes,
+    /// at the same moment as `invalidations`.
+    invalidate_everything: bool,
     /// Opens of a multi-host mount that re-read their inode already, with the object it had.
     revalidated: HashMap<RequestId, Option<ObjectId>>,
     loads_in_flight: u32,
@@ -375,6 +378,7 @@ impl Core {
             lock_polling: Vec::new(),
             lock_poll_at: None,
             invalidations: Vec::new(),
+            invalidate_everything: false,
             revalidated: HashMap::new(),
             loads_in_flight: 0,
             ids: 0..0,
@@ -459,9 +463,46 @@ impl Core {
         self.wake_parked();
     }
 
+    /// Messages from other hosts may have been lost (the runtime's subscription to them was cut
+    /// and is back): every cached copy of shared state is treated as changed by another host,
+    /// as if one invalidation named every inode and every entry this host caches. What is only
+    /// a copy is forgotten; what is more (open, dirty or locked files, unsaved directory times)
+    /// has its row read again; the kernel drops its cached attributes, pages and entries.
+    /// Open handles stay valid (close-to-open: the next open reads the file again).
+    pub fn invalidate_all(&mut self, now: Instant) {
+        self.now = now;
+        self.invalidate_everything = true;
+        self.apply_invalidations();
+        self.wake_parked();
+    }
+
+    /// Every inode and every directory entry cached now, as one invalidation (in a fixed order:
+    /// the kernel notices follow it).
+    fn everything_cached(&self) -> Changes {
+        let mut inodes: Vec<Ino> = self.inodes.keys().copied().collect();
+        inodes.sort_unstable();
+        let mut parents: Vec<Ino> = self.dirs.keys().copied().collect();
+        parents.sort_unstable();
+        let entries = parents
+            .into_iter()
+            .flat_map(|parent| self.dirs[&parent].after(0).map(move |(_, name, _)| (parent, name.to_vec())))
+            .collect();
+        Changes { inodes, entries }
+    }
+
     fn apply_invalidations(&mut self) {
-        if self.invalidations.is_empty() || self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
+        let nothing = self.invalidations.is_empty() && !self.invalidate_everything;
+        if nothing || self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
             return;
+        }
+        if std::mem::take(&mut self.invalidate_everything) {
+            // It covers every other invalidation waiting; loads in flight may predate anything.
+            self.invalidations = vec![self.everything_cached()];
+            self.stale_dir_loads.extend(self.loading_dirs.iter().copied());
+            self.stale_inode_loads.extend(self.loading_inodes.iter().chain(&self.refreshing).copied());
+            // Listings too, an empty one or one of a directory that stays (the root, an open
+            // one): nothing but copies (no transaction of this host is in flight).
+            self.dirs.clear();
         }
         for changes in std::mem::take(&mut self.invalidations) {
             // A listing in flight may hold the old entries or rows; a load or refresh in flight

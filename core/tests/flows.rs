@@ -844,3 +844,108 @@ fn a_failed_flush_still_drops_the_owners_locks() {
         other => panic!("getlk: {other:?}"),
     }
 }
+
+/// Messages from other hosts can be lost (Redis pub/sub drops what is published while a
+/// subscriber reconnects). Without a word of a change, a host keeps its cached listing, names
+/// and attributes for as long as they stay cached; after the reconnection the runtime calls
+/// `invalidate_all`, and everything is read again. An open file keeps its handle (close-to-open:
+/// the next open reads the new version).
+#[test]
+fn a_resync_after_lost_messages_reads_everything_again() {
+    let config = || Config { multi_host: true, ..Config::default() };
+    let now = Instant::now();
+    let mut a = Harness::with_config(Store::new(), now, config());
+    let (ino, fh) = a.create(ROOT_INO, "a");
+    a.write(ino, fh, 0, b"one");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let listed = |h: &mut Harness| -> Vec<String> {
+        h.names(ROOT_INO).into_iter().filter(|n| n != "." && n != "..").collect()
+    };
+    assert_eq!(listed(&mut b), ["a"]);
+    b.entry(Op::Lookup { parent: ROOT_INO, name: "a".into() });
+    let Ok(Reply::Opened { fh: kept, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    assert_eq!(b.read(ino, 0, 100), b"one");
+
+    // A creates a name and stores a new version of "a"; B never hears of either.
+    let (other, ofh) = a.create(ROOT_INO, "b");
+    a.call(Op::Release { ino: other, fh: ofh, lock_owner: None }).unwrap();
+    a.write(ino, fh, 0, b"two!");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    b.store = a.store.clone();
+    assert_eq!(listed(&mut b), ["a"], "without a message the cached listing stays (the bug the resync fixes)");
+    match b.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 3, "and so do the cached attributes"),
+        other => panic!("getattr: {other:?}"),
+    }
+
+    // The subscription is back: B drops everything it cached, and tells the kernel.
+    b.core.invalidate_all(b.now);
+    let mut notices = Vec::new();
+    while let Some(e) = b.core.poll_effect() {
+        match e {
+            Effect::Kernel(n) => notices.push(n),
+            Effect::Io { io, request } => b.ios.push_back((io, request)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(notices.contains(&KernelNotice::InvalInode { ino }), "{notices:?}");
+    assert!(notices.contains(&KernelNotice::InvalInode { ino: ROOT_INO }), "{notices:?}");
+    assert!(notices.contains(&KernelNotice::InvalEntry { parent: ROOT_INO, name: b"a".to_vec() }), "{notices:?}");
+    b.settle();
+    assert_eq!(listed(&mut b), ["a", "b"]);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "b".into() }).ino, other);
+    match b.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 4),
+        other => panic!("getattr: {other:?}"),
+    }
+    // The handle opened before still reads and closes; a new open reads the new version.
+    assert!(matches!(b.call(Op::Read { ino, fh: kept, offset: 0, size: 100 }), Ok(Reply::Data(_))));
+    b.call(Op::Release { ino, fh: kept, lock_owner: None }).unwrap();
+    let Ok(Reply::Opened { fh: again, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    assert_eq!(b.read(ino, 0, 100), b"two!");
+    b.call(Op::Release { ino, fh: again, lock_owner: None }).unwrap();
+}
+
+/// A resync asked for while this host's own transaction is in flight waits for it (the cache is
+/// the store plus that transaction), like an invalidation, then drops everything.
+#[test]
+fn a_resync_waits_for_the_transaction_in_flight() {
+    let config = || Config { multi_host: true, ..Config::default() };
+    let now = Instant::now();
+    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let listed = |h: &mut Harness| -> Vec<String> {
+        h.names(ROOT_INO).into_iter().filter(|n| n != "." && n != "..").collect()
+    };
+    assert!(listed(&mut b).is_empty());
+    let (ino, fh) = a.create(ROOT_INO, "a");
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    b.store = a.store.clone();
+    // B creates "c": its commit is in flight when the resync comes.
+    let create = b.send(Op::Create { parent: ROOT_INO, name: "c".into(), mode: 0o644, umask: 0, flags: libc::O_RDWR });
+    b.settle_until(is_commit);
+    b.core.invalidate_all(b.now);
+    let kernel = |h: &mut Harness| -> Vec<KernelNotice> {
+        let mut notices = Vec::new();
+        while let Some(e) = h.core.poll_effect() {
+            match e {
+                Effect::Kernel(n) => notices.push(n),
+                Effect::Io { io, request } => h.ios.push_back((io, request)),
+                Effect::Reply { id, result } => {
+                    h.replies.insert(id, result);
+                }
+            }
+        }
+        notices
+    };
+    assert_eq!(kernel(&mut b), [], "nothing is dropped while the commit is in flight");
+    let (io, req) = b.ios.pop_front().expect("the commit");
+    let r = b.store.execute(&req);
+    b.core.handle_completion(b.now, io, r);
+    assert!(kernel(&mut b).contains(&KernelNotice::InvalInode { ino: ROOT_INO }), "applied once it committed");
+    b.settle();
+    let Some(Ok(Reply::Created { attr, fh: cfh })) = b.replies.remove(&create) else { panic!("create") };
+    b.call(Op::Release { ino: attr.ino, fh: cfh, lock_owner: None }).unwrap();
+    assert_eq!(listed(&mut b), ["a", "c"]);
+}
