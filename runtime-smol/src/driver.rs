@@ -124,13 +124,20 @@ impl Runtime {
         let coordinator = match &coordination {
             Some(config) => {
                 let weak = Arc::downgrade(&shared);
-                let weak_collect = weak.clone();
+                let (weak_resync, weak_collect) = (weak.clone(), weak.clone());
                 let c = Coordinator::start(
                     config,
                     move |changes| {
                         let Some(shared) = weak.upgrade() else { return };
                         let mut d = shared.lock();
                         d.core.handle_invalidation(Instant::now(), changes);
+                        d.drain(&shared);
+                    },
+                    // Changes were lost while the subscription was cut.
+                    move || {
+                        let Some(shared) = weak_resync.upgrade() else { return };
+                        let mut d = shared.lock();
+                        d.core.invalidate_all(Instant::now());
                         d.drain(&shared);
                     },
                     move || {
