@@ -39,6 +39,8 @@ const NONE: i32 = -1;
 const RELEASE_LINGER: Duration = Duration::from_secs(1);
 /// A check of every name and size on every host, after all messages are delivered, this often.
 const SYNC_EVERY: u64 = 25;
+/// Per step (seeds with faults): a host's subscription is cut for 0.2-6 s.
+const CUT_CHANCE: f64 = 0.006;
 const READ_ALL: u32 = 1 << 16;
 
 /// One file of the model.
@@ -215,6 +217,8 @@ struct Mh {
     opts: Options,
     rng: Rng,
     frng: Rng,
+    /// Draws the cut subscriptions (a stream of its own: the other faults stay as they were).
+    cut_rng: Rng,
     profile: FaultProfile,
     names: Vec<NameM>,
     files: BTreeMap<Ino, FileM>,
@@ -291,7 +295,7 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
         trace_hash: m.c.trace.hash.0,
         leaked_objects: leaked,
         profile: format!(
-            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lock scripts {}",
+            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lost {} resyncs {} lock scripts {}",
             m.c.hosts.len(),
             m.profile,
             m.staged_is_durable,
@@ -299,6 +303,8 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
             s.delivered,
             s.delayed,
             s.missed,
+            s.lost,
+            s.resyncs,
             m.c.redis.scripts
         ),
         divergences: BTreeMap::new(),
@@ -314,6 +320,7 @@ impl Mh {
         let rng = root.fork(4);
         let frng = root.fork(5);
         let msg_rng = root.fork(7);
+        let cut_rng = root.fork(8);
         // fsync answers after the upload is committed, so that what it acknowledges is what the
         // other hosts read.
         let config = Config {
@@ -365,6 +372,7 @@ impl Mh {
             opts,
             rng,
             frng,
+            cut_rng,
             profile,
             names: (0..NAMES.len()).map(|_| NameM::default()).collect(),
             files: BTreeMap::new(),
@@ -424,6 +432,14 @@ impl Mh {
             self.cluster_faults += 1;
             let d = Duration::from_millis(self.frng.range(200, 3500));
             self.c.jump(d);
+        }
+        if !self.profile.is_none() && self.cut_rng.chance(CUT_CHANCE) {
+            let h = self.cut_rng.below(hosts as u64) as usize;
+            let d = Duration::from_millis(self.cut_rng.range(200, 6000));
+            if self.c.is_subscribed(h) {
+                self.cluster_faults += 1;
+                self.c.cut_subscription(h, d);
+            }
         }
         Ok(())
     }
@@ -1373,7 +1389,7 @@ impl Mh {
                 .iter()
                 .any(|h| h.w.in_flight().any(|r| matches!(r, IoRequest::Meta(MetaRequest::Commit(_)))));
             let down = (0..self.c.hosts.len()).any(|h| !self.c.is_up(h));
-            if self.c.messages_in_flight() == 0 && !commits && !down {
+            if self.c.all_heard() && !commits && !down {
                 return Ok(true);
             }
             if self.c.now > end {
@@ -1426,7 +1442,7 @@ impl Mh {
         for _ in 0..600 {
             self.settle_files();
             let files_quiet = self.files.values().all(|f| f.unsettled.is_none());
-            if files_quiet && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.messages_in_flight() == 0 {
+            if files_quiet && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.all_heard() {
                 quiet = true;
                 break;
             }

@@ -456,6 +456,15 @@ impl World {
         self.drain()
     }
 
+    /// This host subscribed again after its subscription was cut (several hosts): what it
+    /// missed is unknown, so it drops every cached copy.
+    pub fn resync(&mut self) -> LoopResult<()> {
+        self.trace.note(self.now_us(), "resync: subscribed again".into());
+        let now = self.instant();
+        self.core.invalidate_all(now);
+        self.drain()
+    }
+
     /// Run until `id` is answered. Fails on a deadlock or when virtual time runs away.
     pub fn wait(&mut self, id: RequestId) -> LoopResult<Result<Reply, i32>> {
         let limit = self.now + Duration::from_secs(3600);
