@@ -475,8 +475,22 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub(crate) struct Orphans {
     /// Held by live hosts: not to be deleted.
     pub(crate) held: std::collections::HashSet<Ino>,
-    /// The sets of dead hosts (their keys): what they list may go, then the sets.
-    pub(crate) dead_sets: Vec<String>,
+    /// The sets of dead hosts (their keys) and what they list: those may go, then the sets.
+    pub(crate) dead_sets: Vec<(String, Vec<Ino>)>,
+}
+
+impl Orphans {
+    /// The dead hosts' sets of which nothing is left among `orphans` (the store's files without
+    /// names): those may be forgotten. A set whose files are not all deleted yet stays, so that
+    /// a deletion that failed (or that the collecting host skipped, or died during) is tried
+    /// again at the next check.
+    pub(crate) fn done_sets(&self, orphans: &std::collections::HashSet<Ino>) -> Vec<String> {
+        self.dead_sets
+            .iter()
+            .filter(|(_, members)| !members.iter().any(|i| orphans.contains(i)))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
 }
 
 impl LockService {
@@ -505,11 +519,11 @@ impl LockService {
             for key in keys {
                 let Some(host) = key.strip_prefix(&set_prefix) else { continue };
                 let alive: bool = host == self.host || c.exists(format!("{host_prefix}{host}"))?;
+                let members: Vec<Ino> = c.smembers(&key)?;
                 if alive {
-                    let members: Vec<Ino> = c.smembers(&key)?;
                     out.held.extend(members);
                 } else {
-                    out.dead_sets.push(key);
+                    out.dead_sets.push((key, members));
                 }
             }
             Ok(out)
@@ -748,6 +762,17 @@ mod tests {
         let s = Starting::default();
         assert!(!s.wait(Duration::from_millis(10)));
         assert!(s.subscribed());
+    }
+
+    #[test]
+    fn a_dead_hosts_orphan_set_goes_once_nothing_it_lists_is_left() {
+        let o = Orphans {
+            held: [7].into(),
+            dead_sets: vec![("p:orphans:a".into(), vec![1, 2]), ("p:orphans:b".into(), vec![3]), ("p:orphans:c".into(), vec![])],
+        };
+        // 2 is still a file without names (its deletion failed, say): set a stays for the next check.
+        assert_eq!(o.done_sets(&[2, 7].into()), ["p:orphans:b", "p:orphans:c"]);
+        assert_eq!(o.done_sets(&[7].into()), ["p:orphans:a", "p:orphans:b", "p:orphans:c"]);
     }
 
     #[test]
