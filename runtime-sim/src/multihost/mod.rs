@@ -10,13 +10,19 @@
 //! the whole cluster (the harness opens a file for writing only where nobody else has it open for
 //! writing and the store holds its latest version); readers and lock holders are unrestricted.
 //! Files open anywhere are not unlinked (open-unlinked files across hosts are not modelled).
+//!
+//! Submodules: `files` (the model of files and names), `locks` (of record locks), `checks`
+//! (sync points and the liveness phase).
+
+mod checks;
+mod files;
+mod locks;
 
 use crate::faults::{FaultProfile, Faults};
 use crate::harness::{Failure, Options, Stats};
 use crate::hosts::Cluster;
 use crate::meta::MemMeta;
 use crate::objects::MemObjects;
-use crate::redis::HostId;
 use crate::rng::Rng;
 use crate::sim::{Latency, World, WALL_EPOCH_SECS};
 use crate::staging::{CrashMode, MemStaging};
@@ -24,111 +30,19 @@ use crate::trace::Trace;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use truckeefs_core::{Config, Ctx, Ino, IoRequest, LockRange, MetaRequest, Op, Reply, RequestId, Timespec, ROOT_INO};
+use files::{FileM, NameM};
+use locks::{Lingering, OwnerLocks, conflicts};
+use truckeefs_core::{Config, Ctx, Ino, LockRange, Op, Reply, RequestId, Timespec, ROOT_INO};
 
 type R<T> = Result<T, String>;
 
 const NAMES: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
 const CTX: Ctx = Ctx { uid: 0, gid: 0, pid: 1 };
-/// Record locks are taken on bytes 0..16; slot 16 stands for "16 to the end of the file".
-const SLOTS: usize = 17;
-/// A slot without a lock (`F_RDLCK` is 0).
-const NONE: i32 = -1;
-/// How long a released lock may still be seen by another host (its `Publish` in flight, up to a
-/// slow metadata latency).
-const RELEASE_LINGER: Duration = Duration::from_secs(1);
 /// A check of every name and size on every host, after all messages are delivered, this often.
 const SYNC_EVERY: u64 = 25;
 /// Per step (seeds with faults): a host's subscription is cut for 0.2-6 s.
 const CUT_CHANCE: f64 = 0.006;
 const READ_ALL: u32 = 1 << 16;
-
-/// One file of the model.
-struct FileM {
-    ino: Ino,
-    /// Every content the file had, in order: one per acknowledged write (the empty file first).
-    versions: Vec<Vec<u8>>,
-    /// The last version a close or fsync acknowledged (it is in the shared store).
-    acked: usize,
-    /// When each acknowledgement came: (time, version).
-    acks: Vec<(Duration, usize)>,
-    /// The host writing it, if it is open for writing.
-    writer: Option<usize>,
-    /// The host that wrote it last (its uploads may still be running).
-    last_writer: Option<usize>,
-    /// Its writer crashed with unacknowledged writes: until it settles, the contents are any
-    /// version since the acknowledged one (or a newer one's bytes under an older one's size).
-    unsettled: Option<usize>,
-}
-
-impl FileM {
-    fn latest(&self) -> &[u8] {
-        self.versions.last().expect("a file has at least its empty version")
-    }
-
-    /// The last version acknowledged before `t` (strictly).
-    fn acked_before(&self, t: Duration) -> usize {
-        self.acks.iter().rev().find(|(at, _)| *at < t).map_or(0, |(_, v)| *v)
-    }
-
-    /// The contents allowed after a crash of its writer, from version `from` on.
-    fn allowed_after_crash(&self, from: usize, data: &[u8]) -> bool {
-        let vs = &self.versions[from..];
-        if vs.iter().any(|v| v == data) {
-            return true;
-        }
-        // A seal record written while a later write landed: a newer version's bytes under an
-        // older version's size.
-        vs.iter().enumerate().any(|(i, old)| {
-            old.len() == data.len() && vs[i + 1..].iter().any(|new| zero_extended(new, old.len()) == data)
-        })
-    }
-}
-
-fn zero_extended(v: &[u8], len: usize) -> Vec<u8> {
-    let mut out = v[..v.len().min(len)].to_vec();
-    out.resize(len, 0);
-    out
-}
-
-/// One name of the model: its file now, and what it named before (and until when).
-#[derive(Default)]
-struct NameM {
-    current: Option<Ino>,
-    history: Vec<(Option<Ino>, Duration)>,
-}
-
-impl NameM {
-    /// What a host may see: the current value, or one that changed after the last sync (a host
-    /// may not have heard of the change yet).
-    fn allows(&self, v: Option<Ino>, since: Duration) -> bool {
-        self.current == v || self.history.iter().any(|(old, until)| *old == v && *until >= since)
-    }
-
-    fn set(&mut self, v: Option<Ino>, now: Duration) {
-        let old = std::mem::replace(&mut self.current, v);
-        self.history.push((old, now));
-    }
-}
-
-/// A lock owner's locks on one file: per slot, the type and when it was granted.
-#[derive(Clone)]
-struct OwnerLocks {
-    host: usize,
-    redis_id: HostId,
-    ino: Ino,
-    slots: [(i32, Duration); SLOTS],
-}
-
-/// Locks let go of (or of a crashed host) that other hosts may still see until `until`.
-struct Lingering {
-    ino: Ino,
-    host: usize,
-    /// The holder's id in Redis (a restarted host has a new one: its old locks are another's).
-    redis_id: HostId,
-    slots: [i32; SLOTS],
-    until: Duration,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -238,16 +152,6 @@ struct Mh {
     /// (checked once the batch is over: the winner's answer may come later).
     racing: Vec<usize>,
     race_losses: Vec<(usize, Duration)>,
-}
-
-fn slots_of(l: &LockRange) -> std::ops::RangeInclusive<usize> {
-    let start = l.start.min(16) as usize;
-    let end = if l.end >= 16 { 16 } else { l.end as usize };
-    start..=end
-}
-
-fn conflicts(a: i32, b: i32) -> bool {
-    a != NONE && b != NONE && a != libc::F_UNLCK && b != libc::F_UNLCK && (a == libc::F_WRLCK || b == libc::F_WRLCK)
 }
 
 pub fn run(opts: Options) -> Result<Stats, Failure> {
@@ -648,65 +552,14 @@ impl Mh {
         None
     }
 
-    /// Whether a file may get a new writer: nobody writes it, the store holds its latest
-    /// version, and its last writer has nothing left to upload.
-    fn writable(&self, ino: Ino) -> bool {
-        let Some(f) = self.files.get(&ino) else {
-            return false;
-        };
-        if f.writer.is_some() || f.unsettled.is_some() {
-            return false;
-        }
-        if let Some(h) = f.last_writer {
-            if !self.c.is_up(h) || !self.host_quiet(h) {
-                return false;
-            }
-        }
-        self.stored(ino).is_some_and(|d| d == f.latest())
-    }
-
-    /// Host `h` has nothing dirty, nothing being uploaded, no I/O in flight.
-    fn host_quiet(&self, h: usize) -> bool {
-        let w = &self.c.hosts[h].w;
-        let s = w.core.status();
-        s.dirty_files == 0 && s.uploads_in_flight == 0 && w.pending_io() == 0
-    }
-
-    /// The contents of `ino` in the shared stores.
-    fn stored(&self, ino: Ino) -> Option<Vec<u8>> {
-        let row = self.c.meta.inode(ino)?;
-        let data = match &row.object {
-            Some(o) => self.c.objects.get(o)?.to_vec(),
-            None => Vec::new(),
-        };
-        Some(zero_extended(&data, row.size as usize))
-    }
-
-    /// A file whose writer crashed settles once that host is back and quiet: the store must
-    /// hold one of the contents allowed after the crash, which becomes the acknowledged version.
-    fn settle_files(&mut self) {
-        let inos: Vec<Ino> = self.files.iter().filter(|(_, f)| f.unsettled.is_some()).map(|(i, _)| *i).collect();
-        for ino in inos {
-            let h = self.files[&ino].unsettled.expect("filtered");
-            if !self.c.is_up(h) || !self.host_quiet(h) {
-                continue;
-            }
-            let Some(data) = self.stored(ino) else {
-                continue;
-            };
-            let now = self.c.now;
-            let f = self.files.get_mut(&ino).expect("listed");
-            // Checked where it is read (`check_content`); here it only becomes the one version.
-            if f.allowed_after_crash(f.acked, &data) {
-                f.versions.push(data);
-                f.acked = f.versions.len() - 1;
-                f.acks.push((now, f.acked));
-                f.unsettled = None;
-            }
-        }
-    }
-
     // ----- running actions -----
+
+    fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode) {
+        let owner = self.next_owner;
+        self.next_owner += 1;
+        self.handles.insert(self.next_handle, Handle { host, name, ino, fh, owner, mode });
+        self.next_handle += 1;
+    }
 
     fn first_op(&mut self, host: usize, act: &Act) -> Op {
         let name = |n: usize| NAMES[n].as_bytes().to_vec();
@@ -1141,369 +994,6 @@ impl Mh {
         }
     }
 
-    /// Whether the name named a file at some time since `since` (or now).
-    fn existed_since(&self, name: usize, since: Duration) -> bool {
-        let n = &self.names[name];
-        n.current.is_some() || n.history.iter().any(|(v, until)| v.is_some() && *until >= since)
-    }
-
-    fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode) {
-        let owner = self.next_owner;
-        self.next_owner += 1;
-        self.handles.insert(self.next_handle, Handle { host, name, ino, fh, owner, mode });
-        self.next_handle += 1;
-    }
-
-    /// A close or fsync of the writer acknowledged the latest version.
-    fn ack(&mut self, ino: Ino, now: Duration) {
-        let f = self.files.get_mut(&ino).expect("open");
-        f.acked = f.versions.len() - 1;
-        f.acks.push((now, f.acked));
-    }
-
-    /// The lowest version a read on `host`, opening `ino` now, may return.
-    fn read_lower_bound(&self, host: usize, ino: Ino) -> usize {
-        let f = &self.files[&ino];
-        if f.writer == Some(host) {
-            return f.versions.len() - 1;
-        }
-        if f.unsettled.is_some() {
-            return f.acked;
-        }
-        // Close-to-open: every close acknowledged before this open.
-        f.acked_before(self.c.now)
-    }
-
-    fn check_content(&self, host: usize, ino: Ino, lower: usize, data: &[u8]) -> Result<(), String> {
-        let f = &self.files[&ino];
-        if f.writer == Some(host) {
-            if data != f.latest() {
-                return Err(format!(
-                    "the writer's host reads {} bytes, not its latest version ({} bytes)",
-                    data.len(),
-                    f.latest().len()
-                ));
-            }
-            return Ok(());
-        }
-        if f.unsettled.is_some() && f.allowed_after_crash(lower.min(f.acked), data) {
-            return Ok(());
-        }
-        if f.versions[lower..].iter().any(|v| v == data) {
-            return Ok(());
-        }
-        let older = f.versions[..lower].iter().rposition(|v| v == data);
-        Err(format!(
-            "read {} bytes that are none of versions {lower}..={} (acked {}, latest {} bytes){}",
-            data.len(),
-            f.versions.len() - 1,
-            f.acked,
-            f.latest().len(),
-            older.map(|i| format!("; they are the older version {i}")).unwrap_or_default()
-        ))
-    }
-
-    /// A listing of the root: every name as a lookup may see it (exactly, right after a sync).
-    fn check_listing(&self, entries: &[truckeefs_core::DirEntry]) -> Result<(), String> {
-        let mut seen: Vec<Option<Ino>> = vec![None; NAMES.len()];
-        for e in entries.iter().filter(|e| e.name != b"." && e.name != b"..") {
-            let Some(n) = NAMES.iter().position(|n| n.as_bytes() == e.name.as_slice()) else {
-                return Err(format!("listed {:?}, which no client created", String::from_utf8_lossy(&e.name)));
-            };
-            if seen[n].replace(e.ino).is_some() {
-                return Err(format!("{} listed twice", NAMES[n]));
-            }
-        }
-        for (n, v) in seen.into_iter().enumerate() {
-            if !self.names[n].allows(v, self.last_sync) {
-                return Err(format!(
-                    "{} listed as {v:?}; it is {:?} (since before the last sync)",
-                    NAMES[n], self.names[n].current
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_size(&self, host: usize, ino: Ino, size: u64) -> Result<(), String> {
-        let f = &self.files[&ino];
-        let lower = if f.writer == Some(host) {
-            f.versions.len() - 1
-        } else if f.unsettled.is_some() {
-            f.acked_before(self.last_sync).min(f.acked)
-        } else {
-            f.acked_before(self.last_sync)
-        };
-        let ok = f.versions[lower..].iter().any(|v| v.len() as u64 == size)
-            || (f.unsettled.is_some() && f.versions[f.acked..].iter().any(|v| v.len() as u64 == size));
-        if !ok {
-            let sizes: Vec<usize> = f.versions[lower..].iter().map(Vec::len).collect();
-            return Err(format!("size {size}, not one of versions {lower}.. (sizes {sizes:?})"));
-        }
-        Ok(())
-    }
-
-    // ----- record locks -----
-
-    fn forfeited(&self, l: &OwnerLocks, slot: usize) -> bool {
-        self.c.lapsed_between(l.redis_id, l.slots[slot].1, self.c.now)
-    }
-
-    /// A granted lock must conflict with no lock another owner holds (unless the holder's
-    /// lease lapsed meanwhile, so that other hosts rightly stopped counting it).
-    fn check_grant(&self, x: &Handle, lock: &LockRange) -> Result<(), String> {
-        if lock.typ == libc::F_UNLCK {
-            return Ok(());
-        }
-        for (o, l) in &self.locks {
-            if *o == x.owner || l.ino != x.ino {
-                continue;
-            }
-            for s in slots_of(lock) {
-                if conflicts(l.slots[s].0, lock.typ) && (l.host == x.host || !self.forfeited(l, s)) {
-                    return Err(format!(
-                        "granted {lock:?}, but owner {o} on host {} holds a conflicting lock on byte {s} (granted at {:?})",
-                        l.host, l.slots[s].1
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// An EAGAIN (or a lock reported by F_GETLK) is explained by another owner's conflicting
-    /// lock held now, let go of lately, or of a crashed host whose heartbeat had not expired.
-    fn conflict_explained(&self, x: &Handle, lock: &LockRange, issued: Duration) -> bool {
-        let held = self
-            .locks
-            .iter()
-            .any(|(o, l)| *o != x.owner && l.ino == x.ino && slots_of(lock).any(|s| conflicts(l.slots[s].0, lock.typ)));
-        let lingering = self.lingering.iter().any(|g| {
-            g.ino == x.ino
-                && g.until > issued
-                && g.redis_id != self.c.hosts[x.host].w.host_id
-                && slots_of(lock).any(|s| conflicts(g.slots[s], lock.typ))
-        });
-        held || lingering
-    }
-
-    /// A conflicting lock F_GETLK must report: held by another owner since before the request
-    /// was sent (and not forfeited by a lapsed lease).
-    fn must_report(&self, x: &Handle, lock: &LockRange, issued: Duration) -> Option<u64> {
-        if lock.typ == libc::F_UNLCK {
-            return None;
-        }
-        self.locks
-            .iter()
-            .find(|(o, l)| {
-                **o != x.owner
-                    && l.ino == x.ino
-                    && slots_of(lock).any(|s| {
-                        conflicts(l.slots[s].0, lock.typ)
-                            && l.slots[s].1 < issued
-                            && (l.host == x.host || !self.forfeited(l, s))
-                    })
-            })
-            .map(|(o, _)| *o)
-    }
-
-    /// The model's locks on `ino`, for failure messages.
-    fn locks_of(&self, ino: Ino) -> String {
-        let show = |slots: &[i32]| {
-            slots
-                .iter()
-                .map(|t| match *t {
-                    libc::F_RDLCK => 'r',
-                    libc::F_WRLCK => 'w',
-                    _ => '.',
-                })
-                .collect::<String>()
-        };
-        let mut out = String::new();
-        for (o, l) in self.locks.iter().filter(|(_, l)| l.ino == ino) {
-            out.push_str(&format!("owner {o} host {}: {} ", l.host, show(&l.slots.map(|s| s.0))));
-        }
-        for g in self.lingering.iter().filter(|g| g.ino == ino) {
-            out.push_str(&format!("lingering host {} until {:?}: {} ", g.host, g.until, show(&g.slots)));
-        }
-        out
-    }
-
-    fn set_lock(&mut self, x: &Handle, lock: &LockRange, now: Duration) {
-        let redis_id = self.c.hosts[x.host].w.host_id;
-        let entry = self.locks.entry(x.owner).or_insert(OwnerLocks {
-            host: x.host,
-            redis_id,
-            ino: x.ino,
-            slots: [(NONE, Duration::ZERO); SLOTS],
-        });
-        let mut released = [NONE; SLOTS];
-        for s in slots_of(lock) {
-            if lock.typ == libc::F_UNLCK {
-                released[s] = entry.slots[s].0;
-                entry.slots[s] = (NONE, Duration::ZERO);
-            } else {
-                if entry.slots[s].0 == libc::F_WRLCK && lock.typ == libc::F_RDLCK {
-                    released[s] = libc::F_WRLCK;
-                }
-                entry.slots[s] = (lock.typ, now);
-            }
-        }
-        if entry.slots.iter().all(|s| s.0 == NONE) {
-            self.locks.remove(&x.owner);
-        }
-        if released.iter().any(|t| *t != NONE) {
-            self.lingering.push(Lingering {
-                ino: x.ino,
-                host: x.host,
-                redis_id: self.c.hosts[x.host].w.host_id,
-                slots: released,
-                until: now + RELEASE_LINGER,
-            });
-        }
-    }
-
-    fn release_owner(&mut self, owner: u64, now: Duration) {
-        if let Some(l) = self.locks.remove(&owner) {
-            self.lingering.push(Lingering {
-                ino: l.ino,
-                host: l.host,
-                redis_id: l.redis_id,
-                slots: l.slots.map(|s| s.0),
-                until: now + RELEASE_LINGER,
-            });
-        }
-        self.lingering.retain(|g| g.until + Duration::from_secs(60) > now);
-    }
-
-    // ----- whole-cluster checks -----
-
-    /// Run until every published change is delivered and applied (no host has a commit in
-    /// flight), within a bound. Returns whether that was reached.
-    fn quiesce(&mut self, limit: Duration) -> R<bool> {
-        let end = self.c.now + limit;
-        loop {
-            let commits = self
-                .c
-                .hosts
-                .iter()
-                .any(|h| h.w.in_flight().any(|r| matches!(r, IoRequest::Meta(MetaRequest::Commit(_)))));
-            let down = (0..self.c.hosts.len()).any(|h| !self.c.is_up(h));
-            if self.c.all_heard() && !commits && !down {
-                return Ok(true);
-            }
-            if self.c.now > end {
-                return Ok(false);
-            }
-            self.c.advance(Duration::from_millis(5))?;
-        }
-    }
-
-    /// After every change reached every host: each host sees every name as it is, and every
-    /// file's size as of its last acknowledged version or later.
-    fn sync_check(&mut self) -> R<()> {
-        if !self.quiesce(Duration::from_secs(30))? {
-            return Ok(());
-        }
-        self.last_sync = self.c.now;
-        self.c.trace.note(self.c.now.as_micros() as u64, "sync point: every change delivered".into());
-        for n in 0..NAMES.len() {
-            let up = self.up_hosts();
-            let batch: Vec<(usize, Act)> = up.into_iter().map(|h| (h, Act::Stat { name: n })).collect();
-            self.run_batch(batch)?;
-        }
-        let up = self.up_hosts();
-        self.run_batch(up.into_iter().map(|h| (h, Act::List)).collect())?;
-        Ok(())
-    }
-
-    /// Faults off: every handle closed, every upload done, every message delivered; then every
-    /// host reads every file byte for byte as its last version, and sees every name as it is.
-    fn liveness(&mut self) -> R<()> {
-        for h in &mut self.c.hosts {
-            h.w.faults.enabled = false;
-            h.lease_lost_until = None;
-        }
-        self.c.delay_chance = 0.0;
-        // Hosts that are down come back.
-        for _ in 0..100 {
-            if self.up_hosts().len() == self.c.hosts.len() {
-                break;
-            }
-            self.c.advance(Duration::from_millis(100))?;
-        }
-        let keys: Vec<usize> = self.handles.keys().copied().collect();
-        for k in keys {
-            let host = self.handles[&k].host;
-            self.run_batch(vec![(host, Act::Close { h: k })])?;
-        }
-        // Everything uploaded and heard of everywhere.
-        let mut quiet = false;
-        for _ in 0..600 {
-            self.settle_files();
-            let files_quiet = self.files.values().all(|f| f.unsettled.is_none());
-            if files_quiet && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.all_heard() {
-                quiet = true;
-                break;
-            }
-            self.c.advance(Duration::from_secs(1))?;
-        }
-        if !quiet {
-            let unsettled: Vec<Ino> = self.files.values().filter(|f| f.unsettled.is_some()).map(|f| f.ino).collect();
-            let status: Vec<_> = self.c.hosts.iter().map(|h| (h.w.core.status(), h.w.pending_io())).collect();
-            return Err(format!(
-                "liveness: not quiet after 600 s without faults: unsettled files {unsettled:?}, hosts {status:?}"
-            ));
-        }
-        // Every write is uploaded, acknowledged or not (a close that failed leaves it to a retry).
-        for f in self.files.values() {
-            let stored = self.stored(f.ino).unwrap_or_default();
-            if stored != f.latest() {
-                return Err(format!(
-                    "liveness: the store holds {} bytes of file {}, not its last version ({} bytes)",
-                    stored.len(),
-                    f.ino,
-                    f.latest().len()
-                ));
-            }
-        }
-        let now = self.c.now;
-        for f in self.files.values_mut() {
-            f.acked = f.versions.len() - 1;
-            f.acks.push((now, f.acked));
-        }
-        self.last_sync = now;
-        // Every host reads every file whole, and sees every name.
-        for n in 0..NAMES.len() {
-            let hosts = self.up_hosts();
-            self.run_batch(hosts.iter().map(|h| (*h, Act::ReadFile { name: n })).collect())?;
-            self.run_batch(hosts.iter().map(|h| (*h, Act::Stat { name: n })).collect())?;
-        }
-        let hosts = self.up_hosts();
-        self.run_batch(hosts.iter().map(|h| (*h, Act::List)).collect())?;
-        // Unmount everywhere: nothing staged may be left.
-        for h in 0..self.c.hosts.len() {
-            self.c.with(h, |w| w.shutdown())?;
-        }
-        for _ in 0..600 {
-            if self.c.hosts.iter().all(|h| h.w.core.is_idle()) {
-                break;
-            }
-            self.c.advance(Duration::from_secs(1))?;
-        }
-        for (h, host) in self.c.hosts.iter().enumerate() {
-            if !host.w.core.is_idle() {
-                return Err(format!("liveness: host {h} not idle after shutdown: {:?}", host.w.core.status()));
-            }
-            if !host.w.staging.is_empty() {
-                return Err(format!(
-                    "liveness: staged copies left on host {h} after shutdown: inodes {:?}",
-                    host.w.staging.inos()
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Running {
