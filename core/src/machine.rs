@@ -160,6 +160,8 @@ struct Data {
     /// not name them (a failure may hide a commit that happened).
     uncommitted: Vec<ObjectId>,
     failures: u32,
+    /// This host's deletion of the file (without names) failed: tried again on the retry timer.
+    delete_again: bool,
 }
 
 impl Data {
@@ -225,6 +227,8 @@ enum Pending {
     /// `startup`: the list taken at start (every orphan is left over from before); otherwise a
     /// later collection, which spares the inodes this host knows.
     Orphans { startup: bool },
+    /// The object of a collected orphan is being deleted; its row goes next.
+    OrphanObject(Ino),
     /// `applied`: the change already took effect where it cannot be undone (a truncated staged
     /// copy); a failed transaction then still answers with `reply`, since the row is stored with
     /// the file's next upload.
@@ -242,7 +246,9 @@ enum Pending {
     Truncate { id: RequestId, ino: Ino, set: SetAttr, wall: Timespec },
     Allocate { id: RequestId, ino: Ino, end: u64, wall: Timespec },
     StagingRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
-    StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
+    /// `retry`: on a multi-host mount, the request itself, run again on the row read anew if the
+    /// object is gone (another host stored a new version and deleted this one).
+    StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo>, retry: Option<Box<Parked>> },
     Seal { ino: Ino },
     Put { ino: Ino },
     /// A whole-file copy sharing the source's object (`StoreRequest::Share`).
@@ -283,12 +289,14 @@ struct CopyTo {
 /// What to do once a transaction has committed.
 #[derive(Debug)]
 enum Cleanup {
-    /// An object of an inode that is gone (see `StoreRequest::Delete`).
-    Object(Ino, ObjectId),
     Staged(Ino),
     /// The inode's row is deleted: drop it from memory with its object and staged copy. (Until
-    /// then it stays, so a failed transaction loses nothing.)
+    /// then it stays, so a failed transaction loses nothing.) The transaction also took its last
+    /// name: if it fails, the file keeps that name.
     Destroy(Ino),
+    /// The same for a file this host kept without names (its last handle closed): if the
+    /// transaction fails, the deletion is tried again on the retry timer.
+    DestroyUnnamed(Ino),
 }
 
 /// The pure filesystem core. See the module documentation for the run loop.
@@ -548,6 +556,8 @@ impl Core {
         let d = &i.data;
         ino != ROOT_INO
             && i.opens == 0
+            // Without names: this host is deleting it (or it must learn who did).
+            && i.row.nlink > 0
             && !i.times_dirty
             && !d.staged
             && !d.busy()
@@ -580,8 +590,10 @@ impl Core {
                     inode.data.deadline = None;
                     inode.data.want_upload = true;
                 }
-                if inode.row.nlink == 0 && inode.opens == 0 {
-                    // Its deletion failed earlier.
+                if inode.data.delete_again && inode.opens == 0 {
+                    // Its deletion failed earlier. (Only this host's: a row without names that a
+                    // refresh brought is another host's to delete.)
+                    inode.data.delete_again = false;
                     self.destroy(ino);
                     continue;
                 }
@@ -595,6 +607,16 @@ impl Core {
         self.now = now;
         self.shutting_down = true;
         self.flush_dir_times();
+        // Deletions that failed are tried again now.
+        let mut undeleted: Vec<Ino> =
+            self.inodes.iter().filter(|(_, i)| i.data.delete_again && i.opens == 0).map(|(k, _)| *k).collect();
+        undeleted.sort_unstable();
+        for ino in undeleted {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.data.delete_again = false;
+            }
+            self.destroy(ino);
+        }
         let dirty: Vec<Ino> = self.inodes.iter().filter(|(_, i)| i.data.dirty()).map(|(k, _)| *k).collect();
         for ino in dirty {
             if let Some(inode) = self.inodes.get_mut(&ino) {
@@ -615,9 +637,11 @@ impl Core {
         [upload, self.dir_times_flush_at, self.lock_poll_at].into_iter().flatten().min()
     }
 
-    /// Nothing in flight and nothing left to upload.
+    /// Nothing in flight, nothing left to upload or to delete.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.dir_times.is_empty() && !self.inodes.values().any(|i| i.data.dirty() && i.row.nlink > 0)
+        self.pending.is_empty()
+            && self.dir_times.is_empty()
+            && !self.inodes.values().any(|i| (i.data.dirty() && i.row.nlink > 0) || i.data.delete_again)
     }
 
     pub fn status(&self) -> Status {
@@ -751,15 +775,10 @@ impl Core {
                     let before = self.inodes.get(ino).map(|i| i.row.object.clone());
                     if self.is_forgettable(*ino) {
                         self.inodes.remove(ino);
-                    } else if let Some(i) = self.inodes.get_mut(ino) {
+                    } else {
                         // Held for more than a copy (open, dirty, locked): its row is read again
-                        // all the same, and a refresh already on its way may predate the close.
-                        i.version_stale = true;
-                        if self.refreshing.contains(ino) {
-                            self.stale_inode_loads.insert(*ino);
-                        } else {
-                            self.refresh(*ino);
-                        }
+                        // all the same.
+                        self.reread_row(*ino);
                     }
                     self.revalidated.insert(p.id, before.flatten());
                 }
@@ -1065,6 +1084,18 @@ impl Core {
         ino
     }
 
+    /// Another host may have changed `ino`'s row: requests on it wait until it is read again (a
+    /// refresh already on its way may predate the change: it is sent again).
+    fn reread_row(&mut self, ino: Ino) {
+        let Some(i) = self.inodes.get_mut(&ino) else { return };
+        i.version_stale = true;
+        if self.refreshing.contains(&ino) {
+            self.stale_inode_loads.insert(ino);
+        } else {
+            self.refresh(ino);
+        }
+    }
+
     /// Re-read `ino`'s row after a failed transaction.
     fn refresh(&mut self, ino: Ino) {
         let Some(inode) = self.inodes.get(&ino) else { return };
@@ -1145,7 +1176,8 @@ impl Core {
         }
         let Some(inode) = self.inodes.get(&ino) else { return };
         let d = &inode.data;
-        if inode.lookups > 0 || inode.opens > 0 || inode.times_dirty || d.staged || d.dirty() || d.upload.is_some()
+        if inode.lookups > 0 || inode.opens > 0 || inode.row.nlink == 0 || inode.times_dirty || d.staged || d.dirty()
+            || d.upload.is_some()
             || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
             || self.pending_touches(ino)
         {
@@ -1664,7 +1696,12 @@ impl Core {
         for rid in waiters {
             self.reply(rid, Ok(Reply::Empty));
         }
-        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::Destroy(ino)]);
+        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::DestroyUnnamed(ino)]);
+    }
+
+    /// Deletes the row of an orphan collected (its object is gone already).
+    fn delete_orphan_row(&mut self, ino: Ino) {
+        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::Staged(ino)]);
     }
 
     /// The transaction deleting `ino` committed: forget it and drop its data.
@@ -2134,9 +2171,10 @@ impl Core {
             );
         } else if let Some(object) = inode.row.object.clone() {
             inode.data.store_reads += 1;
+            let retry = self.running.clone().filter(|p| p.retries < MAX_CONFLICT_RETRIES).map(Box::new);
             self.io(
                 IoRequest::Store(StoreRequest::Read { object, offset, len }),
-                Pending::StoreRead { id, ino, len: len as usize, copy },
+                Pending::StoreRead { id, ino, len: len as usize, copy, retry },
             );
         } else {
             // A hole with no data anywhere (cannot normally happen: a non-empty file is staged
@@ -2359,16 +2397,27 @@ impl Core {
                         if !startup && self.inodes.contains_key(&row.ino) {
                             continue;
                         }
-                        let mut after = Vec::new();
-                        if let Some(obj) = row.object.clone() {
-                            after.push(Cleanup::Object(row.ino, obj));
+                        match row.object {
+                            // The object goes first: a crash in between leaves a row naming no
+                            // object, which the next collection deletes (deleting a missing
+                            // object is no error); the other order would leave an object that
+                            // nothing names.
+                            Some(object) => {
+                                let ino = row.ino;
+                                self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::OrphanObject(ino));
+                            }
+                            None => self.delete_orphan_row(row.ino),
                         }
-                        after.push(Cleanup::Staged(row.ino));
-                        self.commit(vec![TxnOp::DeleteInode { ino: row.ino }], false, None, after);
                     }
                 }
                 if startup {
                     self.startup_step_done();
+                }
+            }
+            Pending::OrphanObject(ino) => {
+                // If it failed, the row stays for the next collection.
+                if result.is_ok() {
+                    self.delete_orphan_row(ino);
                 }
             }
             Pending::LoadInode(ino) if self.stale_inode_loads.remove(&ino) => {
@@ -2460,13 +2509,10 @@ impl Core {
                     }
                     for c in after {
                         match c {
-                            Cleanup::Object(ino, object) => {
-                                self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
-                            }
                             Cleanup::Staged(ino) => {
                                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
                             }
-                            Cleanup::Destroy(ino) => self.finish_destroy(ino),
+                            Cleanup::Destroy(ino) | Cleanup::DestroyUnnamed(ino) => self.finish_destroy(ino),
                         }
                     }
                 }
@@ -2495,11 +2541,13 @@ impl Core {
                             self.dir_times_flush_at.get_or_insert(self.now + Duration::from_secs(1));
                         }
                     }
-                    // A deletion that did not happen is tried again on the retry timer.
+                    // A deletion of a file without names that did not happen is tried again on
+                    // the retry timer (one that went with its last name did not take it).
                     let when = self.now + self.config.upload_retry;
                     for c in &after {
-                        if let Cleanup::Destroy(ino) = c {
+                        if let Cleanup::DestroyUnnamed(ino) = c {
                             if let Some(inode) = self.inodes.get_mut(ino) {
+                                inode.data.delete_again = true;
                                 if let Some(old) = inode.data.deadline.replace(when) {
                                     self.deadlines.remove(&(old, *ino));
                                 }
@@ -2591,11 +2639,21 @@ impl Core {
                 self.pump_upload(ino);
                 self.maybe_unstage(ino);
             }
-            Pending::StoreRead { id, ino, len, copy } => {
+            Pending::StoreRead { id, ino, len, copy, retry } => {
                 if let Some(inode) = self.inodes.get_mut(&ino) {
                     inode.data.store_reads -= 1;
                 }
-                self.finish_read_io(id, result, len, copy);
+                match (result, retry) {
+                    (Err(e), Some(mut p)) if e.kind == IoErrorKind::NotFound && self.inodes.contains_key(&ino) => {
+                        // Another host stored a new version and deleted the object this host
+                        // knew: read the row again, then read again (close-to-open allows the
+                        // newer version to a handle opened before).
+                        p.retries += 1;
+                        self.reread_row(ino);
+                        self.parked.push(*p);
+                    }
+                    (result, _) => self.finish_read_io(id, result, len, copy),
+                }
                 self.collect_garbage(ino);
             }
             Pending::Seal { ino } => {
@@ -2899,6 +2957,8 @@ impl Core {
         self.inodes.retain(|ino, i| {
             let d = &i.data;
             i.opens > 0
+                // Without names and closed: this host deletes it (maybe on the retry timer).
+                || (i.row.nlink == 0 && *ino != ROOT_INO)
                 || i.times_dirty
                 || times_in_flight.contains(ino)
                 || d.staged
