@@ -23,6 +23,9 @@
 use crate::meta::MemMeta;
 use crate::objects::MemObjects;
 use crate::redis::{HostId, MemRedis, HEARTBEAT_EVERY};
+
+/// How often (in heartbeats) a host looks for dead hosts' orphans (coord.rs).
+const ORPHAN_CHECK_EVERY: u32 = 5;
 use crate::rng::Rng;
 use crate::sim::{LoopResult, World};
 use crate::trace::Trace;
@@ -40,6 +43,8 @@ pub struct Host {
     pub unsubscribed_until: Option<Duration>,
     /// Bumped by every crash: messages for an earlier incarnation are dropped.
     pub incarnation: u64,
+    /// Heartbeats since the process started (every fifth looks for dead hosts' orphans).
+    pub beats: u32,
 }
 
 struct Message {
@@ -48,7 +53,7 @@ struct Message {
     changes: Changes,
 }
 
-/// Published messages (statistics).
+/// Published messages and other coordination (statistics).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MessageStats {
     pub published: u64,
@@ -61,6 +66,8 @@ pub struct MessageStats {
     pub lost: u64,
     /// Resynchronizations after a cut subscription.
     pub resyncs: u64,
+    /// Collections of dead hosts' orphans (a host found a dead host's orphan set).
+    pub collections: u64,
 }
 
 pub struct Cluster {
@@ -122,7 +129,7 @@ impl Cluster {
             w.host_id = c.next_host_id;
             c.redis.renew(w.host_id, Duration::ZERO);
             c.next_host_id += 1;
-            c.hosts.push(Host { w, down_until: None, lease_lost_until: None, unsubscribed_until: None, incarnation: 0 });
+            c.hosts.push(Host { w, down_until: None, lease_lost_until: None, unsubscribed_until: None, incarnation: 0, beats: 0 });
         }
         c
     }
@@ -265,8 +272,8 @@ impl Cluster {
             self.now = t;
         }
         match next {
-            Next::Beat => self.beat(),
-            Next::Restart(h) => self.restart(h),
+            Next::Beat => self.beat()?,
+            Next::Restart(h) => self.restart(h)?,
             Next::Resubscribe(h) => {
                 self.hosts[h].unsubscribed_until = None;
                 self.stats.resyncs += 1;
@@ -288,15 +295,29 @@ impl Cluster {
         Ok(true)
     }
 
-    /// Every host that is up renews its heartbeat key, except those whose lease is lost.
-    fn beat(&mut self) {
+    /// Every host that is up renews its heartbeat key, except those whose lease is lost; every
+    /// fifth heartbeat of a host it looks for dead hosts' orphan sets first, and collects their
+    /// orphans if there are any (coord.rs's heartbeat thread).
+    fn beat(&mut self) -> LoopResult<()> {
         let now = self.now;
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
             if host.lease_lost_until.is_some_and(|t| t <= now) {
                 host.lease_lost_until = None;
             }
-            if host.down_until.is_some() || host.lease_lost_until.is_some() {
+            if host.down_until.is_some() {
+                continue;
+            }
+            host.beats += 1;
+            if host.beats.is_multiple_of(ORPHAN_CHECK_EVERY) {
+                let me = host.w.host_id;
+                if !self.redis.orphans(me, now).dead_sets.is_empty() {
+                    self.stats.collections += 1;
+                    self.with(h, |w| w.collect_orphans())?;
+                }
+            }
+            let host = &mut self.hosts[h];
+            if host.lease_lost_until.is_some() {
                 continue;
             }
             let id = host.w.host_id;
@@ -306,6 +327,7 @@ impl Cluster {
             self.redis.renew(id, now);
         }
         self.next_beat = now + HEARTBEAT_EVERY;
+        Ok(())
     }
 
     /// Whether the heartbeat of Redis host `id` was missing at any time in `[from, to]`.
@@ -318,7 +340,7 @@ impl Cluster {
     /// Host `h`'s mount process dies; it restarts `down_for` later with a new Redis host id.
     /// `lose_staging`: its staging area is lost too (the machine is replaced).
     pub fn crash(&mut self, h: usize, down_for: Duration, lose_staging: bool) -> LoopResult<()> {
-        self.with(h, |w| w.crash_and_restart_with(lose_staging))?;
+        self.with(h, |w| w.crash(lose_staging));
         let host = &mut self.hosts[h];
         host.incarnation += 1;
         host.lease_lost_until = None;
@@ -330,15 +352,18 @@ impl Cluster {
         Ok(())
     }
 
-    fn restart(&mut self, h: usize) {
+    fn restart(&mut self, h: usize) -> LoopResult<()> {
         let id = self.next_host_id;
         self.next_host_id += 1;
         let host = &mut self.hosts[h];
         host.down_until = None;
+        host.beats = 0;
         host.w.host_id = id;
         self.redis.renew(id, self.now);
         let now = self.now.as_micros() as u64;
         self.trace.note(now, format!("host {h} up again as redis host {id}"));
+        // The new process's core starts (journal replay, orphans no live host holds).
+        self.with(h, |w| w.start_again())
     }
 
     /// Host `h`'s heartbeat renewals fail for `d`.

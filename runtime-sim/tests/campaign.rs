@@ -82,4 +82,6 @@ fn twenty_seeds_on_three_hosts() {
     let resyncs: u64 = stats.iter().map(|s| count(s, "resyncs")).sum();
     let lost: u64 = stats.iter().map(|s| count(s, "lost")).sum();
     assert!(resyncs > 0 && lost > 0, "no subscription was cut in twenty seeds (resyncs {resyncs}, lost {lost})");
+    let collections: u64 = stats.iter().map(|s| count(s, "collections")).sum();
+    assert!(collections > 0, "no host collected a dead host's orphans in twenty seeds");
 }

@@ -70,7 +70,8 @@ impl Mh {
         for _ in 0..600 {
             self.settle_files();
             let files_quiet = self.files.values().all(|f| f.unsettled.is_none());
-            if files_quiet && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.all_heard() {
+            let collected = self.dead_orphan_sets().is_empty();
+            if files_quiet && collected && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.all_heard() {
                 quiet = true;
                 break;
             }
@@ -80,7 +81,9 @@ impl Mh {
             let unsettled: Vec<Ino> = self.files.values().filter(|f| f.unsettled.is_some()).map(|f| f.ino).collect();
             let status: Vec<_> = self.c.hosts.iter().map(|h| (h.w.core.status(), h.w.pending_io())).collect();
             return Err(format!(
-                "liveness: not quiet after 600 s without faults: unsettled files {unsettled:?}, hosts {status:?}"
+                "liveness: not quiet after 600 s without faults: unsettled files {unsettled:?}, hosts {status:?}, \
+                 dead hosts' orphan sets {:?}",
+                self.dead_orphan_sets()
             ));
         }
         // Every write is uploaded, acknowledged or not (a close that failed leaves it to a retry).
@@ -130,6 +133,6 @@ impl Mh {
                 ));
             }
         }
-        Ok(())
+        self.check_orphans_gone()
     }
 }

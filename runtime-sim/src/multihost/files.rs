@@ -21,6 +21,8 @@ pub(super) struct FileM {
     /// Its writer crashed with unacknowledged writes: until it settles, the contents are any
     /// version since the acknowledged one (or a newer one's bytes under an older one's size).
     pub(super) unsettled: Option<usize>,
+    /// Its last name went while its host had it open: it lives on there.
+    pub(super) orphan: Option<super::orphans::Orphan>,
 }
 
 impl FileM {
@@ -74,6 +76,11 @@ impl NameM {
 }
 
 impl Mh {
+    /// Whether `ino` is a file without names kept open.
+    pub(super) fn is_orphan(&self, ino: Ino) -> bool {
+        self.files.get(&ino).is_some_and(|f| f.orphan.is_some())
+    }
+
     /// Whether a file may get a new writer: nobody writes it, the store holds its latest
     /// version, and its last writer has nothing left to upload.
     pub(super) fn writable(&self, ino: Ino) -> bool {

@@ -9,14 +9,17 @@
 //! for a create race (the same create on two hosts at once). A file has one writer at a time in
 //! the whole cluster (the harness opens a file for writing only where nobody else has it open for
 //! writing and the store holds its latest version); readers and lock holders are unrestricted.
-//! Files open anywhere are not unlinked (open-unlinked files across hosts are not modelled).
+//! A file is unlinked only where no other host has it open: if the unlinking host has it open,
+//! it keeps it, without names, until it closes it (an orphan: `orphans`). Reads go through
+//! whole files (lookup, open, read) and through open handles.
 //!
-//! Submodules: `files` (the model of files and names), `locks` (of record locks), `checks`
-//! (sync points and the liveness phase).
+//! Submodules: `files` (the model of files and names), `locks` (of record locks), `orphans`
+//! (of files without names), `checks` (sync points and the liveness phase).
 
 mod checks;
 mod files;
 mod locks;
+mod orphans;
 
 use crate::faults::{FaultProfile, Faults};
 use crate::harness::{Failure, Options, Stats};
@@ -58,6 +61,8 @@ struct Handle {
     fh: u64,
     owner: u64,
     mode: Mode,
+    /// The lowest version a read through it may return (close-to-open, as of its open).
+    lower: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +94,10 @@ enum Act {
     /// Lookup, open, read all, flush, release.
     ReadFile {
         name: usize,
+    },
+    /// Read all through an open handle.
+    ReadHandle {
+        h: usize,
     },
     /// Lookup, getattr.
     Stat {
@@ -152,6 +161,8 @@ struct Mh {
     /// (checked once the batch is over: the winner's answer may come later).
     racing: Vec<usize>,
     race_losses: Vec<(usize, Duration)>,
+    /// Orphans of hosts that crashed, to be collected by the end.
+    dead_orphans: Vec<orphans::DeadOrphan>,
 }
 
 pub fn run(opts: Options) -> Result<Stats, Failure> {
@@ -199,7 +210,7 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
         trace_hash: m.c.trace.hash.0,
         leaked_objects: leaked,
         profile: format!(
-            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lost {} resyncs {} lock scripts {}",
+            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lost {} resyncs {} orphan collections {} lock scripts {}",
             m.c.hosts.len(),
             m.profile,
             m.staged_is_durable,
@@ -209,6 +220,7 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
             s.missed,
             s.lost,
             s.resyncs,
+            s.collections,
             m.c.redis.scripts
         ),
         divergences: BTreeMap::new(),
@@ -293,6 +305,7 @@ impl Mh {
             staged_is_durable: config.staged_is_durable,
             racing: Vec::new(),
             race_losses: Vec::new(),
+            dead_orphans: Vec::new(),
         }
     }
 
@@ -353,12 +366,12 @@ impl Mh {
         let old_id = self.c.hosts[h].w.host_id;
         let expiry = self.c.redis.expiry(old_id).unwrap_or(self.c.now);
         self.c.crash(h, down, lose_staging)?;
+        self.orphans_of_crashed(h);
         // Its handles are gone; a file with writes since its last acknowledgement is unsettled.
         let gone: Vec<usize> = self.handles.iter().filter(|(_, x)| x.host == h).map(|(k, _)| *k).collect();
         for k in gone {
             let x = self.handles.remove(&k).expect("listed above");
-            if x.mode == Mode::Writer {
-                let f = self.files.get_mut(&x.ino).expect("a handle's file is modelled");
+            if let (Mode::Writer, Some(f)) = (x.mode, self.files.get_mut(&x.ino)) {
                 f.writer = None;
             }
         }
@@ -426,6 +439,7 @@ impl Mh {
                     Act::Write { h, .. }
                     | Act::Fsync { h }
                     | Act::Close { h }
+                    | Act::ReadHandle { h }
                     | Act::SetLk { h, .. }
                     | Act::GetLk { h, .. } => {
                         used_handles.push(*h);
@@ -457,8 +471,10 @@ impl Mh {
             return Some(Act::List);
         }
         for _ in 0..8 {
-            let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4]);
-            if (3..=5).contains(&kind) || kind >= 8 {
+            // Create, unlink, open, write, fsync, close a writer, close another, stat, F_SETLK,
+            // F_GETLK, read a file whole, read through a handle.
+            let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4, 8, 6]);
+            if matches!(kind, 3..=5 | 8 | 9 | 11) {
                 // On a handle of this host.
                 let fitting: Vec<usize> = mine
                     .iter()
@@ -475,6 +491,16 @@ impl Mh {
                     continue;
                 }
                 let k = *self.rng.pick(&fitting);
+                if kind == 11 {
+                    // Reads of files without names more often: they must outlive other hosts'
+                    // restarts.
+                    let orphans: Vec<usize> =
+                        fitting.iter().copied().filter(|k| self.is_orphan(self.handles[k].ino)).collect();
+                    if !orphans.is_empty() && self.rng.chance(0.5) {
+                        return Some(Act::ReadHandle { h: *self.rng.pick(&orphans) });
+                    }
+                    return Some(Act::ReadHandle { h: k });
+                }
                 return Some(match kind {
                     3 => {
                         let size = self.files[&self.handles[&k].ino].latest().len() as u64;
@@ -519,10 +545,11 @@ impl Mh {
             match kind {
                 0 => return Some(Act::Create { name }),
                 1 => {
-                    // Not while open anywhere or unsettled.
+                    // Not while open on another host (the core keeps a file open after its last
+                    // name went on the host that unlinks it only), or unsettled.
                     let ino = self.names[name].current;
                     let busy = ino.is_some_and(|i| {
-                        self.handles.values().any(|x| x.ino == i)
+                        self.handles.values().any(|x| x.ino == i && x.host != h)
                             || self.files.get(&i).is_some_and(|f| f.unsettled.is_some())
                     });
                     if busy {
@@ -546,7 +573,8 @@ impl Mh {
                     return Some(Act::Open { name, mode: Mode::Locker });
                 }
                 7 => return Some(Act::Stat { name }),
-                _ => return Some(Act::ReadFile { name }),
+                10 => return Some(Act::ReadFile { name }),
+                _ => unreachable!("kinds on names"),
             }
         }
         None
@@ -554,10 +582,10 @@ impl Mh {
 
     // ----- running actions -----
 
-    fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode) {
+    fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode, lower: usize) {
         let owner = self.next_owner;
         self.next_owner += 1;
-        self.handles.insert(self.next_handle, Handle { host, name, ino, fh, owner, mode });
+        self.handles.insert(self.next_handle, Handle { host, name, ino, fh, owner, mode, lower });
         self.next_handle += 1;
     }
 
@@ -587,6 +615,10 @@ impl Mh {
             Act::Close { h } => {
                 let x = &self.handles[h];
                 Op::Flush { ino: x.ino, fh: x.fh, lock_owner: x.owner }
+            }
+            Act::ReadHandle { h } => {
+                let x = &self.handles[h];
+                Op::Read { ino: x.ino, fh: x.fh, offset: 0, size: READ_ALL }
             }
             Act::SetLk { h, lock } => {
                 let x = &self.handles[h];
@@ -703,6 +735,13 @@ impl Mh {
         (e == libc::EIO || e == libc::ENOSPC) && self.fault_seen(r)
     }
 
+    /// An error of a request on handle `h`: a fault, or its file is an orphan other hosts may
+    /// have deleted (its host's heartbeat lapsed): its object gone (EIO) or its row (ENOENT).
+    fn handle_error_ok(&self, r: &Running, h: usize, e: i32) -> bool {
+        let forfeited = || self.orphan_forfeited(self.handles[&h].ino);
+        self.io_error_ok(r, e) || ((e == libc::EIO || e == libc::ENOENT) && forfeited())
+    }
+
     fn unexpected(&self, r: &Running, what: String) -> String {
         let op = crate::trace::op_str(&r.op);
         format!("host {} {} stage {} ({op}): {what}", r.host, r.act_name(), r.stage)
@@ -739,9 +778,10 @@ impl Mh {
                             writer: Some(r.host),
                             last_writer: Some(r.host),
                             unsettled: None,
+                            orphan: None,
                         },
                     );
-                    self.add_handle(r.host, name, attr.ino, fh, Mode::Writer);
+                    self.add_handle(r.host, name, attr.ino, fh, Mode::Writer, 0);
                     Ok(None)
                 }
                 Err(libc::EEXIST) => {
@@ -763,7 +803,7 @@ impl Mh {
                         return Err(self.unexpected(r, "unlinked a name that does not exist".into()));
                     };
                     self.names[name].set(None, now);
-                    self.files.remove(&ino);
+                    self.unlinked(r.host, ino, r.issued);
                     Ok(None)
                 }
                 Err(libc::ENOENT) => {
@@ -800,14 +840,11 @@ impl Mh {
                     // A stale entry: what follows may fail; nothing more to check.
                     return Ok(Some(Op::GetAttr { ino }));
                 }
+                r.lower = self.read_lower_bound(r.host, ino);
                 Ok(Some(match &r.act {
                     Act::Stat { .. } => Op::GetAttr { ino },
-                    Act::Open { mode: Mode::Writer, .. } => Op::Open { ino, flags: libc::O_RDWR },
                     Act::Open { .. } => Op::Open { ino, flags: libc::O_RDWR },
-                    _ => {
-                        r.lower = self.read_lower_bound(r.host, ino);
-                        Op::Open { ino, flags: libc::O_RDONLY }
-                    }
+                    _ => Op::Open { ino, flags: libc::O_RDONLY },
                 }))
             }
             (_, 1) if matches!(r.op, Op::GetAttr { .. }) => {
@@ -830,7 +867,7 @@ impl Mh {
                         self.files.get_mut(&ino).expect("current").writer = Some(r.host);
                         self.files.get_mut(&ino).expect("current").last_writer = Some(r.host);
                     }
-                    self.add_handle(r.host, name, ino, fh, mode);
+                    self.add_handle(r.host, name, ino, fh, mode, r.lower);
                     // The handle keeps the lookup reference until it is closed.
                     r.lookups = 0;
                     Ok(None)
@@ -882,7 +919,7 @@ impl Mh {
                     f.versions.push(v);
                     Ok(None)
                 }
-                Err(e) if self.io_error_ok(r, e) => Ok(None),
+                Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
             (Act::Fsync { h }, _) => match reply {
@@ -890,9 +927,20 @@ impl Mh {
                     self.ack(self.handles[&h].ino, now);
                     Ok(None)
                 }
-                Err(e) if self.io_error_ok(r, e) => Ok(None),
+                Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
+            (Act::ReadHandle { h }, _) => {
+                let x = &self.handles[&h];
+                match reply {
+                    Ok(Reply::Data(d)) => {
+                        self.check_content(x.host, x.ino, x.lower, &d).map_err(|e| self.unexpected(r, e))?;
+                        Ok(None)
+                    }
+                    Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
+                    other => Err(self.unexpected(r, format!("{other:?}"))),
+                }
+            }
             (Act::Close { h }, 0) => {
                 let x = self.handles[&h].clone();
                 match reply {
@@ -900,7 +948,7 @@ impl Mh {
                     // core's fallback): not committed, so no promise to other hosts.
                     Ok(Reply::Empty) if x.mode == Mode::Writer && !self.fault_seen(r) => self.ack(x.ino, now),
                     Ok(Reply::Empty) => {}
-                    Err(e) if self.io_error_ok(r, e) => {}
+                    Err(e) if self.handle_error_ok(r, h, e) => {}
                     other => return Err(self.unexpected(r, format!("{other:?}"))),
                 }
                 // A flush lets go of the owner's locks.
@@ -915,6 +963,7 @@ impl Mh {
                             f.writer = None;
                         }
                     }
+                    self.maybe_orphan_closed(x.ino);
                     r.ino = Some(x.ino);
                     r.lookups = 1;
                     Ok(None)
@@ -938,7 +987,7 @@ impl Mh {
                         }
                         Ok(None)
                     }
-                    Err(e) if self.io_error_ok(r, e) => Ok(None),
+                    Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
@@ -966,7 +1015,7 @@ impl Mh {
                         }
                         Ok(None)
                     }
-                    Err(e) if self.io_error_ok(r, e) => Ok(None),
+                    Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
