@@ -162,6 +162,17 @@ struct Data {
     failures: u32,
     /// This host's deletion of the file (without names) failed: tried again on the retry timer.
     delete_again: bool,
+    /// Multi-host: another host stored a version after this host's, while this host kept its
+    /// own (a handle that changed it is open): the next close of such a handle stores this
+    /// host's version again (the last close wins).
+    behind: bool,
+    /// The staged copy was changed here since it was made (not only copied from the store).
+    changed_here: bool,
+    /// Multi-host: copies into the staging area that found their object gone, in a row.
+    init_misses: u8,
+    /// Multi-host: the commit of this uploaded object lost to another host's commit; it runs
+    /// again once the row is read afresh (`None` inside: the empty file, no object).
+    recommit: Option<Option<ObjectId>>,
 }
 
 impl Data {
@@ -183,6 +194,9 @@ struct Upload {
 struct Handle {
     ino: Ino,
     flags: i32,
+    /// The contents were changed through it (write, truncate, fallocate, copy into it): on a
+    /// multi-host mount, this host keeps its own version of the file until it is closed.
+    wrote: bool,
 }
 
 /// A request that waits for state to arrive, or for a lock.
@@ -337,6 +351,8 @@ pub struct Core {
     invalidate_everything: bool,
     /// Opens of a multi-host mount that re-read their inode already, with the object it had.
     revalidated: HashMap<RequestId, Option<ObjectId>>,
+    /// Closes of a multi-host mount that re-read their inode already (see `flush`).
+    close_checked: HashSet<RequestId>,
     loads_in_flight: u32,
     ids: std::ops::Range<u64>,
     ids_loading: bool,
@@ -388,6 +404,7 @@ impl Core {
             invalidations: Vec::new(),
             invalidate_everything: false,
             revalidated: HashMap::new(),
+            close_checked: HashSet::new(),
             loads_in_flight: 0,
             ids: 0..0,
             ids_loading: false,
@@ -701,6 +718,9 @@ impl Core {
     }
 
     fn reply(&mut self, id: RequestId, result: Result<Reply, i32>) {
+        if !self.close_checked.is_empty() {
+            self.close_checked.remove(&id);
+        }
         self.effects.push_back(Effect::Reply { id, result });
     }
 
@@ -724,6 +744,9 @@ impl Core {
                 Ok(Reply::Attr(self.attr(*ino)))
             }
             Op::SetAttr { ino, fh, set } => {
+                if let (Some(fh), Some(_)) = (fh, set.size) {
+                    self.mark_changing(*fh);
+                }
                 let set = self.authorize_setattr(ctx, *ino, *set, fh.is_some())?;
                 self.setattr(p.id, *ino, set, wall)
             }
@@ -813,15 +836,18 @@ impl Core {
                 }
                 r
             }
-            Op::Write { ino, fh, offset, data } => self.write(p.id, wall, *ino, *fh, *offset, data.clone()),
-            Op::Flush { ino, fh: _, lock_owner } => {
+            Op::Write { ino, fh, offset, data } => {
+                self.mark_changing(*fh);
+                self.write(p.id, wall, *ino, *fh, *offset, data.clone())
+            }
+            Op::Flush { ino, fh, lock_owner } => {
                 // The owner's locks go even if the flush fails: the file is closed all the same.
                 if self.locks.release_owner(*ino, *lock_owner) {
                     self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
                 self.ensure_inode(*ino)?;
-                self.flush(p.id, *ino)
+                self.flush(p.id, *ino, *fh)
             }
             Op::Fsync { ino, fh: _, datasync: _ } => {
                 self.ensure_inode(*ino)?;
@@ -923,10 +949,11 @@ impl Core {
                 }
                 Ok(Reply::Empty)
             }
-            Op::Fallocate { ino, fh: _, offset, length, mode } => {
+            Op::Fallocate { ino, fh, offset, length, mode } => {
                 if *mode != 0 {
                     return Err(EOPNOTSUPP.into());
                 }
+                self.mark_changing(*fh);
                 self.ensure_inode(*ino)?;
                 if self.inodes[ino].row.kind != FileKind::Regular {
                     return Err(libc::ENODEV.into());
@@ -941,6 +968,7 @@ impl Core {
                 Err(Stop::Later)
             }
             Op::CopyFileRange { ino_in, fh_in: _, off_in, ino_out, fh_out, off_out, len } => {
+                self.mark_changing(*fh_out);
                 self.ensure_inode(*ino_in)?;
                 self.ensure_inode(*ino_out)?;
                 if self.inodes[ino_in].row.kind != FileKind::Regular
@@ -1054,6 +1082,7 @@ impl Core {
         }
         d.init_pending = true;
         d.staged = true;
+        d.changed_here = false;
         let size = inode.row.size.min(keep);
         let from = if size > 0 { inode.row.object.clone() } else { None };
         self.io(IoRequest::Staging(StagingRequest::Init { ino, from, size }), Pending::Init(ino));
@@ -1110,7 +1139,9 @@ impl Core {
     /// each bumped the in-memory version: they are added to the stored version.
     fn apply_refresh(&mut self, ino: Ino, base: u64, loaded: Option<LoadedInode>) {
         self.refreshing.remove(&ino);
+        let changing = self.changing_here(ino);
         let Some(existing) = self.inodes.get_mut(&ino) else { return };
+        let pinned = changing && existing.data.changed_here;
         if !existing.version_stale {
             return;
         }
@@ -1125,6 +1156,9 @@ impl Core {
                 for (rid, _) in d.flush_waiters.into_iter().chain(d.fsync_waiters).chain(d.close_waiters) {
                     self.reply(rid, Ok(Reply::Empty));
                 }
+                if let Some(Some(object)) = d.recommit {
+                    self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
+                }
                 if d.staged || d.init_pending || d.record_on_disk {
                     self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
                 }
@@ -1136,12 +1170,19 @@ impl Core {
         let current = existing.row.clone();
         // Another host stored a new version: a clean staged copy of the old one (kept while the
         // file is open) would serve the old bytes and size. Drop it; reads go to the new object.
+        // Unless this host changed the file through a handle still open: it keeps its own
+        // version, and stores it again when that handle closes.
         let d = &mut existing.data;
-        let outdated = d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0
-            && loaded.row.object != current.object;
+        let newer = loaded.row.object != current.object;
+        if pinned && d.staged && newer {
+            d.behind = true;
+        }
+        let outdated =
+            !pinned && d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0 && newer;
         if outdated {
             d.staged = false;
             d.removing = true;
+            d.behind = false;
         }
         existing.row = loaded.row;
         existing.row.version = existing.row.version.wrapping_add(since);
@@ -1168,6 +1209,11 @@ impl Core {
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
         }
         self.collect_garbage(ino);
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        if let Some(object) = inode.data.recommit.take() {
+            let replaced = inode.row.object.clone();
+            self.commit_upload(ino, object, replaced);
+        }
     }
 
     fn maybe_evict(&mut self, ino: Ino) {
@@ -1233,7 +1279,9 @@ impl Core {
         }
         let mut row = inode.row.clone();
         row.size = inode.data.committed_size;
-        if !inode.data.dirty() {
+        // (Behind: the row names another host's object, and `row.size` is this host's own
+        // version's: the stored size stays the object's.)
+        if !inode.data.dirty() && !inode.data.behind {
             inode.data.committed_size = inode.row.size;
             row.size = inode.row.size;
         }
@@ -1433,6 +1481,7 @@ impl Core {
     fn data_changed(&mut self, ino: Ino) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.data.dirty_gen += 1;
+            inode.data.changed_here = true;
         }
         self.schedule_upload(ino);
     }
@@ -1648,7 +1697,7 @@ impl Core {
     fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { ino, flags });
+        self.handles.insert(fh, Handle { ino, flags, wrote: false });
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.opens += 1;
         }
@@ -1658,6 +1707,9 @@ impl Core {
     fn release_handle(&mut self, ino: Ino, fh: u64, lock_owner: Option<u64>) {
         if let Some(h) = self.handles.remove(&fh) {
             debug_assert_eq!(h.ino, ino, "handle of another inode");
+            if h.wrote && !self.changing_here(ino) {
+                self.give_way(ino);
+            }
         }
         if let Some(owner) = lock_owner {
             if self.locks.release_owner(ino, owner) {
@@ -1679,6 +1731,36 @@ impl Core {
         }
         self.pump_upload(ino);
         self.maybe_unstage(ino);
+    }
+
+    /// Multi-host: a handle that changed the contents is being used (see `Handle::wrote`).
+    fn mark_changing(&mut self, fh: u64) {
+        if let Some(h) = self.handles.get_mut(&fh).filter(|_| self.config.multi_host) {
+            h.wrote = true;
+        }
+    }
+
+    /// Multi-host: whether this host keeps its own version of `ino` (a handle that changed it
+    /// is open).
+    fn changing_here(&self, ino: Ino) -> bool {
+        self.config.multi_host && self.handles.values().any(|h| h.ino == ino && h.wrote)
+    }
+
+    /// The last handle that changed `ino` here closed: if another host's version came after
+    /// this host's own (clean) one, the staged copy goes, so that reads see the newer version.
+    fn give_way(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        if !d.behind {
+            return;
+        }
+        if d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0 {
+            d.behind = false;
+            d.staged = false;
+            d.removing = true;
+            inode.row.size = d.committed_size;
+            self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+        }
     }
 
     /// Remove an inode with no links and no open handles: its row, then (see `finish_destroy`)
@@ -2227,10 +2309,26 @@ impl Core {
         Err(Stop::Later)
     }
 
-    fn flush(&mut self, id: RequestId, ino: Ino) -> Exec {
+    fn flush(&mut self, id: RequestId, ino: Ino, fh: u64) -> Exec {
         let multi_host = self.config.multi_host;
+        let wrote = self.handles.get(&fh).is_some_and(|h| h.wrote);
         let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
         let d = &mut inode.data;
+        if multi_host && wrote && d.staged && !d.dirty() && inode.row.nlink > 0 && self.close_checked.insert(id) {
+            // This host's version is stored already (uploaded before the close): whether
+            // another host's came after it is in the store, which may not have told this host
+            // yet. Read the row again first.
+            self.reread_row(ino);
+            return Err(Stop::Wait);
+        }
+        self.close_checked.remove(&id);
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let d = &mut inode.data;
+        if multi_host && wrote && d.behind && d.changed_here && d.staged && !d.dirty() {
+            // Another host's version came after this host's: the close stores this one again.
+            d.behind = false;
+            d.dirty_gen += 1;
+        }
         if multi_host && inode.row.nlink > 0 && d.dirty() {
             d.close_waiters.push((id, d.dirty_gen));
             d.want_upload = true;
@@ -2306,6 +2404,9 @@ impl Core {
         if d.staged && !d.dirty() && inode.opens == 0 && d.upload.is_none() && !d.busy() && d.staging_reads == 0 {
             d.staged = false;
             d.removing = true;
+            // The stored object is the contents now (another host's, if a refresh brought one
+            // while the copy was busy), and so is its size.
+            inode.row.size = d.committed_size;
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
         }
     }
@@ -2458,6 +2559,15 @@ impl Core {
                 Ok(IoReply::Inode(loaded)) => self.apply_refresh(ino, base, loaded),
                 _ => {
                     self.refreshing.remove(&ino);
+                    if let Some(inode) = self.inodes.get_mut(&ino) {
+                        if let Some(object) = inode.data.recommit.take() {
+                            // The commit cannot run again without the row: retried later, as
+                            // after any failed upload.
+                            inode.data.uncommitted.extend(object);
+                            let e = IoError::new(IoErrorKind::Other, "the row to commit on could not be read");
+                            self.upload_failed(ino, &e);
+                        }
+                    }
                     self.fail_parked_on(ino);
                 }
             },
@@ -2564,13 +2674,22 @@ impl Core {
             },
             Pending::Init(ino) => {
                 let failed = result.is_err();
+                let mut replaced = false;
                 if let Some(inode) = self.inodes.get_mut(&ino) {
                     inode.data.init_pending = false;
                     if failed {
                         inode.data.staged = false;
                     }
+                    // Multi-host: the object to copy is gone because another host stored a new
+                    // version (and deleted this one): read the row again; the requests waiting
+                    // for the copy run again on it (a few times at most).
+                    let gone = result.as_ref().is_err_and(|e| e.kind == IoErrorKind::NotFound);
+                    replaced = gone && self.config.multi_host && inode.data.init_misses < MAX_CONFLICT_RETRIES;
+                    inode.data.init_misses = if replaced { inode.data.init_misses + 1 } else { 0 };
                 }
-                if failed {
+                if replaced {
+                    self.reread_row(ino);
+                } else if failed {
                     self.fail_parked_on(ino);
                 }
                 self.pump_upload(ino);
@@ -2703,6 +2822,19 @@ impl Core {
                     return;
                 };
                 let Some(up) = inode.data.upload else { return };
+                match &result {
+                    Err(e) if e.kind == IoErrorKind::Conflict && self.config.multi_host => {
+                        // Another host's commit came first: this one runs again on the row read
+                        // afresh (`apply_refresh`), with the same object (the last one wins).
+                        inode.row.object = old;
+                        inode.data.committed_size = old_size;
+                        inode.data.recommit = Some(object);
+                        // (It keeps this inode, uploading, and reads its row again.)
+                        self.forget_clean_state();
+                        return;
+                    }
+                    _ => {}
+                }
                 if let Err(e) = result {
                     // Transactions issued after this one may have stored the new object already,
                     // and the failure may hide a commit that happened: the reload that follows
@@ -2718,6 +2850,7 @@ impl Core {
                 let d = &mut inode.data;
                 d.upload = None;
                 d.failures = 0;
+                d.behind = false;
                 d.uploaded_gen = d.uploaded_gen.max(up.gen);
                 if !d.dirty() {
                     d.committed_size = inode.row.size;

@@ -1105,3 +1105,197 @@ fn an_orphans_object_goes_before_its_row() {
     assert_eq!(order, ["object", "row"]);
     assert!(!store.inodes.contains_key(&ino) && !store.objects.contains_key(&object.0));
 }
+
+// ----- two hosts writing one file at once (found by the multi-host simulator once it let two
+// hosts write one file at once: `runtime-sim`, multihost/writers.rs) -----
+
+fn multi_host() -> Config {
+    Config { multi_host: true, ..Config::default() }
+}
+
+/// Host `to` sees what host `from` stored (metadata and objects; each host keeps its own
+/// staging area).
+fn share(to: &mut Harness, from: &Harness) {
+    let (t, f) = (&mut to.store, &from.store);
+    t.next_id = f.next_id;
+    t.next_obj = f.next_obj;
+    t.inodes = f.inodes.clone();
+    t.dentries = f.dentries.clone();
+    t.objects = f.objects.clone();
+}
+
+/// The contents of `ino` in the store (its object, cut or zero-extended to the row's size).
+fn stored(store: &Store, ino: Ino) -> Vec<u8> {
+    let row = &store.inodes[&ino];
+    let mut data = row.object.as_ref().map(|o| store.objects[&o.0].clone()).unwrap_or_default();
+    data.resize(row.size as usize, 0);
+    data
+}
+
+/// Host A has created "f" with `base` and keeps it open for writing; host B has it open for
+/// writing too. Returns (a, b, ino, A's handle, B's handle).
+fn two_writers(base: &[u8]) -> (Harness, Harness, Ino, u64, u64) {
+    let now = Instant::now();
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
+    let (ino, afh) = a.create(ROOT_INO, "f");
+    a.write(ino, afh, 0, base);
+    assert_eq!(a.call(Op::Fsync { ino, fh: afh, datasync: false }), Ok(Reply::Empty));
+    let mut b = Harness::with_config(Store::new(), now, multi_host());
+    share(&mut b, &a);
+    b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
+    let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    (a, b, ino, afh, bfh)
+}
+
+/// Regression (`--hosts 3 --seed 0`): a host that wrote a file (its writes already uploaded)
+/// and kept it open dropped its own version when another host stored one: its next write went
+/// on the other host's version, and its own earlier writes were gone from the file it had open
+/// (a mix of the two versions). A host that changed a file keeps its own version until it
+/// closes it, and its close stores it (the last close wins).
+#[test]
+fn a_writer_keeps_its_own_version_until_it_closes() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    b.write(ino, bfh, 0, b"B1");
+    assert_eq!(b.call(Op::Fsync { ino, fh: bfh, datasync: false }), Ok(Reply::Empty));
+    share(&mut a, &b);
+    a.write(ino, afh, 0, b"AAAAAAAA");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    assert_eq!(stored(&a.store, ino), b"AAAAAAAA");
+    share(&mut b, &a);
+    b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
+    b.settle();
+    assert_eq!(b.read(ino, 0, 100), b"B1se", "B reads its own version while it writes");
+    b.write(ino, bfh, 2, b"22");
+    assert_eq!(b.read(ino, 0, 100), b"B122");
+    assert_eq!(b.call(Op::Flush { ino, fh: bfh, lock_owner: 2 }), Ok(Reply::Empty));
+    assert_eq!(stored(&b.store, ino), b"B122", "the last close wins, whole");
+}
+
+/// Regression (`--hosts 3 --seed 85`): a host whose writes were all uploaded before it closed
+/// the file stored nothing at the close, though another host had stored a version since (of
+/// which it had not heard yet): the earlier close won. The close reads the row again, and stores
+/// its version again if another came after it.
+#[test]
+fn a_close_after_another_hosts_close_stores_its_version_again() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    b.write(ino, bfh, 0, b"B1");
+    assert_eq!(b.call(Op::Fsync { ino, fh: bfh, datasync: false }), Ok(Reply::Empty));
+    share(&mut a, &b);
+    a.write(ino, afh, 0, b"AAAAAAAA");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    // B has not heard of A's version when it closes.
+    share(&mut b, &a);
+    assert_eq!(b.call(Op::Flush { ino, fh: bfh, lock_owner: 2 }), Ok(Reply::Empty));
+    assert_eq!(stored(&b.store, ino), b"B1se", "B closed last: its version is the file");
+}
+
+/// Two hosts upload versions of one file at once: the later commit finds the row changed (a
+/// conflict) and runs again on the fresh row, so its close is answered once its version is
+/// committed (it used to be answered without it, and the version stored on the retry timer;
+/// an fsync failed with EIO).
+#[test]
+fn an_upload_commit_that_loses_to_another_host_runs_again() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    b.write(ino, bfh, 0, b"BBBBBB");
+    a.write(ino, afh, 0, b"AAAAAAAAAA");
+    assert_eq!(b.call(Op::Flush { ino, fh: bfh, lock_owner: 2 }), Ok(Reply::Empty));
+    share(&mut a, &b);
+    let fsync = a.send(Op::Fsync { ino, fh: afh, datasync: false });
+    let mut conflicts = 0;
+    a.collect();
+    while let Some((io, req)) = a.ios.pop_front() {
+        let r = a.store.execute(&req);
+        conflicts += usize::from(r.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict));
+        a.core.handle_completion(a.now, io, r);
+        a.collect();
+    }
+    assert!(conflicts > 0, "A's commit ran into B's");
+    assert_eq!(a.replies.remove(&fsync), Some(Ok(Reply::Empty)));
+    assert_eq!(stored(&a.store, ino), b"AAAAAAAAAA");
+}
+
+/// Regression (`--hosts 3 --seed 94`): a host about to write copied the object it knew into its
+/// staging area, but another host had stored a new version and deleted that object: the write
+/// answered EIO. The row is read again and the copy made from the new object.
+#[test]
+fn a_copy_of_an_object_another_host_replaced_is_made_from_the_new_one() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    a.write(ino, afh, 0, b"AAAAAAAA");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    share(&mut b, &a);
+    b.write(ino, bfh, 0, b"B");
+    assert_eq!(b.read(ino, 0, 100), b"BAAAAAAA");
+}
+
+/// Regression (`--hosts 3 --seed 190`): a host keeping its own (clean) version while another
+/// host's was stored updated the row (an atime here, a chmod below): the row got this host's
+/// size with the other host's object, a mix of the two.
+#[test]
+fn a_row_update_of_a_host_keeping_its_version_keeps_the_stored_size() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    b.write(ino, bfh, 0, b"B1");
+    assert_eq!(b.call(Op::Fsync { ino, fh: bfh, datasync: false }), Ok(Reply::Empty));
+    share(&mut a, &b);
+    a.write(ino, afh, 0, b"AAAAAAAA");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    share(&mut b, &a);
+    b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
+    b.settle();
+    let set = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+    assert!(matches!(b.call(Op::SetAttr { ino, fh: None, set }), Ok(Reply::Attr(_))));
+    assert_eq!(stored(&b.store, ino), b"AAAAAAAA", "the stored version stays whole");
+}
+
+/// Regression (`--hosts 2 --seed 79 --steps 300`): another host's version arrived while this
+/// host's clean staged copy was busy (its journal record being removed), so the copy stayed;
+/// when it went, the file kept this host's size with the other host's object.
+#[test]
+fn a_clean_copy_that_goes_after_another_hosts_version_takes_its_size() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    b.write(ino, bfh, 0, b"B1");
+    let flush = b.send(Op::Flush { ino, fh: bfh, lock_owner: 2 });
+    b.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Unseal { .. })));
+    assert_eq!(b.replies.remove(&flush), Some(Ok(Reply::Empty)));
+    // The unseal stays in flight while B lets go of the file and A stores a new version.
+    let held: Vec<_> = b.ios.drain(..).collect();
+    b.call(Op::Release { ino, fh: bfh, lock_owner: None }).unwrap();
+    share(&mut a, &b);
+    a.write(ino, afh, 0, b"AAAAAAAA");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    // B hears of it, then the unseal completes.
+    share(&mut b, &a);
+    b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
+    b.settle();
+    for (io, req) in held {
+        let r = b.store.execute(&req);
+        b.core.handle_completion(b.now, io, r);
+    }
+    b.settle();
+    match b.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 8),
+        other => panic!("getattr: {other:?}"),
+    }
+    assert_eq!(b.read(ino, 0, 100), b"AAAAAAAA");
+}
+
+/// Regression (`--hosts 3 --seed 72 --steps 300`): a write that failed (no space) after the
+/// staged copy was made counted as a change: the host kept that copy (the version it had seen)
+/// as its own, and its close stored it again over the other host's newer version.
+#[test]
+fn a_failed_write_does_not_make_a_version_of_its_own() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    let write = b.send(Op::Write { ino, fh: bfh, offset: 0, data: Bytes::from_static(b"B1") });
+    b.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Write { .. })));
+    let (io, _) = b.ios.pop_front().expect("the staged write");
+    b.core.handle_completion(b.now, io, Err(IoError::new(IoErrorKind::NoSpace, "injected")));
+    b.settle();
+    assert_eq!(b.replies.remove(&write), Some(Err(libc::ENOSPC)));
+    share(&mut a, &b);
+    a.write(ino, afh, 0, b"AAAAAAAA");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    share(&mut b, &a);
+    b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
+    b.settle();
+    assert_eq!(b.call(Op::Flush { ino, fh: bfh, lock_owner: 2 }), Ok(Reply::Empty));
+    assert_eq!(stored(&b.store, ino), b"AAAAAAAA", "B changed nothing: A's version stays");
+}
