@@ -93,6 +93,8 @@ pub struct World {
     /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
     /// that were in flight when one happened.
     pub fault_epoch: u64,
+    /// Transactions that lost to another writer's (counted in `fault_epoch` too).
+    pub conflicts: u64,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -198,6 +200,7 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
+            conflicts: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
             next_request: 1,
@@ -462,6 +465,7 @@ impl World {
             if matches!(e.request, IoRequest::Meta(_)) && result.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict) {
                 // A conflict with another writer fails the transaction like an injected fault.
                 self.fault_epoch += 1;
+                self.conflicts += 1;
             }
             self.trace.done(self.now_us(), &e.request, &result);
             let now = self.instant();

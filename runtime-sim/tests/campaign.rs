@@ -84,4 +84,6 @@ fn twenty_seeds_on_three_hosts() {
     assert!(resyncs > 0 && lost > 0, "no subscription was cut in twenty seeds (resyncs {resyncs}, lost {lost})");
     let collections: u64 = stats.iter().map(|s| count(s, "collections")).sum();
     assert!(collections > 0, "no host collected a dead host's orphans in twenty seeds");
+    let resolved: u64 = stats.iter().map(|s| count(s, "resolved")).sum();
+    assert!(resolved > 0, "no two hosts wrote one file at once in twenty seeds");
 }

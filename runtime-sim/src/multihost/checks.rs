@@ -35,6 +35,7 @@ impl Mh {
         }
         self.last_sync = self.c.now;
         self.c.trace.note(self.c.now.as_micros() as u64, "sync point: every change delivered".into());
+        self.resolve_contests()?;
         for n in 0..NAMES.len() {
             let up = self.up_hosts();
             let batch: Vec<(usize, Act)> = up.into_iter().map(|h| (h, Act::Stat { name: n })).collect();
@@ -69,7 +70,8 @@ impl Mh {
         let mut quiet = false;
         for _ in 0..600 {
             self.settle_files();
-            let files_quiet = self.files.values().all(|f| f.unsettled.is_none());
+            self.resolve_contests()?;
+            let files_quiet = self.files.values().all(|f| f.unsettled.is_none() && f.contest.is_none());
             let collected = self.dead_orphan_sets().is_empty();
             if files_quiet && collected && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.all_heard() {
                 quiet = true;

@@ -23,6 +23,9 @@ pub(super) struct FileM {
     pub(super) unsettled: Option<usize>,
     /// Its last name went while its host had it open: it lives on there.
     pub(super) orphan: Option<super::orphans::Orphan>,
+    /// Several hosts write it at once (`writers`); then `versions` stands still until the
+    /// contest ends, and `writer` is the first of the writers only.
+    pub(super) contest: Option<super::writers::Contest>,
 }
 
 impl FileM {
@@ -87,7 +90,7 @@ impl Mh {
         let Some(f) = self.files.get(&ino) else {
             return false;
         };
-        if f.writer.is_some() || f.unsettled.is_some() {
+        if f.writer.is_some() || f.unsettled.is_some() || f.contest.is_some() || !self.writer_hosts(ino).is_empty() {
             return false;
         }
         if let Some(h) = f.last_writer {
@@ -118,7 +121,8 @@ impl Mh {
     /// A file whose writer crashed settles once that host is back and quiet: the store must
     /// hold one of the contents allowed after the crash, which becomes the acknowledged version.
     pub(super) fn settle_files(&mut self) {
-        let inos: Vec<Ino> = self.files.iter().filter(|(_, f)| f.unsettled.is_some()).map(|(i, _)| *i).collect();
+        let inos: Vec<Ino> =
+            self.files.iter().filter(|(_, f)| f.unsettled.is_some() && f.contest.is_none()).map(|(i, _)| *i).collect();
         for ino in inos {
             let h = self.files[&ino].unsettled.expect("filtered");
             if !self.c.is_up(h) || !self.host_quiet(h) {
@@ -148,6 +152,9 @@ impl Mh {
     /// A close or fsync of the writer acknowledged the latest version.
     pub(super) fn ack(&mut self, ino: Ino, now: Duration) {
         let f = self.files.get_mut(&ino).expect("open");
+        if f.contest.is_some() {
+            return;
+        }
         f.acked = f.versions.len() - 1;
         f.acks.push((now, f.acked));
     }
@@ -167,6 +174,9 @@ impl Mh {
 
     pub(super) fn check_content(&self, host: usize, ino: Ino, lower: usize, data: &[u8]) -> Result<(), String> {
         let f = &self.files[&ino];
+        if f.contest.is_some() {
+            return self.check_contested(host, ino, data).map(drop);
+        }
         if f.writer == Some(host) {
             if data != f.latest() {
                 return Err(format!(
@@ -218,6 +228,9 @@ impl Mh {
 
     pub(super) fn check_size(&self, host: usize, ino: Ino, size: u64) -> Result<(), String> {
         let f = &self.files[&ino];
+        if f.contest.is_some() {
+            return self.check_contested_size(host, ino, size);
+        }
         let lower = if f.writer == Some(host) {
             f.versions.len() - 1
         } else if f.unsettled.is_some() {

@@ -6,20 +6,23 @@
 //! The name space is six regular files in the root (`f0`..`f5`). A step runs one action on each
 //! of a random subset of the hosts that are up, concurrently; an action is a short system call
 //! sequence (lookup, open, read, close...). Within a step each name is used by one action, except
-//! for a create race (the same create on two hosts at once). A file has one writer at a time in
-//! the whole cluster (the harness opens a file for writing only where nobody else has it open for
-//! writing and the store holds its latest version); readers and lock holders are unrestricted.
-//! A file is unlinked only where no other host has it open: if the unlinking host has it open,
-//! it keeps it, without names, until it closes it (an orphan: `orphans`). Reads go through
-//! whole files (lookup, open, read) and through open handles.
+//! for a create race (the same create on two hosts at once). A file written alone (opened for
+//! writing where nobody else writes it and the store holds its latest version) has one line of
+//! versions; two hosts may also write one file at once (one writer handle per host), and then the
+//! file is *contested* until a sync point settles which version won (`writers`). Readers and
+//! lock holders are unrestricted. A file is unlinked only where no other host has it open: if
+//! the unlinking host has it open, it keeps it, without names, until it closes it (an orphan:
+//! `orphans`). Reads go through whole files (lookup, open, read) and through open handles.
 //!
-//! Submodules: `files` (the model of files and names), `locks` (of record locks), `orphans`
-//! (of files without names), `checks` (sync points and the liveness phase).
+//! Submodules: `files` (the model of files and names), `writers` (of several hosts writing one
+//! file), `locks` (of record locks), `orphans` (of files without names), `checks` (sync points
+//! and the liveness phase).
 
 mod checks;
 mod files;
 mod locks;
 mod orphans;
+mod writers;
 
 use crate::faults::{FaultProfile, Faults};
 use crate::harness::{Failure, Options, Stats};
@@ -63,6 +66,10 @@ struct Handle {
     mode: Mode,
     /// The lowest version a read through it may return (close-to-open, as of its open).
     lower: usize,
+    /// A writer that wrote through it.
+    wrote: bool,
+    /// Its writer's version, if the file is contested and it wrote: the candidates (`writers`).
+    own: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,8 +131,9 @@ struct Running {
     op: Op,
     /// Virtual time the action's current request was sent.
     issued: Duration,
-    /// The host's fault epoch when the action started.
+    /// The host's fault epoch when the action started, and its count of conflicts.
     epoch: u64,
+    conflicts: u64,
     ino: Option<Ino>,
     fh: Option<u64>,
     /// Lookup references taken (forgotten at the end unless a handle keeps them).
@@ -163,6 +171,9 @@ struct Mh {
     race_losses: Vec<(usize, Duration)>,
     /// Orphans of hosts that crashed, to be collected by the end.
     dead_orphans: Vec<orphans::DeadOrphan>,
+    /// Contests of writers begun, and ended with the store checked (statistics).
+    contests: u64,
+    contests_resolved: u64,
 }
 
 pub fn run(opts: Options) -> Result<Stats, Failure> {
@@ -210,7 +221,7 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
         trace_hash: m.c.trace.hash.0,
         leaked_objects: leaked,
         profile: format!(
-            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lost {} resyncs {} orphan collections {} lock scripts {}",
+            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lost {} resyncs {} orphan collections {} lock scripts {} contests {} contests resolved {}",
             m.c.hosts.len(),
             m.profile,
             m.staged_is_durable,
@@ -221,7 +232,9 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
             s.lost,
             s.resyncs,
             s.collections,
-            m.c.redis.scripts
+            m.c.redis.scripts,
+            m.contests,
+            m.contests_resolved
         ),
         divergences: BTreeMap::new(),
         histogram,
@@ -306,6 +319,8 @@ impl Mh {
             racing: Vec::new(),
             race_losses: Vec::new(),
             dead_orphans: Vec::new(),
+            contests: 0,
+            contests_resolved: 0,
         }
     }
 
@@ -371,11 +386,19 @@ impl Mh {
         let gone: Vec<usize> = self.handles.iter().filter(|(_, x)| x.host == h).map(|(k, _)| *k).collect();
         for k in gone {
             let x = self.handles.remove(&k).expect("listed above");
+            if x.mode == Mode::Writer && self.is_contested(x.ino) {
+                self.contest_crashed(x.ino);
+            }
             if let (Mode::Writer, Some(f)) = (x.mode, self.files.get_mut(&x.ino)) {
-                f.writer = None;
+                if f.writer == Some(h) {
+                    f.writer = None;
+                }
             }
         }
         for f in self.files.values_mut() {
+            if f.contest.is_some() {
+                continue;
+            }
             if f.last_writer == Some(h) && (f.acked + 1 < f.versions.len() || f.unsettled.is_some()) {
                 f.unsettled = Some(h);
             }
@@ -565,7 +588,8 @@ impl Mh {
                         continue;
                     }
                     if self.rng.chance(0.5) {
-                        if !self.writable(ino) {
+                        // Alone, or beside another writer (`writers`).
+                        if !self.writable(ino) && !(self.may_contest(h, ino) && self.rng.chance(0.5)) {
                             continue;
                         }
                         return Some(Act::Open { name, mode: Mode::Writer });
@@ -585,7 +609,8 @@ impl Mh {
     fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode, lower: usize) {
         let owner = self.next_owner;
         self.next_owner += 1;
-        self.handles.insert(self.next_handle, Handle { host, name, ino, fh, owner, mode, lower });
+        let h = Handle { host, name, ino, fh, owner, mode, lower, wrote: false, own: Vec::new() };
+        self.handles.insert(self.next_handle, h);
         self.next_handle += 1;
     }
 
@@ -653,6 +678,7 @@ impl Mh {
         for (host, act) in batch {
             let op = self.first_op(host, &act);
             let epoch = self.c.hosts[host].w.fault_epoch;
+            let conflicts = self.c.hosts[host].w.conflicts;
             let mut r = Running {
                 host,
                 act,
@@ -661,6 +687,7 @@ impl Mh {
                 op: Op::StatFs,
                 issued: self.c.now,
                 epoch,
+                conflicts,
                 ino: None,
                 fh: None,
                 lookups: 0,
@@ -731,6 +758,13 @@ impl Mh {
         self.c.hosts[r.host].w.fault_epoch != r.epoch
     }
 
+    /// Whether an injected fault (a crash, a failure: not a conflict with another host's
+    /// transaction, which the core runs again) reached the host since the action started.
+    fn injected_fault_seen(&self, r: &Running) -> bool {
+        let w = &self.c.hosts[r.host].w;
+        w.fault_epoch - r.epoch > w.conflicts - r.conflicts
+    }
+
     fn io_error_ok(&self, r: &Running, e: i32) -> bool {
         (e == libc::EIO || e == libc::ENOSPC) && self.fault_seen(r)
     }
@@ -779,6 +813,7 @@ impl Mh {
                             last_writer: Some(r.host),
                             unsettled: None,
                             orphan: None,
+                            contest: None,
                         },
                     );
                     self.add_handle(r.host, name, attr.ino, fh, Mode::Writer, 0);
@@ -864,8 +899,13 @@ impl Mh {
                 Ok(Reply::Opened { fh, .. }) => {
                     let ino = r.ino.expect("looked up");
                     if mode == Mode::Writer {
-                        self.files.get_mut(&ino).expect("current").writer = Some(r.host);
-                        self.files.get_mut(&ino).expect("current").last_writer = Some(r.host);
+                        if self.writable(ino) {
+                            let f = self.files.get_mut(&ino).expect("current");
+                            f.writer = Some(r.host);
+                            f.last_writer = Some(r.host);
+                        } else {
+                            self.join_contest(ino);
+                        }
                     }
                     self.add_handle(r.host, name, ino, fh, mode, r.lower);
                     // The handle keeps the lookup reference until it is closed.
@@ -887,7 +927,8 @@ impl Mh {
                 let ino = r.ino.expect("looked up");
                 match reply {
                     Ok(Reply::Data(d)) => {
-                        self.check_content(r.host, ino, r.lower, &d).map_err(|e| self.unexpected(r, e))?
+                        self.check_content(r.host, ino, r.lower, &d).map_err(|e| self.unexpected(r, e))?;
+                        self.narrow_by_read(r.host, ino, &d);
                     }
                     Err(e) if self.io_error_ok(r, e) => {}
                     other => return Err(self.unexpected(r, format!("{other:?}"))),
@@ -907,8 +948,13 @@ impl Mh {
                 other => Err(self.unexpected(r, format!("release: {other:?}"))),
             },
             (Act::Write { h, offset, data }, _) => match reply {
+                Ok(Reply::Written(n)) if n as usize == data.len() && self.is_contested(self.handles[&h].ino) => {
+                    self.contested_write(h, offset, &data);
+                    Ok(None)
+                }
                 Ok(Reply::Written(n)) if n as usize == data.len() => {
                     let ino = self.handles[&h].ino;
+                    self.handles.get_mut(&h).expect("open").wrote = true;
                     let f = self.files.get_mut(&ino).expect("open");
                     let mut v = f.latest().to_vec();
                     let end = offset as usize + data.len();
@@ -935,6 +981,8 @@ impl Mh {
                 match reply {
                     Ok(Reply::Data(d)) => {
                         self.check_content(x.host, x.ino, x.lower, &d).map_err(|e| self.unexpected(r, e))?;
+                        let (host, ino) = (x.host, x.ino);
+                        self.narrow_by_read(host, ino, &d);
                         Ok(None)
                     }
                     Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
@@ -944,6 +992,15 @@ impl Mh {
             (Act::Close { h }, 0) => {
                 let x = self.handles[&h].clone();
                 match reply {
+                    // Concurrent writers: a close that failed may still commit later (the data
+                    // stays to be uploaded), like one answered without its commit.
+                    Ok(Reply::Empty) if x.mode == Mode::Writer && self.is_contested(x.ino) => {
+                        let acked = !self.injected_fault_seen(r);
+                        self.contested_close(h, r.issued, acked);
+                    }
+                    Err(e) if x.mode == Mode::Writer && self.is_contested(x.ino) && self.handle_error_ok(r, h, e) => {
+                        self.contested_close(h, r.issued, false);
+                    }
                     // A close whose upload failed is answered once the data is sealed here (the
                     // core's fallback): not committed, so no promise to other hosts.
                     Ok(Reply::Empty) if x.mode == Mode::Writer && !self.fault_seen(r) => self.ack(x.ino, now),
@@ -959,7 +1016,7 @@ impl Mh {
                 Ok(Reply::Empty) => {
                     let x = self.handles.remove(&h).expect("closing an open handle");
                     if x.mode == Mode::Writer {
-                        if let Some(f) = self.files.get_mut(&x.ino) {
+                        if let Some(f) = self.files.get_mut(&x.ino).filter(|f| f.writer == Some(x.host)) {
                             f.writer = None;
                         }
                     }
