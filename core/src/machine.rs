@@ -160,6 +160,19 @@ struct Data {
     /// not name them (a failure may hide a commit that happened).
     uncommitted: Vec<ObjectId>,
     failures: u32,
+    /// This host's deletion of the file (without names) failed: tried again on the retry timer.
+    delete_again: bool,
+    /// Multi-host: another host stored a version after this host's, while this host kept its
+    /// own (a handle that changed it is open): the next close of such a handle stores this
+    /// host's version again (the last close wins).
+    behind: bool,
+    /// The staged copy was changed here since it was made (not only copied from the store).
+    changed_here: bool,
+    /// Multi-host: copies into the staging area that found their object gone, in a row.
+    init_misses: u8,
+    /// Multi-host: the commit of this uploaded object lost to another host's commit; it runs
+    /// again once the row is read afresh (`None` inside: the empty file, no object).
+    recommit: Option<Option<ObjectId>>,
 }
 
 impl Data {
@@ -181,6 +194,9 @@ struct Upload {
 struct Handle {
     ino: Ino,
     flags: i32,
+    /// The contents were changed through it (write, truncate, fallocate, copy into it): on a
+    /// multi-host mount, this host keeps its own version of the file until it is closed.
+    wrote: bool,
 }
 
 /// A request that waits for state to arrive, or for a lock.
@@ -225,6 +241,8 @@ enum Pending {
     /// `startup`: the list taken at start (every orphan is left over from before); otherwise a
     /// later collection, which spares the inodes this host knows.
     Orphans { startup: bool },
+    /// The object of a collected orphan is being deleted; its row goes next.
+    OrphanObject(Ino),
     /// `applied`: the change already took effect where it cannot be undone (a truncated staged
     /// copy); a failed transaction then still answers with `reply`, since the row is stored with
     /// the file's next upload.
@@ -242,7 +260,9 @@ enum Pending {
     Truncate { id: RequestId, ino: Ino, set: SetAttr, wall: Timespec },
     Allocate { id: RequestId, ino: Ino, end: u64, wall: Timespec },
     StagingRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
-    StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo> },
+    /// `retry`: on a multi-host mount, the request itself, run again on the row read anew if the
+    /// object is gone (another host stored a new version and deleted this one).
+    StoreRead { id: RequestId, ino: Ino, len: usize, copy: Option<CopyTo>, retry: Option<Box<Parked>> },
     Seal { ino: Ino },
     Put { ino: Ino },
     /// A whole-file copy sharing the source's object (`StoreRequest::Share`).
@@ -283,12 +303,14 @@ struct CopyTo {
 /// What to do once a transaction has committed.
 #[derive(Debug)]
 enum Cleanup {
-    /// An object of an inode that is gone (see `StoreRequest::Delete`).
-    Object(Ino, ObjectId),
     Staged(Ino),
     /// The inode's row is deleted: drop it from memory with its object and staged copy. (Until
-    /// then it stays, so a failed transaction loses nothing.)
+    /// then it stays, so a failed transaction loses nothing.) The transaction also took its last
+    /// name: if it fails, the file keeps that name.
     Destroy(Ino),
+    /// The same for a file this host kept without names (its last handle closed): if the
+    /// transaction fails, the deletion is tried again on the retry timer.
+    DestroyUnnamed(Ino),
 }
 
 /// The pure filesystem core. See the module documentation for the run loop.
@@ -324,8 +346,13 @@ pub struct Core {
     running: Option<Parked>,
     /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
     invalidations: Vec<Changes>,
+    /// Other hosts' changes may have been lost (see `invalidate_all`): everything cached goes,
+    /// at the same moment as `invalidations`.
+    invalidate_everything: bool,
     /// Opens of a multi-host mount that re-read their inode already, with the object it had.
     revalidated: HashMap<RequestId, Option<ObjectId>>,
+    /// Closes of a multi-host mount that re-read their inode already (see `flush`).
+    close_checked: HashSet<RequestId>,
     loads_in_flight: u32,
     ids: std::ops::Range<u64>,
     ids_loading: bool,
@@ -375,7 +402,9 @@ impl Core {
             lock_polling: Vec::new(),
             lock_poll_at: None,
             invalidations: Vec::new(),
+            invalidate_everything: false,
             revalidated: HashMap::new(),
+            close_checked: HashSet::new(),
             loads_in_flight: 0,
             ids: 0..0,
             ids_loading: false,
@@ -459,9 +488,46 @@ impl Core {
         self.wake_parked();
     }
 
+    /// Messages from other hosts may have been lost (the runtime's subscription to them was cut
+    /// and is back): every cached copy of shared state is treated as changed by another host,
+    /// as if one invalidation named every inode and every entry this host caches. What is only
+    /// a copy is forgotten; what is more (open, dirty or locked files, unsaved directory times)
+    /// has its row read again; the kernel drops its cached attributes, pages and entries.
+    /// Open handles stay valid (close-to-open: the next open reads the file again).
+    pub fn invalidate_all(&mut self, now: Instant) {
+        self.now = now;
+        self.invalidate_everything = true;
+        self.apply_invalidations();
+        self.wake_parked();
+    }
+
+    /// Every inode and every directory entry cached now, as one invalidation (in a fixed order:
+    /// the kernel notices follow it).
+    fn everything_cached(&self) -> Changes {
+        let mut inodes: Vec<Ino> = self.inodes.keys().copied().collect();
+        inodes.sort_unstable();
+        let mut parents: Vec<Ino> = self.dirs.keys().copied().collect();
+        parents.sort_unstable();
+        let entries = parents
+            .into_iter()
+            .flat_map(|parent| self.dirs[&parent].after(0).map(move |(_, name, _)| (parent, name.to_vec())))
+            .collect();
+        Changes { inodes, entries }
+    }
+
     fn apply_invalidations(&mut self) {
-        if self.invalidations.is_empty() || self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
+        let nothing = self.invalidations.is_empty() && !self.invalidate_everything;
+        if nothing || self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
             return;
+        }
+        if std::mem::take(&mut self.invalidate_everything) {
+            // It covers every other invalidation waiting; loads in flight may predate anything.
+            self.invalidations = vec![self.everything_cached()];
+            self.stale_dir_loads.extend(self.loading_dirs.iter().copied());
+            self.stale_inode_loads.extend(self.loading_inodes.iter().chain(&self.refreshing).copied());
+            // Listings too, an empty one or one of a directory that stays (the root, an open
+            // one): nothing but copies (no transaction of this host is in flight).
+            self.dirs.clear();
         }
         for changes in std::mem::take(&mut self.invalidations) {
             // A listing in flight may hold the old entries or rows; a load or refresh in flight
@@ -507,6 +573,8 @@ impl Core {
         let d = &i.data;
         ino != ROOT_INO
             && i.opens == 0
+            // Without names: this host is deleting it (or it must learn who did).
+            && i.row.nlink > 0
             && !i.times_dirty
             && !d.staged
             && !d.busy()
@@ -539,8 +607,10 @@ impl Core {
                     inode.data.deadline = None;
                     inode.data.want_upload = true;
                 }
-                if inode.row.nlink == 0 && inode.opens == 0 {
-                    // Its deletion failed earlier.
+                if inode.data.delete_again && inode.opens == 0 {
+                    // Its deletion failed earlier. (Only this host's: a row without names that a
+                    // refresh brought is another host's to delete.)
+                    inode.data.delete_again = false;
                     self.destroy(ino);
                     continue;
                 }
@@ -554,6 +624,16 @@ impl Core {
         self.now = now;
         self.shutting_down = true;
         self.flush_dir_times();
+        // Deletions that failed are tried again now.
+        let mut undeleted: Vec<Ino> =
+            self.inodes.iter().filter(|(_, i)| i.data.delete_again && i.opens == 0).map(|(k, _)| *k).collect();
+        undeleted.sort_unstable();
+        for ino in undeleted {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.data.delete_again = false;
+            }
+            self.destroy(ino);
+        }
         let dirty: Vec<Ino> = self.inodes.iter().filter(|(_, i)| i.data.dirty()).map(|(k, _)| *k).collect();
         for ino in dirty {
             if let Some(inode) = self.inodes.get_mut(&ino) {
@@ -574,9 +654,11 @@ impl Core {
         [upload, self.dir_times_flush_at, self.lock_poll_at].into_iter().flatten().min()
     }
 
-    /// Nothing in flight and nothing left to upload.
+    /// Nothing in flight, nothing left to upload or to delete.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.dir_times.is_empty() && !self.inodes.values().any(|i| i.data.dirty() && i.row.nlink > 0)
+        self.pending.is_empty()
+            && self.dir_times.is_empty()
+            && !self.inodes.values().any(|i| (i.data.dirty() && i.row.nlink > 0) || i.data.delete_again)
     }
 
     pub fn status(&self) -> Status {
@@ -636,6 +718,9 @@ impl Core {
     }
 
     fn reply(&mut self, id: RequestId, result: Result<Reply, i32>) {
+        if !self.close_checked.is_empty() {
+            self.close_checked.remove(&id);
+        }
         self.effects.push_back(Effect::Reply { id, result });
     }
 
@@ -659,6 +744,9 @@ impl Core {
                 Ok(Reply::Attr(self.attr(*ino)))
             }
             Op::SetAttr { ino, fh, set } => {
+                if let (Some(fh), Some(_)) = (fh, set.size) {
+                    self.mark_changing(*fh);
+                }
                 let set = self.authorize_setattr(ctx, *ino, *set, fh.is_some())?;
                 self.setattr(p.id, *ino, set, wall)
             }
@@ -710,15 +798,10 @@ impl Core {
                     let before = self.inodes.get(ino).map(|i| i.row.object.clone());
                     if self.is_forgettable(*ino) {
                         self.inodes.remove(ino);
-                    } else if let Some(i) = self.inodes.get_mut(ino) {
+                    } else {
                         // Held for more than a copy (open, dirty, locked): its row is read again
-                        // all the same, and a refresh already on its way may predate the close.
-                        i.version_stale = true;
-                        if self.refreshing.contains(ino) {
-                            self.stale_inode_loads.insert(*ino);
-                        } else {
-                            self.refresh(*ino);
-                        }
+                        // all the same.
+                        self.reread_row(*ino);
                     }
                     self.revalidated.insert(p.id, before.flatten());
                 }
@@ -753,15 +836,18 @@ impl Core {
                 }
                 r
             }
-            Op::Write { ino, fh, offset, data } => self.write(p.id, wall, *ino, *fh, *offset, data.clone()),
-            Op::Flush { ino, fh: _, lock_owner } => {
+            Op::Write { ino, fh, offset, data } => {
+                self.mark_changing(*fh);
+                self.write(p.id, wall, *ino, *fh, *offset, data.clone())
+            }
+            Op::Flush { ino, fh, lock_owner } => {
                 // The owner's locks go even if the flush fails: the file is closed all the same.
                 if self.locks.release_owner(*ino, *lock_owner) {
                     self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
                 self.ensure_inode(*ino)?;
-                self.flush(p.id, *ino)
+                self.flush(p.id, *ino, *fh)
             }
             Op::Fsync { ino, fh: _, datasync: _ } => {
                 self.ensure_inode(*ino)?;
@@ -863,10 +949,11 @@ impl Core {
                 }
                 Ok(Reply::Empty)
             }
-            Op::Fallocate { ino, fh: _, offset, length, mode } => {
+            Op::Fallocate { ino, fh, offset, length, mode } => {
                 if *mode != 0 {
                     return Err(EOPNOTSUPP.into());
                 }
+                self.mark_changing(*fh);
                 self.ensure_inode(*ino)?;
                 if self.inodes[ino].row.kind != FileKind::Regular {
                     return Err(libc::ENODEV.into());
@@ -881,6 +968,7 @@ impl Core {
                 Err(Stop::Later)
             }
             Op::CopyFileRange { ino_in, fh_in: _, off_in, ino_out, fh_out, off_out, len } => {
+                self.mark_changing(*fh_out);
                 self.ensure_inode(*ino_in)?;
                 self.ensure_inode(*ino_out)?;
                 if self.inodes[ino_in].row.kind != FileKind::Regular
@@ -994,6 +1082,7 @@ impl Core {
         }
         d.init_pending = true;
         d.staged = true;
+        d.changed_here = false;
         let size = inode.row.size.min(keep);
         let from = if size > 0 { inode.row.object.clone() } else { None };
         self.io(IoRequest::Staging(StagingRequest::Init { ino, from, size }), Pending::Init(ino));
@@ -1024,6 +1113,18 @@ impl Core {
         ino
     }
 
+    /// Another host may have changed `ino`'s row: requests on it wait until it is read again (a
+    /// refresh already on its way may predate the change: it is sent again).
+    fn reread_row(&mut self, ino: Ino) {
+        let Some(i) = self.inodes.get_mut(&ino) else { return };
+        i.version_stale = true;
+        if self.refreshing.contains(&ino) {
+            self.stale_inode_loads.insert(ino);
+        } else {
+            self.refresh(ino);
+        }
+    }
+
     /// Re-read `ino`'s row after a failed transaction.
     fn refresh(&mut self, ino: Ino) {
         let Some(inode) = self.inodes.get(&ino) else { return };
@@ -1038,7 +1139,9 @@ impl Core {
     /// each bumped the in-memory version: they are added to the stored version.
     fn apply_refresh(&mut self, ino: Ino, base: u64, loaded: Option<LoadedInode>) {
         self.refreshing.remove(&ino);
+        let changing = self.changing_here(ino);
         let Some(existing) = self.inodes.get_mut(&ino) else { return };
+        let pinned = changing && existing.data.changed_here;
         if !existing.version_stale {
             return;
         }
@@ -1053,6 +1156,9 @@ impl Core {
                 for (rid, _) in d.flush_waiters.into_iter().chain(d.fsync_waiters).chain(d.close_waiters) {
                     self.reply(rid, Ok(Reply::Empty));
                 }
+                if let Some(Some(object)) = d.recommit {
+                    self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
+                }
                 if d.staged || d.init_pending || d.record_on_disk {
                     self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
                 }
@@ -1064,12 +1170,19 @@ impl Core {
         let current = existing.row.clone();
         // Another host stored a new version: a clean staged copy of the old one (kept while the
         // file is open) would serve the old bytes and size. Drop it; reads go to the new object.
+        // Unless this host changed the file through a handle still open: it keeps its own
+        // version, and stores it again when that handle closes.
         let d = &mut existing.data;
-        let outdated = d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0
-            && loaded.row.object != current.object;
+        let newer = loaded.row.object != current.object;
+        if pinned && d.staged && newer {
+            d.behind = true;
+        }
+        let outdated =
+            !pinned && d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0 && newer;
         if outdated {
             d.staged = false;
             d.removing = true;
+            d.behind = false;
         }
         existing.row = loaded.row;
         existing.row.version = existing.row.version.wrapping_add(since);
@@ -1096,6 +1209,11 @@ impl Core {
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
         }
         self.collect_garbage(ino);
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        if let Some(object) = inode.data.recommit.take() {
+            let replaced = inode.row.object.clone();
+            self.commit_upload(ino, object, replaced);
+        }
     }
 
     fn maybe_evict(&mut self, ino: Ino) {
@@ -1104,7 +1222,8 @@ impl Core {
         }
         let Some(inode) = self.inodes.get(&ino) else { return };
         let d = &inode.data;
-        if inode.lookups > 0 || inode.opens > 0 || inode.times_dirty || d.staged || d.dirty() || d.upload.is_some()
+        if inode.lookups > 0 || inode.opens > 0 || inode.row.nlink == 0 || inode.times_dirty || d.staged || d.dirty()
+            || d.upload.is_some()
             || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
             || self.pending_touches(ino)
         {
@@ -1160,7 +1279,9 @@ impl Core {
         }
         let mut row = inode.row.clone();
         row.size = inode.data.committed_size;
-        if !inode.data.dirty() {
+        // (Behind: the row names another host's object, and `row.size` is this host's own
+        // version's: the stored size stays the object's.)
+        if !inode.data.dirty() && !inode.data.behind {
             inode.data.committed_size = inode.row.size;
             row.size = inode.row.size;
         }
@@ -1360,6 +1481,7 @@ impl Core {
     fn data_changed(&mut self, ino: Ino) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.data.dirty_gen += 1;
+            inode.data.changed_here = true;
         }
         self.schedule_upload(ino);
     }
@@ -1575,7 +1697,7 @@ impl Core {
     fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { ino, flags });
+        self.handles.insert(fh, Handle { ino, flags, wrote: false });
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.opens += 1;
         }
@@ -1585,6 +1707,9 @@ impl Core {
     fn release_handle(&mut self, ino: Ino, fh: u64, lock_owner: Option<u64>) {
         if let Some(h) = self.handles.remove(&fh) {
             debug_assert_eq!(h.ino, ino, "handle of another inode");
+            if h.wrote && !self.changing_here(ino) {
+                self.give_way(ino);
+            }
         }
         if let Some(owner) = lock_owner {
             if self.locks.release_owner(ino, owner) {
@@ -1608,6 +1733,36 @@ impl Core {
         self.maybe_unstage(ino);
     }
 
+    /// Multi-host: a handle that changed the contents is being used (see `Handle::wrote`).
+    fn mark_changing(&mut self, fh: u64) {
+        if let Some(h) = self.handles.get_mut(&fh).filter(|_| self.config.multi_host) {
+            h.wrote = true;
+        }
+    }
+
+    /// Multi-host: whether this host keeps its own version of `ino` (a handle that changed it
+    /// is open).
+    fn changing_here(&self, ino: Ino) -> bool {
+        self.config.multi_host && self.handles.values().any(|h| h.ino == ino && h.wrote)
+    }
+
+    /// The last handle that changed `ino` here closed: if another host's version came after
+    /// this host's own (clean) one, the staged copy goes, so that reads see the newer version.
+    fn give_way(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        if !d.behind {
+            return;
+        }
+        if d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0 {
+            d.behind = false;
+            d.staged = false;
+            d.removing = true;
+            inode.row.size = d.committed_size;
+            self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+        }
+    }
+
     /// Remove an inode with no links and no open handles: its row, then (see `finish_destroy`)
     /// its object and staged copy.
     fn destroy(&mut self, ino: Ino) {
@@ -1623,7 +1778,12 @@ impl Core {
         for rid in waiters {
             self.reply(rid, Ok(Reply::Empty));
         }
-        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::Destroy(ino)]);
+        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::DestroyUnnamed(ino)]);
+    }
+
+    /// Deletes the row of an orphan collected (its object is gone already).
+    fn delete_orphan_row(&mut self, ino: Ino) {
+        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::Staged(ino)]);
     }
 
     /// The transaction deleting `ino` committed: forget it and drop its data.
@@ -2093,9 +2253,10 @@ impl Core {
             );
         } else if let Some(object) = inode.row.object.clone() {
             inode.data.store_reads += 1;
+            let retry = self.running.clone().filter(|p| p.retries < MAX_CONFLICT_RETRIES).map(Box::new);
             self.io(
                 IoRequest::Store(StoreRequest::Read { object, offset, len }),
-                Pending::StoreRead { id, ino, len: len as usize, copy },
+                Pending::StoreRead { id, ino, len: len as usize, copy, retry },
             );
         } else {
             // A hole with no data anywhere (cannot normally happen: a non-empty file is staged
@@ -2148,10 +2309,26 @@ impl Core {
         Err(Stop::Later)
     }
 
-    fn flush(&mut self, id: RequestId, ino: Ino) -> Exec {
+    fn flush(&mut self, id: RequestId, ino: Ino, fh: u64) -> Exec {
         let multi_host = self.config.multi_host;
+        let wrote = self.handles.get(&fh).is_some_and(|h| h.wrote);
         let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
         let d = &mut inode.data;
+        if multi_host && wrote && d.staged && !d.dirty() && inode.row.nlink > 0 && self.close_checked.insert(id) {
+            // This host's version is stored already (uploaded before the close): whether
+            // another host's came after it is in the store, which may not have told this host
+            // yet. Read the row again first.
+            self.reread_row(ino);
+            return Err(Stop::Wait);
+        }
+        self.close_checked.remove(&id);
+        let inode = self.inodes.get_mut(&ino).ok_or(ENOENT)?;
+        let d = &mut inode.data;
+        if multi_host && wrote && d.behind && d.changed_here && d.staged && !d.dirty() {
+            // Another host's version came after this host's: the close stores this one again.
+            d.behind = false;
+            d.dirty_gen += 1;
+        }
         if multi_host && inode.row.nlink > 0 && d.dirty() {
             d.close_waiters.push((id, d.dirty_gen));
             d.want_upload = true;
@@ -2227,6 +2404,9 @@ impl Core {
         if d.staged && !d.dirty() && inode.opens == 0 && d.upload.is_none() && !d.busy() && d.staging_reads == 0 {
             d.staged = false;
             d.removing = true;
+            // The stored object is the contents now (another host's, if a refresh brought one
+            // while the copy was busy), and so is its size.
+            inode.row.size = d.committed_size;
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
         }
     }
@@ -2318,16 +2498,27 @@ impl Core {
                         if !startup && self.inodes.contains_key(&row.ino) {
                             continue;
                         }
-                        let mut after = Vec::new();
-                        if let Some(obj) = row.object.clone() {
-                            after.push(Cleanup::Object(row.ino, obj));
+                        match row.object {
+                            // The object goes first: a crash in between leaves a row naming no
+                            // object, which the next collection deletes (deleting a missing
+                            // object is no error); the other order would leave an object that
+                            // nothing names.
+                            Some(object) => {
+                                let ino = row.ino;
+                                self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::OrphanObject(ino));
+                            }
+                            None => self.delete_orphan_row(row.ino),
                         }
-                        after.push(Cleanup::Staged(row.ino));
-                        self.commit(vec![TxnOp::DeleteInode { ino: row.ino }], false, None, after);
                     }
                 }
                 if startup {
                     self.startup_step_done();
+                }
+            }
+            Pending::OrphanObject(ino) => {
+                // If it failed, the row stays for the next collection.
+                if result.is_ok() {
+                    self.delete_orphan_row(ino);
                 }
             }
             Pending::LoadInode(ino) if self.stale_inode_loads.remove(&ino) => {
@@ -2368,6 +2559,15 @@ impl Core {
                 Ok(IoReply::Inode(loaded)) => self.apply_refresh(ino, base, loaded),
                 _ => {
                     self.refreshing.remove(&ino);
+                    if let Some(inode) = self.inodes.get_mut(&ino) {
+                        if let Some(object) = inode.data.recommit.take() {
+                            // The commit cannot run again without the row: retried later, as
+                            // after any failed upload.
+                            inode.data.uncommitted.extend(object);
+                            let e = IoError::new(IoErrorKind::Other, "the row to commit on could not be read");
+                            self.upload_failed(ino, &e);
+                        }
+                    }
                     self.fail_parked_on(ino);
                 }
             },
@@ -2419,13 +2619,10 @@ impl Core {
                     }
                     for c in after {
                         match c {
-                            Cleanup::Object(ino, object) => {
-                                self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
-                            }
                             Cleanup::Staged(ino) => {
                                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
                             }
-                            Cleanup::Destroy(ino) => self.finish_destroy(ino),
+                            Cleanup::Destroy(ino) | Cleanup::DestroyUnnamed(ino) => self.finish_destroy(ino),
                         }
                     }
                 }
@@ -2454,11 +2651,13 @@ impl Core {
                             self.dir_times_flush_at.get_or_insert(self.now + Duration::from_secs(1));
                         }
                     }
-                    // A deletion that did not happen is tried again on the retry timer.
+                    // A deletion of a file without names that did not happen is tried again on
+                    // the retry timer (one that went with its last name did not take it).
                     let when = self.now + self.config.upload_retry;
                     for c in &after {
-                        if let Cleanup::Destroy(ino) = c {
+                        if let Cleanup::DestroyUnnamed(ino) = c {
                             if let Some(inode) = self.inodes.get_mut(ino) {
+                                inode.data.delete_again = true;
                                 if let Some(old) = inode.data.deadline.replace(when) {
                                     self.deadlines.remove(&(old, *ino));
                                 }
@@ -2475,13 +2674,22 @@ impl Core {
             },
             Pending::Init(ino) => {
                 let failed = result.is_err();
+                let mut replaced = false;
                 if let Some(inode) = self.inodes.get_mut(&ino) {
                     inode.data.init_pending = false;
                     if failed {
                         inode.data.staged = false;
                     }
+                    // Multi-host: the object to copy is gone because another host stored a new
+                    // version (and deleted this one): read the row again; the requests waiting
+                    // for the copy run again on it (a few times at most).
+                    let gone = result.as_ref().is_err_and(|e| e.kind == IoErrorKind::NotFound);
+                    replaced = gone && self.config.multi_host && inode.data.init_misses < MAX_CONFLICT_RETRIES;
+                    inode.data.init_misses = if replaced { inode.data.init_misses + 1 } else { 0 };
                 }
-                if failed {
+                if replaced {
+                    self.reread_row(ino);
+                } else if failed {
                     self.fail_parked_on(ino);
                 }
                 self.pump_upload(ino);
@@ -2550,11 +2758,21 @@ impl Core {
                 self.pump_upload(ino);
                 self.maybe_unstage(ino);
             }
-            Pending::StoreRead { id, ino, len, copy } => {
+            Pending::StoreRead { id, ino, len, copy, retry } => {
                 if let Some(inode) = self.inodes.get_mut(&ino) {
                     inode.data.store_reads -= 1;
                 }
-                self.finish_read_io(id, result, len, copy);
+                match (result, retry) {
+                    (Err(e), Some(mut p)) if e.kind == IoErrorKind::NotFound && self.inodes.contains_key(&ino) => {
+                        // Another host stored a new version and deleted the object this host
+                        // knew: read the row again, then read again (close-to-open allows the
+                        // newer version to a handle opened before).
+                        p.retries += 1;
+                        self.reread_row(ino);
+                        self.parked.push(*p);
+                    }
+                    (result, _) => self.finish_read_io(id, result, len, copy),
+                }
                 self.collect_garbage(ino);
             }
             Pending::Seal { ino } => {
@@ -2604,6 +2822,19 @@ impl Core {
                     return;
                 };
                 let Some(up) = inode.data.upload else { return };
+                match &result {
+                    Err(e) if e.kind == IoErrorKind::Conflict && self.config.multi_host => {
+                        // Another host's commit came first: this one runs again on the row read
+                        // afresh (`apply_refresh`), with the same object (the last one wins).
+                        inode.row.object = old;
+                        inode.data.committed_size = old_size;
+                        inode.data.recommit = Some(object);
+                        // (It keeps this inode, uploading, and reads its row again.)
+                        self.forget_clean_state();
+                        return;
+                    }
+                    _ => {}
+                }
                 if let Err(e) = result {
                     // Transactions issued after this one may have stored the new object already,
                     // and the failure may hide a commit that happened: the reload that follows
@@ -2619,6 +2850,7 @@ impl Core {
                 let d = &mut inode.data;
                 d.upload = None;
                 d.failures = 0;
+                d.behind = false;
                 d.uploaded_gen = d.uploaded_gen.max(up.gen);
                 if !d.dirty() {
                     d.committed_size = inode.row.size;
@@ -2858,6 +3090,8 @@ impl Core {
         self.inodes.retain(|ino, i| {
             let d = &i.data;
             i.opens > 0
+                // Without names and closed: this host deletes it (maybe on the retry timer).
+                || (i.row.nlink == 0 && *ino != ROOT_INO)
                 || i.times_dirty
                 || times_in_flight.contains(ino)
                 || d.staged

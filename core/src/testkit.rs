@@ -115,7 +115,13 @@ impl MemStore {
                     .collect(),
             ),
             IoRequest::Staging(StagingRequest::Init { ino, from, size }) => {
-                let mut data = from.as_ref().map(|o| self.objects.get(&o.0).cloned().unwrap_or_default()).unwrap_or_default();
+                let mut data = match from {
+                    Some(o) => match self.objects.get(&o.0) {
+                        Some(d) => d.clone(),
+                        None => return Err(IoError::new(IoErrorKind::NotFound, "no such object")),
+                    },
+                    None => Vec::new(),
+                };
                 data.resize(*size as usize, 0);
                 self.staged.insert(*ino, data);
                 IoReply::Done

@@ -14,12 +14,18 @@
 //! Faults of the cluster (drawn by the multi-host harness): a host crashes and stays down for a
 //! while; its heartbeat stops, so its locks expire 5 s after its last renewal; a host's lease is
 //! lost (its renewals fail for a while, so other hosts' scripts delete its locks while it still
-//! believes it holds them); a message is delayed by up to seconds; virtual time jumps ahead
-//! (everyone paused: overdue completions and timers then run late).
+//! believes it holds them); a message is delayed by up to seconds; a host's subscription is cut
+//! for a while (Redis pub/sub keeps nothing for a disconnected subscriber: the messages on their
+//! way to it and every one published meanwhile are lost), then it subscribes again and resyncs
+//! (`Core::invalidate_all`, as `runtime-smol`'s subscriber does after a reconnection); virtual
+//! time jumps ahead (everyone paused: overdue completions and timers then run late).
 
 use crate::meta::MemMeta;
 use crate::objects::MemObjects;
 use crate::redis::{HostId, MemRedis, HEARTBEAT_EVERY};
+
+/// How often (in heartbeats) a host looks for dead hosts' orphans (coord.rs).
+const ORPHAN_CHECK_EVERY: u32 = 5;
 use crate::rng::Rng;
 use crate::sim::{LoopResult, World};
 use crate::trace::Trace;
@@ -33,8 +39,12 @@ pub struct Host {
     pub down_until: Option<Duration>,
     /// The heartbeat renewals fail until then (a lost lease).
     pub lease_lost_until: Option<Duration>,
+    /// Its subscription is cut until then: messages to it are lost; then it resubscribes.
+    pub unsubscribed_until: Option<Duration>,
     /// Bumped by every crash: messages for an earlier incarnation are dropped.
     pub incarnation: u64,
+    /// Heartbeats since the process started (every fifth looks for dead hosts' orphans).
+    pub beats: u32,
 }
 
 struct Message {
@@ -43,7 +53,7 @@ struct Message {
     changes: Changes,
 }
 
-/// Published messages (statistics).
+/// Published messages and other coordination (statistics).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MessageStats {
     pub published: u64,
@@ -52,6 +62,12 @@ pub struct MessageStats {
     pub delayed: u64,
     /// Sent to a host that was down, or had restarted before delivery.
     pub missed: u64,
+    /// Lost with a cut subscription.
+    pub lost: u64,
+    /// Resynchronizations after a cut subscription.
+    pub resyncs: u64,
+    /// Collections of dead hosts' orphans (a host found a dead host's orphan set).
+    pub collections: u64,
 }
 
 pub struct Cluster {
@@ -82,6 +98,7 @@ pub struct Cluster {
 enum Next {
     Beat,
     Restart(usize),
+    Resubscribe(usize),
     Deliver,
     Host(usize),
 }
@@ -112,13 +129,18 @@ impl Cluster {
             w.host_id = c.next_host_id;
             c.redis.renew(w.host_id, Duration::ZERO);
             c.next_host_id += 1;
-            c.hosts.push(Host { w, down_until: None, lease_lost_until: None, incarnation: 0 });
+            c.hosts.push(Host { w, down_until: None, lease_lost_until: None, unsubscribed_until: None, incarnation: 0, beats: 0 });
         }
         c
     }
 
     pub fn is_up(&self, h: usize) -> bool {
         self.hosts[h].down_until.is_none()
+    }
+
+    /// Host `h` is up and receives what is published.
+    pub fn is_subscribed(&self, h: usize) -> bool {
+        self.is_up(h) && self.hosts[h].unsubscribed_until.is_none()
     }
 
     fn enter(&mut self, h: usize) {
@@ -169,6 +191,10 @@ impl Cluster {
                 }
                 continue;
             }
+            if !self.is_subscribed(to) {
+                self.stats.lost += 1;
+                continue;
+            }
             let delayed = self.delay_chance > 0.0 && self.msg_rng.chance(self.delay_chance);
             let lat = if delayed {
                 self.stats.delayed += 1;
@@ -213,6 +239,9 @@ impl Cluster {
                     if let Some(t) = h.w.next_time() {
                         offer(t.max(self.now), Next::Host(i));
                     }
+                    if let Some(t) = h.unsubscribed_until {
+                        offer(t.max(self.now), Next::Resubscribe(i));
+                    }
                 }
             }
         }
@@ -243,8 +272,13 @@ impl Cluster {
             self.now = t;
         }
         match next {
-            Next::Beat => self.beat(),
-            Next::Restart(h) => self.restart(h),
+            Next::Beat => self.beat()?,
+            Next::Restart(h) => self.restart(h)?,
+            Next::Resubscribe(h) => {
+                self.hosts[h].unsubscribed_until = None;
+                self.stats.resyncs += 1;
+                self.with(h, |w| w.resync())?;
+            }
             Next::Deliver => {
                 let (_, m) = self.messages.pop_first().expect("offered by next");
                 if self.is_up(m.to) && self.hosts[m.to].incarnation == m.incarnation {
@@ -261,15 +295,29 @@ impl Cluster {
         Ok(true)
     }
 
-    /// Every host that is up renews its heartbeat key, except those whose lease is lost.
-    fn beat(&mut self) {
+    /// Every host that is up renews its heartbeat key, except those whose lease is lost; every
+    /// fifth heartbeat of a host it looks for dead hosts' orphan sets first, and collects their
+    /// orphans if there are any (coord.rs's heartbeat thread).
+    fn beat(&mut self) -> LoopResult<()> {
         let now = self.now;
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
             if host.lease_lost_until.is_some_and(|t| t <= now) {
                 host.lease_lost_until = None;
             }
-            if host.down_until.is_some() || host.lease_lost_until.is_some() {
+            if host.down_until.is_some() {
+                continue;
+            }
+            host.beats += 1;
+            if host.beats.is_multiple_of(ORPHAN_CHECK_EVERY) {
+                let me = host.w.host_id;
+                if !self.redis.orphans(me, now).dead_sets.is_empty() {
+                    self.stats.collections += 1;
+                    self.with(h, |w| w.collect_orphans())?;
+                }
+            }
+            let host = &mut self.hosts[h];
+            if host.lease_lost_until.is_some() {
                 continue;
             }
             let id = host.w.host_id;
@@ -279,6 +327,7 @@ impl Cluster {
             self.redis.renew(id, now);
         }
         self.next_beat = now + HEARTBEAT_EVERY;
+        Ok(())
     }
 
     /// Whether the heartbeat of Redis host `id` was missing at any time in `[from, to]`.
@@ -291,25 +340,30 @@ impl Cluster {
     /// Host `h`'s mount process dies; it restarts `down_for` later with a new Redis host id.
     /// `lose_staging`: its staging area is lost too (the machine is replaced).
     pub fn crash(&mut self, h: usize, down_for: Duration, lose_staging: bool) -> LoopResult<()> {
-        self.with(h, |w| w.crash_and_restart_with(lose_staging))?;
+        self.with(h, |w| w.crash(lose_staging));
         let host = &mut self.hosts[h];
         host.incarnation += 1;
         host.lease_lost_until = None;
+        // The new process subscribes before it caches anything.
+        host.unsubscribed_until = None;
         host.down_until = Some(self.now + down_for);
         let now = self.now.as_micros() as u64;
         self.trace.note(now, format!("host {h} down until {:?}", self.now + down_for));
         Ok(())
     }
 
-    fn restart(&mut self, h: usize) {
+    fn restart(&mut self, h: usize) -> LoopResult<()> {
         let id = self.next_host_id;
         self.next_host_id += 1;
         let host = &mut self.hosts[h];
         host.down_until = None;
+        host.beats = 0;
         host.w.host_id = id;
         self.redis.renew(id, self.now);
         let now = self.now.as_micros() as u64;
         self.trace.note(now, format!("host {h} up again as redis host {id}"));
+        // The new process's core starts (journal replay, orphans no live host holds).
+        self.with(h, |w| w.start_again())
     }
 
     /// Host `h`'s heartbeat renewals fail for `d`.
@@ -317,6 +371,22 @@ impl Cluster {
         let now = self.now.as_micros() as u64;
         self.trace.note(now, format!("host {h}: heartbeat renewals fail for {d:?}"));
         self.hosts[h].lease_lost_until = Some(self.now + d);
+    }
+
+    /// Host `h`'s subscription is cut for `d`: what is on its way to it is lost, and so is
+    /// everything published until it subscribes again.
+    pub fn cut_subscription(&mut self, h: usize, d: Duration) {
+        let now = self.now.as_micros() as u64;
+        self.trace.note(now, format!("host {h}: subscription cut for {d:?}"));
+        let before = self.messages.len();
+        self.messages.retain(|_, m| m.to != h);
+        self.stats.lost += (before - self.messages.len()) as u64;
+        self.hosts[h].unsubscribed_until = Some(self.now + d);
+    }
+
+    /// Whether every message was delivered and every host that is up is subscribed.
+    pub fn all_heard(&self) -> bool {
+        self.messages.is_empty() && (0..self.hosts.len()).all(|h| !self.is_up(h) || self.is_subscribed(h))
     }
 
     /// Everyone pauses; virtual time jumps `d` ahead.

@@ -4,8 +4,8 @@
 //! that behave like the real ones ([`meta`], [`objects`], [`staging`]), virtual time with random
 //! latencies ([`sim`]), faults and crashes ([`faults`]), and a harness that plays the kernel and
 //! checks every answer against a reference model ([`harness`], [`model`], [`ops`]). With
-//! `--hosts H`, several hosts share the stores and a Redis stand-in ([`hosts`], [`redis`]),
-//! checked against a close-to-open model ([`multihost`]).
+//! `--hosts H`, several hosts share the stores and a Redis stand-in ([`hosts`], [`redis`],
+//! [`orphans`]), checked against a close-to-open model ([`multihost`]).
 //!
 //! Run many seeds with `cargo run --release -p truckeefs-runtime-sim -- --seeds 500`; a failure
 //! prints the command that reproduces it.
@@ -18,6 +18,7 @@ pub mod model;
 pub mod multihost;
 pub mod objects;
 pub mod ops;
+pub mod orphans;
 pub mod redis;
 pub mod rng;
 pub mod script;

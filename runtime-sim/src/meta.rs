@@ -351,6 +351,11 @@ impl MemMeta {
         self.inodes.get(&ino)
     }
 
+    /// The inodes without names (what `ListOrphans` lists).
+    pub fn orphans(&self) -> Vec<Ino> {
+        self.inodes.values().filter(|r| r.nlink == 0).map(|r| r.ino).collect()
+    }
+
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
     }

@@ -14,12 +14,15 @@
 //!   `held` is empty), `Query` changes nothing;
 //! - `Publish` stores (or deletes) this host's entry without looking at anyone else's;
 //! - a published message reaches every *other* subscribed host (the subscriber drops its own
-//!   host's messages); a host that is down is not subscribed and misses it.
+//!   host's messages); a host that is down is not subscribed and misses it;
+//! - the orphan sets `orphans:<id>` (files a host keeps open after their last name went):
+//!   `SADD`/`SREM` by their host, read whole by `LockService::orphans` (every set, split by
+//!   whether its host's heartbeat lives; its own counts as live), `DEL` of dead hosts' sets.
 //!
 //! Hash fields are kept in a `BTreeMap` by host id (Redis keeps insertion order; either is one
 //! fixed order, and this one does not depend on history the trace does not show).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use truckeefs_core::{Ino, IoReply, IoResult, LockRange, LockRequest};
 
@@ -38,8 +41,31 @@ pub struct MemRedis {
     heartbeats: BTreeMap<HostId, Duration>,
     /// `locks:<ino>` hashes: host id -> that host's locks, as the table stores them.
     locks: BTreeMap<Ino, BTreeMap<HostId, Vec<StoredLock>>>,
+    /// `orphans:<id>` sets (Redis deletes a set with its last member).
+    orphans: BTreeMap<HostId, BTreeSet<Ino>>,
     /// Lock scripts run (statistics).
     pub scripts: u64,
+}
+
+/// The orphan sets as one host reads them (coord.rs `Orphans`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Orphans {
+    /// Held by live hosts: not to be deleted.
+    pub held: BTreeSet<Ino>,
+    /// The sets of dead hosts and what they list.
+    pub dead_sets: Vec<(HostId, Vec<Ino>)>,
+}
+
+impl Orphans {
+    /// coord.rs `Orphans::done_sets`: the dead hosts' sets of which nothing is left among
+    /// `orphans` (the store's files without names).
+    pub fn done_sets(&self, orphans: &BTreeSet<Ino>) -> Vec<HostId> {
+        self.dead_sets
+            .iter()
+            .filter(|(_, members)| !members.iter().any(|i| orphans.contains(i)))
+            .map(|(host, _)| *host)
+            .collect()
+    }
 }
 
 /// One lock as the JSON of the table holds it: `[start, end or -1, 1 if a write lock, pid]`.
@@ -105,6 +131,47 @@ impl MemRedis {
     /// When `host`'s heartbeat key expires (or expired).
     pub fn expiry(&self, host: HostId) -> Option<Duration> {
         self.heartbeats.get(&host).copied()
+    }
+
+    /// `SADD orphans:<host> <ino>`.
+    pub fn hold_orphan(&mut self, host: HostId, ino: Ino) {
+        self.orphans.entry(host).or_default().insert(ino);
+    }
+
+    /// `SREM orphans:<host> <ino>`.
+    pub fn drop_orphan(&mut self, host: HostId, ino: Ino) {
+        if let Some(set) = self.orphans.get_mut(&host) {
+            set.remove(&ino);
+            if set.is_empty() {
+                self.orphans.remove(&host);
+            }
+        }
+    }
+
+    /// coord.rs `LockService::orphans` of host `me` at `now`: what live hosts hold, and the
+    /// dead hosts' sets with their members.
+    pub fn orphans(&self, me: HostId, now: Duration) -> Orphans {
+        let mut out = Orphans::default();
+        for (&host, set) in &self.orphans {
+            if host == me || self.is_live(host, now) {
+                out.held.extend(set);
+            } else {
+                out.dead_sets.push((host, set.iter().copied().collect()));
+            }
+        }
+        out
+    }
+
+    /// `DEL orphans:<id>...`.
+    pub fn forget_sets(&mut self, hosts: &[HostId]) {
+        for h in hosts {
+            self.orphans.remove(h);
+        }
+    }
+
+    /// Every orphan set (the liveness checks).
+    pub fn orphan_sets(&self) -> &BTreeMap<HostId, BTreeSet<Ino>> {
+        &self.orphans
     }
 
     /// The locks the table holds for `host` on `ino` (what other hosts are checked against).
@@ -202,6 +269,31 @@ mod tests {
         assert_eq!(r.execute(2, expired, &take(vec![w])), Ok(IoReply::LockConflict(None)));
         assert!(r.held(5, 1).is_empty(), "the dead host's entry is deleted by the script");
         assert_eq!(r.held(5, 2), vec![w]);
+    }
+
+    #[test]
+    fn orphan_sets_split_by_whether_their_host_lives() {
+        let mut r = MemRedis::new();
+        let t0 = Duration::from_secs(10);
+        r.renew(1, t0);
+        r.renew(2, t0);
+        r.hold_orphan(1, 7);
+        r.hold_orphan(2, 8);
+        r.hold_orphan(2, 9);
+        let later = t0 + HEARTBEAT_TTL;
+        r.renew(1, later);
+        // Host 2's heartbeat expired; its own set always counts as live to a host.
+        let o = r.orphans(1, later);
+        assert_eq!(o.held, [7].into());
+        assert_eq!(o.dead_sets, vec![(2, vec![8, 9])]);
+        assert_eq!(r.orphans(2, later).held, [7, 8, 9].into());
+        // 8 is deleted, 9 is left: the set stays until nothing it lists is left.
+        assert_eq!(o.done_sets(&[9].into()), Vec::<HostId>::new());
+        assert_eq!(o.done_sets(&[].into()), vec![2]);
+        r.drop_orphan(1, 7);
+        assert!(!r.orphan_sets().contains_key(&1), "a set goes with its last member");
+        r.forget_sets(&[2]);
+        assert!(r.orphan_sets().is_empty());
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct World {
     /// Bumped on every injected failure and crash: lets a check accept EIO/ENOSPC for requests
     /// that were in flight when one happened.
     pub fault_epoch: u64,
+    /// Transactions that lost to another writer's (counted in `fault_epoch` too).
+    pub conflicts: u64,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -118,6 +120,8 @@ pub struct World {
     /// cluster to publish (as `runtime-smol`'s driver publishes `txn.changes()` after each
     /// successful commit).
     pub published: Vec<Changes>,
+    /// Several hosts: the files this host listed in its orphan set (the driver's `held_orphans`).
+    pub held_orphans: std::collections::BTreeSet<truckeefs_core::Ino>,
 }
 
 /// A failure of the core's contract seen by the event loop (not by the model).
@@ -196,6 +200,7 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
+            conflicts: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
             next_request: 1,
@@ -211,6 +216,7 @@ impl World {
             redis: None,
             host_id: 0,
             published: Vec::new(),
+            held_orphans: Default::default(),
         };
         w.drain().expect("a new core emits only I/O");
         w
@@ -345,26 +351,46 @@ impl World {
     }
 
     fn perform_meta(&mut self, m: &MetaRequest, fault: &Option<Fault>) -> IoResult {
+        self.before_meta(m);
         if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
             return Err(e);
         }
         self.execute_meta(m)
     }
 
+    /// Several hosts: before the store executes a transaction, the files it leaves without
+    /// names are listed in this host's orphan set (even if it then fails, as in the driver).
+    fn before_meta(&mut self, m: &MetaRequest) {
+        if let (Some(redis), MetaRequest::Commit(txn)) = (&mut self.redis, m) {
+            crate::orphans::hold(redis, self.host_id, &mut self.held_orphans, txn);
+        }
+    }
+
     /// The metadata store executes `m`; with several hosts, a committed change is published
-    /// right then (the real driver publishes as soon as its inline execution succeeds).
+    /// right then (the real driver publishes as soon as its inline execution succeeds), and
+    /// orphans are answered as the driver answers them.
     fn execute_meta(&mut self, m: &MetaRequest) -> IoResult {
-        let result = self.meta.execute(m);
-        if let (Some(_), Ok(_), MetaRequest::Commit(txn)) = (&self.redis, &result, m) {
-            let changes = txn.changes();
-            if !changes.is_empty() {
-                self.published.push(changes);
+        let mut result = self.meta.execute(m);
+        let (me, now) = (self.host_id, self.now);
+        let Some(redis) = &mut self.redis else { return result };
+        match (m, &mut result) {
+            (MetaRequest::Commit(txn), Ok(_)) => {
+                let changes = txn.changes();
+                if !changes.is_empty() {
+                    self.published.push(changes);
+                }
+                crate::orphans::release(redis, me, &mut self.held_orphans, txn);
             }
+            (MetaRequest::ListOrphans, Ok(IoReply::Orphans(rows))) => crate::orphans::spare(redis, me, now, rows),
+            _ => {}
         }
         result
     }
 
     fn perform(&mut self, request: &IoRequest, fault: &Option<Fault>) -> IoResult {
+        if let IoRequest::Meta(m) = request {
+            self.before_meta(m);
+        }
         if let Some(e) = fault.as_ref().and_then(|f| f.error(&format!("{:?}", tag(request)))) {
             return Err(e);
         }
@@ -439,6 +465,7 @@ impl World {
             if matches!(e.request, IoRequest::Meta(_)) && result.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict) {
                 // A conflict with another writer fails the transaction like an injected fault.
                 self.fault_epoch += 1;
+                self.conflicts += 1;
             }
             self.trace.done(self.now_us(), &e.request, &result);
             let now = self.instant();
@@ -453,6 +480,24 @@ impl World {
         self.trace.note(self.now_us(), format!("invalidation {:?} {:?}", changes.inodes, changes.entries));
         let now = self.instant();
         self.core.handle_invalidation(now, changes);
+        self.drain()
+    }
+
+    /// Several hosts: a dead host's orphan set was found (the periodic check of the heartbeat
+    /// thread): collect the orphans no live host holds.
+    pub fn collect_orphans(&mut self) -> LoopResult<()> {
+        self.trace.note(self.now_us(), "collect orphans of dead hosts".into());
+        let now = self.instant();
+        self.core.collect_orphans(now);
+        self.drain()
+    }
+
+    /// This host subscribed again after its subscription was cut (several hosts): what it
+    /// missed is unknown, so it drops every cached copy.
+    pub fn resync(&mut self) -> LoopResult<()> {
+        self.trace.note(self.now_us(), "resync: subscribed again".into());
+        let now = self.instant();
+        self.core.invalidate_all(now);
         self.drain()
     }
 
@@ -533,6 +578,13 @@ impl World {
 
     /// A crash; with `lose_staging` the staging area is lost as well (the host is replaced).
     pub fn crash_and_restart_with(&mut self, lose_staging: bool) -> LoopResult<()> {
+        self.crash(lose_staging);
+        self.start_again()
+    }
+
+    /// The mount process dies (see [`World::crash_and_restart_with`]); nothing of this host
+    /// runs until [`World::start_again`].
+    pub fn crash(&mut self, lose_staging: bool) {
         let what = if lose_staging { " (the staging area is lost)" } else { "" };
         self.trace.note(self.now_us(), format!("CRASH with {} I/O in flight{what}", self.queue.len()));
         self.fault_epoch += 1;
@@ -541,11 +593,17 @@ impl World {
         self.outstanding.clear();
         self.replies.clear();
         self.names.clear();
+        // A new process: its set (under a new Redis id) starts empty.
+        self.held_orphans.clear();
         let mode = self.crash_mode;
         self.staging.crash(mode, &mut self.crash_rng);
         if lose_staging {
             self.staging.lose_all();
         }
+    }
+
+    /// A new mount process starts on what the crash left: a new core.
+    pub fn start_again(&mut self) -> LoopResult<()> {
         self.core = Core::new(self.config.clone(), self.instant());
         self.drain()
     }

@@ -66,7 +66,8 @@ fn requests_run_concurrently_and_every_kind_succeeds() {
 }
 
 /// Several hosts share the stores (`--hosts 3`): twenty seeds with faults, crashes of one host,
-/// lost leases, delayed invalidations and time jumps, each ending in the liveness phase.
+/// lost leases, delayed invalidations, cut subscriptions (messages lost, then a resync) and time
+/// jumps, each ending in the liveness phase.
 #[test]
 fn twenty_seeds_on_three_hosts() {
     let stats = campaign(0..20, 200, |o| o.hosts = 3);
@@ -74,4 +75,15 @@ fn twenty_seeds_on_three_hosts() {
     let crashes: u64 = stats.iter().map(|s| s.crashes).sum();
     assert!(ops > 10_000, "too few requests: {ops}");
     assert!(crashes > 0, "no host crashed in twenty seeds");
+    let count = |s: &Stats, what: &str| -> u64 {
+        let after = s.profile.split(&format!(" {what} ")).nth(1).unwrap_or_default();
+        after.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let resyncs: u64 = stats.iter().map(|s| count(s, "resyncs")).sum();
+    let lost: u64 = stats.iter().map(|s| count(s, "lost")).sum();
+    assert!(resyncs > 0 && lost > 0, "no subscription was cut in twenty seeds (resyncs {resyncs}, lost {lost})");
+    let collections: u64 = stats.iter().map(|s| count(s, "collections")).sum();
+    assert!(collections > 0, "no host collected a dead host's orphans in twenty seeds");
+    let resolved: u64 = stats.iter().map(|s| count(s, "resolved")).sum();
+    assert!(resolved > 0, "no two hosts wrote one file at once in twenty seeds");
 }

@@ -4,8 +4,12 @@
 //! drops its cached copies and the kernel's.
 //!
 //! Messages are JSON: `{"h": "<host id>", "i": [ino, ...], "e": [[parent, "<name hex>"], ...]}`.
-//! A host ignores its own. Delivery is best effort: a host that was disconnected may have missed
-//! changes, which is why an open on a multi-host mount re-reads its inode anyway.
+//! A host ignores its own. Redis delivers nothing published while a subscriber is disconnected:
+//! after every subscription but the one made while the mount starts (before anything is cached),
+//! the host drops everything it caches of the shared state (`Core::invalidate_all`). The
+//! subscription is made before [`Coordinator::start`] returns, or, if that takes too long, the
+//! first one counts as a reconnection. A message that cannot be published is sent again until it
+//! goes through (late but in order: a duplicate invalidation is harmless, a lost one is not).
 //!
 //! Each host also renews a heartbeat key `<prefix>host:<id>` (every second, expiring after 5 s),
 //! publishes its record locks (see [`LockService`]) and lists the files it keeps open after their
@@ -63,6 +67,8 @@ const LEASE_RETRY: Duration = Duration::from_millis(200);
 
 /// How long a blocked read of the subscription waits before checking whether to stop.
 const POLL: Duration = Duration::from_millis(500);
+/// How long the mount's start waits for its first subscription.
+const FIRST_SUBSCRIPTION: Duration = Duration::from_secs(10);
 /// Wait between reconnection attempts.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -139,10 +145,12 @@ impl Publisher {
 
 impl Coordinator {
     /// Connects (an error here is one line naming the server), clears the prefix if asked, and
-    /// starts delivering other hosts' changes to `deliver`.
+    /// starts delivering other hosts' changes to `deliver`; `resync` is called after each
+    /// subscription that may have missed changes (a reconnection).
     pub fn start(
         config: &CoordConfig,
         deliver: impl Fn(Changes) + Send + 'static,
+        resync: impl Fn() + Send + 'static,
         collect_orphans: impl Fn() + Send + 'static,
     ) -> Result<Coordinator, String> {
         let client = redis::Client::open(config.url.as_str())
@@ -208,10 +216,18 @@ impl Coordinator {
             .map_err(|e| format!("cannot start the heartbeat thread: {e}"))?;
 
         let (sub_stop, sub_host, server) = (stop.clone(), host.clone(), config.server.clone());
+        let starting = Arc::new(Starting::default());
+        let first = starting.clone();
         let subscriber = std::thread::Builder::new()
             .name("truckeefs-subscribe".into())
-            .spawn(move || subscriber(client, &channel, &sub_host, &server, &sub_stop, deliver))
+            .spawn(move || {
+                let deliveries = Deliveries { deliver, resync, starting: first };
+                subscriber(client, &channel, &sub_host, &server, &sub_stop, &deliveries)
+            })
             .map_err(|e| format!("cannot start the subscriber thread: {e}"))?;
+        if !starting.wait(FIRST_SUBSCRIPTION) {
+            tracing::warn!(server = %config.server, "not subscribed to other hosts' changes yet; going on without");
+        }
         Ok(Coordinator { publish: Publisher(tx), locks, stop, threads: vec![publisher, subscriber, heartbeat], host })
     }
 
@@ -278,28 +294,78 @@ fn publisher(
                 }
             }
         };
-        // One retry on a fresh connection: the server may have restarted.
-        if let Err(e) = send(&mut conn) {
-            match client.get_connection_with_timeout(Duration::from_secs(5)) {
-                Ok(mut fresh) => {
-                    if let Err(e) = send(&mut fresh) {
-                        tracing::warn!(server, error = %e.category(), "cannot publish to other hosts");
-                    }
-                    conn = fresh;
+        // Retried on a fresh connection (the server may have restarted): a process state once,
+        // changes until they go through (a host that misses one keeps a stale copy), unless
+        // the mount is stopping.
+        let mut failures = 0u32;
+        while let Err(e) = send(&mut conn) {
+            failures += 1;
+            let changes = matches!(message, Message::Changes(_));
+            if failures >= 2 && (!changes || stop.load(std::sync::atomic::Ordering::Relaxed)) {
+                tracing::warn!(server, error = %e.category(), "cannot publish to other hosts");
+                break;
+            }
+            if failures >= 2 {
+                if failures == 2 {
+                    tracing::warn!(server, error = %e.category(), "cannot publish to other hosts; retrying");
                 }
-                Err(_) => tracing::warn!(server, error = %e.category(), "cannot publish to other hosts"),
+                std::thread::sleep(RECONNECT);
+            }
+            if let Ok(fresh) = client.get_connection_with_timeout(Duration::from_secs(5)) {
+                conn = fresh;
             }
         }
     }
 }
 
-fn subscriber(
+/// The mount's start waiting for the first subscription (see [`Starting::subscribed`]).
+#[derive(Default)]
+struct Starting {
+    /// `Some(true)`: subscribed while the start waited; `Some(false)`: the start stopped waiting.
+    outcome: Mutex<Option<bool>>,
+    done: std::sync::Condvar,
+}
+
+impl Starting {
+    /// The subscriber is subscribed. Returns whether changes may have been missed: true unless
+    /// this is the first subscription and the start is still waiting for it (nothing is cached
+    /// before the start returns).
+    fn subscribed(&self) -> bool {
+        let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if outcome.is_some() {
+            return true;
+        }
+        *outcome = Some(true);
+        self.done.notify_all();
+        false
+    }
+
+    /// Waits up to `limit` for the first subscription; false if it did not come (it then
+    /// counts as a reconnection).
+    fn wait(&self, limit: Duration) -> bool {
+        let outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut outcome, _) = self
+            .done
+            .wait_timeout_while(outcome, limit, |o| o.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        *outcome.get_or_insert(false)
+    }
+}
+
+/// Where the subscriber hands what it hears.
+struct Deliveries<D, S> {
+    deliver: D,
+    resync: S,
+    starting: Arc<Starting>,
+}
+
+fn subscriber<D: Fn(Changes), S: Fn()>(
     client: redis::Client,
     channel: &str,
     host: &str,
     server: &str,
     stop: &std::sync::atomic::AtomicBool,
-    deliver: impl Fn(Changes),
+    to: &Deliveries<D, S>,
 ) {
     use std::sync::atomic::Ordering;
     let mut warned = false;
@@ -328,12 +394,18 @@ fn subscriber(
             tracing::info!(server, "coordination server reachable again");
             warned = false;
         }
+        // Whatever was published while this host was not subscribed is lost: after this point
+        // every change reaches it, so what it cached before is read again.
+        if to.starting.subscribed() {
+            tracing::info!(server, "subscribed again; dropping every cached copy of the shared state");
+            (to.resync)();
+        }
         while !stop.load(Ordering::Relaxed) {
             match pubsub.get_message() {
                 Ok(msg) => {
                     let Ok(payload) = msg.get_payload::<String>() else { continue };
                     match decode(&payload) {
-                        Some((from, changes)) if from != host => deliver(changes),
+                        Some((from, changes)) if from != host => (to.deliver)(changes),
                         Some(_) => {}
                         None => tracing::warn!(server, "ignored a malformed message on the changes channel"),
                     }
@@ -412,8 +484,22 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub(crate) struct Orphans {
     /// Held by live hosts: not to be deleted.
     pub(crate) held: std::collections::HashSet<Ino>,
-    /// The sets of dead hosts (their keys): what they list may go, then the sets.
-    pub(crate) dead_sets: Vec<String>,
+    /// The sets of dead hosts (their keys) and what they list: those may go, then the sets.
+    pub(crate) dead_sets: Vec<(String, Vec<Ino>)>,
+}
+
+impl Orphans {
+    /// The dead hosts' sets of which nothing is left among `orphans` (the store's files without
+    /// names): those may be forgotten. A set whose files are not all deleted yet stays, so that
+    /// a deletion that failed (or that the collecting host skipped, or died during) is tried
+    /// again at the next check.
+    pub(crate) fn done_sets(&self, orphans: &std::collections::HashSet<Ino>) -> Vec<String> {
+        self.dead_sets
+            .iter()
+            .filter(|(_, members)| !members.iter().any(|i| orphans.contains(i)))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
 }
 
 impl LockService {
@@ -442,11 +528,11 @@ impl LockService {
             for key in keys {
                 let Some(host) = key.strip_prefix(&set_prefix) else { continue };
                 let alive: bool = host == self.host || c.exists(format!("{host_prefix}{host}"))?;
+                let members: Vec<Ino> = c.smembers(&key)?;
                 if alive {
-                    let members: Vec<Ino> = c.smembers(&key)?;
                     out.held.extend(members);
                 } else {
-                    out.dead_sets.push(key);
+                    out.dead_sets.push((key, members));
                 }
             }
             Ok(out)
@@ -906,6 +992,34 @@ mod tests {
         assert_eq!(end_of(i64::MAX as u64), -1);
         assert_eq!(end_of(u64::MAX), -1);
         assert_eq!(end_of(99), 99);
+    }
+
+    #[test]
+    fn every_subscription_but_the_first_during_the_start_resyncs() {
+        // Subscribed while the start waits: nothing was cached yet.
+        let s = Arc::new(Starting::default());
+        let sub = s.clone();
+        let t = std::thread::spawn(move || sub.subscribed());
+        assert!(s.wait(Duration::from_secs(10)));
+        assert!(!t.join().unwrap(), "the first subscription during the start");
+        assert!(s.subscribed(), "a reconnection");
+        assert!(s.subscribed(), "and the next one");
+        // The start gave up waiting: the first subscription may come after requests cached
+        // state, so it resyncs too.
+        let s = Starting::default();
+        assert!(!s.wait(Duration::from_millis(10)));
+        assert!(s.subscribed());
+    }
+
+    #[test]
+    fn a_dead_hosts_orphan_set_goes_once_nothing_it_lists_is_left() {
+        let o = Orphans {
+            held: [7].into(),
+            dead_sets: vec![("p:orphans:a".into(), vec![1, 2]), ("p:orphans:b".into(), vec![3]), ("p:orphans:c".into(), vec![])],
+        };
+        // 2 is still a file without names (its deletion failed, say): set a stays for the next check.
+        assert_eq!(o.done_sets(&[2, 7].into()), ["p:orphans:b", "p:orphans:c"]);
+        assert_eq!(o.done_sets(&[7].into()), ["p:orphans:a", "p:orphans:b", "p:orphans:c"]);
     }
 
     #[test]

@@ -131,13 +131,20 @@ impl Runtime {
         let coordinator = match &coordination {
             Some(config) => {
                 let weak = Arc::downgrade(&shared);
-                let weak_collect = weak.clone();
+                let (weak_resync, weak_collect) = (weak.clone(), weak.clone());
                 let c = Coordinator::start(
                     config,
                     move |changes| {
                         let Some(shared) = weak.upgrade() else { return };
                         let mut d = shared.lock();
                         d.core.handle_invalidation(Instant::now(), changes);
+                        d.drain(&shared);
+                    },
+                    // Changes were lost while the subscription was cut.
+                    move || {
+                        let Some(shared) = weak_resync.upgrade() else { return };
+                        let mut d = shared.lock();
+                        d.core.invalidate_all(Instant::now());
                         d.drain(&shared);
                     },
                     move || {
@@ -534,13 +541,15 @@ impl Driver {
     }
 
     /// The orphans the core may delete: none that a live host holds (with no coordination
-    /// server, every one: hosts that share the stores without one take turns).
+    /// server, every one: hosts that share the stores without one take turns). A dead host's
+    /// set is forgotten once none of its files is left, at the first collection after they went.
     fn spare_live_hosts_orphans(&self, rows: &mut Vec<truckeefs_core::InodeRow>) {
         let Some(locks) = &self.locks else { return };
         match locks.orphans() {
             Ok(o) => {
+                let left: std::collections::HashSet<Ino> = rows.iter().map(|r| r.ino).collect();
                 rows.retain(|r| !o.held.contains(&r.ino));
-                if let Err(e) = locks.forget_sets(&o.dead_sets) {
+                if let Err(e) = locks.forget_sets(&o.done_sets(&left)) {
                     tracing::warn!(error = %e, "cannot remove a dead host's list of open files");
                 }
             }

@@ -6,17 +6,29 @@
 //! The name space is six regular files in the root (`f0`..`f5`). A step runs one action on each
 //! of a random subset of the hosts that are up, concurrently; an action is a short system call
 //! sequence (lookup, open, read, close...). Within a step each name is used by one action, except
-//! for a create race (the same create on two hosts at once). A file has one writer at a time in
-//! the whole cluster (the harness opens a file for writing only where nobody else has it open for
-//! writing and the store holds its latest version); readers and lock holders are unrestricted.
-//! Files open anywhere are not unlinked (open-unlinked files across hosts are not modelled).
+//! for a create race (the same create on two hosts at once). A file written alone (opened for
+//! writing where nobody else writes it and the store holds its latest version) has one line of
+//! versions; two hosts may also write one file at once (one writer handle per host), and then the
+//! file is *contested* until a sync point settles which version won (`writers`). Readers and
+//! lock holders are unrestricted. A file is unlinked only where no other host has it open: if
+//! the unlinking host has it open, it keeps it, without names, until it closes it (an orphan:
+//! `orphans`). Reads go through whole files (lookup, open, read) and through open handles.
+//!
+//! Submodules: `files` (the model of files and names), `writers` (of several hosts writing one
+//! file), `locks` (of record locks), `orphans` (of files without names), `checks` (sync points
+//! and the liveness phase).
+
+mod checks;
+mod files;
+mod locks;
+mod orphans;
+mod writers;
 
 use crate::faults::{FaultProfile, Faults};
 use crate::harness::{Failure, Options, Stats};
 use crate::hosts::Cluster;
 use crate::meta::MemMeta;
 use crate::objects::MemObjects;
-use crate::redis::HostId;
 use crate::rng::Rng;
 use crate::sim::{Latency, World, WALL_EPOCH_SECS};
 use crate::staging::{CrashMode, MemStaging};
@@ -24,109 +36,19 @@ use crate::trace::Trace;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use truckeefs_core::{Config, Ctx, Ino, IoRequest, LockRange, MetaRequest, Op, Reply, RequestId, Timespec, ROOT_INO};
+use files::{FileM, NameM};
+use locks::{Lingering, OwnerLocks, conflicts};
+use truckeefs_core::{Config, Ctx, Ino, LockRange, Op, Reply, RequestId, Timespec, ROOT_INO};
 
 type R<T> = Result<T, String>;
 
 const NAMES: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
 const CTX: Ctx = Ctx { uid: 0, gid: 0, pid: 1 };
-/// Record locks are taken on bytes 0..16; slot 16 stands for "16 to the end of the file".
-const SLOTS: usize = 17;
-/// A slot without a lock (`F_RDLCK` is 0).
-const NONE: i32 = -1;
-/// How long a released lock may still be seen by another host (its `Publish` in flight, up to a
-/// slow metadata latency).
-const RELEASE_LINGER: Duration = Duration::from_secs(1);
 /// A check of every name and size on every host, after all messages are delivered, this often.
 const SYNC_EVERY: u64 = 25;
+/// Per step (seeds with faults): a host's subscription is cut for 0.2-6 s.
+const CUT_CHANCE: f64 = 0.006;
 const READ_ALL: u32 = 1 << 16;
-
-/// One file of the model.
-struct FileM {
-    ino: Ino,
-    /// Every content the file had, in order: one per acknowledged write (the empty file first).
-    versions: Vec<Vec<u8>>,
-    /// The last version a close or fsync acknowledged (it is in the shared store).
-    acked: usize,
-    /// When each acknowledgement came: (time, version).
-    acks: Vec<(Duration, usize)>,
-    /// The host writing it, if it is open for writing.
-    writer: Option<usize>,
-    /// The host that wrote it last (its uploads may still be running).
-    last_writer: Option<usize>,
-    /// Its writer crashed with unacknowledged writes: until it settles, the contents are any
-    /// version since the acknowledged one (or a newer one's bytes under an older one's size).
-    unsettled: Option<usize>,
-}
-
-impl FileM {
-    fn latest(&self) -> &[u8] {
-        self.versions.last().expect("a file has at least its empty version")
-    }
-
-    /// The last version acknowledged before `t` (strictly).
-    fn acked_before(&self, t: Duration) -> usize {
-        self.acks.iter().rev().find(|(at, _)| *at < t).map_or(0, |(_, v)| *v)
-    }
-
-    /// The contents allowed after a crash of its writer, from version `from` on.
-    fn allowed_after_crash(&self, from: usize, data: &[u8]) -> bool {
-        let vs = &self.versions[from..];
-        if vs.iter().any(|v| v == data) {
-            return true;
-        }
-        // A seal record written while a later write landed: a newer version's bytes under an
-        // older version's size.
-        vs.iter().enumerate().any(|(i, old)| {
-            old.len() == data.len() && vs[i + 1..].iter().any(|new| zero_extended(new, old.len()) == data)
-        })
-    }
-}
-
-fn zero_extended(v: &[u8], len: usize) -> Vec<u8> {
-    let mut out = v[..v.len().min(len)].to_vec();
-    out.resize(len, 0);
-    out
-}
-
-/// One name of the model: its file now, and what it named before (and until when).
-#[derive(Default)]
-struct NameM {
-    current: Option<Ino>,
-    history: Vec<(Option<Ino>, Duration)>,
-}
-
-impl NameM {
-    /// What a host may see: the current value, or one that changed after the last sync (a host
-    /// may not have heard of the change yet).
-    fn allows(&self, v: Option<Ino>, since: Duration) -> bool {
-        self.current == v || self.history.iter().any(|(old, until)| *old == v && *until >= since)
-    }
-
-    fn set(&mut self, v: Option<Ino>, now: Duration) {
-        let old = std::mem::replace(&mut self.current, v);
-        self.history.push((old, now));
-    }
-}
-
-/// A lock owner's locks on one file: per slot, the type and when it was granted.
-#[derive(Clone)]
-struct OwnerLocks {
-    host: usize,
-    redis_id: HostId,
-    ino: Ino,
-    slots: [(i32, Duration); SLOTS],
-}
-
-/// Locks let go of (or of a crashed host) that other hosts may still see until `until`.
-struct Lingering {
-    ino: Ino,
-    host: usize,
-    /// The holder's id in Redis (a restarted host has a new one: its old locks are another's).
-    redis_id: HostId,
-    slots: [i32; SLOTS],
-    until: Duration,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -142,6 +64,12 @@ struct Handle {
     fh: u64,
     owner: u64,
     mode: Mode,
+    /// The lowest version a read through it may return (close-to-open, as of its open).
+    lower: usize,
+    /// A writer that wrote through it.
+    wrote: bool,
+    /// Its writer's version, if the file is contested and it wrote: the candidates (`writers`).
+    own: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +102,10 @@ enum Act {
     ReadFile {
         name: usize,
     },
+    /// Read all through an open handle.
+    ReadHandle {
+        h: usize,
+    },
     /// Lookup, getattr.
     Stat {
         name: usize,
@@ -199,8 +131,9 @@ struct Running {
     op: Op,
     /// Virtual time the action's current request was sent.
     issued: Duration,
-    /// The host's fault epoch when the action started.
+    /// The host's fault epoch when the action started, and its count of conflicts.
     epoch: u64,
+    conflicts: u64,
     ino: Option<Ino>,
     fh: Option<u64>,
     /// Lookup references taken (forgotten at the end unless a handle keeps them).
@@ -215,6 +148,8 @@ struct Mh {
     opts: Options,
     rng: Rng,
     frng: Rng,
+    /// Draws the cut subscriptions (a stream of its own: the other faults stay as they were).
+    cut_rng: Rng,
     profile: FaultProfile,
     names: Vec<NameM>,
     files: BTreeMap<Ino, FileM>,
@@ -234,16 +169,11 @@ struct Mh {
     /// (checked once the batch is over: the winner's answer may come later).
     racing: Vec<usize>,
     race_losses: Vec<(usize, Duration)>,
-}
-
-fn slots_of(l: &LockRange) -> std::ops::RangeInclusive<usize> {
-    let start = l.start.min(16) as usize;
-    let end = if l.end >= 16 { 16 } else { l.end as usize };
-    start..=end
-}
-
-fn conflicts(a: i32, b: i32) -> bool {
-    a != NONE && b != NONE && a != libc::F_UNLCK && b != libc::F_UNLCK && (a == libc::F_WRLCK || b == libc::F_WRLCK)
+    /// Orphans of hosts that crashed, to be collected by the end.
+    dead_orphans: Vec<orphans::DeadOrphan>,
+    /// Contests of writers begun, and ended with the store checked (statistics).
+    contests: u64,
+    contests_resolved: u64,
 }
 
 pub fn run(opts: Options) -> Result<Stats, Failure> {
@@ -291,7 +221,7 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
         trace_hash: m.c.trace.hash.0,
         leaked_objects: leaked,
         profile: format!(
-            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lock scripts {}",
+            "hosts {} faults {:?} staged_is_durable {} messages published {} delivered {} delayed {} missed {} lost {} resyncs {} orphan collections {} lock scripts {} contests {} contests resolved {}",
             m.c.hosts.len(),
             m.profile,
             m.staged_is_durable,
@@ -299,7 +229,12 @@ pub fn run(opts: Options) -> Result<Stats, Failure> {
             s.delivered,
             s.delayed,
             s.missed,
-            m.c.redis.scripts
+            s.lost,
+            s.resyncs,
+            s.collections,
+            m.c.redis.scripts,
+            m.contests,
+            m.contests_resolved
         ),
         divergences: BTreeMap::new(),
         histogram,
@@ -314,6 +249,7 @@ impl Mh {
         let rng = root.fork(4);
         let frng = root.fork(5);
         let msg_rng = root.fork(7);
+        let cut_rng = root.fork(8);
         // fsync answers after the upload is committed, so that what it acknowledges is what the
         // other hosts read.
         let config = Config {
@@ -365,6 +301,7 @@ impl Mh {
             opts,
             rng,
             frng,
+            cut_rng,
             profile,
             names: (0..NAMES.len()).map(|_| NameM::default()).collect(),
             files: BTreeMap::new(),
@@ -381,6 +318,9 @@ impl Mh {
             staged_is_durable: config.staged_is_durable,
             racing: Vec::new(),
             race_losses: Vec::new(),
+            dead_orphans: Vec::new(),
+            contests: 0,
+            contests_resolved: 0,
         }
     }
 
@@ -425,6 +365,14 @@ impl Mh {
             let d = Duration::from_millis(self.frng.range(200, 3500));
             self.c.jump(d);
         }
+        if !self.profile.is_none() && self.cut_rng.chance(CUT_CHANCE) {
+            let h = self.cut_rng.below(hosts as u64) as usize;
+            let d = Duration::from_millis(self.cut_rng.range(200, 6000));
+            if self.c.is_subscribed(h) {
+                self.cluster_faults += 1;
+                self.c.cut_subscription(h, d);
+            }
+        }
         Ok(())
     }
 
@@ -433,16 +381,24 @@ impl Mh {
         let old_id = self.c.hosts[h].w.host_id;
         let expiry = self.c.redis.expiry(old_id).unwrap_or(self.c.now);
         self.c.crash(h, down, lose_staging)?;
+        self.orphans_of_crashed(h);
         // Its handles are gone; a file with writes since its last acknowledgement is unsettled.
         let gone: Vec<usize> = self.handles.iter().filter(|(_, x)| x.host == h).map(|(k, _)| *k).collect();
         for k in gone {
             let x = self.handles.remove(&k).expect("listed above");
-            if x.mode == Mode::Writer {
-                let f = self.files.get_mut(&x.ino).expect("a handle's file is modelled");
-                f.writer = None;
+            if x.mode == Mode::Writer && self.is_contested(x.ino) {
+                self.contest_crashed(x.ino);
+            }
+            if let (Mode::Writer, Some(f)) = (x.mode, self.files.get_mut(&x.ino)) {
+                if f.writer == Some(h) {
+                    f.writer = None;
+                }
             }
         }
         for f in self.files.values_mut() {
+            if f.contest.is_some() {
+                continue;
+            }
             if f.last_writer == Some(h) && (f.acked + 1 < f.versions.len() || f.unsettled.is_some()) {
                 f.unsettled = Some(h);
             }
@@ -506,6 +462,7 @@ impl Mh {
                     Act::Write { h, .. }
                     | Act::Fsync { h }
                     | Act::Close { h }
+                    | Act::ReadHandle { h }
                     | Act::SetLk { h, .. }
                     | Act::GetLk { h, .. } => {
                         used_handles.push(*h);
@@ -537,8 +494,10 @@ impl Mh {
             return Some(Act::List);
         }
         for _ in 0..8 {
-            let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4]);
-            if (3..=5).contains(&kind) || kind >= 8 {
+            // Create, unlink, open, write, fsync, close a writer, close another, stat, F_SETLK,
+            // F_GETLK, read a file whole, read through a handle.
+            let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4, 8, 6]);
+            if matches!(kind, 3..=5 | 8 | 9 | 11) {
                 // On a handle of this host.
                 let fitting: Vec<usize> = mine
                     .iter()
@@ -555,6 +514,16 @@ impl Mh {
                     continue;
                 }
                 let k = *self.rng.pick(&fitting);
+                if kind == 11 {
+                    // Reads of files without names more often: they must outlive other hosts'
+                    // restarts.
+                    let orphans: Vec<usize> =
+                        fitting.iter().copied().filter(|k| self.is_orphan(self.handles[k].ino)).collect();
+                    if !orphans.is_empty() && self.rng.chance(0.5) {
+                        return Some(Act::ReadHandle { h: *self.rng.pick(&orphans) });
+                    }
+                    return Some(Act::ReadHandle { h: k });
+                }
                 return Some(match kind {
                     3 => {
                         let size = self.files[&self.handles[&k].ino].latest().len() as u64;
@@ -599,10 +568,11 @@ impl Mh {
             match kind {
                 0 => return Some(Act::Create { name }),
                 1 => {
-                    // Not while open anywhere or unsettled.
+                    // Not while open on another host (the core keeps a file open after its last
+                    // name went on the host that unlinks it only), or unsettled.
                     let ino = self.names[name].current;
                     let busy = ino.is_some_and(|i| {
-                        self.handles.values().any(|x| x.ino == i)
+                        self.handles.values().any(|x| x.ino == i && x.host != h)
                             || self.files.get(&i).is_some_and(|f| f.unsettled.is_some())
                     });
                     if busy {
@@ -618,7 +588,8 @@ impl Mh {
                         continue;
                     }
                     if self.rng.chance(0.5) {
-                        if !self.writable(ino) {
+                        // Alone, or beside another writer (`writers`).
+                        if !self.writable(ino) && !(self.may_contest(h, ino) && self.rng.chance(0.5)) {
                             continue;
                         }
                         return Some(Act::Open { name, mode: Mode::Writer });
@@ -626,71 +597,22 @@ impl Mh {
                     return Some(Act::Open { name, mode: Mode::Locker });
                 }
                 7 => return Some(Act::Stat { name }),
-                _ => return Some(Act::ReadFile { name }),
+                10 => return Some(Act::ReadFile { name }),
+                _ => unreachable!("kinds on names"),
             }
         }
         None
     }
 
-    /// Whether a file may get a new writer: nobody writes it, the store holds its latest
-    /// version, and its last writer has nothing left to upload.
-    fn writable(&self, ino: Ino) -> bool {
-        let Some(f) = self.files.get(&ino) else {
-            return false;
-        };
-        if f.writer.is_some() || f.unsettled.is_some() {
-            return false;
-        }
-        if let Some(h) = f.last_writer {
-            if !self.c.is_up(h) || !self.host_quiet(h) {
-                return false;
-            }
-        }
-        self.stored(ino).is_some_and(|d| d == f.latest())
-    }
-
-    /// Host `h` has nothing dirty, nothing being uploaded, no I/O in flight.
-    fn host_quiet(&self, h: usize) -> bool {
-        let w = &self.c.hosts[h].w;
-        let s = w.core.status();
-        s.dirty_files == 0 && s.uploads_in_flight == 0 && w.pending_io() == 0
-    }
-
-    /// The contents of `ino` in the shared stores.
-    fn stored(&self, ino: Ino) -> Option<Vec<u8>> {
-        let row = self.c.meta.inode(ino)?;
-        let data = match &row.object {
-            Some(o) => self.c.objects.get(o)?.to_vec(),
-            None => Vec::new(),
-        };
-        Some(zero_extended(&data, row.size as usize))
-    }
-
-    /// A file whose writer crashed settles once that host is back and quiet: the store must
-    /// hold one of the contents allowed after the crash, which becomes the acknowledged version.
-    fn settle_files(&mut self) {
-        let inos: Vec<Ino> = self.files.iter().filter(|(_, f)| f.unsettled.is_some()).map(|(i, _)| *i).collect();
-        for ino in inos {
-            let h = self.files[&ino].unsettled.expect("filtered");
-            if !self.c.is_up(h) || !self.host_quiet(h) {
-                continue;
-            }
-            let Some(data) = self.stored(ino) else {
-                continue;
-            };
-            let now = self.c.now;
-            let f = self.files.get_mut(&ino).expect("listed");
-            // Checked where it is read (`check_content`); here it only becomes the one version.
-            if f.allowed_after_crash(f.acked, &data) {
-                f.versions.push(data);
-                f.acked = f.versions.len() - 1;
-                f.acks.push((now, f.acked));
-                f.unsettled = None;
-            }
-        }
-    }
-
     // ----- running actions -----
+
+    fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode, lower: usize) {
+        let owner = self.next_owner;
+        self.next_owner += 1;
+        let h = Handle { host, name, ino, fh, owner, mode, lower, wrote: false, own: Vec::new() };
+        self.handles.insert(self.next_handle, h);
+        self.next_handle += 1;
+    }
 
     fn first_op(&mut self, host: usize, act: &Act) -> Op {
         let name = |n: usize| NAMES[n].as_bytes().to_vec();
@@ -718,6 +640,10 @@ impl Mh {
             Act::Close { h } => {
                 let x = &self.handles[h];
                 Op::Flush { ino: x.ino, fh: x.fh, lock_owner: x.owner }
+            }
+            Act::ReadHandle { h } => {
+                let x = &self.handles[h];
+                Op::Read { ino: x.ino, fh: x.fh, offset: 0, size: READ_ALL }
             }
             Act::SetLk { h, lock } => {
                 let x = &self.handles[h];
@@ -752,6 +678,7 @@ impl Mh {
         for (host, act) in batch {
             let op = self.first_op(host, &act);
             let epoch = self.c.hosts[host].w.fault_epoch;
+            let conflicts = self.c.hosts[host].w.conflicts;
             let mut r = Running {
                 host,
                 act,
@@ -760,6 +687,7 @@ impl Mh {
                 op: Op::StatFs,
                 issued: self.c.now,
                 epoch,
+                conflicts,
                 ino: None,
                 fh: None,
                 lookups: 0,
@@ -830,8 +758,22 @@ impl Mh {
         self.c.hosts[r.host].w.fault_epoch != r.epoch
     }
 
+    /// Whether an injected fault (a crash, a failure: not a conflict with another host's
+    /// transaction, which the core runs again) reached the host since the action started.
+    fn injected_fault_seen(&self, r: &Running) -> bool {
+        let w = &self.c.hosts[r.host].w;
+        w.fault_epoch - r.epoch > w.conflicts - r.conflicts
+    }
+
     fn io_error_ok(&self, r: &Running, e: i32) -> bool {
         (e == libc::EIO || e == libc::ENOSPC) && self.fault_seen(r)
+    }
+
+    /// An error of a request on handle `h`: a fault, or its file is an orphan other hosts may
+    /// have deleted (its host's heartbeat lapsed): its object gone (EIO) or its row (ENOENT).
+    fn handle_error_ok(&self, r: &Running, h: usize, e: i32) -> bool {
+        let forfeited = || self.orphan_forfeited(self.handles[&h].ino);
+        self.io_error_ok(r, e) || ((e == libc::EIO || e == libc::ENOENT) && forfeited())
     }
 
     fn unexpected(&self, r: &Running, what: String) -> String {
@@ -870,9 +812,11 @@ impl Mh {
                             writer: Some(r.host),
                             last_writer: Some(r.host),
                             unsettled: None,
+                            orphan: None,
+                            contest: None,
                         },
                     );
-                    self.add_handle(r.host, name, attr.ino, fh, Mode::Writer);
+                    self.add_handle(r.host, name, attr.ino, fh, Mode::Writer, 0);
                     Ok(None)
                 }
                 Err(libc::EEXIST) => {
@@ -894,7 +838,7 @@ impl Mh {
                         return Err(self.unexpected(r, "unlinked a name that does not exist".into()));
                     };
                     self.names[name].set(None, now);
-                    self.files.remove(&ino);
+                    self.unlinked(r.host, ino, r.issued);
                     Ok(None)
                 }
                 Err(libc::ENOENT) => {
@@ -931,14 +875,11 @@ impl Mh {
                     // A stale entry: what follows may fail; nothing more to check.
                     return Ok(Some(Op::GetAttr { ino }));
                 }
+                r.lower = self.read_lower_bound(r.host, ino);
                 Ok(Some(match &r.act {
                     Act::Stat { .. } => Op::GetAttr { ino },
-                    Act::Open { mode: Mode::Writer, .. } => Op::Open { ino, flags: libc::O_RDWR },
                     Act::Open { .. } => Op::Open { ino, flags: libc::O_RDWR },
-                    _ => {
-                        r.lower = self.read_lower_bound(r.host, ino);
-                        Op::Open { ino, flags: libc::O_RDONLY }
-                    }
+                    _ => Op::Open { ino, flags: libc::O_RDONLY },
                 }))
             }
             (_, 1) if matches!(r.op, Op::GetAttr { .. }) => {
@@ -958,10 +899,15 @@ impl Mh {
                 Ok(Reply::Opened { fh, .. }) => {
                     let ino = r.ino.expect("looked up");
                     if mode == Mode::Writer {
-                        self.files.get_mut(&ino).expect("current").writer = Some(r.host);
-                        self.files.get_mut(&ino).expect("current").last_writer = Some(r.host);
+                        if self.writable(ino) {
+                            let f = self.files.get_mut(&ino).expect("current");
+                            f.writer = Some(r.host);
+                            f.last_writer = Some(r.host);
+                        } else {
+                            self.join_contest(ino);
+                        }
                     }
-                    self.add_handle(r.host, name, ino, fh, mode);
+                    self.add_handle(r.host, name, ino, fh, mode, r.lower);
                     // The handle keeps the lookup reference until it is closed.
                     r.lookups = 0;
                     Ok(None)
@@ -981,7 +927,8 @@ impl Mh {
                 let ino = r.ino.expect("looked up");
                 match reply {
                     Ok(Reply::Data(d)) => {
-                        self.check_content(r.host, ino, r.lower, &d).map_err(|e| self.unexpected(r, e))?
+                        self.check_content(r.host, ino, r.lower, &d).map_err(|e| self.unexpected(r, e))?;
+                        self.narrow_by_read(r.host, ino, &d);
                     }
                     Err(e) if self.io_error_ok(r, e) => {}
                     other => return Err(self.unexpected(r, format!("{other:?}"))),
@@ -1001,8 +948,13 @@ impl Mh {
                 other => Err(self.unexpected(r, format!("release: {other:?}"))),
             },
             (Act::Write { h, offset, data }, _) => match reply {
+                Ok(Reply::Written(n)) if n as usize == data.len() && self.is_contested(self.handles[&h].ino) => {
+                    self.contested_write(h, offset, &data);
+                    Ok(None)
+                }
                 Ok(Reply::Written(n)) if n as usize == data.len() => {
                     let ino = self.handles[&h].ino;
+                    self.handles.get_mut(&h).expect("open").wrote = true;
                     let f = self.files.get_mut(&ino).expect("open");
                     let mut v = f.latest().to_vec();
                     let end = offset as usize + data.len();
@@ -1013,7 +965,7 @@ impl Mh {
                     f.versions.push(v);
                     Ok(None)
                 }
-                Err(e) if self.io_error_ok(r, e) => Ok(None),
+                Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
             (Act::Fsync { h }, _) => match reply {
@@ -1021,17 +973,39 @@ impl Mh {
                     self.ack(self.handles[&h].ino, now);
                     Ok(None)
                 }
-                Err(e) if self.io_error_ok(r, e) => Ok(None),
+                Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
+            (Act::ReadHandle { h }, _) => {
+                let x = &self.handles[&h];
+                match reply {
+                    Ok(Reply::Data(d)) => {
+                        self.check_content(x.host, x.ino, x.lower, &d).map_err(|e| self.unexpected(r, e))?;
+                        let (host, ino) = (x.host, x.ino);
+                        self.narrow_by_read(host, ino, &d);
+                        Ok(None)
+                    }
+                    Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
+                    other => Err(self.unexpected(r, format!("{other:?}"))),
+                }
+            }
             (Act::Close { h }, 0) => {
                 let x = self.handles[&h].clone();
                 match reply {
+                    // Concurrent writers: a close that failed may still commit later (the data
+                    // stays to be uploaded), like one answered without its commit.
+                    Ok(Reply::Empty) if x.mode == Mode::Writer && self.is_contested(x.ino) => {
+                        let acked = !self.injected_fault_seen(r);
+                        self.contested_close(h, r.issued, acked);
+                    }
+                    Err(e) if x.mode == Mode::Writer && self.is_contested(x.ino) && self.handle_error_ok(r, h, e) => {
+                        self.contested_close(h, r.issued, false);
+                    }
                     // A close whose upload failed is answered once the data is sealed here (the
                     // core's fallback): not committed, so no promise to other hosts.
                     Ok(Reply::Empty) if x.mode == Mode::Writer && !self.fault_seen(r) => self.ack(x.ino, now),
                     Ok(Reply::Empty) => {}
-                    Err(e) if self.io_error_ok(r, e) => {}
+                    Err(e) if self.handle_error_ok(r, h, e) => {}
                     other => return Err(self.unexpected(r, format!("{other:?}"))),
                 }
                 // A flush lets go of the owner's locks.
@@ -1042,10 +1016,11 @@ impl Mh {
                 Ok(Reply::Empty) => {
                     let x = self.handles.remove(&h).expect("closing an open handle");
                     if x.mode == Mode::Writer {
-                        if let Some(f) = self.files.get_mut(&x.ino) {
+                        if let Some(f) = self.files.get_mut(&x.ino).filter(|f| f.writer == Some(x.host)) {
                             f.writer = None;
                         }
                     }
+                    self.maybe_orphan_closed(x.ino);
                     r.ino = Some(x.ino);
                     r.lookups = 1;
                     Ok(None)
@@ -1069,7 +1044,7 @@ impl Mh {
                         }
                         Ok(None)
                     }
-                    Err(e) if self.io_error_ok(r, e) => Ok(None),
+                    Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
@@ -1097,7 +1072,7 @@ impl Mh {
                         }
                         Ok(None)
                     }
-                    Err(e) if self.io_error_ok(r, e) => Ok(None),
+                    Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
@@ -1125,369 +1100,6 @@ impl Mh {
         }
     }
 
-    /// Whether the name named a file at some time since `since` (or now).
-    fn existed_since(&self, name: usize, since: Duration) -> bool {
-        let n = &self.names[name];
-        n.current.is_some() || n.history.iter().any(|(v, until)| v.is_some() && *until >= since)
-    }
-
-    fn add_handle(&mut self, host: usize, name: usize, ino: Ino, fh: u64, mode: Mode) {
-        let owner = self.next_owner;
-        self.next_owner += 1;
-        self.handles.insert(self.next_handle, Handle { host, name, ino, fh, owner, mode });
-        self.next_handle += 1;
-    }
-
-    /// A close or fsync of the writer acknowledged the latest version.
-    fn ack(&mut self, ino: Ino, now: Duration) {
-        let f = self.files.get_mut(&ino).expect("open");
-        f.acked = f.versions.len() - 1;
-        f.acks.push((now, f.acked));
-    }
-
-    /// The lowest version a read on `host`, opening `ino` now, may return.
-    fn read_lower_bound(&self, host: usize, ino: Ino) -> usize {
-        let f = &self.files[&ino];
-        if f.writer == Some(host) {
-            return f.versions.len() - 1;
-        }
-        if f.unsettled.is_some() {
-            return f.acked;
-        }
-        // Close-to-open: every close acknowledged before this open.
-        f.acked_before(self.c.now)
-    }
-
-    fn check_content(&self, host: usize, ino: Ino, lower: usize, data: &[u8]) -> Result<(), String> {
-        let f = &self.files[&ino];
-        if f.writer == Some(host) {
-            if data != f.latest() {
-                return Err(format!(
-                    "the writer's host reads {} bytes, not its latest version ({} bytes)",
-                    data.len(),
-                    f.latest().len()
-                ));
-            }
-            return Ok(());
-        }
-        if f.unsettled.is_some() && f.allowed_after_crash(lower.min(f.acked), data) {
-            return Ok(());
-        }
-        if f.versions[lower..].iter().any(|v| v == data) {
-            return Ok(());
-        }
-        let older = f.versions[..lower].iter().rposition(|v| v == data);
-        Err(format!(
-            "read {} bytes that are none of versions {lower}..={} (acked {}, latest {} bytes){}",
-            data.len(),
-            f.versions.len() - 1,
-            f.acked,
-            f.latest().len(),
-            older.map(|i| format!("; they are the older version {i}")).unwrap_or_default()
-        ))
-    }
-
-    /// A listing of the root: every name as a lookup may see it (exactly, right after a sync).
-    fn check_listing(&self, entries: &[truckeefs_core::DirEntry]) -> Result<(), String> {
-        let mut seen: Vec<Option<Ino>> = vec![None; NAMES.len()];
-        for e in entries.iter().filter(|e| e.name != b"." && e.name != b"..") {
-            let Some(n) = NAMES.iter().position(|n| n.as_bytes() == e.name.as_slice()) else {
-                return Err(format!("listed {:?}, which no client created", String::from_utf8_lossy(&e.name)));
-            };
-            if seen[n].replace(e.ino).is_some() {
-                return Err(format!("{} listed twice", NAMES[n]));
-            }
-        }
-        for (n, v) in seen.into_iter().enumerate() {
-            if !self.names[n].allows(v, self.last_sync) {
-                return Err(format!(
-                    "{} listed as {v:?}; it is {:?} (since before the last sync)",
-                    NAMES[n], self.names[n].current
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_size(&self, host: usize, ino: Ino, size: u64) -> Result<(), String> {
-        let f = &self.files[&ino];
-        let lower = if f.writer == Some(host) {
-            f.versions.len() - 1
-        } else if f.unsettled.is_some() {
-            f.acked_before(self.last_sync).min(f.acked)
-        } else {
-            f.acked_before(self.last_sync)
-        };
-        let ok = f.versions[lower..].iter().any(|v| v.len() as u64 == size)
-            || (f.unsettled.is_some() && f.versions[f.acked..].iter().any(|v| v.len() as u64 == size));
-        if !ok {
-            let sizes: Vec<usize> = f.versions[lower..].iter().map(Vec::len).collect();
-            return Err(format!("size {size}, not one of versions {lower}.. (sizes {sizes:?})"));
-        }
-        Ok(())
-    }
-
-    // ----- record locks -----
-
-    fn forfeited(&self, l: &OwnerLocks, slot: usize) -> bool {
-        self.c.lapsed_between(l.redis_id, l.slots[slot].1, self.c.now)
-    }
-
-    /// A granted lock must conflict with no lock another owner holds (unless the holder's
-    /// lease lapsed meanwhile, so that other hosts rightly stopped counting it).
-    fn check_grant(&self, x: &Handle, lock: &LockRange) -> Result<(), String> {
-        if lock.typ == libc::F_UNLCK {
-            return Ok(());
-        }
-        for (o, l) in &self.locks {
-            if *o == x.owner || l.ino != x.ino {
-                continue;
-            }
-            for s in slots_of(lock) {
-                if conflicts(l.slots[s].0, lock.typ) && (l.host == x.host || !self.forfeited(l, s)) {
-                    return Err(format!(
-                        "granted {lock:?}, but owner {o} on host {} holds a conflicting lock on byte {s} (granted at {:?})",
-                        l.host, l.slots[s].1
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// An EAGAIN (or a lock reported by F_GETLK) is explained by another owner's conflicting
-    /// lock held now, let go of lately, or of a crashed host whose heartbeat had not expired.
-    fn conflict_explained(&self, x: &Handle, lock: &LockRange, issued: Duration) -> bool {
-        let held = self
-            .locks
-            .iter()
-            .any(|(o, l)| *o != x.owner && l.ino == x.ino && slots_of(lock).any(|s| conflicts(l.slots[s].0, lock.typ)));
-        let lingering = self.lingering.iter().any(|g| {
-            g.ino == x.ino
-                && g.until > issued
-                && g.redis_id != self.c.hosts[x.host].w.host_id
-                && slots_of(lock).any(|s| conflicts(g.slots[s], lock.typ))
-        });
-        held || lingering
-    }
-
-    /// A conflicting lock F_GETLK must report: held by another owner since before the request
-    /// was sent (and not forfeited by a lapsed lease).
-    fn must_report(&self, x: &Handle, lock: &LockRange, issued: Duration) -> Option<u64> {
-        if lock.typ == libc::F_UNLCK {
-            return None;
-        }
-        self.locks
-            .iter()
-            .find(|(o, l)| {
-                **o != x.owner
-                    && l.ino == x.ino
-                    && slots_of(lock).any(|s| {
-                        conflicts(l.slots[s].0, lock.typ)
-                            && l.slots[s].1 < issued
-                            && (l.host == x.host || !self.forfeited(l, s))
-                    })
-            })
-            .map(|(o, _)| *o)
-    }
-
-    /// The model's locks on `ino`, for failure messages.
-    fn locks_of(&self, ino: Ino) -> String {
-        let show = |slots: &[i32]| {
-            slots
-                .iter()
-                .map(|t| match *t {
-                    libc::F_RDLCK => 'r',
-                    libc::F_WRLCK => 'w',
-                    _ => '.',
-                })
-                .collect::<String>()
-        };
-        let mut out = String::new();
-        for (o, l) in self.locks.iter().filter(|(_, l)| l.ino == ino) {
-            out.push_str(&format!("owner {o} host {}: {} ", l.host, show(&l.slots.map(|s| s.0))));
-        }
-        for g in self.lingering.iter().filter(|g| g.ino == ino) {
-            out.push_str(&format!("lingering host {} until {:?}: {} ", g.host, g.until, show(&g.slots)));
-        }
-        out
-    }
-
-    fn set_lock(&mut self, x: &Handle, lock: &LockRange, now: Duration) {
-        let redis_id = self.c.hosts[x.host].w.host_id;
-        let entry = self.locks.entry(x.owner).or_insert(OwnerLocks {
-            host: x.host,
-            redis_id,
-            ino: x.ino,
-            slots: [(NONE, Duration::ZERO); SLOTS],
-        });
-        let mut released = [NONE; SLOTS];
-        for s in slots_of(lock) {
-            if lock.typ == libc::F_UNLCK {
-                released[s] = entry.slots[s].0;
-                entry.slots[s] = (NONE, Duration::ZERO);
-            } else {
-                if entry.slots[s].0 == libc::F_WRLCK && lock.typ == libc::F_RDLCK {
-                    released[s] = libc::F_WRLCK;
-                }
-                entry.slots[s] = (lock.typ, now);
-            }
-        }
-        if entry.slots.iter().all(|s| s.0 == NONE) {
-            self.locks.remove(&x.owner);
-        }
-        if released.iter().any(|t| *t != NONE) {
-            self.lingering.push(Lingering {
-                ino: x.ino,
-                host: x.host,
-                redis_id: self.c.hosts[x.host].w.host_id,
-                slots: released,
-                until: now + RELEASE_LINGER,
-            });
-        }
-    }
-
-    fn release_owner(&mut self, owner: u64, now: Duration) {
-        if let Some(l) = self.locks.remove(&owner) {
-            self.lingering.push(Lingering {
-                ino: l.ino,
-                host: l.host,
-                redis_id: l.redis_id,
-                slots: l.slots.map(|s| s.0),
-                until: now + RELEASE_LINGER,
-            });
-        }
-        self.lingering.retain(|g| g.until + Duration::from_secs(60) > now);
-    }
-
-    // ----- whole-cluster checks -----
-
-    /// Run until every published change is delivered and applied (no host has a commit in
-    /// flight), within a bound. Returns whether that was reached.
-    fn quiesce(&mut self, limit: Duration) -> R<bool> {
-        let end = self.c.now + limit;
-        loop {
-            let commits = self
-                .c
-                .hosts
-                .iter()
-                .any(|h| h.w.in_flight().any(|r| matches!(r, IoRequest::Meta(MetaRequest::Commit(_)))));
-            let down = (0..self.c.hosts.len()).any(|h| !self.c.is_up(h));
-            if self.c.messages_in_flight() == 0 && !commits && !down {
-                return Ok(true);
-            }
-            if self.c.now > end {
-                return Ok(false);
-            }
-            self.c.advance(Duration::from_millis(5))?;
-        }
-    }
-
-    /// After every change reached every host: each host sees every name as it is, and every
-    /// file's size as of its last acknowledged version or later.
-    fn sync_check(&mut self) -> R<()> {
-        if !self.quiesce(Duration::from_secs(30))? {
-            return Ok(());
-        }
-        self.last_sync = self.c.now;
-        self.c.trace.note(self.c.now.as_micros() as u64, "sync point: every change delivered".into());
-        for n in 0..NAMES.len() {
-            let up = self.up_hosts();
-            let batch: Vec<(usize, Act)> = up.into_iter().map(|h| (h, Act::Stat { name: n })).collect();
-            self.run_batch(batch)?;
-        }
-        let up = self.up_hosts();
-        self.run_batch(up.into_iter().map(|h| (h, Act::List)).collect())?;
-        Ok(())
-    }
-
-    /// Faults off: every handle closed, every upload done, every message delivered; then every
-    /// host reads every file byte for byte as its last version, and sees every name as it is.
-    fn liveness(&mut self) -> R<()> {
-        for h in &mut self.c.hosts {
-            h.w.faults.enabled = false;
-            h.lease_lost_until = None;
-        }
-        self.c.delay_chance = 0.0;
-        // Hosts that are down come back.
-        for _ in 0..100 {
-            if self.up_hosts().len() == self.c.hosts.len() {
-                break;
-            }
-            self.c.advance(Duration::from_millis(100))?;
-        }
-        let keys: Vec<usize> = self.handles.keys().copied().collect();
-        for k in keys {
-            let host = self.handles[&k].host;
-            self.run_batch(vec![(host, Act::Close { h: k })])?;
-        }
-        // Everything uploaded and heard of everywhere.
-        let mut quiet = false;
-        for _ in 0..600 {
-            self.settle_files();
-            let files_quiet = self.files.values().all(|f| f.unsettled.is_none());
-            if files_quiet && (0..self.c.hosts.len()).all(|h| self.host_quiet(h)) && self.c.messages_in_flight() == 0 {
-                quiet = true;
-                break;
-            }
-            self.c.advance(Duration::from_secs(1))?;
-        }
-        if !quiet {
-            let unsettled: Vec<Ino> = self.files.values().filter(|f| f.unsettled.is_some()).map(|f| f.ino).collect();
-            let status: Vec<_> = self.c.hosts.iter().map(|h| (h.w.core.status(), h.w.pending_io())).collect();
-            return Err(format!(
-                "liveness: not quiet after 600 s without faults: unsettled files {unsettled:?}, hosts {status:?}"
-            ));
-        }
-        // Every write is uploaded, acknowledged or not (a close that failed leaves it to a retry).
-        for f in self.files.values() {
-            let stored = self.stored(f.ino).unwrap_or_default();
-            if stored != f.latest() {
-                return Err(format!(
-                    "liveness: the store holds {} bytes of file {}, not its last version ({} bytes)",
-                    stored.len(),
-                    f.ino,
-                    f.latest().len()
-                ));
-            }
-        }
-        let now = self.c.now;
-        for f in self.files.values_mut() {
-            f.acked = f.versions.len() - 1;
-            f.acks.push((now, f.acked));
-        }
-        self.last_sync = now;
-        // Every host reads every file whole, and sees every name.
-        for n in 0..NAMES.len() {
-            let hosts = self.up_hosts();
-            self.run_batch(hosts.iter().map(|h| (*h, Act::ReadFile { name: n })).collect())?;
-            self.run_batch(hosts.iter().map(|h| (*h, Act::Stat { name: n })).collect())?;
-        }
-        let hosts = self.up_hosts();
-        self.run_batch(hosts.iter().map(|h| (*h, Act::List)).collect())?;
-        // Unmount everywhere: nothing staged may be left.
-        for h in 0..self.c.hosts.len() {
-            self.c.with(h, |w| w.shutdown())?;
-        }
-        for _ in 0..600 {
-            if self.c.hosts.iter().all(|h| h.w.core.is_idle()) {
-                break;
-            }
-            self.c.advance(Duration::from_secs(1))?;
-        }
-        for (h, host) in self.c.hosts.iter().enumerate() {
-            if !host.w.core.is_idle() {
-                return Err(format!("liveness: host {h} not idle after shutdown: {:?}", host.w.core.status()));
-            }
-            if !host.w.staging.is_empty() {
-                return Err(format!(
-                    "liveness: staged copies left on host {h} after shutdown: inodes {:?}",
-                    host.w.staging.inos()
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Running {
