@@ -131,7 +131,10 @@ fn check_passes_against_mariadb_tahoe_and_redis_and_leaves_nothing_behind() {
     // Nothing left in the grid's directory (the deletes may trail the unmount), nor in Redis.
     let empty = poll_until(Duration::from_secs(20), || p.rootcap_names().is_empty());
     assert!(empty, "left in the rootcap: {:?}", p.rootcap_names());
-    assert_eq!(redis.cli_text(&["KEYS", "*"]), "", "keys left in Redis");
+    // Only the filesystem's fencing-token counter may stay (state of the filesystem, like the
+    // metadata schema; deleting it under live hosts would be wrong).
+    let keys = redis.cli_text(&["KEYS", "*"]);
+    assert!(keys.is_empty() || keys == "st:fence", "keys left in Redis: {keys:?}");
 }
 
 #[test]
