@@ -533,15 +533,19 @@ fn private_mount_checks_permissions_like_the_kernel() {
     assert_eq!(h.call(Op::Access { ino: secret, mask: libc::R_OK | libc::W_OK }), Ok(Reply::Empty));
 }
 
+/// The configuration of a host sharing its stores with others.
+fn multi_host() -> Config {
+    Config { multi_host: true, ..Config::default() }
+}
+
 /// Two hosts share the stores: host B's caches follow host A's changes through invalidations,
 /// a close on A is answered only once its upload is committed, and an open on B reads the
 /// version A closed.
 #[test]
 fn multi_host_close_to_open() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let store = Store::new();
     let now = Instant::now();
-    let mut a = Harness::with_config(store, now, config());
+    let mut a = Harness::with_config(store, now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "f");
     a.write(ino, fh, 0, b"one");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
@@ -550,7 +554,7 @@ fn multi_host_close_to_open() {
     assert_eq!(a.store.objects[&object.0], b"one");
 
     // Host B reads it, then A writes a new version.
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     let attr = b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
     assert_eq!(attr.size, 3);
     let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!() };
@@ -619,10 +623,9 @@ fn multi_host_close_to_open() {
 /// or inode is left behind).
 #[test]
 fn multi_host_create_race_loser_sees_eexist() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     let listed = |h: &mut Harness| -> Vec<String> {
         h.names(ROOT_INO).into_iter().filter(|n| n != "." && n != "..").collect()
     };
@@ -649,10 +652,9 @@ fn multi_host_create_race_loser_sees_eexist() {
 /// until the directory changed again.
 #[test]
 fn a_listing_older_than_an_invalidation_is_read_again() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     // B looks the name up; its listing of the root is read before A creates the name...
     let lookup = b.send(Op::Lookup { parent: ROOT_INO, name: "f".into() });
     b.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadDir { .. })));
@@ -675,12 +677,11 @@ fn a_listing_older_than_an_invalidation_is_read_again() {
 /// and answered after its invalidation kept the old row (here: the old size).
 #[test]
 fn an_inode_load_older_than_an_invalidation_is_read_again() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "f");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     let getattr = b.send(Op::GetAttr { ino });
     b.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { ino: i }) if *i == ino));
     let (io, load) = b.ios.pop_front().expect("the load is on its way");
@@ -703,16 +704,15 @@ fn an_inode_load_older_than_an_invalidation_is_read_again() {
 /// host stored a new version; the refresh kept the old size, and reads served the old bytes.
 #[test]
 fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut b = Harness::with_config(Store::new(), now, config());
+    let mut b = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = b.create(ROOT_INO, "f");
     let Ok(Reply::Opened { fh: kept, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
     b.write(ino, fh, 0, b"old");
     assert_eq!(b.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
     b.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
 
-    let mut a = Harness::with_config(b.store.clone(), now, config());
+    let mut a = Harness::with_config(b.store.clone(), now, multi_host());
     a.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
     let Ok(Reply::Opened { fh: afh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
     a.write(ino, afh, 0, b"newer!");
@@ -735,14 +735,13 @@ fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
 /// already deleted, and the write answered EIO).
 #[test]
 fn an_open_reads_the_row_again_even_while_the_file_is_open() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "f");
     a.write(ino, fh, 0, b"old");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
 
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
     let Ok(Reply::Opened { fh: kept, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
     assert_eq!(b.read(ino, 0, 100), b"old");
@@ -763,14 +762,13 @@ fn an_open_reads_the_row_again_even_while_the_file_is_open() {
 /// forgotten here with the staged copy left on disk for ever.
 #[test]
 fn a_file_deleted_by_another_host_leaves_no_staged_copy() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "f");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
     a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
 
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
     let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
     b.write(ino, bfh, 0, b"unsaved");
@@ -792,7 +790,7 @@ fn a_file_deleted_by_another_host_leaves_no_staged_copy() {
 /// let go of for good. Publications of an inode now go one at a time, the last state last.
 #[test]
 fn lock_publications_of_one_inode_go_one_at_a_time() {
-    let config = Config { multi_host: true, ..Config::default() };
+    let config = multi_host();
     let mut h = Harness::with_config(Store::new(), Instant::now(), config);
     let (ino, fh) = h.create(ROOT_INO, "f");
     let lock = LockRange { start: 0, end: 9, typ: libc::F_WRLCK, pid: 1 };
@@ -823,7 +821,7 @@ fn lock_publications_of_one_inode_go_one_at_a_time() {
 /// every other host).
 #[test]
 fn a_failed_flush_still_drops_the_owners_locks() {
-    let config = Config { multi_host: true, ..Config::default() };
+    let config = multi_host();
     let mut h = Harness::with_config(Store::new(), Instant::now(), config);
     let (ino, fh) = h.create(ROOT_INO, "f");
     let lock = LockRange { start: 0, end: 9, typ: libc::F_WRLCK, pid: 1 };
@@ -852,13 +850,12 @@ fn a_failed_flush_still_drops_the_owners_locks() {
 /// the next open reads the new version).
 #[test]
 fn a_resync_after_lost_messages_reads_everything_again() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "a");
     a.write(ino, fh, 0, b"one");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     let listed = |h: &mut Harness| -> Vec<String> {
         h.names(ROOT_INO).into_iter().filter(|n| n != "." && n != "..").collect()
     };
@@ -911,10 +908,9 @@ fn a_resync_after_lost_messages_reads_everything_again() {
 /// the store plus that transaction), like an invalidation, then drops everything.
 #[test]
 fn a_resync_waits_for_the_transaction_in_flight() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     let listed = |h: &mut Harness| -> Vec<String> {
         h.names(ROOT_INO).into_iter().filter(|n| n != "." && n != "..").collect()
     };
@@ -1017,13 +1013,12 @@ fn an_unmount_deletes_what_a_failed_deletion_left() {
 /// (close-to-open allows the newer version to a handle opened before).
 #[test]
 fn a_read_of_an_object_another_host_replaced_reads_the_new_version() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "f");
     a.write(ino, fh, 0, b"one");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
     let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
     let old = a.store.inodes[&ino].object.clone().expect("stored");
@@ -1047,13 +1042,12 @@ fn a_read_of_an_object_another_host_replaced_reads_the_new_version() {
 /// names is tried again (one that went with the last name did not take it when it failed).
 #[test]
 fn a_stale_unlink_does_not_delete_another_hosts_open_file() {
-    let config = || Config { multi_host: true, ..Config::default() };
     let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, config());
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = a.create(ROOT_INO, "f");
     a.write(ino, fh, 0, b"kept");
     assert_eq!(a.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
-    let mut b = Harness::with_config(a.store.clone(), now, config());
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
     assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
     // A unlinks it and keeps it open; B has not heard of it.
     assert_eq!(a.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
@@ -1108,10 +1102,6 @@ fn an_orphans_object_goes_before_its_row() {
 
 // ----- two hosts writing one file at once (found by the multi-host simulator once it let two
 // hosts write one file at once: `runtime-sim`, multihost/writers.rs) -----
-
-fn multi_host() -> Config {
-    Config { multi_host: true, ..Config::default() }
-}
 
 /// Host `to` sees what host `from` stored (metadata and objects; each host keeps its own
 /// staging area).

@@ -16,14 +16,32 @@ use truckeefs_core::{Ino, IoError, IoReply, IoResult, MetaRequest, ObjectId, Sto
 
 /// The fencing token of an upload lease, attached by the driver to the commit of the uploaded
 /// object (see `coord::UploadLease`). A metadata store applies the update of inode `ino` in that
-/// commit only if the row's `fence` column is at most `token`, and then sets it to `token`;
-/// otherwise the commit fails with `Conflict`: a host with a later lease committed first. Token
-/// 0 (no coordination server, hence no leases) skips the check and leaves the column alone:
-/// `... WHERE ino = ? AND version = ? AND (? = 0 OR fence <= ?)`.
+/// commit only if the row's `fence` column is at most `token`, and then sets it to `token`
+/// (`... WHERE ino = ? AND version = ? AND fence <= ?`); otherwise the commit fails with
+/// `Conflict`: a host with a later lease committed first. Token 0 (no coordination server, hence
+/// no leases) is no check: the store runs its plain update, which leaves the column alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fence {
     pub ino: Ino,
     pub token: u64,
+}
+
+impl Fence {
+    /// The token a commit's update of inode `ino` is checked against: 0 (none) unless `fence` is
+    /// for that inode.
+    pub(crate) fn token_for(fence: Option<Fence>, ino: Ino) -> u64 {
+        fence.filter(|f| f.ino == ino).map_or(0, |f| f.token)
+    }
+
+    /// The message of a fenced update refused although the row is at the version it expected:
+    /// `stored` is the row's later token.
+    pub(crate) fn refusal(self, version: i64, stored: i64) -> String {
+        format!(
+            "table inodes: inode {} at version {version} was committed under fencing token {stored}, \
+             later than this upload's {} (another host's upload lease came after this one)",
+            self.ino, self.token
+        )
+    }
 }
 
 /// The metadata store a mount uses.

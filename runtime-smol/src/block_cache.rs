@@ -608,6 +608,34 @@ mod tests {
         assert_eq!((streams.load(Ordering::SeqCst), calls.load(Ordering::SeqCst)), (1, 0), "(streams, single fetches)");
     }
 
+    /// The nice value of the calling thread.
+    fn thread_nice() -> i32 {
+        // SAFETY: plain system calls about the calling thread.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+    }
+
+    #[test]
+    fn a_stream_runs_at_background_priority() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = Arc::new(object(4 * 4096));
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 8, ..BlockCacheConfig::default() };
+        let (c, _) = cache(tmp.path(), (*data).clone(), config);
+        // The stream records the priority of the thread it runs on.
+        let seen = Arc::new(Mutex::new(None));
+        let (inner, record) = (streamer(data.clone(), Arc::default()), seen.clone());
+        let stream: Arc<StreamFetch> = Arc::new(move |o: &ObjectId, off: u64, len: u64, piece: usize, f: &mut dyn FnMut(Bytes) -> bool| {
+            *record.lock().unwrap() = Some(thread_nice());
+            inner(o, off, len, piece, f)
+        });
+        let c = Arc::new(Arc::try_unwrap(c).ok().expect("only reference").with_stream(stream));
+        let id = ObjectId("URI:CHK:n".into());
+        assert_eq!(&c.read(&id, 0, 1024).unwrap()[..], &data[..1024]);
+        let nice = seen.lock().unwrap().expect("the read started a stream");
+        assert!(nice >= 10, "the stream's thread runs at nice {nice}");
+        let here = thread_nice();
+        assert!(here < 10, "the reader's thread keeps its priority ({here})");
+    }
+
     #[test]
     fn a_stream_stays_a_window_ahead_of_a_reader_that_stops() {
         let tmp = tempfile::tempdir().unwrap();

@@ -858,13 +858,7 @@ impl LockService {
 
     /// Gives a lease back (after the commit it fenced, or when no commit came).
     pub fn release_upload_lease(&self, lease: UploadLease) {
-        {
-            // The next upload of the file may have taken a new lease already.
-            let mut leases = lock(&self.leases);
-            if leases.get(&lease.ino) == Some(&lease.token) {
-                leases.remove(&lease.ino);
-            }
-        }
+        self.forget_lease(lease.ino, lease.token);
         let released = self.with_conn(|c| {
             redis::Script::new(RELEASE_LEASE)
                 .key(self.upload_key(lease.ino))
@@ -877,9 +871,19 @@ impl LockService {
         }
     }
 
+    /// Stops renewing the lease of `ino` with `token` (the file's next upload may hold a newer
+    /// one already, which stays).
+    fn forget_lease(&self, ino: Ino, token: u64) {
+        let mut leases = lock(&self.leases);
+        if leases.get(&ino) == Some(&token) {
+            leases.remove(&ino);
+        }
+    }
+
     /// Extends every lease this host holds (the heartbeat thread, every heartbeat). A lease found
     /// taken by another host (this one was paused past it) is no longer renewed: the commit it
-    /// was for fails on its stale token and the upload is done again under a new lease.
+    /// was for fails on its stale token, and the core commits the object again on the row read
+    /// afresh.
     fn renew_upload_leases(&self) {
         let held: Vec<(Ino, u64)> = lock(&self.leases).iter().map(|(i, t)| (*i, *t)).collect();
         for (ino, token) in held {
@@ -894,10 +898,7 @@ impl LockService {
                 Ok(1) => {}
                 Ok(_) => {
                     tracing::warn!(ino, token, "this host's upload lease expired while it was held (paused?); the commit will be refused if another host's came after it");
-                    let mut leases = lock(&self.leases);
-                    if leases.get(&ino) == Some(&token) {
-                        leases.remove(&ino);
-                    }
+                    self.forget_lease(ino, token);
                 }
                 Err(e) => tracing::debug!(ino, error = %e, "cannot renew an upload lease"),
             }

@@ -460,10 +460,11 @@ impl Driver {
                         let mut result = self.meta.execute_fenced(&req, fence);
                         if let (Some(f), Err(e)) = (fence, &result) {
                             if e.kind == IoErrorKind::Conflict {
-                                // Refused (or another host changed the row): the retry gets a
-                                // token above every fence the store holds, even if the
-                                // coordination server lost its counter.
-                                tracing::info!(ino = f.ino, token = f.token, error = %e, "upload commit refused; uploading again");
+                                // Refused (or another host changed the row): the core commits
+                                // the object again on the row read afresh; the next upload's
+                                // lease gets a token above every fence the store holds, even if
+                                // the coordination server lost its counter.
+                                tracing::info!(ino = f.ino, token = f.token, error = %e, "upload commit refused; committing again on the fresh row");
                                 self.raise_fence();
                             }
                         }

@@ -970,10 +970,8 @@ async fn apply_op(conn: &mut Conn, server: &str, op: &TxnOp, fence: Option<Fence
             let mut params = encode_inode(server, row)?;
             let expect = to_i64(server, *expect_version, "version")?;
             // The fence applies to its own inode only; token 0 is no check (no leases).
-            let token = match fence {
-                Some(f) if f.ino == row.ino && f.token != 0 => to_i64(server, f.token, "fencing token")?,
-                _ => 0,
-            };
+            let fence = Fence { ino: row.ino, token: Fence::token_for(fence, row.ino) };
+            let token = to_i64(server, fence.token, "fencing token")?;
             // SET columns are all but the first (ino), which moves to the WHERE clause.
             let ino = params.remove(0);
             if token != 0 {
@@ -994,11 +992,7 @@ async fn apply_op(conn: &mut Conn, server: &str, op: &TxnOp, fence: Option<Fence
                     .map_err(err)?;
                 let stored = stored.and_then(|(v, f)| Some((value_i64(&v)?, value_i64(&f)?)));
                 if let Some((version, stored)) = stored.filter(|&(v, f)| v == expect && f > token) {
-                    return Err(conflict(format!(
-                        "table inodes: inode {} at version {version} was committed under fencing token {stored}, \
-                         later than this upload's {token} (another host's upload lease came after this one)",
-                        row.ino
-                    )));
+                    return Err(conflict(fence.refusal(version, stored)));
                 }
             }
             if matched == 0 {

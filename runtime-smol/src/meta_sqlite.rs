@@ -423,10 +423,8 @@ fn apply_op(tx: &Connection, path: &Path, op: &TxnOp, fence: Option<Fence>) -> R
             let p = encode_inode(path, row)?;
             let expect = to_i64(path, *expect_version, "version")?;
             // The fence applies to its own inode only; token 0 is no check (no leases).
-            let token = match fence {
-                Some(f) if f.ino == row.ino && f.token != 0 => to_i64(path, f.token, "fencing token")?,
-                _ => 0,
-            };
+            let fence = Fence { ino: row.ino, token: Fence::token_for(fence, row.ino) };
+            let token = to_i64(path, fence.token, "fencing token")?;
             // Unfenced updates leave the column out, so they do not touch its index.
             let sql = if token == 0 {
                 "UPDATE inodes SET kind = ?2, perm = ?3, uid = ?4, gid = ?5, nlink = ?6, size = ?7, \
@@ -454,11 +452,7 @@ fn apply_op(tx: &Connection, path: &Path, op: &TxnOp, fence: Option<Fence>) -> R
                     .and_then(|mut st| st.query_row([p.ino], |r| Ok((r.get(0)?, r.get(1)?))).optional())
                     .map_err(sql_error)?;
                 if let Some((version, stored)) = stored.filter(|&(v, f)| v == expect && f > token) {
-                    return Err(conflict(format!(
-                        "table inodes: inode {} at version {version} was committed under fencing token {stored}, \
-                         later than this upload's {token} (another host's upload lease came after this one)",
-                        row.ino
-                    )));
+                    return Err(conflict(fence.refusal(version, stored)));
                 }
             }
             if n == 0 {

@@ -1397,6 +1397,20 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
+/// Every file below `dir` (not directories), recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+        let p = e.unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())).path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Bytes allocated (st_blocks * 512) by all files under `p`, recursively.
 pub fn disk_usage(p: &Path) -> u64 {
     let md = match fs::symlink_metadata(p) {

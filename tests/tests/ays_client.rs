@@ -630,20 +630,6 @@ fn a_dead_mount_point_is_detached_and_mounted_again() {
     tree.assert_matches(Path::new(&root));
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_blob_rotted_in_the_disk_cache_is_fetched_again_not_served() {
     let store = AysServer::start(&[]);
@@ -672,7 +658,7 @@ url = "{}"
     let st = c.signal_and_wait(libc::SIGTERM).expect("exits on SIGTERM");
     assert!(st.success(), "{st}: {}", c.log_tail());
     // The disk rots one byte of the blob's file in the on-disk blob cache.
-    let content = files_under(&c.path("cache"))
+    let content = truckeefs_tests::files_under(&c.path("cache"))
         .into_iter()
         .find(|p| p.to_string_lossy().contains("content-v2") && fs::read(p).map(|d| d == big).unwrap_or(false))
         .expect("the blob is in the disk cache");

@@ -268,7 +268,7 @@ fn whole_file_copy_shares_the_object() {
     assert_bytes_eq(&fs::read(&dst_p).unwrap(), &data, "the copy");
     if !production_backends() {
         // Embedded store: one object file with two names, no second copy of the bytes.
-        let shared = walk_files(&m.data_dir.join("objects"))
+        let shared = truckeefs_tests::files_under(&m.data_dir.join("objects"))
             .into_iter()
             .filter(|p| fs::metadata(p).map(|md| std::os::unix::fs::MetadataExt::nlink(&md) == 2).unwrap_or(false))
             .count();
@@ -279,19 +279,6 @@ fn whole_file_copy_shares_the_object() {
     assert_bytes_eq(&fs::read(&src_p).unwrap(), &data, "source after the copy changed");
     fs::remove_file(&src_p).unwrap();
     assert_eq!(fs::read(&dst_p).unwrap(), b"changed");
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
