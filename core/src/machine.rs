@@ -493,7 +493,9 @@ impl Core {
     /// as if one invalidation named every inode and every entry this host caches. What is only
     /// a copy is forgotten; what is more (open, dirty or locked files, unsaved directory times)
     /// has its row read again; the kernel drops its cached attributes, pages and entries.
-    /// Open handles stay valid (close-to-open: the next open reads the file again).
+    /// Open handles stay valid (close-to-open: the next open reads the file again). (Names the
+    /// kernel holds under a directory whose listing this host no longer caches cannot be named:
+    /// they go with the kernel's entry timeout.)
     pub fn invalidate_all(&mut self, now: Instant) {
         self.now = now;
         self.invalidate_everything = true;
@@ -2957,6 +2959,15 @@ impl Core {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let Some(up) = inode.data.upload else { return };
         if inode.version_stale {
+            if self.config.multi_host {
+                // Another host changed the row (its reload is on its way): commit once it is
+                // here, as after a conflict.
+                inode.data.recommit = Some(object);
+                if !self.refreshing.contains(&ino) {
+                    self.refresh(ino);
+                }
+                return;
+            }
             let e = IoError::new(IoErrorKind::Conflict, "inode version being reloaded");
             self.upload_failed(ino, &e);
             return;

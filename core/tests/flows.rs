@@ -1289,3 +1289,30 @@ fn a_failed_write_does_not_make_a_version_of_its_own() {
     assert_eq!(b.call(Op::Flush { ino, fh: bfh, lock_owner: 2 }), Ok(Reply::Empty));
     assert_eq!(stored(&b.store, ino), b"AAAAAAAA", "B changed nothing: A's version stays");
 }
+
+/// Regression (`--hosts 3 --seed 1697 --steps 400`): another host changed a file's row (a read
+/// there stored its atime) while this host uploaded the file; the upload finished while the row
+/// was being read again, and the fsync failed with EIO ("inode version being reloaded"). The
+/// commit now waits for the row and runs on it.
+#[test]
+fn an_upload_that_finishes_while_the_row_is_read_again_commits_on_it() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    a.call(Op::Release { ino, fh: afh, lock_owner: None }).unwrap();
+    b.write(ino, bfh, 0, b"BB");
+    let fsync = b.send(Op::Fsync { ino, fh: bfh, datasync: false });
+    b.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    let (put, req) = b.ios.pop_front().expect("the upload");
+    let uploaded = b.store.execute(&req);
+    // Meanwhile A changes the row, and B hears of it.
+    share(&mut a, &b);
+    let set = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+    assert!(matches!(a.call(Op::SetAttr { ino, fh: None, set }), Ok(Reply::Attr(_))));
+    share(&mut b, &a);
+    b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
+    b.collect();
+    b.core.handle_completion(b.now, put, uploaded);
+    b.settle();
+    assert_eq!(b.replies.remove(&fsync), Some(Ok(Reply::Empty)));
+    assert_eq!(stored(&b.store, ino), b"BBse");
+    assert_eq!(b.store.inodes[&ino].perm & 0o777, 0o600, "A's change stays");
+}
