@@ -579,6 +579,10 @@ pub struct LockService {
     leases: Mutex<std::collections::BTreeMap<Ino, u64>>,
     /// Uploads waiting for another host's lease, by inode.
     lease_waits: Mutex<std::collections::BTreeMap<Ino, LeaseWait>>,
+    /// The highest fencing token this host knows was used (the store's highest fence at the
+    /// mount or after a refusal, and every lease token it took): a new token is always above
+    /// it, even from a counter that went with the coordination server's data.
+    floor: std::sync::atomic::AtomicU64,
 }
 
 /// An upload waiting for the lease of another host.
@@ -639,6 +643,7 @@ impl LockService {
             lock_tokens: Mutex::new(Default::default()),
             leases: Mutex::new(Default::default()),
             lease_waits: Mutex::new(Default::default()),
+            floor: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -750,7 +755,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Takes the lease KEYS[1] for host ARGV[1] for ARGV[2] ms with the next token of the counter
 /// KEYS[2], unless another host holds it (a lease of this host's own is stale: one upload per
-/// file runs at a time here, and it holds none). Returns `{token, "", 0}` when taken, else
+/// file runs at a time here, and it holds none). The token is above ARGV[3], the highest this
+/// host knows was used (the counter is raised past it when it is lower: the server lost its
+/// data since). Returns `{token, "", 0}` when taken, else
 /// `{0, "<token> <holder>", pttl}`.
 const TAKE_LEASE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -763,6 +770,11 @@ if cur then
   end
 end
 local token = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
 redis.call('SET', KEYS[1], string.format('%d', token) .. ' ' .. ARGV[1], 'PX', ARGV[2])
 return {token, '', 0}
 "#;
@@ -826,10 +838,12 @@ impl LockService {
                     .key(self.fence_key())
                     .arg(&self.host)
                     .arg(LEASE_TTL.as_millis() as u64)
+                    .arg(self.floor.load(std::sync::atomic::Ordering::Relaxed))
                     .invoke(c)
             });
             match answer {
                 Ok((token, _, _)) if token > 0 => {
+                    self.floor.fetch_max(token, std::sync::atomic::Ordering::Relaxed);
                     lock(&self.leases).insert(ino, token);
                     break Ok(UploadLease { ino, token });
                 }
@@ -910,6 +924,7 @@ impl LockService {
     /// would otherwise start again below the fences of the rows, and every upload of those
     /// files would be refused.
     pub fn raise_fence(&self, floor: u64) -> Result<(), String> {
+        self.floor.fetch_max(floor, std::sync::atomic::Ordering::Relaxed);
         if floor == 0 {
             return Ok(());
         }

@@ -293,28 +293,27 @@ impl RedisServer {
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
             let tmp = tempfile::Builder::new().prefix("ays-redis-").tempdir().expect("tempdir");
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(tmp.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let up = eventually(Duration::from_secs(5), || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return true; // exited: the port was taken; try another
-                }
-                redis_ping(port)
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
+            if let Some(child) = spawn_redis(port, tmp.path()) {
                 return RedisServer { child, port, _tmp: tmp };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("could not start redis-server on a free port");
+    }
+
+    /// Kills the server and starts a new one, empty, on the same port after `down` (as a Redis
+    /// without persistence does when it restarts: every key and subscription is gone).
+    pub fn restart_empty(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        for _ in 0..50 {
+            if let Some(child) = spawn_redis(self.port, self._tmp.path()) {
+                self.child = child;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not start redis-server again on port {}", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -334,6 +333,32 @@ impl RedisServer {
     pub fn cli_text(&self, args: &[&str]) -> String {
         String::from_utf8_lossy(&self.cli(args)).into_owned()
     }
+}
+
+/// Starts `redis-server` on `port` (no persistence); `None` if it did not come up (the port
+/// was taken).
+fn spawn_redis(port: u16, dir: &Path) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let up = eventually(Duration::from_secs(5), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true; // exited: the port was taken
+        }
+        redis_ping(port)
+    });
+    if up && matches!(child.try_wait(), Ok(None)) {
+        return Some(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 fn redis_ping(port: u16) -> bool {

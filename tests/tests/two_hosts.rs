@@ -344,3 +344,62 @@ fn an_upload_waits_for_another_hosts_lease() {
     h.a.unmount_ok();
     h.b.unmount_ok();
 }
+
+/// Redis restarted, empty, while both hosts run: what one host changed while it was down (a new
+/// version of a file B has cached, a new name) reaches B once it is back. B's subscription
+/// missed whatever was published in the gap, so B drops every cached copy of the shared state
+/// when it subscribes again, and A publishes its changes again until they go through; A's
+/// upload, refused a lease while Redis was down, is retried, and goes through although the
+/// fencing counter went with Redis's data. Without the resync B would keep the first version
+/// and the old listing for as long as it runs.
+#[test]
+fn changes_made_while_redis_restarts_reach_the_other_host() {
+    let mut h = two_hosts();
+    let names = |m: &Mount| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let v1 = pseudo_random_bytes(7, 200_000);
+    fs::write(h.a.path("f"), &v1).unwrap();
+    assert_bytes_eq(&read(&h.b.path("f")), &v1, "the first version on B");
+    assert_eq!(names(&h.b), ["f"]);
+    let ino = fs::metadata(h.a.path("f")).unwrap().ino();
+    let fence_before = fence_of(&h.db, ino);
+
+    // Down for a while; A changes things meanwhile, then it comes back with no keys at all.
+    let v2 = pseudo_random_bytes(8, 150_000);
+    let changes = {
+        let (f, d, v2) = (h.a.path("f"), h.a.path("d"), v2.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            // The close is answered once the version is sealed on A (its upload, which needs a
+            // lease, is retried later).
+            fs::write(f, v2).unwrap();
+            fs::create_dir(d).unwrap();
+        })
+    };
+    h.redis.restart_empty(Duration::from_secs(3));
+    changes.join().unwrap();
+    assert_eq!(h.redis.cli_text(&["EXISTS", "test:fence"]), "0", "Redis came back with its data");
+
+    eventually_within("A's new name and version on B", Duration::from_secs(30), || {
+        names(&h.b) == ["d", "f"] && fs::read(h.b.path("f")).ok().as_deref() == Some(&v2[..])
+    });
+    let log = fs::read_to_string(h.b.log_path()).unwrap();
+    assert!(log.contains("subscribed again; dropping every cached copy"), "B did not resync:\n{}", h.b.log_tail());
+    let fence_after = fence_of(&h.db, ino);
+    assert!(
+        fence_after > fence_before,
+        "A's second version was not committed under a new lease: fence {fence_before} then {fence_after}\nA's log:\n{}",
+        h.a.log_tail()
+    );
+
+    // Leases and invalidations work as before: a third version, closed on B, is read whole on A.
+    let v3 = pseudo_random_bytes(9, 100_000);
+    fs::write(h.b.path("f"), &v3).unwrap();
+    assert_bytes_eq(&read(&h.a.path("f")), &v3, "B's third version on A");
+
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
