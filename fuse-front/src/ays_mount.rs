@@ -14,6 +14,7 @@
 
 mod config;
 mod fs;
+mod passthrough;
 
 use config::{ClientConfig, Mount};
 use fuser::MountOption;
@@ -183,6 +184,7 @@ impl State {
         if !writable {
             options.push(MountOption::RO);
         }
+        replies.set_mount(&mount);
         let fsys = fs::AysFs::new(mount.clone(), replies.clone());
         let mut session = fuser::Session::new(fsys, &m.path, &options).map_err(|e| format!("{what}: cannot mount: {e}"))?;
         replies.set_notifier(session.notifier());

@@ -672,3 +672,65 @@ url = "{}"
     assert!(c.log_text().contains("damaged on disk"), "{}", c.log_tail());
     tree.assert_matches(&root);
 }
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Where the kernel offers FUSE passthrough (Linux 6.9 or later, the mount process as root),
+/// open files are read by the kernel straight from the blob cache: several opens of one file
+/// at once share one backing file, and reads, positioned reads and `mmap` all return the
+/// verified bytes; opens after the last close work again. Elsewhere the same reads go through
+/// the mount process.
+#[test]
+fn open_files_are_read_straight_from_the_blob_cache_where_the_kernel_allows() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let redis_local = RedisServer::start();
+    let tree = sample_tree();
+    tree.seed_redis(redis_local.port, "t|pt(1.0)", "");
+    let mut c = AysClient::new();
+    c.write_config(&config_local(redis_local.port, "", &mount_files("pt", "t|pt(1.0)", "")));
+    let root = c.path("pt");
+    c.start(&[&root]);
+    let big = data(2, 3 * 1024 * 1024 + 7);
+    let tool = data(1, 300_000);
+
+    for round in 0..2 {
+        let f1 = fs::File::open(root.join("lib/big.bin")).unwrap();
+        let mut f2 = fs::File::open(root.join("lib/big.bin")).unwrap();
+        let f3 = fs::File::open(root.join("bin/tool")).unwrap();
+        let mut whole = Vec::new();
+        f2.read_to_end(&mut whole).unwrap();
+        assert!(whole == big, "round {round}: the second handle read other bytes");
+        let mut part = vec![0u8; 65_536];
+        f1.read_exact_at(&mut part, 1_000_003).unwrap();
+        assert!(part[..] == big[1_000_003..1_065_539], "round {round}: a positioned read");
+        let mut t = vec![0u8; tool.len()];
+        f3.read_exact_at(&mut t, 0).unwrap();
+        assert!(t == tool, "round {round}: another file open beside it");
+        // SAFETY: a private read-only mapping of an open file, unmapped below; the slice is
+        // used only while mapped.
+        unsafe {
+            let len = big.len();
+            let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f1.as_raw_fd(), 0);
+            assert_ne!(p, libc::MAP_FAILED, "round {round}: mmap: {}", std::io::Error::last_os_error());
+            let mapped = std::slice::from_raw_parts(p as *const u8, len);
+            assert!(mapped == &big[..], "round {round}: the mapping shows other bytes");
+            libc::munmap(p, len);
+        }
+    }
+    tree.assert_matches(&root);
+    let log = c.log_text();
+    if kernel_at_least(6, 9) && unsafe { libc::geteuid() } == 0 {
+        assert!(log.contains("passthrough: the kernel reads open files straight from the blob cache"), "{}", c.log_tail());
+        assert!(!log.contains("refused a passthrough"), "{}", c.log_tail());
+    }
+    let st = c.signal_and_wait(libc::SIGTERM).expect("exits on SIGTERM");
+    assert!(st.success(), "{st}: {}", c.log_tail());
+}

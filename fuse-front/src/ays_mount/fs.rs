@@ -8,9 +8,12 @@ use fuser::{
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use super::passthrough::{Modes, Plan};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 use truckeefs_core::{Attr, Ctx, FileKind, KernelNotice, Op, Reply, RequestId, SetAttr, SetTime, Timespec};
 use truckeefs_runtime_smol::ays::client::AysMount;
@@ -23,6 +26,8 @@ enum Pending {
     Write(ReplyWrite),
     Empty(ReplyEmpty),
     Open(ReplyOpen),
+    /// The open of a file (not a directory): may be answered with a passthrough.
+    OpenFile(ReplyOpen, u64),
     Create(ReplyCreate),
     Dir(ReplyDirectory),
     DirPlus(ReplyDirectoryPlus),
@@ -38,7 +43,7 @@ impl Pending {
             Pending::Data(r) => r.error(errno),
             Pending::Write(r) => r.error(errno),
             Pending::Empty(r) => r.error(errno),
-            Pending::Open(r) => r.error(errno),
+            Pending::Open(r) | Pending::OpenFile(r, _) => r.error(errno),
             Pending::Create(r) => r.error(errno),
             Pending::Dir(r) => r.error(errno),
             Pending::DirPlus(r) => r.error(errno),
@@ -49,19 +54,111 @@ impl Pending {
 }
 
 /// Reply objects by request id, shared by the fuser thread and the driver.
+///
+/// **Passthrough.** Where the kernel allows it (Linux 6.9 or later, the mount process holding
+/// CAP_SYS_ADMIN), a file opened for reading is answered with its blob cache file as the
+/// backing file (`FOPEN_PASSTHROUGH`): the kernel then reads the blob itself, and reads and
+/// their copies never pass through this process. The blob was verified against its md5 before
+/// the open was answered (the core opens it only then), so nothing unverified is served either
+/// way. Files of the debug overlay are never passed through. Where the kernel refuses, the first
+/// refusal is logged and every open after it is served through the process as before.
 pub struct AysReplies {
     pending: Mutex<HashMap<u64, Pending>>,
     ttl: Duration,
     notifier: OnceLock<fuser::Notifier>,
+    /// The mount, to find the blob file of a handle (weak: the mount owns the sink that owns this).
+    mount: OnceLock<Weak<AysMount>>,
+    /// Passthrough asked for at init and not refused yet.
+    passthrough: AtomicBool,
+    /// A passthrough was answered (logged once).
+    passthrough_seen: AtomicBool,
+    /// How each open file is read, with the backing files registered with the kernel.
+    modes: Mutex<Modes<fuser::BackingId>>,
 }
 
 impl AysReplies {
     pub fn new(ttl: Duration) -> Arc<AysReplies> {
-        Arc::new(AysReplies { pending: Mutex::new(HashMap::new()), ttl, notifier: OnceLock::new() })
+        Arc::new(AysReplies {
+            pending: Mutex::new(HashMap::new()),
+            ttl,
+            notifier: OnceLock::new(),
+            mount: OnceLock::new(),
+            passthrough: AtomicBool::new(false),
+            passthrough_seen: AtomicBool::new(false),
+            modes: Mutex::new(Modes::default()),
+        })
     }
 
     pub fn set_notifier(&self, n: fuser::Notifier) {
         let _ = self.notifier.set(n);
+    }
+
+    pub fn set_mount(&self, m: &Arc<AysMount>) {
+        let _ = self.mount.set(Arc::downgrade(m));
+    }
+
+    /// Answers the open of handle `fh` of `ino`: by passthrough of its blob file if possible
+    /// (see [`Modes`]), else through this process.
+    fn open_file(&self, r: ReplyOpen, fh: u64, ino: u64, keep_cache: bool) {
+        use fuser::consts::{FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE};
+        let cached_flags = if keep_cache { FOPEN_KEEP_CACHE } else { 0 };
+        let file = if keep_cache && self.passthrough.load(Ordering::Relaxed) {
+            self.mount.get().and_then(Weak::upgrade).and_then(|m| m.blob_file(fh))
+        } else {
+            None
+        };
+        let file = file.and_then(|f| f.metadata().ok().map(|m| ((m.dev(), m.ino()), f)));
+        let key = file.as_ref().map(|(k, _)| *k);
+        let mut modes = self.modes.lock().unwrap_or_else(|e| e.into_inner());
+        enum Then {
+            Passed(Option<fuser::BackingId>),
+            Cached,
+            Nothing,
+        }
+        let then = match (modes.plan(ino, key), &file) {
+            (Plan::Share(id), _) => {
+                r.opened_passthrough(fh, 0, id);
+                Then::Passed(None)
+            }
+            (Plan::Direct, _) => {
+                r.opened(fh, FOPEN_DIRECT_IO);
+                Then::Nothing
+            }
+            (Plan::Register, Some((_, f))) => match r.open_backing(&**f) {
+                Ok(id) => {
+                    r.opened_passthrough(fh, 0, &id);
+                    if !self.passthrough_seen.swap(true, Ordering::Relaxed) {
+                        tracing::info!("passthrough: the kernel reads open files straight from the blob cache");
+                    }
+                    Then::Passed(Some(id))
+                }
+                Err(e) => {
+                    if self.passthrough.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            error = %e,
+                            "the kernel refused a passthrough file (it needs Linux 6.9 or later and CAP_SYS_ADMIN); reads are served through the mount process"
+                        );
+                    }
+                    r.opened(fh, cached_flags);
+                    Then::Cached
+                }
+            },
+            (Plan::Cached | Plan::Register, _) => {
+                r.opened(fh, cached_flags);
+                Then::Cached
+            }
+        };
+        match (then, key) {
+            (Then::Passed(id), Some(key)) => modes.passed_through(fh, ino, key, id),
+            (Then::Cached, _) => modes.cached(fh, ino),
+            _ => {}
+        }
+    }
+
+    /// The kernel released handle `fh`: the inode's backing file goes with its last handle.
+    fn released(&self, fh: u64) {
+        let gone = self.modes.lock().unwrap_or_else(|e| e.into_inner()).released(fh);
+        drop(gone);
     }
 }
 
@@ -72,7 +169,7 @@ impl Sink for AysSink {
     fn reply(&self, id: RequestId, result: Result<Reply, i32>) {
         let p = self.0.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id.0);
         match p {
-            Some(p) => answer(p, result, self.0.ttl),
+            Some(p) => answer(&self.0, p, result),
             None => tracing::error!(?id, "reply for an unknown request"),
         }
     }
@@ -93,7 +190,8 @@ impl Sink for AysSink {
     }
 }
 
-fn answer(p: Pending, result: Result<Reply, i32>, ttl: Duration) {
+fn answer(replies: &AysReplies, p: Pending, result: Result<Reply, i32>) {
+    let ttl = replies.ttl;
     let reply = match result {
         Ok(r) => r,
         Err(errno) => return p.error(errno),
@@ -107,6 +205,8 @@ fn answer(p: Pending, result: Result<Reply, i32>, ttl: Duration) {
         (Pending::Open(r), Reply::Opened { fh, keep_cache }) => {
             r.opened(fh, if keep_cache { fuser::consts::FOPEN_KEEP_CACHE } else { 0 })
         }
+        // A file: passed through where it is kept in cache (read-only, outside the debug overlay).
+        (Pending::OpenFile(r, ino), Reply::Opened { fh, keep_cache }) => replies.open_file(r, fh, ino, keep_cache),
         (Pending::Create(r), Reply::Created { attr, fh }) => r.created(&ttl, &file_attr(&attr), 0, fh, 0),
         (Pending::Dir(mut r), Reply::Dir(entries)) => {
             for e in entries {
@@ -232,6 +332,10 @@ impl Filesystem for AysFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_max_write(1 << 20);
+        // Passthrough needs a stacking depth of at least 1 (this mount cannot then sit below
+        // another stacked filesystem, such as overlayfs, more than once).
+        let passthrough = config.add_capabilities(FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+        self.replies.passthrough.store(passthrough, Ordering::Relaxed);
         Ok(())
     }
 
@@ -306,7 +410,7 @@ impl Filesystem for AysFs {
     }
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        self.send(req, Op::Open { ino, flags }, Pending::Open(reply));
+        self.send(req, Op::Open { ino, flags }, Pending::OpenFile(reply, ino));
     }
 
     fn read(
@@ -359,6 +463,7 @@ impl Filesystem for AysFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.replies.released(fh);
         self.send(req, Op::Release { ino, fh, lock_owner }, Pending::Empty(reply));
     }
 

@@ -205,6 +205,15 @@ impl AysMount {
         Ok(())
     }
 
+    /// The blob cache file behind open handle `fh` (a file opened for reading, not a scratch
+    /// copy being written), for the kernel to read from directly (FUSE passthrough).
+    pub fn blob_file(&self, fh: u64) -> Option<Arc<File>> {
+        match self.shared.handles().get(&fh) {
+            Some(OpenFile::Blob(f)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
     pub fn shutdown(mut self) {
         self.stop();
     }
