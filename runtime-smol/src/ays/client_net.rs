@@ -1,6 +1,6 @@
 //! The aysfs client's network effects: Redis pipelines (`redis`, pooled connections with
-//! timeouts) and HTTP requests (`isahc`, basic auth, timeouts), with bodies streamed into the
-//! blob cache while their md5 is computed.
+//! timeouts) and HTTP requests (`isahc`; blob GETs on libcurl's easy interface; basic auth,
+//! timeouts), with blob bodies streamed into the blob cache while their md5 is computed.
 
 use super::blobs::{BlobCache, BlobWriter};
 use crate::ays::proto::{self, FetchMode};
@@ -204,7 +204,8 @@ fn with_auth(t: &HttpTarget, b: isahc::http::request::Builder) -> isahc::http::r
     }
 }
 
-/// Performs one route on `t`. With `into_blob`, a 200 body is streamed into the blob cache.
+/// Performs one route on `t`. With `into_blob` (a GET of a blob), a 200 body is streamed into the
+/// blob cache (see [`fetch_blob`]).
 pub fn run_http(
     client: &HttpClient,
     t: &HttpTarget,
@@ -215,6 +216,9 @@ pub fn run_http(
 ) -> Result<HttpAnswer, String> {
     let (url, put) = route_url(t, route, grid);
     let shown = proto::redact_url(&url);
+    if !put && into_blob.is_some() {
+        return fetch_blob(t, &url, &shown, into_blob, blobs);
+    }
     let request = if put {
         let body = match route {
             Route::PutStoreMd { body, .. } => Body::from(body.to_vec()),
@@ -233,13 +237,6 @@ pub fn run_http(
     .map_err(|e| format!("{shown}: bad URL: {e}"))?;
     let mut resp = client.send(request).map_err(|e| format!("{shown}: {e}"))?;
     let status = resp.status().as_u16();
-    if status == 200 && into_blob.is_some() {
-        let w = blobs.writer().map_err(|e| format!("blob cache: {e}"))?;
-        let declared = resp.body().len();
-        let w = receive(resp.body_mut(), declared, w, &shown)?;
-        let stored = blobs.install(w, into_blob).map_err(|e| format!("blob cache: {e}"))?;
-        return Ok(HttpAnswer { status, body: Bytes::new(), stored: Some(stored) });
-    }
     let mut body = Vec::new();
     resp.body_mut().take(JSON_MAX + 1).read_to_end(&mut body).map_err(|e| format!("{shown}: {e}"))?;
     if body.len() as u64 > JSON_MAX {
@@ -248,72 +245,207 @@ pub fn run_http(
     Ok(HttpAnswer { status, body: Bytes::from(body), stored: None })
 }
 
-/// Streams a blob body into `w`: the network is read on this thread while another hashes and
-/// writes what came before (one MiB at a time), so the md5 costs no extra time. A body declared
-/// no larger than one chunk is received and hashed on this thread (a thread would cost more).
-/// The chunk buffers go back and forth between the two threads (at most `IN_FLIGHT + 2` of
-/// them), so no chunk is allocated, zeroed and faulted in anew.
-fn receive(body: &mut impl Read, declared: Option<u64>, mut w: BlobWriter, shown: &str) -> Result<BlobWriter, String> {
-    const CHUNK: usize = 1 << 20;
-    if let Some(n) = declared.filter(|n| *n <= CHUNK as u64) {
-        let mut buf = Vec::with_capacity(n as usize);
-        body.take(CHUNK as u64 + 1).read_to_end(&mut buf).map_err(|e| format!("{shown}: {e}"))?;
-        w.write_all(&buf).map_err(|e| format!("blob cache: {e}"))?;
-        return Ok(w);
+/// Receives a blob body into a [`BlobWriter`]: the first MiB is kept here; a body longer than
+/// that goes to a second thread that hashes and writes one MiB chunk while the next is received,
+/// so the md5 costs no extra time (a small body is hashed on the receiving thread: a thread
+/// would cost more). The chunk buffers go back and forth between the two threads (at most
+/// `IN_FLIGHT + 2` of them), so no chunk is allocated, zeroed and faulted in anew.
+struct ChunkSink {
+    /// The writer, until the thread takes it.
+    w: Option<BlobWriter>,
+    buf: Vec<u8>,
+    total: u64,
+    thread: Option<SinkThread>,
+}
+
+struct SinkThread {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    back_rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    writer: std::thread::JoinHandle<Result<BlobWriter, String>>,
+}
+
+const CHUNK: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+
+impl ChunkSink {
+    fn new(w: BlobWriter) -> ChunkSink {
+        ChunkSink { w: Some(w), buf: Vec::with_capacity(CHUNK), total: 0, thread: None }
     }
-    const IN_FLIGHT: usize = 4;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let writer = std::thread::Builder::new()
-        .name("ays-blob-write".into())
-        .spawn(move || -> Result<BlobWriter, String> {
-            let mut w = w;
-            for chunk in rx {
-                w.write_all(&chunk).map_err(|e| format!("blob cache: {e}"))?;
-                // The receiver may be gone (it failed); the buffer is then dropped here.
-                let _ = back_tx.send(chunk);
+
+    fn push(&mut self, mut data: &[u8]) -> Result<(), String> {
+        self.total += data.len() as u64;
+        if self.total > BLOB_MAX {
+            return Err(format!("blob larger than {BLOB_MAX} bytes"));
+        }
+        while !data.is_empty() {
+            if self.buf.len() == CHUNK {
+                self.hand_over()?;
             }
-            Ok(w)
-        })
-        .map_err(|e| format!("blob cache: {e}"))?;
-    let mut total = 0u64;
-    let mut failed = None;
-    loop {
-        let mut buf = back_rx.try_recv().unwrap_or_default();
-        // Only a new buffer is zeroed (once); a returned one keeps its length of CHUNK.
-        buf.resize(CHUNK, 0);
-        let mut filled = 0;
-        // Fill a whole chunk (or reach the end) before handing it over.
-        while filled < CHUNK {
-            match body.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failed = Some(format!("{shown}: {e}"));
-                    break;
+            let n = (CHUNK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Hands the full buffer to the writer thread (started on the first call) and takes an
+    /// empty one back.
+    fn hand_over(&mut self) -> Result<(), String> {
+        if self.thread.is_none() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+            let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let mut w = self.w.take().ok_or("blob cache: writer gone")?;
+            let writer = std::thread::Builder::new()
+                .name("ays-blob-write".into())
+                .spawn(move || -> Result<BlobWriter, String> {
+                    for mut chunk in rx {
+                        w.write_all(&chunk).map_err(|e| format!("blob cache: {e}"))?;
+                        chunk.clear();
+                        // The receiver may be gone (it failed); the buffer is then dropped here.
+                        let _ = back_tx.send(chunk);
+                    }
+                    Ok(w)
+                })
+                .map_err(|e| format!("blob cache: {e}"))?;
+            self.thread = Some(SinkThread { tx, back_rx, writer });
+        }
+        let t = self.thread.as_ref().ok_or("blob cache: writer thread gone")?;
+        let next = t.back_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        if t.tx.send(full).is_err() {
+            // The thread failed: its error comes with `finish`.
+            return self.stop().and(Err("blob cache: writer thread stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), String> {
+        if let Some(t) = self.thread.take() {
+            drop(t.tx);
+            let w = t.writer.join().map_err(|_| "blob cache: writer thread panicked".to_string())??;
+            self.w = Some(w);
+        }
+        Ok(())
+    }
+
+    /// Everything received: the writer, with every byte written.
+    fn finish(mut self) -> Result<BlobWriter, String> {
+        if !self.buf.is_empty() && self.thread.is_some() {
+            self.hand_over()?;
+        }
+        self.stop()?;
+        let mut w = self.w.take().ok_or("blob cache: writer gone")?;
+        if !self.buf.is_empty() {
+            w.write_all(&self.buf).map_err(|e| format!("blob cache: {e}"))?;
+        }
+        Ok(w)
+    }
+}
+
+/// A blob GET on libcurl's easy interface, on the calling thread: the body goes from curl's
+/// receive buffer straight into the blob writer (isahc would pass it through its agent thread
+/// and a pipe first, two more copies and hand-offs per byte). One handle per thread keeps its
+/// connections alive between blobs. Answers as [`run_http`] does.
+fn fetch_blob(t: &HttpTarget, url: &str, shown: &str, expected: Option<Md5>, blobs: &BlobCache) -> Result<HttpAnswer, String> {
+    thread_local! {
+        static EASY: std::cell::RefCell<Option<curl::easy::Easy>> = const { std::cell::RefCell::new(None) };
+    }
+    EASY.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let easy = slot.get_or_insert_with(curl::easy::Easy::new);
+        let result = fetch_with(easy, t, url, shown, expected, blobs);
+        if result.is_err() {
+            // A failed transfer's connection is not reused.
+            *slot = None;
+        }
+        result
+    })
+}
+
+fn fetch_with(
+    easy: &mut curl::easy::Easy,
+    t: &HttpTarget,
+    url: &str,
+    shown: &str,
+    expected: Option<Md5>,
+    blobs: &BlobCache,
+) -> Result<HttpAnswer, String> {
+    let fail = |e: curl::Error| format!("{shown}: {}", e.description());
+    easy.reset();
+    easy.signal(false).map_err(fail)?;
+    easy.url(url).map_err(fail)?;
+    easy.get(true).map_err(fail)?;
+    easy.follow_location(false).map_err(fail)?;
+    easy.connect_timeout(CONNECT_TIMEOUT).map_err(fail)?;
+    easy.low_speed_limit(1024).map_err(fail)?;
+    easy.low_speed_time(STALL_TIMEOUT).map_err(fail)?;
+    if !(t.login.is_empty() && t.password.is_empty()) {
+        let mut auth = curl::easy::Auth::new();
+        auth.basic(true);
+        easy.http_auth(&auth).map_err(fail)?;
+        easy.username(&t.login).map_err(fail)?;
+        easy.password(&t.password).map_err(fail)?;
+    }
+    let status = std::cell::Cell::new(0u16);
+    let mut small = Vec::new();
+    let mut sink: Option<ChunkSink> = None;
+    let mut failed: Option<String> = None;
+    let performed = {
+        let mut transfer = easy.transfer();
+        transfer
+            .header_function(|h| {
+                // A status line starts each response (and each interim one).
+                if let Some(code) = h.strip_prefix(b"HTTP/").and_then(|r| r.split(|b| *b == b' ').nth(1)) {
+                    status.set(std::str::from_utf8(code).ok().and_then(|c| c.parse().ok()).unwrap_or(0));
                 }
-            }
-        }
-        total += filled as u64;
-        if total > BLOB_MAX {
-            failed = Some(format!("{shown}: blob larger than {BLOB_MAX} bytes"));
-        }
-        if failed.is_some() || filled == 0 {
-            break;
-        }
-        buf.truncate(filled);
-        let last = filled < CHUNK;
-        if tx.send(buf).is_err() || last {
-            break;
-        }
+                true
+            })
+            .map_err(fail)?;
+        transfer
+            .write_function(|data| {
+                let pushed = if status.get() == 200 {
+                    if sink.is_none() {
+                        match blobs.writer() {
+                            Ok(w) => sink = Some(ChunkSink::new(w)),
+                            Err(e) => {
+                                failed = Some(format!("blob cache: {e}"));
+                                return Ok(0);
+                            }
+                        }
+                    }
+                    sink.as_mut().map_or(Ok(()), |s| s.push(data).map_err(|e| format!("{shown}: {e}")))
+                } else if small.len() + data.len() > JSON_MAX as usize {
+                    Err(format!("{shown}: answer larger than {JSON_MAX} bytes"))
+                } else {
+                    small.extend_from_slice(data);
+                    Ok(())
+                };
+                match pushed {
+                    Ok(()) => Ok(data.len()),
+                    Err(e) => {
+                        failed = Some(e);
+                        // Fewer bytes than given: libcurl ends the transfer with an error.
+                        Ok(0)
+                    }
+                }
+            })
+            .map_err(fail)?;
+        transfer.perform()
+    };
+    if let Some(e) = failed {
+        return Err(e);
     }
-    drop(tx);
-    let w = writer.join().map_err(|_| "blob cache: writer thread panicked".to_string())??;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(w),
+    performed.map_err(fail)?;
+    let status = easy.response_code().map_err(fail)? as u16;
+    if status == 200 {
+        let w = match sink {
+            Some(s) => s.finish()?,
+            None => blobs.writer().map_err(|e| format!("blob cache: {e}"))?,
+        };
+        let stored = blobs.install(w, expected).map_err(|e| format!("blob cache: {e}"))?;
+        return Ok(HttpAnswer { status, body: Bytes::new(), stored: Some(stored) });
     }
+    Ok(HttpAnswer { status, body: Bytes::from(small), stored: None })
 }
 
 /// POSTs a JSON body; `Ok(status)`.
@@ -327,4 +459,29 @@ pub fn post_json(client: &HttpClient, t: &HttpTarget, url: &str, body: &serde_js
     let mut sink = Vec::new();
     let _ = resp.body_mut().take(1 << 16).read_to_end(&mut sink);
     Ok(resp.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use md5::Digest;
+
+    /// Bodies of every size around the chunk size, pushed in uneven pieces, arrive whole.
+    #[test]
+    fn a_chunk_sink_writes_every_byte_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = BlobCache::open(d.path(), 1 << 30).unwrap();
+        for (i, len) in [0, 1, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12_345].into_iter().enumerate() {
+            let body: Vec<u8> = (0..len).map(|j| (j * 31 + i * 7 + j / 997) as u8).collect();
+            let mut sink = ChunkSink::new(blobs.writer().unwrap());
+            for piece in body.chunks(16_411 + i * 1000) {
+                sink.push(piece).unwrap();
+            }
+            let w = sink.finish().unwrap();
+            let want = Md5(md5::Md5::digest(&body).into());
+            let (md5, got_len) = blobs.install(w, Some(want)).unwrap();
+            assert_eq!((md5, got_len), (want, len as u64), "body of {len} bytes");
+            assert!(blobs.read_all(md5).unwrap() == body, "body of {len} bytes");
+        }
+    }
 }
