@@ -249,10 +249,14 @@ pub(crate) fn open(
     cache_dir: &Path,
 ) -> Result<(MetaStore, ObjectStore), crate::StartError> {
     use crate::StartError;
+    let shared = backends.coordination.is_some();
     let meta = match backends.meta {
         MetaBackend::Embedded => MetaStore::Sqlite(SqliteMeta::open(&data_dir.join("meta.sqlite"))?),
         MetaBackend::Mysql(config) => {
-            MetaStore::Mysql(MysqlMeta::open(&config).map_err(|e| StartError::Backend(e.to_string()))?)
+            let mut meta = MysqlMeta::open(&config).map_err(|e| StartError::Backend(e.to_string()))?;
+            // Hosts without a coordination server take turns (see `meta_presence`).
+            meta.claim(&config, shared).map_err(StartError::Backend)?;
+            MetaStore::Mysql(meta)
         }
     };
     let store = match backends.store {

@@ -17,6 +17,7 @@ pub mod block_cache;
 pub mod coord;
 pub mod driver;
 pub mod meta_mysql;
+pub mod meta_presence;
 pub mod meta_sqlite;
 mod mirror;
 pub mod objects;

@@ -220,6 +220,8 @@ pub struct MysqlMeta {
     jobs: Option<mpsc::Sender<Job>>,
     replies: mpsc::Receiver<Result<JobReply, IoError>>,
     thread: Option<JoinHandle<()>>,
+    /// This host's claim on the database, when it mounts it ([`MysqlMeta::claim`]).
+    claim: Option<crate::meta_presence::Claim>,
 }
 
 impl fmt::Debug for MysqlMeta {
@@ -246,7 +248,7 @@ impl MysqlMeta {
                 message: format!("cannot start the metadata thread: {e}"),
             })?;
         match open_rx.recv() {
-            Ok(Ok(())) => Ok(MysqlMeta { server, jobs: Some(job_tx), replies: reply_rx, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(MysqlMeta { server, jobs: Some(job_tx), replies: reply_rx, thread: Some(thread), claim: None }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -259,6 +261,14 @@ impl MysqlMeta {
     }
 
     /// The server as errors name it (`host:port/db`).
+    /// Claims the database for this host until the store is dropped: `shared` when the host
+    /// coordinates with others through Redis; without, it must be the only host (see
+    /// [`crate::meta_presence`]). The error, one line naming the server, says who is in the way.
+    pub fn claim(&mut self, config: &MysqlConfig, shared: bool) -> Result<(), String> {
+        self.claim = Some(crate::meta_presence::Claim::take(config, shared)?);
+        Ok(())
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }

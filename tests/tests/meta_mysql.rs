@@ -746,3 +746,37 @@ fn many_small_transactions() {
     );
     assert!(commits < Duration::from_secs(20), "{commits:?}");
 }
+
+/// Hosts without a coordination server take turns on a database; hosts with one share it. A
+/// claim goes when its store is dropped (an unmount) — and with the connection, so a killed host
+/// does not block the next.
+#[test]
+fn hosts_without_redis_take_turns_and_hosts_with_redis_share() {
+    let (cfg, mut solo) = fresh("claim");
+    solo.claim(&cfg, false).unwrap();
+    let open = || MysqlMeta::open(&cfg).unwrap_or_else(|e| panic!("open: {e}"));
+    let err = open().claim(&cfg, false).unwrap_err();
+    assert!(err.contains("another host is using this metadata store"), "{err}");
+    assert!(err.contains(&cfg.server()), "{err}");
+    assert_no_secret(&err, &cfg);
+    let err = open().claim(&cfg, true).unwrap_err();
+    assert!(err.contains("without redis_host"), "{err}");
+    drop(solo);
+
+    // Several hosts with Redis at once; then one without is refused until they are all gone.
+    let mut shared: Vec<MysqlMeta> = (0..3).map(|_| open()).collect();
+    for m in &mut shared {
+        m.claim(&cfg, true).unwrap();
+    }
+    let err = open().claim(&cfg, false).unwrap_err();
+    assert!(err.contains("another host is using this metadata store"), "{err}");
+    // The refused host let go of every slot it got: the others still share, a fourth joins.
+    let mut fourth = open();
+    fourth.claim(&cfg, true).unwrap();
+    shared.push(fourth);
+    drop(shared);
+    let mut last = open();
+    last.claim(&cfg, false).unwrap();
+    // The claim is what lets it run: the store itself still answers.
+    assert!(load(&mut last, ROOT_INO).is_some());
+}

@@ -403,3 +403,44 @@ fn changes_made_while_redis_restarts_reach_the_other_host() {
     h.a.unmount_ok();
     h.b.unmount_ok();
 }
+
+/// Without `redis_host`, hosts sharing one MariaDB database take turns: a second mount is refused
+/// with one line saying why while the first runs, and succeeds once it is unmounted. (Each would
+/// otherwise cache what the other changes for good, and delete the other's open-but-unlinked
+/// files when it starts.)
+#[test]
+fn without_redis_a_second_host_on_one_database_is_refused_until_the_first_unmounts() {
+    use std::ffi::OsStr;
+    let db = MariaDb::shared();
+    let grid = TahoeGrid::shared();
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("env.yaml");
+    fs::write(&path, production_yaml(grid, db, &db.unique_db_name("turns"))).unwrap();
+    let cfg = path.to_str().unwrap().to_string();
+    let (a_dirs, b_dirs) = (Storage::new(), Storage::new());
+    let a = Mount::with_dirs_args(&a_dirs.data_dir, &a_dirs.cache_dir, &["-c", &cfg]);
+    fs::write(a.path("f"), b"from A").unwrap();
+
+    let mnt = tempfile::tempdir().unwrap();
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("mount"),
+        OsStr::new("-c"),
+        OsStr::new(&cfg),
+        OsStr::new("--data-dir"),
+        b_dirs.data_dir.as_os_str(),
+        OsStr::new("--cache-dir"),
+        b_dirs.cache_dir.as_os_str(),
+        mnt.path().as_os_str(),
+    ];
+    let out = run_truckeefs(&args, Some(mnt.path()), Duration::from_secs(60));
+    assert!(!out.mounted, "a second host mounted the database beside a host without redis_host:\n{}", out.output);
+    let status = out.status.expect("the refused mount did not exit");
+    assert!(!status.success(), "{status}\n{}", out.output);
+    assert!(out.output.contains("another host is using this metadata store"), "{}", out.output);
+    assert!(!out.output.contains(db.password()), "{}", out.output);
+
+    a.unmount_ok();
+    let b = Mount::with_dirs_args(&b_dirs.data_dir, &b_dirs.cache_dir, &["-c", &cfg]);
+    assert_eq!(read(&b.path("f")), b"from A");
+    b.unmount_ok();
+}
