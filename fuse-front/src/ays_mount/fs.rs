@@ -8,7 +8,6 @@ use fuser::{
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use super::passthrough::{Modes, Plan};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,6 +17,8 @@ use std::time::{Duration, SystemTime};
 use truckeefs_core::{Attr, Ctx, FileKind, KernelNotice, Op, Reply, RequestId, SetAttr, SetTime, Timespec};
 use truckeefs_runtime_smol::ays::client::AysMount;
 use truckeefs_runtime_smol::Sink;
+
+use super::passthrough::{Modes, Plan};
 
 enum Pending {
     Entry(ReplyEntry),
