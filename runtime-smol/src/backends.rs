@@ -140,7 +140,10 @@ impl MetaStore {
     pub(crate) fn describe(&self) -> String {
         match self {
             MetaStore::Sqlite(_) => "embedded SQLite".into(),
-            MetaStore::Mysql(m) => format!("MySQL/MariaDB {}", m.server()),
+            MetaStore::Mysql(m) => match m.claim_text() {
+                Some(claim) => format!("MySQL/MariaDB {} (claimed: {claim})", m.server()),
+                None => format!("MySQL/MariaDB {}", m.server()),
+            },
         }
     }
 }

@@ -269,6 +269,11 @@ impl MysqlMeta {
         Ok(())
     }
 
+    /// For `status`: this host's claim on the database, if it holds one.
+    pub fn claim_text(&self) -> Option<&'static str> {
+        self.claim.as_ref().map(|c| c.describe())
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }

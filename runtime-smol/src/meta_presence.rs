@@ -106,6 +106,7 @@ async fn connect_and_take(config: &MysqlConfig, shared: bool) -> Result<Conn, St
 
 /// This host's claim on a metadata store: released when dropped (or when the process dies).
 pub struct Claim {
+    shared: bool,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -134,7 +135,16 @@ impl Claim {
             .name("truckeefs-mysql-claim".into())
             .spawn(move || keep(rt, config, shared, conn, stopped))
             .map_err(|e| format!("{server}: cannot start the claim's thread: {e}"))?;
-        Ok(Claim { stop: Some(stop), thread: Some(thread) })
+        Ok(Claim { shared, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// For `status`: what this host holds.
+    pub fn describe(&self) -> &'static str {
+        if self.shared {
+            "one host slot, shared with the hosts of redis_host"
+        } else {
+            "this host alone (no redis_host: hosts take turns)"
+        }
     }
 }
 

@@ -231,6 +231,8 @@ fn status_shows_the_connected_hosts_and_uploads_in_flight() {
         let hosts = s.lines().find_map(|l| l.strip_prefix("hosts: ")).unwrap_or_else(|| panic!("no hosts line:\n{s}"));
         hosts.starts_with("2 connected: ") && hosts.contains("(this one)")
     });
+    let s = status_of(&h.a);
+    assert!(s.contains("(claimed: one host slot, shared with the hosts of redis_host)"), "{s}");
 
     // A large file's upload, watched while its close waits for it.
     let path = h.a.path("big");
@@ -439,6 +441,8 @@ fn without_redis_a_second_host_on_one_database_is_refused_until_the_first_unmoun
     assert!(out.output.contains("another host is using this metadata store"), "{}", out.output);
     assert!(!out.output.contains(db.password()), "{}", out.output);
 
+    let s = status_of(&a);
+    assert!(s.contains("(claimed: this host alone (no redis_host: hosts take turns))"), "{s}");
     a.unmount_ok();
     let b = Mount::with_dirs_args(&b_dirs.data_dir, &b_dirs.cache_dir, &["-c", &cfg]);
     assert_eq!(read(&b.path("f")), b"from A");
