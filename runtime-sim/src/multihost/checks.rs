@@ -1,6 +1,7 @@
 //! Whole-cluster checks: sync points (every host sees every name and size once every change
 //! reached it) and the liveness phase.
 
+use super::locks::WAIT_BOUND;
 use super::{Act, Mh, R, NAMES};
 use std::time::Duration;
 use truckeefs_core::{Ino, IoRequest, MetaRequest};
@@ -60,6 +61,29 @@ impl Mh {
                 break;
             }
             self.c.advance(Duration::from_millis(100))?;
+        }
+        // Every handle not asleep in F_SETLKW closes (and lets go of its locks); then every
+        // sleeping F_SETLKW must be granted, and its handle closes too.
+        let keys: Vec<usize> = self.handles.keys().copied().collect();
+        for k in keys {
+            if self.waiters.iter().any(|w| w.handle() == k) {
+                continue;
+            }
+            let host = self.handles[&k].host;
+            self.run_batch(vec![(host, Act::Close { h: k })])?;
+        }
+        let end = self.c.now + WAIT_BOUND;
+        while !self.waiters.is_empty() {
+            self.poll_waiters()?;
+            self.check_waiters()?;
+            if self.waiters.is_empty() {
+                break;
+            }
+            if self.c.now > end {
+                let asleep: Vec<String> = self.waiters.iter().map(|w| w.r.act_name()).collect();
+                return Err(format!("liveness: F_SETLKW never granted once every other handle closed: {asleep:?}"));
+            }
+            self.c.advance(Duration::from_millis(50))?;
         }
         let keys: Vec<usize> = self.handles.keys().copied().collect();
         for k in keys {

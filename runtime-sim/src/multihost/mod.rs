@@ -114,6 +114,11 @@ enum Act {
         h: usize,
         lock: LockRange,
     },
+    /// F_SETLKW: may sleep across steps until the lock is free (`locks::Waiter`).
+    SetLkW {
+        h: usize,
+        lock: LockRange,
+    },
     GetLk {
         h: usize,
         lock: LockRange,
@@ -141,6 +146,8 @@ struct Running {
     /// For a read: the lowest version it may return.
     lower: usize,
     done: bool,
+    /// The lock owner of a close or a SetLk (its locks may go while it runs).
+    owner: u64,
 }
 
 struct Mh {
@@ -158,6 +165,12 @@ struct Mh {
     next_owner: u64,
     locks: BTreeMap<u64, OwnerLocks>,
     lingering: Vec<Lingering>,
+    /// F_SETLKW requests asleep (across steps).
+    waiters: Vec<locks::Waiter>,
+    /// Lock owners with a close or a SetLk in flight, and the range it may let go of: a
+    /// sleeping F_SETLKW on another host may be granted as soon as the holder's host
+    /// publishes the release, before the request is answered.
+    releasing: Vec<(u64, LockRange)>,
     /// When every host last heard of every change (all messages delivered and applied).
     last_sync: Duration,
     step: u64,
@@ -310,6 +323,8 @@ impl Mh {
             next_owner: 1,
             locks: BTreeMap::new(),
             lingering: Vec::new(),
+            waiters: Vec::new(),
+            releasing: Vec::new(),
             last_sync: Duration::ZERO,
             step: 0,
             crashes: 0,
@@ -333,6 +348,8 @@ impl Mh {
                 self.cluster_fault()?;
             }
             self.one_step()?;
+            self.poll_waiters()?;
+            self.check_waiters()?;
             self.settle_files();
             if self.step.is_multiple_of(SYNC_EVERY) {
                 self.sync_check()?;
@@ -378,6 +395,8 @@ impl Mh {
 
     fn crash(&mut self, h: usize, down: Duration, lose_staging: bool) -> R<()> {
         self.crashes += 1;
+        // Its sleeping F_SETLKW requests die with it.
+        self.waiters.retain(|w| w.r.host != h);
         let old_id = self.c.hosts[h].w.host_id;
         let expiry = self.c.redis.expiry(old_id).unwrap_or(self.c.now);
         self.c.crash(h, down, lose_staging)?;
@@ -464,6 +483,7 @@ impl Mh {
                     | Act::Close { h }
                     | Act::ReadHandle { h }
                     | Act::SetLk { h, .. }
+                    | Act::SetLkW { h, .. }
                     | Act::GetLk { h, .. } => {
                         used_handles.push(*h);
                         used_names.push(self.handles[h].name);
@@ -486,7 +506,12 @@ impl Mh {
         let mine: Vec<usize> = self
             .handles
             .iter()
-            .filter(|(k, x)| x.host == h && !used_handles.contains(k) && !used_names.contains(&x.name))
+            .filter(|(k, x)| {
+                x.host == h
+                    && !used_handles.contains(k)
+                    && !used_names.contains(&x.name)
+                    && !self.waiters.iter().any(|w| w.handle() == **k)
+            })
             .map(|(k, _)| *k)
             .collect();
         let free_names: Vec<usize> = (0..NAMES.len()).filter(|n| !used_names.contains(n)).collect();
@@ -542,8 +567,14 @@ impl Mh {
                             1 => libc::F_WRLCK,
                             _ => libc::F_UNLCK,
                         };
-                        let lock = LockRange { start, end, typ, pid: self.handles[&k].owner as u32 };
-                        if kind == 8 {
+                        let owner = self.handles[&k].owner;
+                        let lock = LockRange { start, end, typ, pid: owner as u32 };
+                        // F_SETLKW only by an owner holding no lock: a waiter never holds what
+                        // another waits for, so waits never form a cycle (no deadlock across
+                        // hosts, which nothing could detect).
+                        if kind == 8 && typ != libc::F_UNLCK && !self.locks.contains_key(&owner) && self.rng.chance(0.3) {
+                            Act::SetLkW { h: k, lock }
+                        } else if kind == 8 {
                             Act::SetLk { h: k, lock }
                         } else {
                             Act::GetLk { h: k, lock }
@@ -649,6 +680,10 @@ impl Mh {
                 let x = &self.handles[h];
                 Op::SetLk { ino: x.ino, fh: x.fh, owner: x.owner, lock: *lock, sleep: false }
             }
+            Act::SetLkW { h, lock } => {
+                let x = &self.handles[h];
+                Op::SetLk { ino: x.ino, fh: x.fh, owner: x.owner, lock: *lock, sleep: true }
+            }
             Act::GetLk { h, lock } => {
                 let x = &self.handles[h];
                 debug_assert_eq!(x.host, host);
@@ -693,7 +728,19 @@ impl Mh {
                 lookups: 0,
                 lower: 0,
                 done: false,
+                owner: 0,
             };
+            match &r.act {
+                Act::Close { h } => {
+                    let everything = LockRange { start: 0, end: u64::MAX, typ: libc::F_UNLCK, pid: 0 };
+                    self.releasing.push((self.handles[h].owner, everything));
+                }
+                Act::SetLk { h, lock } => self.releasing.push((self.handles[h].owner, *lock)),
+                _ => {}
+            }
+            if let Act::Close { h } | Act::SetLk { h, .. } = &r.act {
+                r.owner = self.handles[h].owner;
+            }
             self.send(&mut r, op)?;
             running.push(r);
         }
@@ -718,6 +765,10 @@ impl Mh {
                     Some(op) => self.send(r, op)?,
                     None => {
                         r.done = true;
+                        if let Act::Close { .. } | Act::SetLk { .. } = r.act {
+                            let owner = r.owner;
+                            self.releasing.retain(|(o, _)| *o != owner);
+                        }
                         if r.lookups > 0 {
                             let ino = r.ino.expect("a lookup names its inode");
                             self.c.forget(r.host, ino, r.lookups)?;
@@ -725,10 +776,18 @@ impl Mh {
                     }
                 }
             }
+            if self.poll_waiters()? {
+                answered = true;
+            }
             if answered {
                 continue;
             }
-            if running.iter().all(|r| r.done) {
+            if running.iter().all(|r| r.done || matches!(r.act, Act::SetLkW { .. })) {
+                // An F_SETLKW still asleep sleeps on across steps.
+                let now = self.c.now;
+                for r in std::mem::take(&mut running).into_iter().filter(|r| !r.done) {
+                    self.waiters.push(locks::Waiter { r, blocked_at: now });
+                }
                 break;
             }
             if self.c.now > limit {
@@ -1047,6 +1106,10 @@ impl Mh {
                     Err(e) if self.handle_error_ok(r, h, e) => Ok(None),
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
+            }
+            (Act::SetLkW { h, lock }, _) => {
+                self.waiter_answered(r, h, &lock, reply)?;
+                Ok(None)
             }
             (Act::GetLk { h, lock }, _) => {
                 let x = self.handles[&h].clone();
