@@ -1885,10 +1885,12 @@ impl Core {
         // whose invalidation is still on its way); then the transaction conflicts and runs
         // again on the fresh row.
         if self.config.multi_host {
-            // (Stored with the link count it had: the runtime takes a row stored without links
-            // for a file kept open after its last name went, and lists it as an orphan.)
+            // (Stored with a link count, the one it had or at least 1 for a row this host
+            // read without names: the runtime takes a row stored without links for a file kept
+            // open after its last name went, and lists it as this host's orphan, for ever if
+            // the transaction fails.)
             if let TxnOp::UpdateInode { mut row, expect_version } = self.update_row(ino) {
-                row.nlink = links_before;
+                row.nlink = links_before.max(1);
                 ops.push(TxnOp::UpdateInode { row, expect_version });
             }
         }
