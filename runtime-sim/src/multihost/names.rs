@@ -275,19 +275,20 @@ impl Mh {
                 let (p1, p2) = (r.parents[0], r.parents[1]);
                 match reply {
                     Ok(Reply::Empty) => {
-                        let Some(x) = self.entry(p1, from.1).current else {
-                            return Err(self.unexpected(r, "renamed a name that does not exist".into()));
-                        };
+                        let x = self.entry(p1, from.1).current;
                         let y = self.entry(p2, to.1).current;
                         // Two names of one file as this host saw them (one since changed, not
                         // heard of yet): a rename between them does nothing, as POSIX says;
                         // the store tells whether that is what happened.
-                        let kept = self.c.meta.dir_entries(p1).iter().any(|(n, i)| n == NAMES[from.1].as_bytes() && *i == x);
+                        let stored = self.c.meta.dir_entries(p1).iter().find(|(n, _)| n == NAMES[from.1].as_bytes()).map(|(_, i)| *i);
                         let (a, b) = (self.entry(p1, from.1), self.entry(p2, to.1));
                         let seen = a.current.into_iter().chain(a.history.iter().filter(|(_, u)| *u >= since).filter_map(|(v, _)| *v));
-                        if y != Some(x) && kept && seen.into_iter().any(|z| b.allows(Some(z), since)) {
+                        if stored == x && (x.is_none() || y != x) && seen.into_iter().any(|z| b.allows(Some(z), since)) {
                             return Ok(None);
                         }
+                        let Some(x) = x else {
+                            return Err(self.unexpected(r, "renamed a name that does not exist".into()));
+                        };
                         if y != Some(x) {
                             self.entry_mut(p1, from.1).set(None, now);
                             self.entry_mut(p2, to.1).set(Some(x), now);
