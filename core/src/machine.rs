@@ -326,9 +326,9 @@ pub struct Core {
     absent: HashSet<Ino>,
     /// Inodes destroyed here while a load may still return them.
     deleted: HashSet<Ino>,
-    /// Directories whose listing was read again because it named an absent inode (cleared
-    /// with `absent`).
-    relisted: HashSet<Ino>,
+    /// Directories whose listing was read again because it named an absent inode, with that
+    /// inode (cleared with `absent`).
+    relisted: HashSet<(Ino, Ino)>,
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
     refreshing: HashSet<Ino>,
@@ -1400,17 +1400,21 @@ impl Core {
     }
 
     /// `ensure_inode` of the inode an entry of `parent` names. With several hosts, if the
-    /// store says it does not exist, the listing is older than another host's change (a rename
-    /// over the name, an unlink and a new file) whose invalidation is still on its way: it is
-    /// read again, rather than answering ENOENT for a name that may never have gone (a rename
-    /// replaces atomically). Once per listing: one read again is as new as the store (nothing
-    /// of this host is in flight).
+    /// store says it does not exist (a load found no row, or a refresh: then it was dropped
+    /// here), the listing is older than another host's change (a rename over the name, an
+    /// unlink and a new file) whose invalidation is still on its way: it is read again, rather
+    /// than answering ENOENT for a name that may never have gone (a rename replaces
+    /// atomically). Once per listing and inode: one read again is as new as the store (it is
+    /// read once nothing of this host is in flight).
     fn ensure_named(&mut self, parent: Ino, ino: Ino) -> Result<(), Stop> {
-        if self.config.multi_host
-            && self.absent.contains(&ino)
-            && !self.pending.values().any(|p| matches!(p, Pending::Commit { .. }))
-            && self.relisted.insert(parent)
-        {
+        let gone = self.absent.contains(&ino) || self.deleted.contains(&ino);
+        if self.config.multi_host && gone && !self.relisted.contains(&(parent, ino)) {
+            if self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
+                // The listing is the store plus this host's transactions in flight: read it
+                // again once they are done.
+                return Err(Stop::Wait);
+            }
+            self.relisted.insert((parent, ino));
             self.dirs.remove(&parent);
             self.load_dir(parent);
             return Err(Stop::Wait);

@@ -103,21 +103,25 @@ impl Mh {
         }
         // Every handle not asleep in F_SETLKW closes (and lets go of its locks); then every
         // sleeping F_SETLKW must be granted, and its handle closes too.
-        let keys: Vec<usize> = self.handles.keys().copied().collect();
-        for k in keys {
-            if self.waiters.iter().any(|w| w.handle() == k) {
-                continue;
+        // (A request granted meanwhile holds a lock another may wait for: its handle closes
+        // then.)
+        let mut end = self.c.now + WAIT_BOUND;
+        loop {
+            let keys: Vec<usize> = self.handles.keys().copied().collect();
+            for k in keys {
+                if self.waiters.iter().any(|w| w.handle() == k) || !self.handles.contains_key(&k) {
+                    continue;
+                }
+                let host = self.handles[&k].host;
+                self.run_batch(vec![(host, Act::Close { h: k })])?;
             }
-            let host = self.handles[&k].host;
-            self.run_batch(vec![(host, Act::Close { h: k })])?;
-        }
-        let end = self.c.now + WAIT_BOUND;
-        while !self.waiters.is_empty() {
-            self.poll_waiters()?;
-            self.check_waiters()?;
             if self.waiters.is_empty() {
                 break;
             }
+            if self.poll_waiters()? {
+                end = self.c.now + WAIT_BOUND;
+            }
+            self.check_waiters()?;
             if self.c.now > end {
                 let asleep: Vec<String> = self.waiters.iter().map(|w| w.r.act_name()).collect();
                 return Err(format!("liveness: F_SETLKW never granted once every other handle closed: {asleep:?}"));
