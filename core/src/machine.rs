@@ -326,6 +326,9 @@ pub struct Core {
     absent: HashSet<Ino>,
     /// Inodes destroyed here while a load may still return them.
     deleted: HashSet<Ino>,
+    /// Directories whose listing was read again because it named an absent inode, with that
+    /// inode (cleared with `absent`).
+    relisted: HashSet<(Ino, Ino)>,
     loading_inodes: HashSet<Ino>,
     loading_dirs: HashSet<Ino>,
     refreshing: HashSet<Ino>,
@@ -390,6 +393,7 @@ impl Core {
             dirs: HashMap::new(),
             absent: HashSet::new(),
             deleted: HashSet::new(),
+            relisted: HashSet::new(),
             loading_inodes: HashSet::new(),
             loading_dirs: HashSet::new(),
             stale_dir_loads: HashSet::new(),
@@ -709,6 +713,7 @@ impl Core {
         }
         if self.parked.is_empty() && self.loads_in_flight == 0 {
             self.absent.clear();
+            self.relisted.clear();
         }
     }
 
@@ -1370,7 +1375,7 @@ impl Core {
     fn permit_delete(&mut self, ctx: Ctx, dir: Ino, name: &[u8]) -> Result<Option<Ino>, Stop> {
         self.ensure_dir(dir)?;
         let Some(d) = self.dirs[&dir].get(name) else { return Ok(None) };
-        self.ensure_inode(d.ino)?;
+        self.ensure_named(dir, d.ino)?;
         let caller = perm::Caller::new(ctx, &self.config.groups);
         perm::may_delete(&self.inodes[&dir].row, &self.inodes[&d.ino].row, caller)?;
         Ok(Some(d.ino))
@@ -1389,9 +1394,32 @@ impl Core {
     fn lookup(&mut self, parent: Ino, name: &[u8]) -> Exec {
         check_name(name)?;
         self.ensure_dir(parent)?;
-        let d = self.dirs[&parent].get(name).ok_or(ENOENT)?;
-        self.ensure_inode(d.ino)?;
-        Ok(self.entry(d.ino, Some(parent)))
+        let ino = self.dirs[&parent].get(name).ok_or(ENOENT)?.ino;
+        self.ensure_named(parent, ino)?;
+        Ok(self.entry(ino, Some(parent)))
+    }
+
+    /// `ensure_inode` of the inode an entry of `parent` names. With several hosts, if the
+    /// store says it does not exist (a load found no row, or a refresh: then it was dropped
+    /// here), the listing is older than another host's change (a rename over the name, an
+    /// unlink and a new file) whose invalidation is still on its way: it is read again, rather
+    /// than answering ENOENT for a name that may never have gone (a rename replaces
+    /// atomically). Once per listing and inode: one read again is as new as the store (it is
+    /// read once nothing of this host is in flight).
+    fn ensure_named(&mut self, parent: Ino, ino: Ino) -> Result<(), Stop> {
+        let gone = self.absent.contains(&ino) || self.deleted.contains(&ino);
+        if self.config.multi_host && gone && !self.relisted.contains(&(parent, ino)) {
+            if self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
+                // The listing is the store plus this host's transactions in flight: read it
+                // again once they are done.
+                return Err(Stop::Wait);
+            }
+            self.relisted.insert((parent, ino));
+            self.dirs.remove(&parent);
+            self.load_dir(parent);
+            return Err(Stop::Wait);
+        }
+        self.ensure_inode(ino)
     }
 
     /// An entry reply: the kernel takes one lookup reference.
@@ -1815,7 +1843,7 @@ impl Core {
         check_name(name)?;
         self.ensure_dir(parent)?;
         let d = self.dirs[&parent].get(name).ok_or(ENOENT)?;
-        self.ensure_inode(d.ino)?;
+        self.ensure_named(parent, d.ino)?;
         let is_dir = self.inodes[&d.ino].row.kind == FileKind::Directory;
         if dir && !is_dir {
             return Err(ENOTDIR.into());
@@ -1845,6 +1873,7 @@ impl Core {
     /// references it any more. Adds the row changes to `ops`; returns data to clean up after.
     fn drop_link(&mut self, ino: Ino, wall: Timespec, ops: &mut Vec<TxnOp>) -> (Vec<Cleanup>, bool) {
         let Some(inode) = self.inodes.get_mut(&ino) else { return (vec![], false) };
+        let links_before = inode.row.nlink;
         if inode.row.kind == FileKind::Directory {
             inode.row.nlink = 0;
         } else {
@@ -1855,7 +1884,20 @@ impl Core {
             ops.push(self.update_row(ino));
             return (vec![], false);
         }
-        // No names and no open handles: remove it in the same transaction.
+        // No names and no open handles: remove it in the same transaction. With several hosts,
+        // only the row this host read: another host may have given it a name since (a link
+        // whose invalidation is still on its way); then the transaction conflicts and runs
+        // again on the fresh row.
+        if self.config.multi_host {
+            // (Stored with a link count, the one it had or at least 1 for a row this host
+            // read without names: the runtime takes a row stored without links for a file kept
+            // open after its last name went, and lists it as this host's orphan, for ever if
+            // the transaction fails.)
+            if let TxnOp::UpdateInode { mut row, expect_version } = self.update_row(ino) {
+                row.nlink = links_before.max(1);
+                ops.push(TxnOp::UpdateInode { row, expect_version });
+            }
+        }
         ops.push(TxnOp::DeleteInode { ino });
         (vec![Cleanup::Destroy(ino)], true)
     }
@@ -1938,10 +1980,10 @@ impl Core {
         self.ensure_dir(parent)?;
         self.ensure_dir(newparent)?;
         let src = self.dirs[&parent].get(name).ok_or(ENOENT)?;
-        self.ensure_inode(src.ino)?;
+        self.ensure_named(parent, src.ino)?;
         let dst = self.dirs[&newparent].get(newname);
         if let Some(d) = dst {
-            self.ensure_inode(d.ino)?;
+            self.ensure_named(newparent, d.ino)?;
             if d.kind == FileKind::Directory && flags & EXCHANGE == 0 {
                 self.ensure_dir(d.ino)?;
             }
@@ -2082,7 +2124,12 @@ impl Core {
         let Some(inode) = self.inodes.get_mut(&dir) else { return };
         inode.row.mtime = wall;
         inode.row.ctime = wall;
-        if nlink_changed || inode.version_stale {
+        // With several hosts, a change of a directory's names (other than the root's, which is
+        // never removed) goes with a new version of its row: a host removing the directory (or
+        // renaming another over it) with an older listing, empty, then conflicts instead of
+        // deleting it with the new names left pointing into nothing.
+        let shared = self.config.multi_host && dir != ROOT_INO;
+        if nlink_changed || inode.version_stale || shared {
             ops.push(self.update_row(dir));
             return;
         }
@@ -2698,6 +2745,11 @@ impl Core {
             }
             Pending::Write { id, ino, end, wall } => {
                 let Some(inode) = self.inodes.get_mut(&ino) else {
+                    // The file went while the write was on its way (another host deleted it,
+                    // and its staged copy was removed): the write made the staged file again.
+                    if result.is_ok() {
+                        self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                    }
                     self.reply(id, Err(ENOENT));
                     return;
                 };

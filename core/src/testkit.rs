@@ -75,6 +75,8 @@ impl MemStore {
                     .collect(),
             ),
             IoRequest::Meta(MetaRequest::Commit(txn)) => {
+                // All or nothing, like the real stores.
+                let before = (self.inodes.clone(), self.dentries.clone());
                 for op in &txn.ops {
                     match op {
                         TxnOp::InsertInode(row) => {
@@ -82,6 +84,7 @@ impl MemStore {
                         }
                         TxnOp::UpdateInode { row, expect_version } => {
                             if self.inodes.get(&row.ino).map(|r| r.version) != Some(*expect_version) {
+                                (self.inodes, self.dentries) = before;
                                 return conflict();
                             }
                             self.inodes.insert(row.ino, row.clone());
@@ -91,11 +94,13 @@ impl MemStore {
                         }
                         TxnOp::InsertDentry(d) => {
                             if self.dentries.insert((d.parent, d.name.clone()), (d.ino, d.pos)).is_some() {
+                                (self.inodes, self.dentries) = before;
                                 return conflict();
                             }
                         }
                         TxnOp::DeleteDentry { parent, name, .. } => {
                             if self.dentries.remove(&(*parent, name.clone())).is_none() {
+                                (self.inodes, self.dentries) = before;
                                 return conflict();
                             }
                         }

@@ -1,6 +1,8 @@
 //! Whole-cluster checks: sync points (every host sees every name and size once every change
 //! reached it) and the liveness phase.
 
+use super::locks::WAIT_BOUND;
+use super::names::DIRS;
 use super::{Act, Mh, R, NAMES};
 use std::time::Duration;
 use truckeefs_core::{Ino, IoRequest, MetaRequest};
@@ -33,16 +35,54 @@ impl Mh {
         if !self.quiesce(Duration::from_secs(30))? {
             return Ok(());
         }
+        let previous = self.last_sync;
         self.last_sync = self.c.now;
         self.c.trace.note(self.c.now.as_micros() as u64, "sync point: every change delivered".into());
         self.resolve_contests()?;
-        for n in 0..NAMES.len() {
-            let up = self.up_hosts();
-            let batch: Vec<(usize, Act)> = up.into_iter().map(|h| (h, Act::Stat { name: n })).collect();
-            self.run_batch(batch)?;
+        self.check_names(previous, false)
+    }
+
+    /// Every host looks up every name of the root and the directory names that changed since
+    /// `since`, and lists the root and every directory where something changed (which checks
+    /// every name); with `read` (the liveness phase), it also looks up every name in every
+    /// directory and reads every file whole.
+    fn check_names(&mut self, since: Duration, read: bool) -> R<()> {
+        let changed = |n: &super::files::NameM| read || n.history.last().is_some_and(|(_, until)| *until >= since);
+        let mut acts: Vec<Act> = Vec::new();
+        for name in 0..NAMES.len() {
+            if read {
+                acts.push(Act::ReadFile { dir: None, name });
+            }
+            acts.push(Act::Stat { dir: None, name });
         }
-        let up = self.up_hosts();
-        self.run_batch(up.into_iter().map(|h| (h, Act::List)).collect())?;
+        for d in 0..DIRS.len() {
+            if changed(&self.dnames[d]) {
+                acts.push(Act::StatDir { d });
+            }
+            let Some(dir) = self.dnames[d].current else { continue };
+            let mut list = changed(&self.dnames[d]);
+            for name in 0..NAMES.len() {
+                let e = self.entry(dir, name);
+                if read && e.current.is_some() {
+                    acts.push(Act::ReadFile { dir: Some(d), name });
+                }
+                // (At a sync point, names in directories are checked by the listing alone: it
+                // names every inode exactly; their sizes by the random phase's lookups.)
+                if read && e.existed_since(since) {
+                    acts.push(Act::Stat { dir: Some(d), name });
+                }
+                list |= changed(e);
+            }
+            // (A directory where nothing changed was listed exactly at an earlier one.)
+            if list {
+                acts.push(Act::List { dir: Some(d) });
+            }
+        }
+        acts.push(Act::List { dir: None });
+        for act in acts {
+            let up = self.up_hosts();
+            self.run_batch(up.into_iter().map(|h| (h, act.clone())).collect())?;
+        }
         Ok(())
     }
 
@@ -60,6 +100,33 @@ impl Mh {
                 break;
             }
             self.c.advance(Duration::from_millis(100))?;
+        }
+        // Every handle not asleep in F_SETLKW closes (and lets go of its locks); then every
+        // sleeping F_SETLKW must be granted, and its handle closes too.
+        // (A request granted meanwhile holds a lock another may wait for: its handle closes
+        // then.)
+        let mut end = self.c.now + WAIT_BOUND;
+        loop {
+            let keys: Vec<usize> = self.handles.keys().copied().collect();
+            for k in keys {
+                if self.waiters.iter().any(|w| w.handle() == k) || !self.handles.contains_key(&k) {
+                    continue;
+                }
+                let host = self.handles[&k].host;
+                self.run_batch(vec![(host, Act::Close { h: k })])?;
+            }
+            if self.waiters.is_empty() {
+                break;
+            }
+            if self.poll_waiters()? {
+                end = self.c.now + WAIT_BOUND;
+            }
+            self.check_waiters()?;
+            if self.c.now > end {
+                let asleep: Vec<String> = self.waiters.iter().map(|w| w.r.act_name()).collect();
+                return Err(format!("liveness: F_SETLKW never granted once every other handle closed: {asleep:?}"));
+            }
+            self.c.advance(Duration::from_millis(50))?;
         }
         let keys: Vec<usize> = self.handles.keys().copied().collect();
         for k in keys {
@@ -84,8 +151,9 @@ impl Mh {
             let status: Vec<_> = self.c.hosts.iter().map(|h| (h.w.core.status(), h.w.pending_io())).collect();
             return Err(format!(
                 "liveness: not quiet after 600 s without faults: unsettled files {unsettled:?}, hosts {status:?}, \
-                 dead hosts' orphan sets {:?}",
-                self.dead_orphan_sets()
+                 dead hosts' orphan sets {:?} ({:?})",
+                self.dead_orphan_sets(),
+                self.c.redis.orphan_sets()
             ));
         }
         // Every write is uploaded, acknowledged or not (a close that failed leaves it to a retry).
@@ -107,13 +175,7 @@ impl Mh {
         }
         self.last_sync = now;
         // Every host reads every file whole, and sees every name.
-        for n in 0..NAMES.len() {
-            let hosts = self.up_hosts();
-            self.run_batch(hosts.iter().map(|h| (*h, Act::ReadFile { name: n })).collect())?;
-            self.run_batch(hosts.iter().map(|h| (*h, Act::Stat { name: n })).collect())?;
-        }
-        let hosts = self.up_hosts();
-        self.run_batch(hosts.iter().map(|h| (*h, Act::List)).collect())?;
+        self.check_names(Duration::ZERO, true)?;
         // Unmount everywhere: nothing staged may be left.
         for h in 0..self.c.hosts.len() {
             self.c.with(h, |w| w.shutdown())?;

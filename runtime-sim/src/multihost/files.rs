@@ -1,9 +1,10 @@
 //! The model of files and names: every version of a file, when each was acknowledged, and
 //! what a host may read or see of it.
 
+use super::names::DIRS;
 use super::{Mh, NAMES};
 use std::time::Duration;
-use truckeefs_core::Ino;
+use truckeefs_core::{Ino, ROOT_INO};
 
 /// One file of the model.
 pub(super) struct FileM {
@@ -70,6 +71,11 @@ impl NameM {
     /// may not have heard of the change yet).
     pub(super) fn allows(&self, v: Option<Ino>, since: Duration) -> bool {
         self.current == v || self.history.iter().any(|(old, until)| *old == v && *until >= since)
+    }
+
+    /// Whether it named something at some time since `since` (or now).
+    pub(super) fn existed_since(&self, since: Duration) -> bool {
+        self.current.is_some() || self.history.iter().any(|(v, until)| v.is_some() && *until >= since)
     }
 
     pub(super) fn set(&mut self, v: Option<Ino>, now: Duration) {
@@ -144,9 +150,8 @@ impl Mh {
     }
 
     /// Whether the name named a file at some time since `since` (or now).
-    pub(super) fn existed_since(&self, name: usize, since: Duration) -> bool {
-        let n = &self.names[name];
-        n.current.is_some() || n.history.iter().any(|(v, until)| v.is_some() && *until >= since)
+    pub(super) fn existed_since(&self, parent: Ino, name: usize, since: Duration) -> bool {
+        self.entry(parent, name).existed_since(since)
     }
 
     /// A close or fsync of the writer acknowledged the latest version.
@@ -204,22 +209,42 @@ impl Mh {
         ))
     }
 
-    /// A listing of the root: every name as a lookup may see it (exactly, right after a sync).
-    pub(super) fn check_listing(&self, entries: &[truckeefs_core::DirEntry]) -> Result<(), String> {
+    /// A listing of the root or a directory: every name as a lookup may see it (exactly,
+    /// right after a sync); directory names only in the root.
+    pub(super) fn check_listing(&self, parent: Ino, entries: &[truckeefs_core::DirEntry]) -> Result<(), String> {
         let mut seen: Vec<Option<Ino>> = vec![None; NAMES.len()];
+        let mut dseen: Vec<Option<Ino>> = vec![None; DIRS.len()];
         for e in entries.iter().filter(|e| e.name != b"." && e.name != b"..") {
-            let Some(n) = NAMES.iter().position(|n| n.as_bytes() == e.name.as_slice()) else {
-                return Err(format!("listed {:?}, which no client created", String::from_utf8_lossy(&e.name)));
+            let slot = match NAMES.iter().position(|n| n.as_bytes() == e.name.as_slice()) {
+                Some(n) => &mut seen[n],
+                None => match DIRS.iter().position(|n| n.as_bytes() == e.name.as_slice()) {
+                    Some(d) if parent == ROOT_INO => &mut dseen[d],
+                    _ => {
+                        return Err(format!(
+                            "listed {:?}, which no client created there",
+                            String::from_utf8_lossy(&e.name)
+                        ))
+                    }
+                },
             };
-            if seen[n].replace(e.ino).is_some() {
-                return Err(format!("{} listed twice", NAMES[n]));
+            if slot.replace(e.ino).is_some() {
+                return Err(format!("{} listed twice", String::from_utf8_lossy(&e.name)));
             }
         }
         for (n, v) in seen.into_iter().enumerate() {
-            if !self.names[n].allows(v, self.last_sync) {
+            let m = self.entry(parent, n);
+            if !m.allows(v, self.last_sync) {
                 return Err(format!(
                     "{} listed as {v:?}; it is {:?} (since before the last sync)",
-                    NAMES[n], self.names[n].current
+                    NAMES[n], m.current
+                ));
+            }
+        }
+        for (d, v) in dseen.into_iter().enumerate().filter(|_| parent == ROOT_INO) {
+            if !self.dnames[d].allows(v, self.last_sync) {
+                return Err(format!(
+                    "{} listed as {v:?}; it is {:?} (since before the last sync)",
+                    DIRS[d], self.dnames[d].current
                 ));
             }
         }

@@ -1,10 +1,10 @@
 //! The model of record locks across hosts: who holds what, what was let go of lately (or held
 //! by a crashed host whose heartbeat lives on), and which answers that explains.
 
-use super::{Handle, Mh};
+use super::{Act, Handle, Mh, Running, R};
 use crate::redis::HostId;
 use std::time::Duration;
-use truckeefs_core::{Ino, LockRange};
+use truckeefs_core::{Ino, LockRange, Reply};
 
 /// Record locks are taken on bytes 0..16; slot 16 stands for "16 to the end of the file".
 pub(super) const SLOTS: usize = 17;
@@ -33,6 +33,33 @@ pub(super) struct Lingering {
     pub(super) until: Duration,
 }
 
+/// How long an F_SETLKW may stay asleep after every conflicting lock went (and no lock let
+/// go of lately, nor of a crashed host, could still be in the table): the core polls every
+/// 200 ms; slow lock requests and time jumps (up to 3.5 s) make up the rest.
+pub(super) const WAIT_BOUND: Duration = Duration::from_secs(15);
+
+/// An F_SETLKW asleep: its request, and the last time a conflicting lock explained the wait.
+pub(super) struct Waiter {
+    pub(super) r: Running,
+    pub(super) blocked_at: Duration,
+}
+
+impl Waiter {
+    pub(super) fn handle(&self) -> usize {
+        match self.r.act {
+            Act::SetLkW { h, .. } => h,
+            _ => unreachable!("a waiter is an F_SETLKW"),
+        }
+    }
+
+    fn lock(&self) -> LockRange {
+        match self.r.act {
+            Act::SetLkW { lock, .. } => lock,
+            _ => unreachable!("a waiter is an F_SETLKW"),
+        }
+    }
+}
+
 pub(super) fn slots_of(l: &LockRange) -> std::ops::RangeInclusive<usize> {
     let start = l.start.min(16) as usize;
     let end = if l.end >= 16 { 16 } else { l.end as usize };
@@ -59,7 +86,8 @@ impl Mh {
                 continue;
             }
             for s in slots_of(lock) {
-                if conflicts(l.slots[s].0, lock.typ) && (l.host == x.host || !self.forfeited(l, s)) {
+                let going = self.releasing.iter().any(|(ro, r)| ro == o && slots_of(r).contains(&s));
+                if conflicts(l.slots[s].0, lock.typ) && (l.host == x.host || !self.forfeited(l, s)) && !going {
                     return Err(format!(
                         "granted {lock:?}, but owner {o} on host {} holds a conflicting lock on byte {s} (granted at {:?})",
                         l.host, l.slots[s].1
@@ -173,5 +201,74 @@ impl Mh {
             });
         }
         self.lingering.retain(|g| g.until + Duration::from_secs(60) > now);
+    }
+}
+
+impl Mh {
+    /// The answer to an F_SETLKW: a grant must conflict with no lock another owner holds now
+    /// (across hosts); it never answers EAGAIN; ENOLCK only after a fault (the lock service
+    /// failed).
+    pub(super) fn waiter_answered(&mut self, r: &Running, h: usize, lock: &LockRange, reply: Result<Reply, i32>) -> R<()> {
+        let x = self.handles[&h].clone();
+        match reply {
+            Ok(Reply::Empty) => {
+                self.check_grant(&x, lock).map_err(|e| self.unexpected(r, format!("F_SETLKW {e}")))?;
+                self.set_lock(&x, lock, self.c.now);
+                Ok(())
+            }
+            Err(libc::ENOLCK) if self.fault_seen(r) => Ok(()),
+            Err(e) if self.handle_error_ok(r, h, e) => Ok(()),
+            other => Err(self.unexpected(r, format!("{other:?}"))),
+        }
+    }
+
+    /// Take the answers of sleeping F_SETLKW requests. Whether there was one.
+    pub(super) fn poll_waiters(&mut self) -> R<bool> {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let (host, id) = (self.waiters[i].r.host, self.waiters[i].r.id);
+            let Some(reply) = self.c.take_reply(host, id) else {
+                i += 1;
+                continue;
+            };
+            any = true;
+            let w = self.waiters.remove(i);
+            self.c.trace.note(
+                self.c.now.as_micros() as u64,
+                format!("host {host}: {} (asleep since {:?}) -> {reply:?}", w.r.act_name(), w.r.issued),
+            );
+            let (h, lock) = (w.handle(), w.lock());
+            self.waiter_answered(&w.r, h, &lock, reply)?;
+        }
+        Ok(any)
+    }
+
+    /// No F_SETLKW sleeps on for long once nothing explains the wait: no other owner holds a
+    /// conflicting lock (on any host), none let go of one lately, and no crashed host's
+    /// heartbeat keeps one in the table.
+    pub(super) fn check_waiters(&mut self) -> R<()> {
+        let now = self.c.now;
+        for i in 0..self.waiters.len() {
+            let (h, lock) = (self.waiters[i].handle(), self.waiters[i].lock());
+            let x = self.handles[&h].clone();
+            if self.conflict_explained(&x, &lock, now) {
+                self.waiters[i].blocked_at = now;
+                continue;
+            }
+            if now > self.waiters[i].blocked_at + WAIT_BOUND {
+                let w = &self.waiters[i];
+                return Err(self.unexpected(
+                    &w.r,
+                    format!(
+                        "F_SETLKW asleep since {:?}, {:?} after the last conflicting lock went: {}",
+                        w.r.issued,
+                        now - w.blocked_at,
+                        self.locks_of(x.ino)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

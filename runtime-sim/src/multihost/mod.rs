@@ -3,10 +3,13 @@
 //! that allows exactly the freedom close-to-open consistency gives (runtime-sim/README.md,
 //! "Several hosts", says what that is).
 //!
-//! The name space is six regular files in the root (`f0`..`f5`). A step runs one action on each
-//! of a random subset of the hosts that are up, concurrently; an action is a short system call
-//! sequence (lookup, open, read, close...). Within a step each name is used by one action, except
-//! for a create race (the same create on two hosts at once). A file written alone (opened for
+//! The name space is six file names (`f0`..`f5`) in the root and in two directories (`d0`, `d1`)
+//! made, removed and renamed on any host; files are renamed and linked across them (`names`). A
+//! step runs one action on each of a random subset of the hosts that are up, concurrently; an
+//! action is a short system call sequence (lookup, open, read, close...). Within a step each
+//! file name and each file is used by one action, except for a create race (the same create on
+//! two hosts at once); changes of directories and listings run alone. An F_SETLKW may sleep
+//! across steps (`locks`). A file written alone (opened for
 //! writing where nobody else writes it and the store holds its latest version) has one line of
 //! versions; two hosts may also write one file at once (one writer handle per host), and then the
 //! file is *contested* until a sync point settles which version won (`writers`). Readers and
@@ -14,13 +17,14 @@
 //! the unlinking host has it open, it keeps it, without names, until it closes it (an orphan:
 //! `orphans`). Reads go through whole files (lookup, open, read) and through open handles.
 //!
-//! Submodules: `files` (the model of files and names), `writers` (of several hosts writing one
-//! file), `locks` (of record locks), `orphans` (of files without names), `checks` (sync points
+//! Submodules: `files` (the model of files and names), `names` (of directories, renames and
+//! links), `writers` (of several hosts writing one file), `locks` (of record locks), `orphans` (of files without names), `checks` (sync points
 //! and the liveness phase).
 
 mod checks;
 mod files;
 mod locks;
+mod names;
 mod orphans;
 mod writers;
 
@@ -37,6 +41,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use files::{FileM, NameM};
+use names::{PathM, DIRS};
 use locks::{Lingering, OwnerLocks, conflicts};
 use truckeefs_core::{Config, Ctx, Ino, LockRange, Op, Reply, RequestId, Timespec, ROOT_INO};
 
@@ -76,13 +81,16 @@ struct Handle {
 enum Act {
     /// Create (exclusive) and keep it open for writing.
     Create {
+        dir: Option<usize>,
         name: usize,
     },
     Unlink {
+        dir: Option<usize>,
         name: usize,
     },
     /// Lookup, open: a writer or a lock holder.
     Open {
+        dir: Option<usize>,
         name: usize,
         mode: Mode,
     },
@@ -100,6 +108,7 @@ enum Act {
     },
     /// Lookup, open, read all, flush, release.
     ReadFile {
+        dir: Option<usize>,
         name: usize,
     },
     /// Read all through an open handle.
@@ -108,9 +117,15 @@ enum Act {
     },
     /// Lookup, getattr.
     Stat {
+        dir: Option<usize>,
         name: usize,
     },
     SetLk {
+        h: usize,
+        lock: LockRange,
+    },
+    /// F_SETLKW: may sleep across steps until the lock is free (`locks::Waiter`).
+    SetLkW {
         h: usize,
         lock: LockRange,
     },
@@ -118,8 +133,38 @@ enum Act {
         h: usize,
         lock: LockRange,
     },
-    /// Opendir of the root, readdir, releasedir.
-    List,
+    /// Opendir of the root (or a directory), readdir, releasedir.
+    List {
+        dir: Option<usize>,
+    },
+    /// Mkdir of a directory name in the root.
+    Mkdir {
+        d: usize,
+    },
+    Rmdir {
+        d: usize,
+    },
+    /// Rename of a directory name in the root onto another (absent, or a directory: replaced
+    /// if empty).
+    RenameDir {
+        from: usize,
+        to: usize,
+    },
+    /// Rename of a file's name onto another (absent, or a file: replaced), in the root or a
+    /// directory, within a directory or between two.
+    Rename {
+        from: PathM,
+        to: PathM,
+    },
+    /// Lookup of a file, link under another name.
+    Link {
+        from: PathM,
+        to: PathM,
+    },
+    /// Lookup of a directory name in the root.
+    StatDir {
+        d: usize,
+    },
 }
 
 /// An action in progress on one host.
@@ -141,6 +186,15 @@ struct Running {
     /// For a read: the lowest version it may return.
     lower: usize,
     done: bool,
+    /// The lock owner of a close or a SetLk (its locks may go while it runs).
+    owner: u64,
+    /// The directories of its paths (the root unless looked up: `names`), the directory
+    /// names still to look up (slot, name), the one being looked up, and the lookup
+    /// references taken on directories.
+    parents: [Ino; 2],
+    resolve: Vec<(usize, usize)>,
+    resolving: Option<(usize, usize)>,
+    dir_refs: Vec<Ino>,
 }
 
 struct Mh {
@@ -151,13 +205,22 @@ struct Mh {
     /// Draws the cut subscriptions (a stream of its own: the other faults stay as they were).
     cut_rng: Rng,
     profile: FaultProfile,
-    names: Vec<NameM>,
+    /// Names of files, by (directory, name): the root's and those of directories.
+    names: BTreeMap<(Ino, usize), NameM>,
+    /// The directory names in the root.
+    dnames: Vec<NameM>,
     files: BTreeMap<Ino, FileM>,
     handles: BTreeMap<usize, Handle>,
     next_handle: usize,
     next_owner: u64,
     locks: BTreeMap<u64, OwnerLocks>,
     lingering: Vec<Lingering>,
+    /// F_SETLKW requests asleep (across steps).
+    waiters: Vec<locks::Waiter>,
+    /// Lock owners with a close or a SetLk in flight, and the range it may let go of: a
+    /// sleeping F_SETLKW on another host may be granted as soon as the holder's host
+    /// publishes the release, before the request is answered.
+    releasing: Vec<(u64, LockRange)>,
     /// When every host last heard of every change (all messages delivered and applied).
     last_sync: Duration,
     step: u64,
@@ -303,13 +366,16 @@ impl Mh {
             frng,
             cut_rng,
             profile,
-            names: (0..NAMES.len()).map(|_| NameM::default()).collect(),
+            names: BTreeMap::new(),
+            dnames: (0..DIRS.len()).map(|_| NameM::default()).collect(),
             files: BTreeMap::new(),
             handles: BTreeMap::new(),
             next_handle: 1,
             next_owner: 1,
             locks: BTreeMap::new(),
             lingering: Vec::new(),
+            waiters: Vec::new(),
+            releasing: Vec::new(),
             last_sync: Duration::ZERO,
             step: 0,
             crashes: 0,
@@ -333,6 +399,8 @@ impl Mh {
                 self.cluster_fault()?;
             }
             self.one_step()?;
+            self.poll_waiters()?;
+            self.check_waiters()?;
             self.settle_files();
             if self.step.is_multiple_of(SYNC_EVERY) {
                 self.sync_check()?;
@@ -378,10 +446,13 @@ impl Mh {
 
     fn crash(&mut self, h: usize, down: Duration, lose_staging: bool) -> R<()> {
         self.crashes += 1;
+        // Its sleeping F_SETLKW requests die with it.
+        self.waiters.retain(|w| w.r.host != h);
         let old_id = self.c.hosts[h].w.host_id;
         let expiry = self.c.redis.expiry(old_id).unwrap_or(self.c.now);
         self.c.crash(h, down, lose_staging)?;
         self.orphans_of_crashed(h);
+        self.closes_crashed(h);
         // Its handles are gone; a file with writes since its last acknowledgement is unsettled.
         let gone: Vec<usize> = self.handles.iter().filter(|(_, x)| x.host == h).map(|(k, _)| *k).collect();
         for k in gone {
@@ -431,19 +502,20 @@ impl Mh {
     fn one_step(&mut self) -> R<()> {
         let mut used_names: Vec<usize> = Vec::new();
         let mut used_handles: Vec<usize> = Vec::new();
+        let mut used_inos: Vec<Ino> = Vec::new();
         let mut batch: Vec<(usize, Act)> = Vec::new();
         let up = self.up_hosts();
         // A create race: the same exclusive create on two hosts at once.
         if up.len() >= 2 && self.rng.chance(0.08) {
-            let free: Vec<usize> = (0..NAMES.len()).filter(|n| self.names[*n].current.is_none()).collect();
+            let free: Vec<usize> = (0..NAMES.len()).filter(|n| self.entry(ROOT_INO, *n).current.is_none()).collect();
             if !free.is_empty() {
                 let name = *self.rng.pick(&free);
                 let a = *self.rng.pick(&up);
                 let others: Vec<usize> = up.iter().copied().filter(|h| *h != a).collect();
                 let b = *self.rng.pick(&others);
                 used_names.push(name);
-                batch.push((a, Act::Create { name }));
-                batch.push((b, Act::Create { name }));
+                batch.push((a, Act::Create { dir: None, name }));
+                batch.push((b, Act::Create { dir: None, name }));
             }
         }
         for &h in &up {
@@ -451,19 +523,33 @@ impl Mh {
                 continue;
             }
             if let Some(act) = self.pick_action(h, &used_names, &used_handles) {
+                // One action per file (a file may have several names, or be open under one it
+                // lost since).
+                let inos = self.act_inos(&act);
+                if inos.iter().any(|i| used_inos.contains(i)) {
+                    continue;
+                }
+                used_inos.extend(inos);
                 match &act {
-                    Act::Create { name }
-                    | Act::Unlink { name }
+                    Act::Create { name, .. }
+                    | Act::Unlink { name, .. }
                     | Act::Open { name, .. }
-                    | Act::ReadFile { name }
-                    | Act::Stat { name } => used_names.push(*name),
-                    // A listing sees every name: nothing else in the step may change one.
-                    Act::List => used_names.extend(0..NAMES.len()),
+                    | Act::ReadFile { name, .. }
+                    | Act::Stat { name, .. } => used_names.push(*name),
+                    Act::Rename { from, to } | Act::Link { from, to } => used_names.extend([from.1, to.1]),
+                    // A listing sees every name, and a change of directories may move any:
+                    // alone in their step.
+                    Act::List { .. }
+                    | Act::Mkdir { .. }
+                    | Act::Rmdir { .. }
+                    | Act::RenameDir { .. }
+                    | Act::StatDir { .. } => used_names.extend(0..NAMES.len()),
                     Act::Write { h, .. }
                     | Act::Fsync { h }
                     | Act::Close { h }
                     | Act::ReadHandle { h }
                     | Act::SetLk { h, .. }
+                    | Act::SetLkW { h, .. }
                     | Act::GetLk { h, .. } => {
                         used_handles.push(*h);
                         used_names.push(self.handles[h].name);
@@ -486,17 +572,33 @@ impl Mh {
         let mine: Vec<usize> = self
             .handles
             .iter()
-            .filter(|(k, x)| x.host == h && !used_handles.contains(k) && !used_names.contains(&x.name))
+            .filter(|(k, x)| {
+                x.host == h
+                    && !used_handles.contains(k)
+                    && !used_names.contains(&x.name)
+                    && !self.waiters.iter().any(|w| w.handle() == **k)
+            })
             .map(|(k, _)| *k)
             .collect();
         let free_names: Vec<usize> = (0..NAMES.len()).filter(|n| !used_names.contains(n)).collect();
         if used_names.is_empty() && self.rng.chance(0.05) {
-            return Some(Act::List);
+            let dir = self.pick_dir();
+            return Some(Act::List { dir });
+        }
+        if used_names.is_empty() && self.rng.chance(0.02) {
+            return Some(self.pick_dir_change());
         }
         for _ in 0..8 {
             // Create, unlink, open, write, fsync, close a writer, close another, stat, F_SETLK,
             // F_GETLK, read a file whole, read through a handle.
-            let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4, 8, 6]);
+            // Then rename a file, link one.
+            let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4, 8, 6, 3, 1]);
+            if kind >= 12 {
+                match self.pick_rename_or_link(h, kind == 13, &free_names) {
+                    Some(act) => return Some(act),
+                    None => continue,
+                }
+            }
             if matches!(kind, 3..=5 | 8 | 9 | 11) {
                 // On a handle of this host.
                 let fitting: Vec<usize> = mine
@@ -542,8 +644,14 @@ impl Mh {
                             1 => libc::F_WRLCK,
                             _ => libc::F_UNLCK,
                         };
-                        let lock = LockRange { start, end, typ, pid: self.handles[&k].owner as u32 };
-                        if kind == 8 {
+                        let owner = self.handles[&k].owner;
+                        let lock = LockRange { start, end, typ, pid: owner as u32 };
+                        // F_SETLKW only by an owner holding no lock: a waiter never holds what
+                        // another waits for, so waits never form a cycle (no deadlock across
+                        // hosts, which nothing could detect).
+                        if kind == 8 && typ != libc::F_UNLCK && !self.locks.contains_key(&owner) && self.rng.chance(0.3) {
+                            Act::SetLkW { h: k, lock }
+                        } else if kind == 8 {
                             Act::SetLk { h: k, lock }
                         } else {
                             Act::GetLk { h: k, lock }
@@ -565,23 +673,19 @@ impl Mh {
                 return None;
             }
             let name = *self.rng.pick(&free_names);
+            let dir = self.pick_dir();
             match kind {
-                0 => return Some(Act::Create { name }),
+                0 => return Some(Act::Create { dir, name }),
                 1 => {
                     // Not while open on another host (the core keeps a file open after its last
                     // name went on the host that unlinks it only), or unsettled.
-                    let ino = self.names[name].current;
-                    let busy = ino.is_some_and(|i| {
-                        self.handles.values().any(|x| x.ino == i && x.host != h)
-                            || self.files.get(&i).is_some_and(|f| f.unsettled.is_some())
-                    });
-                    if busy {
+                    if self.model_file((dir, name)).is_some_and(|i| self.busy(h, i)) {
                         continue;
                     }
-                    return Some(Act::Unlink { name });
+                    return Some(Act::Unlink { dir, name });
                 }
                 2 => {
-                    let Some(ino) = self.names[name].current else {
+                    let Some(ino) = self.model_file((dir, name)) else {
                         continue;
                     };
                     if self.handles.values().filter(|x| x.host == h).count() >= 4 {
@@ -589,15 +693,15 @@ impl Mh {
                     }
                     if self.rng.chance(0.5) {
                         // Alone, or beside another writer (`writers`).
-                        if !self.writable(ino) && !(self.may_contest(h, ino) && self.rng.chance(0.5)) {
+                        if !(self.writable(ino) || self.may_contest(h, ino) && self.rng.chance(0.5)) {
                             continue;
                         }
-                        return Some(Act::Open { name, mode: Mode::Writer });
+                        return Some(Act::Open { dir, name, mode: Mode::Writer });
                     }
-                    return Some(Act::Open { name, mode: Mode::Locker });
+                    return Some(Act::Open { dir, name, mode: Mode::Locker });
                 }
-                7 => return Some(Act::Stat { name }),
-                10 => return Some(Act::ReadFile { name }),
+                7 => return Some(Act::Stat { dir, name }),
+                10 => return Some(Act::ReadFile { dir, name }),
                 _ => unreachable!("kinds on names"),
             }
         }
@@ -614,21 +718,36 @@ impl Mh {
         self.next_handle += 1;
     }
 
-    fn first_op(&mut self, host: usize, act: &Act) -> Op {
+    fn first_op(&mut self, host: usize, act: &Act, parents: [Ino; 2]) -> Op {
         let name = |n: usize| NAMES[n].as_bytes().to_vec();
+        let dname = |d: usize| DIRS[d].as_bytes().to_vec();
         match act {
-            Act::Create { name: n } => Op::Create {
-                parent: ROOT_INO,
+            Act::Create { name: n, .. } => Op::Create {
+                parent: parents[0],
                 name: name(*n),
                 mode: libc::S_IFREG | 0o644,
                 umask: 0,
                 flags: libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
             },
-            Act::Unlink { name: n } => Op::Unlink { parent: ROOT_INO, name: name(*n) },
-            Act::List => Op::OpenDir { ino: ROOT_INO, flags: libc::O_RDONLY },
-            Act::Open { name: n, .. } | Act::ReadFile { name: n } | Act::Stat { name: n } => {
-                Op::Lookup { parent: ROOT_INO, name: name(*n) }
+            Act::Unlink { name: n, .. } => Op::Unlink { parent: parents[0], name: name(*n) },
+            Act::List { .. } => Op::OpenDir { ino: parents[0], flags: libc::O_RDONLY },
+            Act::Open { name: n, .. } | Act::ReadFile { name: n, .. } | Act::Stat { name: n, .. } => {
+                Op::Lookup { parent: parents[0], name: name(*n) }
             }
+            Act::Mkdir { d } => Op::MkDir { parent: ROOT_INO, name: dname(*d), mode: libc::S_IFDIR | 0o755, umask: 0 },
+            Act::Rmdir { d } => Op::RmDir { parent: ROOT_INO, name: dname(*d) },
+            Act::StatDir { d } => Op::Lookup { parent: ROOT_INO, name: dname(*d) },
+            Act::RenameDir { from, to } => {
+                Op::Rename { parent: ROOT_INO, name: dname(*from), newparent: ROOT_INO, newname: dname(*to), flags: 0 }
+            }
+            Act::Rename { from, to } => Op::Rename {
+                parent: parents[0],
+                name: name(from.1),
+                newparent: parents[1],
+                newname: name(to.1),
+                flags: 0,
+            },
+            Act::Link { from, .. } => Op::Lookup { parent: parents[0], name: name(from.1) },
             Act::Write { h, offset, data } => {
                 let x = &self.handles[h];
                 Op::Write { ino: x.ino, fh: x.fh, offset: *offset, data: data.clone() }
@@ -649,6 +768,10 @@ impl Mh {
                 let x = &self.handles[h];
                 Op::SetLk { ino: x.ino, fh: x.fh, owner: x.owner, lock: *lock, sleep: false }
             }
+            Act::SetLkW { h, lock } => {
+                let x = &self.handles[h];
+                Op::SetLk { ino: x.ino, fh: x.fh, owner: x.owner, lock: *lock, sleep: true }
+            }
             Act::GetLk { h, lock } => {
                 let x = &self.handles[h];
                 debug_assert_eq!(x.host, host);
@@ -668,15 +791,19 @@ impl Mh {
         self.racing.clear();
         self.race_losses.clear();
         for (i, (_, a)) in batch.iter().enumerate() {
-            if let Act::Create { name } = a {
-                if batch[..i].iter().any(|(_, b)| matches!(b, Act::Create { name: n } if n == name)) {
+            if let Act::Create { dir: None, name } = a {
+                if batch[..i].iter().any(|(_, b)| matches!(b, Act::Create { dir: None, name: n } if n == name)) {
                     self.racing.push(*name);
                 }
             }
         }
         let mut running = Vec::new();
         for (host, act) in batch {
-            let op = self.first_op(host, &act);
+            let resolve = names::dirs_of(&act);
+            let op = match resolve.first() {
+                Some((_, d)) => Op::Lookup { parent: ROOT_INO, name: DIRS[*d].as_bytes().to_vec() },
+                None => self.first_op(host, &act, [ROOT_INO; 2]),
+            };
             let epoch = self.c.hosts[host].w.fault_epoch;
             let conflicts = self.c.hosts[host].w.conflicts;
             let mut r = Running {
@@ -693,7 +820,23 @@ impl Mh {
                 lookups: 0,
                 lower: 0,
                 done: false,
+                owner: 0,
+                parents: [ROOT_INO; 2],
+                resolving: resolve.first().copied(),
+                resolve: resolve.into_iter().skip(1).collect(),
+                dir_refs: Vec::new(),
             };
+            match &r.act {
+                Act::Close { h } => {
+                    let everything = LockRange { start: 0, end: u64::MAX, typ: libc::F_UNLCK, pid: 0 };
+                    self.releasing.push((self.handles[h].owner, everything));
+                }
+                Act::SetLk { h, lock } => self.releasing.push((self.handles[h].owner, *lock)),
+                _ => {}
+            }
+            if let Act::Close { h } | Act::SetLk { h, .. } = &r.act {
+                r.owner = self.handles[h].owner;
+            }
             self.send(&mut r, op)?;
             running.push(r);
         }
@@ -714,10 +857,22 @@ impl Mh {
                     self.c.now.as_micros() as u64,
                     format!("host {}: {:?} -> {}", r.host, r.act_name(), short(&reply)),
                 );
-                match self.on_reply(r, reply, &mut created)? {
+                let next = if r.resolving.is_some() {
+                    self.on_dir_lookup(r, reply)?
+                } else {
+                    self.on_reply(r, reply, &mut created)?
+                };
+                match next {
                     Some(op) => self.send(r, op)?,
                     None => {
                         r.done = true;
+                        for d in std::mem::take(&mut r.dir_refs) {
+                            self.c.forget(r.host, d, 1)?;
+                        }
+                        if let Act::Close { .. } | Act::SetLk { .. } = r.act {
+                            let owner = r.owner;
+                            self.releasing.retain(|(o, _)| *o != owner);
+                        }
                         if r.lookups > 0 {
                             let ino = r.ino.expect("a lookup names its inode");
                             self.c.forget(r.host, ino, r.lookups)?;
@@ -725,10 +880,18 @@ impl Mh {
                     }
                 }
             }
+            if self.poll_waiters()? {
+                answered = true;
+            }
             if answered {
                 continue;
             }
-            if running.iter().all(|r| r.done) {
+            if running.iter().all(|r| r.done || matches!(r.act, Act::SetLkW { .. })) {
+                // An F_SETLKW still asleep sleeps on across steps.
+                let now = self.c.now;
+                for r in std::mem::take(&mut running).into_iter().filter(|r| !r.done) {
+                    self.waiters.push(locks::Waiter { r, blocked_at: now });
+                }
                 break;
             }
             if self.c.now > limit {
@@ -741,7 +904,9 @@ impl Mh {
         }
         // A create race: never two winners.
         for (name, issued) in std::mem::take(&mut self.race_losses) {
-            if !created.iter().any(|(n, _)| *n == name) && !self.existed_since(name, self.last_sync.min(issued)) {
+            if !created.iter().any(|(n, _)| *n == name)
+                && !self.existed_since(ROOT_INO, name, self.last_sync.min(issued))
+            {
                 return Err(format!("{}: EEXIST for a create that lost a race nobody won", NAMES[name]));
             }
         }
@@ -793,15 +958,14 @@ impl Mh {
         r.stage += 1;
         let act = r.act.clone();
         match (act, stage) {
-            (Act::Create { name }, _) => match reply {
+            (Act::Create { name, .. }, _) => match reply {
                 Ok(Reply::Created { attr, fh }) => {
-                    if self.names[name].current.is_some() {
-                        return Err(
-                            self.unexpected(r, format!("created, but the name is file {:?}", self.names[name].current))
-                        );
+                    let parent = r.parents[0];
+                    if let Some(old) = self.entry(parent, name).current {
+                        return Err(self.unexpected(r, format!("created, but the name is file {old}")));
                     }
                     created.push((name, r.host));
-                    self.names[name].set(Some(attr.ino), now);
+                    self.entry_mut(parent, name).set(Some(attr.ino), now);
                     self.files.insert(
                         attr.ino,
                         FileM {
@@ -824,7 +988,7 @@ impl Mh {
                     let since = self.last_sync.min(r.issued);
                     if self.racing.contains(&name) {
                         self.race_losses.push((name, r.issued));
-                    } else if !self.existed_since(name, since) {
+                    } else if !self.existed_since(r.parents[0], name, since) {
                         return Err(self.unexpected(r, "EEXIST, but the name never existed since the last sync".into()));
                     }
                     Ok(None)
@@ -832,17 +996,18 @@ impl Mh {
                 Err(e) if self.io_error_ok(r, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
-            (Act::Unlink { name }, _) => match reply {
+            (Act::Unlink { name, .. }, _) => match reply {
                 Ok(Reply::Empty) => {
-                    let Some(ino) = self.names[name].current else {
+                    let parent = r.parents[0];
+                    let Some(ino) = self.entry(parent, name).current else {
                         return Err(self.unexpected(r, "unlinked a name that does not exist".into()));
                     };
-                    self.names[name].set(None, now);
+                    self.entry_mut(parent, name).set(None, now);
                     self.unlinked(r.host, ino, r.issued);
                     Ok(None)
                 }
                 Err(libc::ENOENT) => {
-                    if !self.names[name].allows(None, self.last_sync) {
+                    if !self.entry(r.parents[0], name).allows(None, self.last_sync) {
                         return Err(
                             self.unexpected(r, "ENOENT, but the name exists (since before the last sync)".into())
                         );
@@ -852,26 +1017,27 @@ impl Mh {
                 Err(e) if self.io_error_ok(r, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
-            (Act::Open { name, .. } | Act::ReadFile { name } | Act::Stat { name }, 0) => {
+            (Act::Open { name, .. } | Act::ReadFile { name, .. } | Act::Stat { name, .. }, 0) => {
+                let n = self.entry(r.parents[0], name);
+                let (current, history) = (n.current, n.history.clone());
                 let seen = match &reply {
                     Ok(Reply::Entry(a)) => Some(a.ino),
                     Err(libc::ENOENT) => None,
                     Err(e) if self.io_error_ok(r, *e) => return Ok(None),
                     other => return Err(self.unexpected(r, format!("{other:?}"))),
                 };
-                if !self.names[name].allows(seen, self.last_sync) {
+                if !self.entry(r.parents[0], name).allows(seen, self.last_sync) {
                     return Err(self.unexpected(
                         r,
                         format!(
-                            "lookup found {seen:?}; the name is {:?} (and was, since the last sync: {:?})",
-                            self.names[name].current, self.names[name].history
+                            "lookup found {seen:?}; the name is {current:?} (and was, since the last sync: {history:?})"
                         ),
                     ));
                 }
                 let Some(ino) = seen else { return Ok(None) };
                 r.ino = Some(ino);
                 r.lookups = 1;
-                if self.names[name].current != Some(ino) {
+                if current != Some(ino) {
                     // A stale entry: what follows may fail; nothing more to check.
                     return Ok(Some(Op::GetAttr { ino }));
                 }
@@ -884,7 +1050,7 @@ impl Mh {
             }
             (_, 1) if matches!(r.op, Op::GetAttr { .. }) => {
                 let ino = r.ino.expect("looked up");
-                let current = self.names[r.act_name_index()].current == Some(ino);
+                let current = self.entry(r.parents[0], r.act_name_index()).current == Some(ino);
                 match reply {
                     Ok(Reply::Attr(a)) if current => {
                         self.check_size(r.host, ino, a.size).map_err(|e| self.unexpected(r, e))?;
@@ -895,7 +1061,7 @@ impl Mh {
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
-            (Act::Open { name, mode }, 1) => match reply {
+            (Act::Open { name, mode, .. }, 1) => match reply {
                 Ok(Reply::Opened { fh, .. }) => {
                     let ino = r.ino.expect("looked up");
                     if mode == Mode::Writer {
@@ -1048,6 +1214,10 @@ impl Mh {
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
+            (Act::SetLkW { h, lock }, _) => {
+                self.waiter_answered(r, h, &lock, reply)?;
+                Ok(None)
+            }
             (Act::GetLk { h, lock }, _) => {
                 let x = self.handles[&h].clone();
                 match reply {
@@ -1076,26 +1246,32 @@ impl Mh {
                     other => Err(self.unexpected(r, format!("{other:?}"))),
                 }
             }
-            (Act::List, 0) => match reply {
+            (Act::List { .. }, 0) => match reply {
                 Ok(Reply::Opened { fh, .. }) => {
                     r.fh = Some(fh);
-                    Ok(Some(Op::ReadDir { ino: ROOT_INO, fh, offset: 0, size: 1 << 16, plus: false }))
+                    Ok(Some(Op::ReadDir { ino: r.parents[0], fh, offset: 0, size: 1 << 16, plus: false }))
                 }
                 Err(e) if self.io_error_ok(r, e) => Ok(None),
                 other => Err(self.unexpected(r, format!("{other:?}"))),
             },
-            (Act::List, 1) => {
+            (Act::List { .. }, 1) => {
                 match reply {
-                    Ok(Reply::Dir(entries)) => self.check_listing(&entries).map_err(|e| self.unexpected(r, e))?,
+                    Ok(Reply::Dir(entries)) => {
+                        self.check_listing(r.parents[0], &entries).map_err(|e| self.unexpected(r, e))?
+                    }
                     Err(e) if self.io_error_ok(r, e) => {}
                     other => return Err(self.unexpected(r, format!("{other:?}"))),
                 }
-                Ok(Some(Op::ReleaseDir { ino: ROOT_INO, fh: r.fh.expect("opened") }))
+                Ok(Some(Op::ReleaseDir { ino: r.parents[0], fh: r.fh.expect("opened") }))
             }
-            (Act::List, _) => match reply {
+            (Act::List { .. }, _) => match reply {
                 Ok(Reply::Empty) => Ok(None),
                 other => Err(self.unexpected(r, format!("releasedir: {other:?}"))),
             },
+            (
+                Act::Mkdir { .. } | Act::Rmdir { .. } | Act::RenameDir { .. } | Act::Rename { .. } | Act::Link { .. } | Act::StatDir { .. },
+                _,
+            ) => self.on_names_reply(r, reply, stage),
             (act, stage) => Err(format!("harness: no stage {stage} of {act:?}")),
         }
     }
@@ -1115,10 +1291,10 @@ impl Running {
     fn act_name_index(&self) -> usize {
         match &self.act {
             Act::Open { name, .. }
-            | Act::ReadFile { name }
-            | Act::Stat { name }
-            | Act::Create { name }
-            | Act::Unlink { name } => *name,
+            | Act::ReadFile { name, .. }
+            | Act::Stat { name, .. }
+            | Act::Create { name, .. }
+            | Act::Unlink { name, .. } => *name,
             _ => usize::MAX,
         }
     }
@@ -1128,6 +1304,8 @@ fn short(r: &Result<Reply, i32>) -> String {
     match r {
         Ok(Reply::Data(d)) => format!("Data({} bytes)", d.len()),
         Ok(Reply::Attr(a)) | Ok(Reply::Entry(a)) => format!("Attr(ino {} size {})", a.ino, a.size),
+        // (Not the whole listing: formatted only to be cut short.)
+        Ok(Reply::Dir(entries)) => format!("Dir({} entries)", entries.len()),
         other => format!("{other:?}").chars().take(80).collect(),
     }
 }

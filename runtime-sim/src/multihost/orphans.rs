@@ -30,6 +30,10 @@ pub(super) struct DeadOrphan {
 impl Mh {
     /// An unlink by `host` succeeded; its file stays while that host has it open.
     pub(super) fn unlinked(&mut self, host: usize, ino: Ino, issued: Duration) {
+        if self.has_name(ino) {
+            // It has another name (a link).
+            return;
+        }
         if !self.handles.values().any(|x| x.ino == ino && x.host == host) {
             self.files.remove(&ino);
             return;

@@ -40,6 +40,8 @@ struct Close {
     replied: Duration,
     /// Answered after its commit (no fault reached it).
     acked: bool,
+    /// The writer's host.
+    host: usize,
     /// The versions it may have committed (its writer's candidates).
     contents: Vec<Vec<u8>>,
 }
@@ -82,7 +84,8 @@ impl Mh {
         if writing.is_empty() && f.acked + 1 < f.versions.len() {
             // The last writer closed without its commit (its upload failed): its version lands
             // when the retry commits, at any time.
-            contest.closes.push(Close { sent: now, replied: now, acked: false, contents: vec![latest.clone()] });
+            let host = f.last_writer.unwrap_or(usize::MAX);
+            contest.closes.push(Close { sent: now, replied: now, acked: false, host, contents: vec![latest.clone()] });
         }
         f.contest = Some(contest);
         self.contests += 1;
@@ -124,7 +127,7 @@ impl Mh {
         if !x.wrote {
             return;
         }
-        let close = Close { sent, replied: self.c.now, acked, contents: x.own.clone() };
+        let close = Close { sent, replied: self.c.now, acked, host: x.host, contents: x.own.clone() };
         if let Some(c) = self.files.get_mut(&x.ino).and_then(|f| f.contest.as_mut()) {
             c.closes.push(close);
         }
@@ -134,6 +137,18 @@ impl Mh {
     pub(super) fn contest_crashed(&mut self, ino: Ino) {
         if let Some(c) = self.files.get_mut(&ino).and_then(|f| f.contest.as_mut()) {
             c.crashed = true;
+        }
+    }
+
+    /// Host `h` crashed: a close of it answered without its commit (the upload failed) may
+    /// never land (its staged copy may be lost), like a writer that crashed with its handle.
+    pub(super) fn closes_crashed(&mut self, h: usize) {
+        for f in self.files.values_mut() {
+            if let Some(c) = f.contest.as_mut() {
+                if c.closes.iter().any(|x| x.host == h && !x.acked) {
+                    c.crashed = true;
+                }
+            }
         }
     }
 
