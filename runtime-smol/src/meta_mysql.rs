@@ -538,7 +538,7 @@ impl Store {
     }
 }
 
-fn build_opts(config: &MysqlConfig, with_db: bool) -> Opts {
+pub(crate) fn build_opts(config: &MysqlConfig, with_db: bool) -> Opts {
     let mut b = OptsBuilder::default()
         .ip_or_hostname(config.host.clone())
         .tcp_port(config.port)
@@ -1179,7 +1179,7 @@ fn add_xattr(
     }
 }
 
-fn value_i64(v: &Value) -> Option<i64> {
+pub(crate) fn value_i64(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         Value::UInt(u) => i64::try_from(*u).ok(),

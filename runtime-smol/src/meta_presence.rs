@@ -15,9 +15,9 @@
 //! breaks (the server restarted), the claim is taken again on a new connection, and a conflict
 //! then is logged (the mount runs on; the operator must stop one host).
 
-use crate::meta_mysql::MysqlConfig;
+use crate::meta_mysql::{build_opts, value_i64, MysqlConfig};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Value};
+use mysql_async::{Conn, Value};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,32 +64,9 @@ async fn take(conn: &mut Conn, shared: bool, server: &str) -> Result<(), String>
     ))
 }
 
-fn value_i64(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::UInt(u) => i64::try_from(*u).ok(),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn opts(config: &MysqlConfig) -> Opts {
-    let mut b = OptsBuilder::default()
-        .ip_or_hostname(config.host.clone())
-        .tcp_port(config.port)
-        .user(Some(config.user.clone()))
-        .pass(Some(config.password.clone()))
-        .db_name(Some(config.db.clone()))
-        .tcp_nodelay(true);
-    if config.ssl {
-        b = b.ssl_opts(mysql_async::SslOpts::default()).prefer_socket(false);
-    }
-    Opts::from(b)
-}
-
 async fn connect_and_take(config: &MysqlConfig, shared: bool) -> Result<Conn, String> {
     let server = config.server();
-    let mut conn = match tokio::time::timeout(config.timeout, Conn::new(opts(config))).await {
+    let mut conn = match tokio::time::timeout(config.timeout, Conn::new(build_opts(config, true))).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(format!("{server}: cannot connect to claim the metadata store: {e}")),
         Err(_) => return Err(format!("{server}: cannot connect to claim the metadata store: no answer in {:?}", config.timeout)),

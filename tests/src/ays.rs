@@ -280,7 +280,8 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-    _tmp: tempfile::TempDir,
+    /// Its working directory (`--dir`), kept for a restart.
+    tmp: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -294,7 +295,7 @@ impl RedisServer {
             let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
             let tmp = tempfile::Builder::new().prefix("ays-redis-").tempdir().expect("tempdir");
             if let Some(child) = spawn_redis(port, tmp.path()) {
-                return RedisServer { child, port, _tmp: tmp };
+                return RedisServer { child, port, tmp };
             }
         }
         panic!("could not start redis-server on a free port");
@@ -307,7 +308,7 @@ impl RedisServer {
         let _ = self.child.wait();
         std::thread::sleep(down);
         for _ in 0..50 {
-            if let Some(child) = spawn_redis(self.port, self._tmp.path()) {
+            if let Some(child) = spawn_redis(self.port, self.tmp.path()) {
                 self.child = child;
                 return;
             }

@@ -158,6 +158,7 @@ impl AysReplies {
 
     /// The kernel released handle `fh`: the inode's backing file goes with its last handle.
     fn released(&self, fh: u64) {
+        // Unregistered (dropped) after the lock is let go: the ioctl needs no lock.
         let gone = self.modes.lock().unwrap_or_else(|e| e.into_inner()).released(fh);
         drop(gone);
     }
