@@ -139,6 +139,20 @@ fn run() -> Result<()> {
             return Err(format!("curl fetched {got} bytes of {} (expected {})", f.rel, f.size));
         }
     }
+    // For comparison with the mount's small files: curl of the blobs under 1 MiB alone.
+    let small_cfg = work.join("curl-small.cfg");
+    let mut cfg = String::new();
+    for (i, f) in order.iter().enumerate().filter(|(_, f)| f.size < MIB) {
+        cfg.push_str(&format!("url = \"http://{}/{DOMAIN}/{}?fetch=0\"\noutput = \"{}/small-{i}\"\n", server.addr, f.md5, dl.display()));
+    }
+    fs::write(&small_cfg, cfg).map_err(|e| e.to_string())?;
+    drop_caches()?;
+    let t = Instant::now();
+    let st = Command::new("curl").args(["-s", "-S", "-f", "-K"]).arg(&small_cfg).status().map_err(|e| format!("curl: {e}"))?;
+    let curl_small_s = t.elapsed().as_secs_f64();
+    if !st.success() {
+        return Err(format!("curl: {st}"));
+    }
     let _ = fs::remove_dir_all(&dl);
 
     // The mount.
@@ -163,8 +177,9 @@ fn run() -> Result<()> {
     drop_caches()?;
     let (cpu0, scpu0) = (mount.cpu_s(), cpu_s(server.child.id()));
     let t = Instant::now();
-    let n = read_tree(&mnt)?;
+    let cold = read_tree(&mnt)?;
     let cold_s = t.elapsed().as_secs_f64();
+    let n = cold.bytes;
     let (cold_cpu, cold_scpu) = (mount.cpu_s() - cpu0, cpu_s(server.child.id()) - scpu0);
     if n != total {
         return Err(format!("the mount gave {n} bytes, the tree has {total}"));
@@ -174,12 +189,12 @@ fn run() -> Result<()> {
     drop_caches()?;
     let cpu0 = mount.cpu_s();
     let t = Instant::now();
-    read_tree(&mnt)?;
+    let second = read_tree(&mnt)?;
     let local_mount_s = t.elapsed().as_secs_f64();
     let second_cpu = mount.cpu_s() - cpu0;
     drop_caches()?;
     let t = Instant::now();
-    read_tree(&src)?;
+    let disk = read_tree(&src)?;
     let local_disk_s = t.elapsed().as_secs_f64();
     let rss = mount.rss_kib();
     mount.stop()?;
@@ -210,6 +225,17 @@ fn run() -> Result<()> {
         files.len(),
         total / MIB
     );
+    println!("curl: the {} blobs under 1 MiB alone took {curl_small_s:.2} s", cold.small_files);
+    for (what, w) in [("cold read", &cold), ("second read", &second), ("local disk", &disk)] {
+        if w.small_files > 0 {
+            println!(
+                "{what}: the {} files under 1 MiB took {:.2} s ({:.2} ms each, open to close)",
+                w.small_files,
+                w.small_s,
+                w.small_s * 1000.0 / w.small_files as f64
+            );
+        }
+    }
     println!(
         "CPU seconds: cache server {curl_scpu:.2} (curl), {cold_scpu:.2} (cold read); mount process {cold_cpu:.2} (cold read), {second_cpu:.2} (second read)"
     );
@@ -327,10 +353,18 @@ fn walk_order(files: &[FileSpec]) -> Vec<&FileSpec> {
     by.into_values().collect()
 }
 
-/// Walks `root` (sorted), reading every file whole in 1 MiB reads; the bytes read.
-fn read_tree(root: &Path) -> Result<u64> {
+/// What a walk of a tree read, and how long its files under 1 MiB took (open to close).
+struct Walk {
+    bytes: u64,
+    small_files: u64,
+    small_s: f64,
+}
+
+/// Walks `root` (sorted), reading every file whole in 1 MiB reads.
+fn read_tree(root: &Path) -> Result<Walk> {
     let mut buf = vec![0u8; READ_BUF];
     let mut total = 0u64;
+    let (mut small_files, mut small_s) = (0u64, 0f64);
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let mut entries: Vec<_> = fs::read_dir(&dir)
@@ -346,18 +380,26 @@ fn read_tree(root: &Path) -> Result<u64> {
                 subdirs.push(p);
                 continue;
             }
+            let t = Instant::now();
             let mut f = File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut len = 0u64;
             loop {
                 let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
                 if n == 0 {
                     break;
                 }
-                total += n as u64;
+                len += n as u64;
+            }
+            drop(f);
+            total += len;
+            if len < MIB {
+                small_files += 1;
+                small_s += t.elapsed().as_secs_f64();
             }
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    Ok(total)
+    Ok(Walk { bytes: total, small_files, small_s })
 }
 
 /// Every file of the mount equals its source, byte for byte.

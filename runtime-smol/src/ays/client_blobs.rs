@@ -7,10 +7,10 @@
 //! A blob is received through a cacache writer while its md5 is computed, and its content and
 //! index entry are committed only if the md5 is the one asked for, so an index entry always names
 //! the md5 of its content. cacache addresses content by a hash of its own (xxh3 here: cheap, and
-//! only cacache's business); reads are ranged (`pread`) on a hard link of the content file made
-//! for each open and unlinked at once (`hard_link_hash_unchecked_sync`: cacache's public way to
-//! a file of its content, without reading it all as `read_sync` does). Removing a blob never
-//! disturbs a reader: an open file descriptor keeps its data.
+//! only cacache's business); reads are ranged (`pread`) on the content file, opened where
+//! cacache's documented layout puts it ([`content_path`]; cacache's own ways to a file of its
+//! content read it all, or make a hard link, two more directory changes per open). Removing a
+//! blob never disturbs a reader: an open file descriptor keeps its data.
 //!
 //! A disk can rot what it holds. A blob found on disk at start is checked against cacache's
 //! hash of it (xxh3, recorded when it was installed after its md5 matched) the first time this
@@ -67,14 +67,17 @@ impl Index {
 /// A blob being received: a cacache writer and the md5 of what was written so far.
 pub struct BlobWriter {
     inner: cacache::SyncWriter,
-    hasher: Md5Hasher,
+    /// `None` while another thread hashes the content (see [`BlobWriter::lend_md5`]).
+    hasher: Option<Md5Hasher>,
     len: u64,
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.len += n as u64;
         Ok(n)
     }
@@ -92,6 +95,17 @@ impl BlobWriter {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Lends the md5 state to another thread: until it comes back with [`BlobWriter::return_md5`],
+    /// what is written here is not hashed here, and the borrower must hash every byte written,
+    /// in order. A blob whose md5 state never came back is not installed.
+    pub fn lend_md5(&mut self) -> Option<Md5Hasher> {
+        self.hasher.take()
+    }
+
+    pub fn return_md5(&mut self, h: Md5Hasher) {
+        self.hasher = Some(h);
+    }
 }
 
 fn md5_of_digest(d: &[u8]) -> Md5 {
@@ -101,6 +115,18 @@ fn md5_of_digest(d: &[u8]) -> Md5 {
 }
 
 /// Whether the whole of `f` (read from its start) hashes to `sri`; leaves `f` at its end.
+/// Where cacache keeps the content of `sri` under `root`: `content-v2/<algorithm>/<hex[0..2]>/
+/// <hex[2..4]>/<hex[4..]>`, its documented layout (a test checks it against cacache's own reads).
+fn content_path(root: &Path, sri: &cacache::Integrity) -> PathBuf {
+    let (algorithm, hex) = sri.to_hex();
+    let mut p = root.join("content-v2");
+    p.push(algorithm.to_string());
+    p.push(hex.get(0..2).unwrap_or_default());
+    p.push(hex.get(2..4).unwrap_or_default());
+    p.push(hex.get(4..).unwrap_or_default());
+    p
+}
+
 fn matches_hash(f: &mut File, sri: &cacache::Integrity) -> io::Result<bool> {
     let mut checker = ssri::IntegrityChecker::new(sri.clone());
     let mut buf = vec![0u8; 256 * 1024];
@@ -181,18 +207,14 @@ impl BlobCache {
     /// Opens blob `md5` for reading: the file and its length; `None` if the cache lacks it.
     pub fn open_blob(&self, md5: Md5) -> io::Result<Option<(File, u64)>> {
         let Some((_, sri, verified)) = self.index().touch(md5) else { return Ok(None) };
-        let link = self.tmp_path("open");
-        if let Err(e) = cacache::hard_link_hash_unchecked_sync(&self.root, &sri, &link) {
-            let e = io_err(e);
-            if e.kind() == io::ErrorKind::NotFound {
+        let mut f = match File::open(content_path(&self.root, &sri)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(md5);
                 return Ok(None);
             }
-            return Err(e);
-        }
-        let f = File::open(&link);
-        let _ = fs::remove_file(&link);
-        let mut f = f?;
+            Err(e) => return Err(e),
+        };
         if !verified {
             if !matches_hash(&mut f, &sri)? {
                 tracing::warn!(
@@ -243,14 +265,15 @@ impl BlobCache {
     /// A new writer to receive a blob into (a cacache temporary file).
     pub fn writer(&self) -> io::Result<BlobWriter> {
         let inner = cacache::WriteOpts::new().algorithm(cacache::Algorithm::Xxh3).open_hash_sync(&self.root).map_err(io_err)?;
-        Ok(BlobWriter { inner, hasher: Md5Hasher::new(), len: 0 })
+        Ok(BlobWriter { inner, hasher: Some(Md5Hasher::new()), len: 0 })
     }
 
     /// Finishes a received blob: installs it if its md5 is `expected` (else drops it). Returns
     /// the md5 it hashed to and its length.
     pub fn install(&self, mut w: BlobWriter, expected: Option<Md5>) -> io::Result<(Md5, u64)> {
         w.inner.flush()?;
-        let actual = md5_of_digest(&std::mem::take(&mut w.hasher).finalize());
+        let hasher = w.hasher.take().ok_or_else(|| io::Error::other("the md5 of the blob was not computed"))?;
+        let actual = md5_of_digest(&hasher.finalize());
         let len = w.len;
         if expected.is_none_or(|e| e == actual) {
             // Content first, then the index entry naming it by md5.
@@ -343,6 +366,16 @@ impl BlobCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blobs_are_opened_where_cacache_keeps_their_content() {
+        let d = tempfile::tempdir().unwrap();
+        let c = BlobCache::open(d.path(), 1 << 20).unwrap();
+        let (md5, _) = c.install_bytes(b"where is it").unwrap();
+        let root = d.path().join("cacache");
+        let sri = cacache::metadata_sync(&root, md5.hex()).unwrap().unwrap().integrity;
+        assert_eq!(fs::read(content_path(&root, &sri)).unwrap(), cacache::read_hash_sync(&root, &sri).unwrap());
+    }
 
     #[test]
     fn install_verify_evict() {
