@@ -364,7 +364,8 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
     let a = ino_of(&mut h, ROOT_INO, "a");
     h.request(Op::Open { ino: a, flags: libc::O_RDONLY });
     h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
-    // The window after "a": "b" and "c" (11 bytes; "d" would pass 50), one at a time.
+    // The window after "a": "b", "c" and "d" (which passes the 50 bytes and ends it; not "e"),
+    // one at a time.
     let (io, _) = h.take_io(has(B));
     assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })), "one at a time");
     h.complete(io, Ok(AysReply::Present(Some(1))));
@@ -372,17 +373,18 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
     h.complete(io, Ok(AysReply::Present(None)));
     // Not in the blob cache: fetched through the chain.
     let (fetch_c, _) = h.take_io(|r| matches!(r, AysIo::Redis { into_blob: Some(m), .. } if m.hex() == C));
-    // Opening "b": "c" is being fetched, "d" is past the bytes: nothing new.
+    // Opening "b": "c" is being fetched and "d" waits for it (one at a time): nothing new.
     let b_ino = ino_of(&mut h, ROOT_INO, "b");
     h.request(Op::Open { ino: b_ino, flags: libc::O_RDONLY });
     h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
     assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })), "{:#?}", h.out);
     h.complete(fetch_c, Ok(AysReply::Redis(vec![RedisValue::Stored { md5: Md5::parse(C).unwrap(), len: 10 }])));
-    // Opening "c": the window holds "d" (a first file may pass the bytes), then "e" is past
-    // them; "d" is checked.
+    // "c" is in: "d" goes next.
+    h.take_io(has(D));
+    // Opening "c": the window holds "d" (checked already), then "e" is past the bytes.
     let c_ino = ino_of(&mut h, ROOT_INO, "c");
     h.request(Op::Open { ino: c_ino, flags: libc::O_RDONLY });
-    h.take_io(has(D));
+    h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
     // "e" has the content of "a": read ahead after "d" only when its turn comes.
     assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })));
 }

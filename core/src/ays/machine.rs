@@ -63,7 +63,7 @@ pub struct MountSpec {
     /// Read-ahead: opening a file fetches the blobs of the files after it in its directory (in
     /// name order, the order of `readdir`), at most this many files (0: no read-ahead) ...
     pub readahead_files: usize,
-    /// ... and this many bytes (at least one file) ...
+    /// ... and this many bytes (the file that reaches them included, so at least one) ...
     pub readahead_bytes: u64,
     /// ... with this many fetches at once.
     pub readahead_parallel: usize,
@@ -1147,7 +1147,10 @@ impl AysCore {
             if m.md5 == EMPTY_MD5 || self.in_overlay(&n.path) {
                 continue;
             }
-            if files >= files_max || (files > 0 && bytes.saturating_add(m.size) > bytes_max) {
+            // The file that reaches the bytes ends the window, itself included: a large file
+            // after small ones is fetched while the reader is still on them (stopping before it
+            // would leave it to the file just before it, with no overlap left).
+            if files >= files_max || (files > 0 && bytes >= bytes_max) {
                 break;
             }
             files += 1;
