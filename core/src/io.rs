@@ -245,14 +245,18 @@ pub enum LockRequest {
     /// already (a `Reap` answered free): then `NotFound`, and the open fails with ENOENT.
     /// Reply: `Done`. (Only with `Config::shared_opens`, as `Close` and `Reap`.)
     Open { ino: Ino },
-    /// This host's last handle of `ino` closed, or a deletion it reaped committed: unlist it.
-    /// Reply: `Done`.
+    /// This host has no handle of `ino` and does not delete it: it leaves this host's open
+    /// listing and its orphan listing (one the runtime made for a transaction that did not
+    /// commit). Reply: [`IoReply::Held`]: `false` when the file lost its last name while this
+    /// host had it open (another host's `Reap` found it held) and no other live host holds it
+    /// now: this host deletes it (with a `Reap` of its own); else `true`, nothing to do.
     Close { ino: Ino },
     /// `ino` has no names left and this host no handle of it: unlist it here and, atomically,
     /// unless another live host lists it open, mark it as being deleted (opens elsewhere fail
     /// from then on) and answer [`IoReply::Held`]`(false)`: this host deletes it. Otherwise
-    /// `Held(true)`: the last host to close it deletes it, and this host's listing of the file
-    /// as its own orphan goes (the holder's open listing protects it now).
+    /// `Held(true)`: the file is marked as unlinked, so that the last host to close it (`Close`
+    /// or `Reap`) deletes it, and this host's listing of the file as its own orphan goes (the
+    /// holders' open listings protect it now).
     Reap { ino: Ino },
 }
 
@@ -295,7 +299,8 @@ pub enum IoReply {
     Object(ObjectId),
     Space(Space),
     LockConflict(Option<LockRange>),
-    /// The answer to `LockRequest::Reap`: whether another live host holds the file open.
+    /// The answer to `LockRequest::Reap` and `Close`: whether another live host holds the file
+    /// open (see there).
     Held(bool),
 }
 

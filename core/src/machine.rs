@@ -291,6 +291,10 @@ enum Pending {
     OpenListed(Ino),
     /// `LockRequest::Reap` of a file without names that this host let go of.
     Reap(Ino),
+    /// `LockRequest::Close`: its answer may leave the file to this host to delete.
+    Unlisted(Ino),
+    /// The row of a file left to this host to delete (see `reap_unseen`).
+    ReapLoad(Ino),
 }
 
 /// What `create_node` makes.
@@ -1271,6 +1275,13 @@ impl Core {
         }
         self.collect_garbage(ino);
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let unnamed = inode.row.nlink == 0 && inode.opens == 0 && inode.row.kind != FileKind::Directory;
+        if self.config.shared_opens && unnamed && !self.reaping.contains(&ino) {
+            // Without names and not open here (a transaction of this host that reported a
+            // failure committed after all, say): whoever sees that may reap it, safely.
+            self.reap(ino);
+        }
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
         if let Some(object) = inode.data.recommit.take() {
             let replaced = inode.row.object.clone();
             self.commit_upload(ino, object, replaced);
@@ -1856,7 +1867,26 @@ impl Core {
     fn unlist_unused(&mut self, ino: Ino) {
         if self.listed_opens.get(&ino) == Some(&0) {
             self.listed_opens.remove(&ino);
-            self.io(IoRequest::Lock(LockRequest::Close { ino }), Pending::Ignore);
+            self.unlist(ino);
+        }
+    }
+
+    fn unlist(&mut self, ino: Ino) {
+        self.io(IoRequest::Lock(LockRequest::Close { ino }), Pending::Unlisted(ino));
+    }
+
+    /// The coordination server says this host was the last to hold `ino` open after another
+    /// host unlinked it (that host's `Reap` found it held before this host's `Close` went
+    /// through): this host deletes it, once it has read the row without names.
+    fn reap_unseen(&mut self, ino: Ino) {
+        if self.listed_opens.contains_key(&ino) || self.reaping.contains(&ino) {
+            // Open here again (its last close reaps it), or being deleted here already.
+            return;
+        }
+        if self.inodes.get(&ino).is_some_and(|i| i.opens == 0) {
+            self.reread_row(ino); // `apply_refresh` reaps it
+        } else if !self.inodes.contains_key(&ino) {
+            self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::ReapLoad(ino));
         }
     }
 
@@ -2887,8 +2917,19 @@ impl Core {
                     // A deletion of a file without names that did not happen is tried again on
                     // the retry timer (one that went with its last name did not take it).
                     for c in &after {
-                        if let Cleanup::DestroyUnnamed(ino) = c {
-                            self.delete_later(*ino);
+                        match c {
+                            Cleanup::DestroyUnnamed(ino) => self.delete_later(*ino),
+                            Cleanup::Reap(ino) => {
+                                // The name stays (or the request runs again): the runtime's
+                                // orphan listing of the file goes. (Should the transaction have
+                                // committed all the same, the row read again shows it without
+                                // names, and `apply_refresh` reaps it.)
+                                self.reaping.remove(ino);
+                                if !self.listed_opens.contains_key(ino) {
+                                    self.unlist(*ino);
+                                }
+                            }
+                            Cleanup::Destroy(_) | Cleanup::Staged(_) => {}
                         }
                     }
                     self.forget_clean_state();
@@ -3153,6 +3194,22 @@ impl Core {
                     }
                 }
             }
+            Pending::Unlisted(ino) => {
+                if let Ok(IoReply::Held(false)) = result {
+                    self.reap_unseen(ino);
+                }
+            }
+            Pending::ReapLoad(ino) => {
+                if let Ok(IoReply::Inode(Some(loaded))) = result {
+                    self.insert_loaded(loaded);
+                    let unnamed = self.inodes.get(&ino).is_some_and(|i| {
+                        i.row.nlink == 0 && i.opens == 0 && i.row.kind != FileKind::Directory && !i.version_stale
+                    });
+                    if unnamed {
+                        self.reap(ino);
+                    }
+                }
+            }
             Pending::Reap(ino) => match result {
                 Ok(IoReply::Held(false)) if self.reaping.contains(&ino) => self.delete_unnamed(ino),
                 Ok(IoReply::Held(false)) => {}
@@ -3319,7 +3376,7 @@ impl Core {
         let parked = std::mem::take(&mut self.parked);
         for p in parked {
             if op_names(&p.op, ino) {
-                self.reply(p.id, Err(EIO));
+                self.fail_parked(p, EIO);
             } else {
                 self.parked.push(p);
             }
@@ -3328,7 +3385,16 @@ impl Core {
 
     fn fail_all_parked(&mut self, errno: i32) {
         for p in std::mem::take(&mut self.parked) {
-            self.reply(p.id, Err(errno));
+            self.fail_parked(p, errno);
+        }
+    }
+
+    /// Answers a parked request with an error; an open that listed its file lets go of it.
+    fn fail_parked(&mut self, p: Parked, errno: i32) {
+        self.reply(p.id, Err(errno));
+        if let Op::Open { ino, .. } = p.op {
+            self.revalidated.remove(&p.id);
+            self.unlist_unused(ino);
         }
     }
 

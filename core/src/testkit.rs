@@ -23,6 +23,8 @@ pub struct MemStore {
     pub opens: BTreeMap<Ino, BTreeSet<u64>>,
     /// Files a host is deleting after a `Reap` answered free: opens of them are refused.
     pub reaping: BTreeSet<Ino>,
+    /// Files a `Reap` found held: the last host to close them deletes them.
+    pub unlinked: BTreeSet<Ino>,
 }
 
 impl MemStore {
@@ -84,12 +86,15 @@ impl MemStore {
             }
             IoRequest::Lock(LockRequest::Close { ino }) => {
                 self.unlist(*ino);
-                IoReply::Done
+                IoReply::Held(self.opens.contains_key(ino) || !self.unlinked.contains(ino))
             }
             IoRequest::Lock(LockRequest::Reap { ino }) => {
                 self.unlist(*ino);
                 let held = self.opens.contains_key(ino);
-                if !held {
+                if held {
+                    self.unlinked.insert(*ino);
+                } else {
+                    self.unlinked.remove(ino);
                     self.reaping.insert(*ino);
                 }
                 IoReply::Held(held)
