@@ -488,6 +488,10 @@ impl Driver {
                         }
                         inline.push_back((io, result));
                     }
+                    Effect::Io { io, request: IoRequest::Lock(req) } if req.in_meta_stream() => {
+                        let result = self.open_files(&req);
+                        inline.push_back((io, result));
+                    }
                     Effect::Io { io, request } => self.spawn_io(shared, io, request),
                 }
             }
@@ -504,13 +508,41 @@ impl Driver {
         }
     }
 
-    /// Before a transaction that leaves a file without names (kept open here), the other hosts
-    /// learn that this host holds it: they must not delete it while this host lives.
+    /// The listings of open files (`LockRequest::Open`, `Close`, `Reap`), run inline like the
+    /// metadata requests and in their order: an `Open` the core emitted before a transaction is
+    /// in force when that transaction runs, and a `Close` never overtakes the next `Open`.
+    fn open_files(&mut self, req: &LockRequest) -> IoResult {
+        let Some(locks) = &self.locks else {
+            // No coordination server: no other host to ask (the core asks only with one).
+            return Ok(match req {
+                LockRequest::Reap { .. } => IoReply::Held(false),
+                _ => IoReply::Done,
+            });
+        };
+        let result = locks.execute(req);
+        match (&result, req) {
+            (Ok(IoReply::Held(true)), LockRequest::Reap { ino }) | (Ok(_), LockRequest::Close { ino }) => {
+                // Out of this host's orphan set (another host holds it, or it keeps its name).
+                self.held_orphans.remove(ino);
+            }
+            (Err(e), _) if e.kind != IoErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot list an open file for the other hosts");
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// Before a transaction that leaves a file without names (kept open here, or, with
+    /// `Config::shared_opens`, until this host knows whether another has it open), the other
+    /// hosts learn that this host holds it: they must not delete it while this host lives. (Not
+    /// a row the same transaction deletes.)
     fn hold_orphans(&mut self, txn: &truckeefs_core::Txn) {
         let Some(locks) = &self.locks else { return };
+        let deleted = |ino: Ino| txn.ops.iter().any(|op| matches!(op, truckeefs_core::TxnOp::DeleteInode { ino: i } if *i == ino));
         for op in &txn.ops {
             if let truckeefs_core::TxnOp::UpdateInode { row, .. } = op {
-                if row.nlink == 0 && !self.held_orphans.contains(&row.ino) {
+                if row.nlink == 0 && !self.held_orphans.contains(&row.ino) && !deleted(row.ino) {
                     match locks.hold_orphan(row.ino) {
                         Ok(()) => {
                             self.held_orphans.insert(row.ino);
