@@ -322,6 +322,7 @@ impl Mh {
             staged_is_durable: false,
             inode_cache_max: *cfg_rng.pick(&[4, 16, 100_000]),
             multi_host: true,
+            shared_opens: true,
             ..Config::default()
         };
         let profile = if opts.faults { FaultProfile::draw(&mut cfg_rng) } else { FaultProfile::none() };
