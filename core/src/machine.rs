@@ -1879,13 +1879,8 @@ impl Core {
     /// host unlinked it (that host's `Reap` found it held before this host's `Close` went
     /// through): this host deletes it, once it has read the row without names.
     fn reap_unseen(&mut self, ino: Ino) {
-        if self.listed_opens.contains_key(&ino) || self.reaping.contains(&ino) {
-            // Open here again (its last close reaps it), or being deleted here already.
-            return;
-        }
-        if self.inodes.get(&ino).is_some_and(|i| i.opens == 0) {
-            self.reread_row(ino); // `apply_refresh` reaps it
-        } else if !self.inodes.contains_key(&ino) {
+        if !self.listed_opens.contains_key(&ino) && !self.reaping.contains(&ino) {
+            // (A load of its own: an invalidation may drop the inode while it is read.)
             self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::ReapLoad(ino));
         }
     }
@@ -3200,14 +3195,21 @@ impl Core {
                 }
             }
             Pending::ReapLoad(ino) => {
-                if let Ok(IoReply::Inode(Some(loaded))) = result {
-                    self.insert_loaded(loaded);
-                    let unnamed = self.inodes.get(&ino).is_some_and(|i| {
-                        i.row.nlink == 0 && i.opens == 0 && i.row.kind != FileKind::Directory && !i.version_stale
-                    });
-                    if unnamed {
-                        self.reap(ino);
-                    }
+                let Ok(IoReply::Inode(Some(loaded))) = result else { return };
+                let held = self.listed_opens.contains_key(&ino)
+                    || self.reaping.contains(&ino)
+                    || self.inodes.get(&ino).is_some_and(|i| i.opens > 0);
+                if loaded.row.nlink > 0 || loaded.row.kind == FileKind::Directory || held {
+                    // Named again, or open here again (its last close reaps it), or being
+                    // deleted here already.
+                    return;
+                }
+                // Whatever this host kept of it (an older row, a staged copy) goes: the row
+                // read now is the one to delete.
+                self.let_go(ino);
+                self.insert_loaded(loaded);
+                if self.inodes.contains_key(&ino) {
+                    self.reap(ino);
                 }
             }
             Pending::Reap(ino) => match result {
