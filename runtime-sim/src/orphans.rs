@@ -41,6 +41,6 @@ pub fn release(redis: &mut MemRedis, me: HostId, held: &mut BTreeSet<Ino>, txn: 
 pub fn spare(redis: &mut MemRedis, me: HostId, now: Duration, rows: &mut Vec<InodeRow>) {
     let o = redis.orphans(me, now);
     let left: BTreeSet<Ino> = rows.iter().map(|r| r.ino).collect();
-    rows.retain(|r| !o.held.contains(&r.ino));
+    rows.retain(|r| !o.held.contains(&r.ino) && !redis.held_open(me, now, r.ino));
     redis.forget_sets(&o.done_sets(&left));
 }

@@ -229,22 +229,16 @@ impl MemRedis {
         held || !self.unlinked.contains(&ino)
     }
 
-    /// `me` leaves `ino`'s hosts; whether a live host is left among them (dead ones go).
+    /// Whether a live host (`me` counts as live) lists `ino` open (`openers:<ino>`): the
+    /// per-file listing outlives a host's lapse, when its open set may have been forgotten.
+    pub fn held_open(&self, me: HostId, now: Duration, ino: Ino) -> bool {
+        self.openers.get(&ino).is_some_and(|hosts| hosts.iter().any(|h| *h == me || self.is_live(*h, now)))
+    }
+
+    /// `me` leaves `ino`'s hosts; whether a live host is left among them.
     fn holders_live(&mut self, me: HostId, now: Duration, ino: Ino) -> bool {
         self.unlist(me, ino);
-        let hosts: Vec<HostId> = self.openers.get(&ino).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        let mut held = false;
-        for h in hosts {
-            if self.is_live(h, now) {
-                held = true;
-            } else if let Some(set) = self.openers.get_mut(&ino) {
-                set.remove(&h);
-                if set.is_empty() {
-                    self.openers.remove(&ino);
-                }
-            }
-        }
-        held
+        self.openers.get(&ino).is_some_and(|hosts| hosts.iter().any(|h| self.is_live(*h, now)))
     }
 
     /// coord.rs `REAP`: whether another live host holds `ino` open.
@@ -256,6 +250,7 @@ impl MemRedis {
         } else {
             self.reaping.insert(ino, now + REAPING_TTL);
             self.unlinked.remove(&ino);
+            self.openers.remove(&ino);
         }
         held
     }

@@ -22,8 +22,10 @@
 //! unlink). A host deleting a file without names first runs [`REAP`]: atomically, unless a
 //! live host lists the file open, it marks it as being deleted (`<prefix>reaping:<ino>`, which
 //! expires after [`REAPING_TTL`]), and [`OPEN`] refuses to list a file so marked: an open and
-//! a deletion never both go ahead. A dead host's open set counts as its orphan set does: the
-//! files without names it lists are collected once its heartbeat expired.
+//! a deletion never both go ahead. If a live host lists it, the file is marked as unlinked
+//! (`<prefix>unlinked:<ino>`) and the last of its hosts to close it deletes it (its close runs
+//! the same script, which tells it so). A dead host's open set counts as its orphan set does:
+//! the files without names it lists are collected once its heartbeat expired.
 //!
 //! Fencing tokens come from one counter, `<prefix>fence` (`INCR`): every upload lease and every
 //! record-lock grant gets the next one. Before a host uploads a new version of inode N it takes
@@ -555,6 +557,21 @@ impl LockService {
         })
     }
 
+    /// Whether a live host (this one counts as live) lists `ino` open (`<prefix>openers:<ino>`,
+    /// which outlives a host's lapse, when its open set may have been forgotten).
+    pub(crate) fn held_open(&self, ino: Ino) -> Result<bool, String> {
+        let host_prefix = format!("{}host:", self.prefix);
+        self.with_conn(|c| {
+            let hosts: Vec<String> = c.smembers(self.openers_key(ino))?;
+            for h in hosts {
+                if h == self.host || c.exists(format!("{host_prefix}{h}"))? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
     fn opens_key(&self) -> String {
         format!("{}opens:{}", self.prefix, self.host)
     }
@@ -634,13 +651,14 @@ return 1
 
 /// Host ARGV[1] has no handle of inode ARGV[2] any more: it leaves its open set KEYS[1] and
 /// the file's hosts KEYS[2], and asks whether another host of KEYS[2] lives (its heartbeat key
-/// ARGV[3]..host exists; dead ones are dropped on the way).
+/// ARGV[3]..host exists). Hosts whose heartbeat lapsed stay listed: one that comes back still
+/// holds its files, unless one was deleted meanwhile.
 ///
 /// ARGV[5] `reap`: the file has no names, and ARGV[1] deletes it unless a live host holds it.
 /// If one does, the last host to close it deletes it: the file is marked as unlinked (KEYS[5])
 /// and leaves ARGV[1]'s orphan set KEYS[3] (the holders' listings protect it now); answer 1.
 /// Otherwise it is marked as being deleted by ARGV[1] (KEYS[4], expiring after ARGV[4] ms,
-/// which `OPEN` refuses); answer 0.
+/// which `OPEN` refuses) and its list of hosts goes; answer 0.
 ///
 /// ARGV[5] `close`: a close of a file ARGV[1] believes named. It leaves ARGV[1]'s orphan set
 /// too (a listing for a transaction that did not commit). Answer 0 if the file was unlinked
@@ -653,8 +671,7 @@ local held = false
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if redis.call('EXISTS', ARGV[3] .. h) == 1 then
     held = true
-  else
-    redis.call('SREM', KEYS[2], h)
+    break
   end
 end
 if ARGV[5] == 'close' then
@@ -668,7 +685,7 @@ if held then
   return 1
 end
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])
-redis.call('DEL', KEYS[5])
+redis.call('DEL', KEYS[5], KEYS[2])
 return 0
 "#;
 

@@ -581,7 +581,9 @@ impl Driver {
         match locks.orphans() {
             Ok(o) => {
                 let left: std::collections::HashSet<Ino> = rows.iter().map(|r| r.ino).collect();
-                rows.retain(|r| !o.held.contains(&r.ino));
+                // (A live host's open listing of the file itself counts too; one that cannot be
+                // read spares the file.)
+                rows.retain(|r| !o.held.contains(&r.ino) && !locks.held_open(r.ino).unwrap_or(true));
                 if let Err(e) = locks.forget_sets(&o.done_sets(&left)) {
                     tracing::warn!(error = %e, "cannot remove a dead host's list of open files");
                 }
