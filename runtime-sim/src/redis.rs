@@ -394,6 +394,35 @@ mod tests {
     }
 
     #[test]
+    fn open_listings_keep_an_unlinked_file_until_its_last_live_holder_closes() {
+        let mut r = MemRedis::new();
+        let t0 = Duration::from_secs(10);
+        for h in [1, 2, 3] {
+            r.renew(h, t0);
+        }
+        let (open, close, reap) =
+            (|ino| LockRequest::Open { ino }, |ino| LockRequest::Close { ino }, |ino| LockRequest::Reap { ino });
+        assert_eq!(r.execute(1, t0, &open(7)), Ok(IoReply::Done));
+        assert_eq!(r.execute(2, t0, &open(7)), Ok(IoReply::Done));
+        // Host 3 unlinked it (its orphan listing goes to the holders): held.
+        r.hold_orphan(3, 7);
+        assert_eq!(r.execute(3, t0, &reap(7)), Ok(IoReply::Held(true)));
+        assert!(!r.orphans.contains_key(&3));
+        // Host 1 closes, not knowing: host 2 still holds it.
+        assert_eq!(r.execute(1, t0, &close(7)), Ok(IoReply::Held(true)));
+        // Host 2 lapses: host 1's reap would find nobody; its last close says "yours".
+        let later = t0 + HEARTBEAT_TTL;
+        r.renew(1, later);
+        assert_eq!(r.execute(1, later, &open(7)), Ok(IoReply::Done));
+        assert_eq!(r.execute(1, later, &close(7)), Ok(IoReply::Held(false)));
+        // Host 1 reaps it: free, and opens are refused until the mark expires.
+        assert_eq!(r.execute(1, later, &reap(7)), Ok(IoReply::Held(false)));
+        assert!(r.execute(3, later, &open(7)).is_err_and(|e| e.kind == IoErrorKind::NotFound));
+        assert!(!r.openers.contains_key(&7), "the reap drops the file's hosts");
+        assert_eq!(r.execute(3, later + REAPING_TTL, &open(7)), Ok(IoReply::Done));
+    }
+
+    #[test]
     fn read_locks_share_and_to_the_end_of_file_is_stored_as_minus_one() {
         let mut r = MemRedis::new();
         let now = Duration::from_secs(1);
