@@ -407,6 +407,10 @@ pub struct Core {
     /// Files without names this host is deleting after a `LockRequest::Reap` (from the request
     /// until the row is gone, or until another host turns out to hold it).
     reaping: HashSet<Ino>,
+    /// Files whose `LockRequest::Close` failed (the coordination server was away), and when it
+    /// is sent again: a listing left behind would keep another host from deleting the file.
+    unlist_again: BTreeSet<Ino>,
+    unlist_again_at: Option<Instant>,
 }
 
 impl Core {
@@ -460,6 +464,8 @@ impl Core {
             opens_listing: HashSet::new(),
             open_refused: HashSet::new(),
             reaping: HashSet::new(),
+            unlist_again: BTreeSet::new(),
+            unlist_again_at: None,
         };
         core.startup_pending = 2;
         core.io(IoRequest::Staging(StagingRequest::Scan), Pending::Startup);
@@ -638,6 +644,15 @@ impl Core {
         if self.dir_times_flush_at.is_some_and(|t| t <= now) {
             self.flush_dir_times();
         }
+        if self.unlist_again_at.is_some_and(|t| t <= now) {
+            self.unlist_again_at = None;
+            for ino in std::mem::take(&mut self.unlist_again) {
+                // (Unless it is listed again since: its own close unlists it.)
+                if !self.listed_opens.contains_key(&ino) {
+                    self.unlist(ino);
+                }
+            }
+        }
         while let Some(&(when, ino)) = self.deadlines.iter().next() {
             if when > now {
                 break;
@@ -692,7 +707,7 @@ impl Core {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let upload = self.deadlines.iter().next().map(|(t, _)| *t);
-        [upload, self.dir_times_flush_at, self.lock_poll_at].into_iter().flatten().min()
+        [upload, self.dir_times_flush_at, self.lock_poll_at, self.unlist_again_at].into_iter().flatten().min()
     }
 
     /// Nothing in flight, nothing left to upload or to delete.
@@ -3189,11 +3204,14 @@ impl Core {
                     }
                 }
             }
-            Pending::Unlisted(ino) => {
-                if let Ok(IoReply::Held(false)) = result {
-                    self.reap_unseen(ino);
+            Pending::Unlisted(ino) => match result {
+                Ok(IoReply::Held(false)) => self.reap_unseen(ino),
+                Ok(_) => {}
+                Err(_) => {
+                    self.unlist_again.insert(ino);
+                    self.unlist_again_at.get_or_insert(self.now + self.config.upload_retry);
                 }
-            }
+            },
             Pending::ReapLoad(ino) => {
                 let Ok(IoReply::Inode(Some(loaded))) = result else { return };
                 let held = self.listed_opens.contains_key(&ino)

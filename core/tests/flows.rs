@@ -1565,3 +1565,23 @@ fn the_last_holders_close_after_a_reap_found_it_held_deletes_the_file() {
     assert!(!a.store.inodes.contains_key(&ino), "the last holder deletes it");
     assert!(a.store.opens.is_empty() && a.store.unlinked.is_empty());
 }
+
+/// A close whose unlisting failed (the coordination server was away) is unlisted again later:
+/// a listing left behind would keep the other hosts from ever deleting the file.
+#[test]
+fn a_failed_unlisting_is_sent_again() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    assert_eq!(a.store.opens[&ino], [1].into());
+    a.send(Op::Release { ino, fh, lock_owner: None });
+    a.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Close { .. })));
+    let (io, _) = a.ios.pop_front().expect("the close's unlisting");
+    a.core.handle_completion(a.now, io, Err(IoError::new(IoErrorKind::Other, "redis is away")));
+    a.settle();
+    assert_eq!(a.store.opens[&ino], [1].into(), "not unlisted yet");
+    a.now += Duration::from_secs(10);
+    a.core.handle_timeout(a.now);
+    a.settle();
+    assert!(a.store.opens.is_empty(), "unlisted on the retry");
+}

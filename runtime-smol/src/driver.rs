@@ -123,6 +123,7 @@ impl Runtime {
             locks: None,
             mirror: None,
             held_orphans: std::collections::HashSet::new(),
+            coordination_failed_at: None,
             running: std::collections::HashSet::new(),
             gone: std::collections::HashSet::new(),
             upload_fence: None,
@@ -352,6 +353,8 @@ struct Driver {
     upload_fence: Option<(Fence, truckeefs_core::ObjectId)>,
     /// The files this host keeps open after their last name went, as listed for the other hosts.
     held_orphans: std::collections::HashSet<Ino>,
+    /// When an inline call to the coordination server last failed (see `open_files`).
+    coordination_failed_at: Option<Instant>,
     /// The per-inode processes reported running (a state is written only when it changes).
     running: std::collections::HashSet<(Ino, Process)>,
     /// Deleted files: their states are removed once none of their processes runs.
@@ -519,7 +522,17 @@ impl Driver {
                 _ => IoReply::Done,
             });
         };
+        // While the server fails, inline calls fail at once instead of each waiting for its
+        // connection timeout with the driver's lock held (the core sends them again later).
+        const FAILING_FOR: Duration = Duration::from_secs(1);
+        if self.coordination_failed_at.is_some_and(|t| t.elapsed() < FAILING_FOR) {
+            return Err(IoError::new(IoErrorKind::Other, "the coordination server failed a moment ago"));
+        }
         let result = locks.execute(req);
+        self.coordination_failed_at = match &result {
+            Err(e) if e.kind != IoErrorKind::NotFound => Some(Instant::now()),
+            _ => None,
+        };
         match (&result, req) {
             (Ok(IoReply::Held(true)), LockRequest::Reap { ino }) | (Ok(_), LockRequest::Close { ino }) => {
                 // Out of this host's orphan set (another host holds it, or it keeps its name).
