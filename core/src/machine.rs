@@ -3231,8 +3231,13 @@ impl Core {
                 }
             }
             Pending::Reap(ino) => match result {
-                Ok(IoReply::Held(false)) if self.reaping.contains(&ino) => self.delete_unnamed(ino),
-                Ok(IoReply::Held(false)) => {}
+                // (Unless this host opened it meanwhile: its last close reaps it again.)
+                Ok(IoReply::Held(false)) if self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0) => {
+                    self.delete_unnamed(ino)
+                }
+                Ok(IoReply::Held(false)) => {
+                    self.reaping.remove(&ino);
+                }
                 Ok(_) => self.let_go(ino),
                 Err(_) => self.delete_later(ino),
             },
