@@ -407,10 +407,13 @@ pub struct Core {
     /// Files without names this host is deleting after a `LockRequest::Reap` (from the request
     /// until the row is gone, or until another host turns out to hold it).
     reaping: HashSet<Ino>,
-    /// Files whose `LockRequest::Close` failed (the coordination server was away), and when it
-    /// is sent again: a listing left behind would keep another host from deleting the file.
+    /// Files whose `LockRequest::Close` failed (the coordination server was away): a listing
+    /// left behind would keep another host from deleting the file. And files left to this host
+    /// to delete whose row could not be read (`reap_unseen`). Both are tried again at
+    /// `listings_again_at`.
     unlist_again: BTreeSet<Ino>,
-    unlist_again_at: Option<Instant>,
+    reap_again: BTreeSet<Ino>,
+    listings_again_at: Option<Instant>,
 }
 
 impl Core {
@@ -465,7 +468,8 @@ impl Core {
             open_refused: HashSet::new(),
             reaping: HashSet::new(),
             unlist_again: BTreeSet::new(),
-            unlist_again_at: None,
+            reap_again: BTreeSet::new(),
+            listings_again_at: None,
         };
         core.startup_pending = 2;
         core.io(IoRequest::Staging(StagingRequest::Scan), Pending::Startup);
@@ -644,13 +648,16 @@ impl Core {
         if self.dir_times_flush_at.is_some_and(|t| t <= now) {
             self.flush_dir_times();
         }
-        if self.unlist_again_at.is_some_and(|t| t <= now) {
-            self.unlist_again_at = None;
+        if self.listings_again_at.is_some_and(|t| t <= now) {
+            self.listings_again_at = None;
             for ino in std::mem::take(&mut self.unlist_again) {
                 // (Unless it is listed again since: its own close unlists it.)
                 if !self.listed_opens.contains_key(&ino) {
                     self.unlist(ino);
                 }
+            }
+            for ino in std::mem::take(&mut self.reap_again) {
+                self.reap_unseen(ino);
             }
         }
         while let Some(&(when, ino)) = self.deadlines.iter().next() {
@@ -707,7 +714,7 @@ impl Core {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let upload = self.deadlines.iter().next().map(|(t, _)| *t);
-        [upload, self.dir_times_flush_at, self.lock_poll_at, self.unlist_again_at].into_iter().flatten().min()
+        [upload, self.dir_times_flush_at, self.lock_poll_at, self.listings_again_at].into_iter().flatten().min()
     }
 
     /// Nothing in flight, nothing left to upload or to delete.
@@ -2647,6 +2654,7 @@ impl Core {
             return;
         }
         if inode.row.nlink == 0 {
+            self.answer_unnamed_waiters(ino);
             return;
         }
         if !d.dirty() {
@@ -2665,6 +2673,19 @@ impl Core {
         }
         let record = SealRecord { size, mtime: inode.row.mtime, ctime: inode.row.ctime };
         self.io(IoRequest::Staging(StagingRequest::Seal { ino, record }), Pending::Seal { ino });
+    }
+
+    /// A file without names is not uploaded: closes and fsyncs waiting for an upload of it (the
+    /// last name went on another host meanwhile) are answered, as they are at once once it has
+    /// none.
+    fn answer_unnamed_waiters(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        let waiters: Vec<RequestId> =
+            d.close_waiters.drain(..).chain(d.fsync_waiters.drain(..)).chain(d.flush_waiters.drain(..)).map(|(id, _)| id).collect();
+        for id in waiters {
+            self.reply(id, Ok(Reply::Empty));
+        }
     }
 
     /// Drop the staged copy of a clean file nobody has open. Called only where a staged copy
@@ -3074,6 +3095,7 @@ impl Core {
                 let Some(inode) = self.inodes.get_mut(&ino) else { return };
                 if inode.row.nlink == 0 {
                     inode.data.upload = None;
+                    self.answer_unnamed_waiters(ino);
                     return;
                 }
                 if up.size == 0 {
@@ -3209,11 +3231,19 @@ impl Core {
                 Ok(_) => {}
                 Err(_) => {
                     self.unlist_again.insert(ino);
-                    self.unlist_again_at.get_or_insert(self.now + self.config.upload_retry);
+                    self.listings_again_at.get_or_insert(self.now + self.config.upload_retry);
                 }
             },
             Pending::ReapLoad(ino) => {
-                let Ok(IoReply::Inode(Some(loaded))) = result else { return };
+                let loaded = match result {
+                    Ok(IoReply::Inode(Some(loaded))) => loaded,
+                    Ok(_) => return, // deleted already
+                    Err(_) => {
+                        self.reap_again.insert(ino);
+                        self.listings_again_at.get_or_insert(self.now + self.config.upload_retry);
+                        return;
+                    }
+                };
                 let held = self.listed_opens.contains_key(&ino)
                     || self.reaping.contains(&ino)
                     || self.inodes.get(&ino).is_some_and(|i| i.opens > 0);
