@@ -229,6 +229,16 @@ impl MemRedis {
         held || !self.unlinked.contains(&ino)
     }
 
+    /// coord.rs `LockService::relist_opens`: `host`'s heartbeat is renewed after a lapse, and it
+    /// lists its open files again in its open set (the others may have forgotten it).
+    pub fn relist_opens(&mut self, host: HostId) {
+        let listed: BTreeSet<Ino> =
+            self.openers.iter().filter(|(_, hosts)| hosts.contains(&host)).map(|(ino, _)| *ino).collect();
+        if !listed.is_empty() {
+            self.opens.entry(host).or_default().extend(listed);
+        }
+    }
+
     /// Whether a live host (`me` counts as live) lists `ino` open (`openers:<ino>`): the
     /// per-file listing outlives a host's lapse, when its open set may have been forgotten.
     pub fn held_open(&self, me: HostId, now: Duration, ino: Ino) -> bool {

@@ -199,6 +199,7 @@ impl Coordinator {
             .spawn(move || {
                 let mut failing = false;
                 let mut beats = 0u32;
+                let mut last_beat = std::time::Instant::now();
                 while !beat_stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(HEARTBEAT_EVERY);
                     beats = beats.wrapping_add(1);
@@ -213,7 +214,18 @@ impl Coordinator {
                         }
                     }
                     beat.renew_upload_leases();
-                    match beat.heartbeat() {
+                    let renewed = beat.heartbeat();
+                    if renewed.is_ok() {
+                        if last_beat.elapsed() >= HEARTBEAT_TTL {
+                            // This host looked dead meanwhile: its open set may have been
+                            // forgotten by the others (see `LockService::relist_opens`).
+                            if let Err(e) = beat.relist_opens() {
+                                tracing::warn!(error = %e, "cannot list this host's open files again");
+                            }
+                        }
+                        last_beat = std::time::Instant::now();
+                    }
+                    match renewed {
                         Ok(()) if failing => {
                             tracing::info!(server = %beat.server, "heartbeat renewed again");
                             failing = false;
@@ -584,9 +596,26 @@ impl LockService {
         format!("{}reaping:{ino}", self.prefix)
     }
 
+    /// After this host's heartbeat lapsed (a paused process, a lost connection), the others
+    /// may have forgotten its open set as a dead host's: it is listed again, so that the files
+    /// without names it holds are still collected should it die later.
+    fn relist_opens(&self) -> Result<(), String> {
+        let listed: Vec<Ino> = lock(&self.listed).iter().copied().collect();
+        if listed.is_empty() {
+            return Ok(());
+        }
+        self.with_conn(|c| {
+            let mut pipe = redis::pipe();
+            for ino in &listed {
+                pipe.sadd(self.opens_key(), ino).ignore();
+            }
+            pipe.query::<()>(c)
+        })
+    }
+
     /// `LockRequest::Open`: lists `ino` as open here unless it is being deleted (`NotFound`).
     fn list_open(&self, ino: Ino) -> Result<bool, String> {
-        self.with_conn(|c| {
+        let listed = self.with_conn(|c| {
             redis::Script::new(OPEN)
                 .key(self.reaping_key(ino))
                 .key(self.opens_key())
@@ -594,13 +623,16 @@ impl LockService {
                 .arg(&self.host)
                 .arg(ino)
                 .invoke::<i64>(c)
-        })
-        .map(|listed| listed == 1)
+        })? == 1;
+        if listed {
+            lock(&self.listed).insert(ino);
+        }
+        Ok(listed)
     }
 
     /// `LockRequest::Reap` (`close`: `LockRequest::Close`): see [`REAP`].
     fn reap(&self, ino: Ino, close: bool) -> Result<bool, String> {
-        self.with_conn(|c| {
+        let held: i64 = self.with_conn(|c| {
             redis::Script::new(REAP)
                 .key(self.opens_key())
                 .key(self.openers_key(ino))
@@ -613,8 +645,9 @@ impl LockService {
                 .arg(REAPING_TTL.as_millis() as u64)
                 .arg(if close { "close" } else { "reap" })
                 .invoke::<i64>(c)
-        })
-        .map(|held| held == 1)
+        })?;
+        lock(&self.listed).remove(&ino);
+        Ok(held == 1)
     }
 
     /// The hosts whose heartbeat lives, this one first.
@@ -707,6 +740,8 @@ pub struct LockService {
     leases: Mutex<std::collections::BTreeMap<Ino, u64>>,
     /// Uploads waiting for another host's lease, by inode.
     lease_waits: Mutex<std::collections::BTreeMap<Ino, LeaseWait>>,
+    /// The files this host lists as open (`Config::shared_opens`), to list again after a lapse.
+    listed: Mutex<std::collections::BTreeSet<Ino>>,
     /// The highest fencing token this host knows was used (the store's highest fence at the
     /// mount or after a refusal, and every lease token it took): a new token is always above
     /// it, even from a counter that went with the coordination server's data.
@@ -771,6 +806,7 @@ impl LockService {
             lock_tokens: Mutex::new(Default::default()),
             leases: Mutex::new(Default::default()),
             lease_waits: Mutex::new(Default::default()),
+            listed: Mutex::new(Default::default()),
             floor: std::sync::atomic::AtomicU64::new(0),
         }
     }
