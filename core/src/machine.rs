@@ -2791,6 +2791,11 @@ impl Core {
                         if !startup && self.spares_orphan(row.ino) {
                             continue;
                         }
+                        if self.config.shared_opens {
+                            // Deleted here, object first: no reap of it runs meanwhile (one
+                            // deletes the row first, and a crash then would leave the object).
+                            self.reaping.insert(row.ino);
+                        }
                         match row.object {
                             // The object goes first: a crash in between leaves a row naming no
                             // object, which the next collection deletes (deleting a missing
@@ -2914,6 +2919,10 @@ impl Core {
                         match c {
                             Cleanup::Staged(ino) => {
                                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                                // (A copy of its row read meanwhile goes too.)
+                                if self.config.shared_opens {
+                                    self.let_go(ino);
+                                }
                             }
                             Cleanup::Destroy(ino) | Cleanup::DestroyUnnamed(ino) => self.finish_destroy(ino),
                             Cleanup::Reap(ino) => self.reap(ino),
