@@ -240,6 +240,33 @@ pub enum LockRequest {
     Publish { ino: Ino, held: Vec<LockRange> },
     /// The first lock of another live host conflicting with `want`. Reply: `LockConflict`.
     Query { ino: Ino, want: LockRange },
+    /// This host opens `ino` (its first handle here): list it among this host's open files, so
+    /// that no other host deletes it once its last name goes, unless a host is deleting it
+    /// already (a `Reap` answered free): then `NotFound`, and the open fails with ENOENT.
+    /// Reply: `Done`. (Only with `Config::shared_opens`, as `Close` and `Reap`.)
+    Open { ino: Ino },
+    /// This host has no handle of `ino` and does not delete it: it leaves this host's open
+    /// listing and its orphan listing (one the runtime made for a transaction that did not
+    /// commit). Reply: [`IoReply::Held`]: `false` when the file lost its last name while this
+    /// host had it open (another host's `Reap` found it held) and no other live host holds it
+    /// now: this host deletes it (with a `Reap` of its own); else `true`, nothing to do.
+    Close { ino: Ino },
+    /// `ino` has no names left and this host no handle of it: unlist it here and, atomically,
+    /// unless another live host lists it open, mark it as being deleted (opens elsewhere fail
+    /// from then on) and answer [`IoReply::Held`]`(false)`: this host deletes it. Otherwise
+    /// `Held(true)`: the file is marked as unlinked, so that the last host to close it (`Close`
+    /// or `Reap`) deletes it, and this host's listing of the file as its own orphan goes (the
+    /// holders' open listings protect it now).
+    Reap { ino: Ino },
+}
+
+impl LockRequest {
+    /// Whether the runtime runs this request in the metadata stream: in emission order with the
+    /// `Meta` requests (an `Open` emitted before a `Commit` is in force when the commit runs,
+    /// and a `Close` never overtakes the next `Open` of the same file).
+    pub fn in_meta_stream(&self) -> bool {
+        matches!(self, LockRequest::Open { .. } | LockRequest::Close { .. } | LockRequest::Reap { .. })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,6 +299,9 @@ pub enum IoReply {
     Object(ObjectId),
     Space(Space),
     LockConflict(Option<LockRange>),
+    /// The answer to `LockRequest::Reap` and `Close`: whether another live host holds the file
+    /// open (see there).
+    Held(bool),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

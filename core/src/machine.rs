@@ -73,6 +73,11 @@ pub struct Config {
     /// seal when the store fails), and open re-reads the inode, so that a file closed on one
     /// host is read whole on another at its next open (close-to-open consistency).
     pub multi_host: bool,
+    /// Multi-host with a coordination server: the hosts list the files they have open there
+    /// (`LockRequest::Open`, `Close`), and a file whose last name goes is deleted by the last
+    /// host to close it (`LockRequest::Reap`), so that a file another host has open is kept
+    /// until that host closes it or dies.
+    pub shared_opens: bool,
 }
 
 impl Default for Config {
@@ -87,6 +92,7 @@ impl Default for Config {
             check_permissions: false,
             groups: Vec::new(),
             multi_host: false,
+            shared_opens: false,
         }
     }
 }
@@ -194,6 +200,8 @@ struct Upload {
 struct Handle {
     ino: Ino,
     flags: i32,
+    /// It counts in `Core::listed_opens` (a file's handle on a `shared_opens` mount).
+    listed: bool,
     /// The contents were changed through it (write, truncate, fallocate, copy into it): on a
     /// multi-host mount, this host keeps its own version of the file until it is closed.
     wrote: bool,
@@ -279,6 +287,14 @@ enum Pending {
     LockQuery { id: RequestId, want: LockRange },
     Space { id: RequestId },
     Usage { id: RequestId, space: Space },
+    /// `LockRequest::Open` of the first open of a file here.
+    OpenListed(Ino),
+    /// `LockRequest::Reap` of a file without names that this host let go of.
+    Reap(Ino),
+    /// `LockRequest::Close`: its answer may leave the file to this host to delete.
+    Unlisted(Ino),
+    /// The row of a file left to this host to delete (see `reap_unseen`).
+    ReapLoad(Ino),
 }
 
 /// What `create_node` makes.
@@ -311,6 +327,9 @@ enum Cleanup {
     /// The same for a file this host kept without names (its last handle closed): if the
     /// transaction fails, the deletion is tried again on the retry timer.
     DestroyUnnamed(Ino),
+    /// (`Config::shared_opens`) The transaction took the last name of a file this host has not
+    /// open: ask who else has it open (`LockRequest::Reap`) before deleting it.
+    Reap(Ino),
 }
 
 /// The pure filesystem core. See the module documentation for the run loop.
@@ -377,6 +396,24 @@ pub struct Core {
     dir_times_flush_at: Option<Instant>,
     /// Staged files found at start, waiting for their inode to load, with the loads tried.
     replaying: HashMap<Ino, (StagedEntry, u32)>,
+    /// (`Config::shared_opens`) The files this host lists as open in the coordination server,
+    /// with the handles it has of each (0 while the open that listed it is still running).
+    listed_opens: HashMap<Ino, u32>,
+    /// Files whose `LockRequest::Open` is in flight (their opens wait for it).
+    opens_listing: HashSet<Ino>,
+    /// Files whose listing was refused (another host is deleting them): their opens fail with
+    /// ENOENT (cleared with `absent`).
+    open_refused: HashSet<Ino>,
+    /// Files without names this host is deleting after a `LockRequest::Reap` (from the request
+    /// until the row is gone, or until another host turns out to hold it).
+    reaping: HashSet<Ino>,
+    /// Files whose `LockRequest::Close` failed (the coordination server was away): a listing
+    /// left behind would keep another host from deleting the file. And files left to this host
+    /// to delete whose row could not be read (`reap_unseen`). Both are tried again at
+    /// `listings_again_at`.
+    unlist_again: BTreeSet<Ino>,
+    reap_again: BTreeSet<Ino>,
+    listings_again_at: Option<Instant>,
 }
 
 impl Core {
@@ -426,6 +463,13 @@ impl Core {
             dir_times: BTreeSet::new(),
             times_in_txn: Vec::new(),
             dir_times_flush_at: None,
+            listed_opens: HashMap::new(),
+            opens_listing: HashSet::new(),
+            open_refused: HashSet::new(),
+            reaping: HashSet::new(),
+            unlist_again: BTreeSet::new(),
+            reap_again: BTreeSet::new(),
+            listings_again_at: None,
         };
         core.startup_pending = 2;
         core.io(IoRequest::Staging(StagingRequest::Scan), Pending::Startup);
@@ -579,8 +623,9 @@ impl Core {
         let d = &i.data;
         ino != ROOT_INO
             && i.opens == 0
-            // Without names: this host is deleting it (or it must learn who did).
-            && i.row.nlink > 0
+            // Without names: this host is deleting it (or it must learn who did). With
+            // `shared_opens`, only while it reaps it: otherwise another host has it open.
+            && (i.row.nlink > 0 || (self.config.shared_opens && !self.reaping.contains(&ino) && !d.delete_again))
             && !i.times_dirty
             && !d.staged
             && !d.busy()
@@ -602,6 +647,18 @@ impl Core {
         }
         if self.dir_times_flush_at.is_some_and(|t| t <= now) {
             self.flush_dir_times();
+        }
+        if self.listings_again_at.is_some_and(|t| t <= now) {
+            self.listings_again_at = None;
+            for ino in std::mem::take(&mut self.unlist_again) {
+                // (Unless it is listed again since: its own close unlists it.)
+                if !self.listed_opens.contains_key(&ino) {
+                    self.unlist(ino);
+                }
+            }
+            for ino in std::mem::take(&mut self.reap_again) {
+                self.reap_unseen(ino);
+            }
         }
         while let Some(&(when, ino)) = self.deadlines.iter().next() {
             if when > now {
@@ -657,7 +714,7 @@ impl Core {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let upload = self.deadlines.iter().next().map(|(t, _)| *t);
-        [upload, self.dir_times_flush_at, self.lock_poll_at].into_iter().flatten().min()
+        [upload, self.dir_times_flush_at, self.lock_poll_at, self.listings_again_at].into_iter().flatten().min()
     }
 
     /// Nothing in flight, nothing left to upload or to delete.
@@ -714,6 +771,7 @@ impl Core {
         if self.parked.is_empty() && self.loads_in_flight == 0 {
             self.absent.clear();
             self.relisted.clear();
+            self.open_refused.clear();
         }
     }
 
@@ -799,41 +857,18 @@ impl Core {
                 self.rename(p.id, wall, *parent, name, *newparent, newname, *flags)
             }
             Op::Open { ino, flags } => {
-                if self.config.multi_host && !self.revalidated.contains_key(&p.id) {
-                    // Close-to-open: read the inode again (another host may have closed a new
-                    // version), unless this host holds more than a copy of it.
-                    let before = self.inodes.get(ino).map(|i| i.row.object.clone());
-                    if self.is_forgettable(*ino) {
-                        self.inodes.remove(ino);
-                    } else {
-                        // Held for more than a copy (open, dirty, locked): its row is read again
-                        // all the same.
-                        self.reread_row(*ino);
-                    }
-                    self.revalidated.insert(p.id, before.flatten());
+                let opened = self.open(p, *ino, *flags);
+                if let Err(Stop::Errno(_)) = opened {
+                    self.unlist_unused(*ino);
                 }
-                if let Err(stop) = self.ensure_inode(*ino) {
-                    if !matches!(stop, Stop::Wait) {
-                        self.revalidated.remove(&p.id);
-                    }
-                    return Err(stop);
-                }
-                let keep_cache = match self.revalidated.remove(&p.id) {
-                    Some(before) => before == self.inodes[ino].row.object,
-                    None => true,
-                };
-                if self.inodes[ino].row.kind == FileKind::Directory {
-                    return Err(EISDIR.into());
-                }
-                let fh = self.open_handle(*ino, *flags);
-                Ok(Reply::Opened { fh, keep_cache })
+                opened
             }
             Op::OpenDir { ino, flags } => {
                 self.ensure_inode(*ino)?;
                 if self.inodes[ino].row.kind != FileKind::Directory {
                     return Err(ENOTDIR.into());
                 }
-                let fh = self.open_handle(*ino, *flags);
+                let fh = self.open_handle(*ino, *flags, false);
                 Ok(Reply::Opened { fh, keep_cache: false })
             }
             Op::Read { ino, fh: _, offset, size } => {
@@ -995,6 +1030,50 @@ impl Core {
                 self.read(p.id, *ino_in, *off_in, (*len).min(COPY_CHUNK_MAX), Some(copy))
             }
         }
+    }
+
+    /// Open of a file (or, with EISDIR, a directory). With `shared_opens`, the first open here
+    /// first lists the file as open in the coordination server, then reads its row: either the
+    /// row is read after the listing, or the other host's `Reap` came first and the listing is
+    /// refused. So no host deletes a file this host opens unseen.
+    fn open(&mut self, p: &Parked, ino: Ino, flags: i32) -> Exec {
+        if self.config.shared_opens && !self.listed_opens.contains_key(&ino) {
+            if self.open_refused.contains(&ino) {
+                return Err(ENOENT.into());
+            }
+            if self.opens_listing.insert(ino) {
+                self.io(IoRequest::Lock(LockRequest::Open { ino }), Pending::OpenListed(ino));
+            }
+            return Err(Stop::Wait);
+        }
+        if self.config.multi_host && !self.revalidated.contains_key(&p.id) {
+            // Close-to-open: read the inode again (another host may have closed a new
+            // version), unless this host holds more than a copy of it.
+            let before = self.inodes.get(&ino).map(|i| i.row.object.clone());
+            if self.is_forgettable(ino) {
+                self.inodes.remove(&ino);
+            } else {
+                // Held for more than a copy (open, dirty, locked): its row is read again
+                // all the same.
+                self.reread_row(ino);
+            }
+            self.revalidated.insert(p.id, before.flatten());
+        }
+        if let Err(stop) = self.ensure_inode(ino) {
+            if !matches!(stop, Stop::Wait) {
+                self.revalidated.remove(&p.id);
+            }
+            return Err(stop);
+        }
+        let keep_cache = match self.revalidated.remove(&p.id) {
+            Some(before) => before == self.inodes[&ino].row.object,
+            None => true,
+        };
+        if self.inodes[&ino].row.kind == FileKind::Directory {
+            return Err(EISDIR.into());
+        }
+        let fh = self.open_handle(ino, flags, self.config.shared_opens);
+        Ok(Reply::Opened { fh, keep_cache })
     }
 
     // ----- loading state -----
@@ -1171,6 +1250,7 @@ impl Core {
                 }
             }
             self.deleted.insert(ino);
+            self.reaping.remove(&ino);
             return;
         };
         let since = existing.row.version.wrapping_sub(base);
@@ -1216,6 +1296,13 @@ impl Core {
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
         }
         self.collect_garbage(ino);
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let unnamed = inode.row.nlink == 0 && inode.opens == 0 && inode.row.kind != FileKind::Directory;
+        if self.config.shared_opens && unnamed && !self.reaping.contains(&ino) {
+            // Without names and not open here (a transaction of this host that reported a
+            // failure committed after all, say): whoever sees that may reap it, safely.
+            self.reap(ino);
+        }
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         if let Some(object) = inode.data.recommit.take() {
             let replaced = inode.row.object.clone();
@@ -1602,7 +1689,14 @@ impl Core {
             vec![TxnOp::InsertInode(row), TxnOp::InsertDentry(DentryRow { parent, name: name.to_vec(), ino, pos })];
         self.touch_dir(parent, wall, &mut ops, is_dir);
         let reply = match (self.entry(ino, Some(parent)), open) {
-            (Reply::Entry(attr), Some(flags)) => Reply::Created { attr, fh: self.open_handle(ino, flags) },
+            (Reply::Entry(attr), Some(flags)) => {
+                if self.config.shared_opens {
+                    // Listed before the name exists for the other hosts (the runtime runs the
+                    // listing before the transaction): none of them can delete it unseen.
+                    self.io(IoRequest::Lock(LockRequest::Open { ino }), Pending::OpenListed(ino));
+                }
+                Reply::Created { attr, fh: self.open_handle(ino, flags, self.config.shared_opens) }
+            }
             (reply, _) => reply,
         };
         self.commit(ops, false, Some((id, Ok(reply))), vec![]);
@@ -1713,8 +1807,11 @@ impl Core {
             Reply::Entry(attr) => (attr.ino, None),
             _ => return,
         };
-        if let Some(fh) = fh {
-            self.handles.remove(&fh);
+        if let Some(h) = fh.and_then(|fh| self.handles.remove(&fh)) {
+            if h.listed {
+                self.forget_listed_handle(ino);
+                self.unlist_unused(ino);
+            }
         }
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.lookups = i.lookups.saturating_sub(1);
@@ -1724,10 +1821,14 @@ impl Core {
         }
     }
 
-    fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
+    /// `listed`: the handle of a file on a `shared_opens` mount (see `listed_opens`).
+    fn open_handle(&mut self, ino: Ino, flags: i32, listed: bool) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { ino, flags, wrote: false });
+        self.handles.insert(fh, Handle { ino, flags, wrote: false, listed });
+        if listed {
+            *self.listed_opens.entry(ino).or_insert(0) += 1;
+        }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.opens += 1;
         }
@@ -1735,8 +1836,13 @@ impl Core {
     }
 
     fn release_handle(&mut self, ino: Ino, fh: u64, lock_owner: Option<u64>) {
+        let mut listed = false;
         if let Some(h) = self.handles.remove(&fh) {
             debug_assert_eq!(h.ino, ino, "handle of another inode");
+            listed = h.listed;
+            if listed {
+                self.forget_listed_handle(ino);
+            }
             if h.wrote && !self.changing_here(ino) {
                 self.give_way(ino);
             }
@@ -1747,20 +1853,104 @@ impl Core {
                 self.wake_lock_waiters();
             }
         }
-        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            if listed {
+                self.unlist_unused(ino);
+            }
+            return;
+        };
         inode.opens = inode.opens.saturating_sub(1);
         if inode.opens > 0 {
             return;
         }
         if inode.row.nlink == 0 {
+            // (With `shared_opens`, its `Reap` unlists it here too.)
             self.destroy(ino);
             return;
         }
+        self.unlist_unused(ino);
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
         if inode.data.dirty() {
             inode.data.want_upload = true;
         }
         self.pump_upload(ino);
         self.maybe_unstage(ino);
+    }
+
+    /// A listed handle of `ino` went (see `listed_opens`).
+    fn forget_listed_handle(&mut self, ino: Ino) {
+        if let Some(n) = self.listed_opens.get_mut(&ino) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// `ino` is listed as open here but no handle of it is left (its last one closed, or the
+    /// open that listed it failed): unlist it. (A file without names is unlisted by its `Reap`.)
+    fn unlist_unused(&mut self, ino: Ino) {
+        if self.listed_opens.get(&ino) == Some(&0) {
+            self.listed_opens.remove(&ino);
+            self.unlist(ino);
+        }
+    }
+
+    fn unlist(&mut self, ino: Ino) {
+        self.io(IoRequest::Lock(LockRequest::Close { ino }), Pending::Unlisted(ino));
+    }
+
+    /// The coordination server says this host was the last to hold `ino` open after another
+    /// host unlinked it (that host's `Reap` found it held before this host's `Close` went
+    /// through): this host deletes it, once it has read the row without names.
+    fn reap_unseen(&mut self, ino: Ino) {
+        if !self.listed_opens.contains_key(&ino) && !self.reaping.contains(&ino) {
+            // (A load of its own: an invalidation may drop the inode while it is read.)
+            self.io(IoRequest::Meta(MetaRequest::LoadInode { ino }), Pending::ReapLoad(ino));
+        }
+    }
+
+    /// (`shared_opens`) `ino` has no names and no handle here: ask whether another host has it
+    /// open (see `LockRequest::Reap`); this host deletes it only if none has.
+    fn reap(&mut self, ino: Ino) {
+        self.listed_opens.remove(&ino);
+        if self.reaping.insert(ino) || !self.pending.values().any(|p| matches!(p, Pending::Reap(i) if *i == ino)) {
+            self.io(IoRequest::Lock(LockRequest::Reap { ino }), Pending::Reap(ino));
+        }
+    }
+
+    /// Another host holds `ino` (without names) open, or it is gone: this host forgets it and
+    /// drops what it kept of it (the holder deletes the row and its object).
+    fn let_go(&mut self, ino: Ino) {
+        self.reaping.remove(&ino);
+        if self.inodes.get(&ino).is_none_or(|i| i.opens > 0) {
+            return;
+        }
+        let Some(gone) = self.inodes.remove(&ino) else { return };
+        self.dirs.remove(&ino);
+        let d = gone.data;
+        if let Some(old) = d.deadline {
+            self.deadlines.remove(&(old, ino));
+        }
+        for (rid, _) in d.flush_waiters.into_iter().chain(d.fsync_waiters).chain(d.close_waiters) {
+            self.reply(rid, Ok(Reply::Empty));
+        }
+        // Old versions of this host's (the row names none of them) are still its own to delete.
+        for object in d.garbage.into_iter().chain(d.recommit.flatten()) {
+            self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
+        }
+        if d.staged || d.init_pending || d.record_on_disk {
+            self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+        }
+    }
+
+    /// Tries the deletion of `ino` (without names) again on the retry timer.
+    fn delete_later(&mut self, ino: Ino) {
+        let when = self.now + self.config.upload_retry;
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.data.delete_again = true;
+            if let Some(old) = inode.data.deadline.replace(when) {
+                self.deadlines.remove(&(old, ino));
+            }
+            self.deadlines.insert((when, ino));
+        }
     }
 
     /// Multi-host: a handle that changed the contents is being used (see `Handle::wrote`).
@@ -1794,8 +1984,19 @@ impl Core {
     }
 
     /// Remove an inode with no links and no open handles: its row, then (see `finish_destroy`)
-    /// its object and staged copy.
+    /// its object and staged copy. With `shared_opens`, once no other host has it open.
     fn destroy(&mut self, ino: Ino) {
+        if self.config.shared_opens && self.inodes.get(&ino).is_some_and(|i| i.row.kind != FileKind::Directory) {
+            self.reap(ino);
+        } else {
+            self.delete_unnamed(ino);
+        }
+    }
+
+    /// The deletion itself (see `destroy`). With `shared_opens`, it names the row's version: a
+    /// change another host made meanwhile (its commit of a new object) makes it conflict, and
+    /// it runs again (on the retry timer) on the row read afresh, deleting that object too.
+    fn delete_unnamed(&mut self, ino: Ino) {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let waiters: Vec<RequestId> = inode
             .data
@@ -1808,7 +2009,27 @@ impl Core {
         for rid in waiters {
             self.reply(rid, Ok(Reply::Empty));
         }
-        self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::DestroyUnnamed(ino)]);
+        let mut ops = Vec::new();
+        if self.config.shared_opens {
+            ops.push(self.update_row(ino));
+        }
+        ops.push(TxnOp::DeleteInode { ino });
+        self.commit(ops, false, None, vec![Cleanup::DestroyUnnamed(ino)]);
+    }
+
+    /// Whether a collection of orphans leaves `ino` alone: this host knows it (without
+    /// `shared_opens`), or has it open or is deleting it. A copy of its row without names is
+    /// dropped (no host holds the file).
+    fn spares_orphan(&mut self, ino: Ino) -> bool {
+        if !self.config.shared_opens {
+            return self.inodes.contains_key(&ino);
+        }
+        let held = self.inodes.get(&ino).is_some_and(|i| i.opens > 0 || i.data.delete_again);
+        if held || self.reaping.contains(&ino) || self.listed_opens.contains_key(&ino) {
+            return true;
+        }
+        self.let_go(ino);
+        false
     }
 
     /// Deletes the row of an orphan collected (its object is gone already).
@@ -1818,6 +2039,7 @@ impl Core {
 
     /// The transaction deleting `ino` committed: forget it and drop its data.
     fn finish_destroy(&mut self, ino: Ino) {
+        self.reaping.remove(&ino);
         let Some(inode) = self.inodes.remove(&ino) else { return };
         self.dirs.remove(&ino);
         self.deleted.insert(ino);
@@ -1883,6 +2105,14 @@ impl Core {
         if inode.row.nlink > 0 || inode.opens > 0 {
             ops.push(self.update_row(ino));
             return (vec![], false);
+        }
+        if self.config.shared_opens && inode.row.kind != FileKind::Directory {
+            // Another host may have it open: the row stays, without names, until this host
+            // learns whether one has (`reap`, once this commits); the runtime lists it as this
+            // host's orphan meanwhile, so a crash leaves it to the others.
+            ops.push(self.update_row(ino));
+            self.reaping.insert(ino);
+            return (vec![Cleanup::Reap(ino)], false);
         }
         // No names and no open handles: remove it in the same transaction. With several hosts,
         // only the row this host read: another host may have given it a name since (a link
@@ -2424,6 +2654,7 @@ impl Core {
             return;
         }
         if inode.row.nlink == 0 {
+            self.answer_unnamed_waiters(ino);
             return;
         }
         if !d.dirty() {
@@ -2442,6 +2673,19 @@ impl Core {
         }
         let record = SealRecord { size, mtime: inode.row.mtime, ctime: inode.row.ctime };
         self.io(IoRequest::Staging(StagingRequest::Seal { ino, record }), Pending::Seal { ino });
+    }
+
+    /// A file without names is not uploaded: closes and fsyncs waiting for an upload of it (the
+    /// last name went on another host meanwhile) are answered, as they are at once once it has
+    /// none.
+    fn answer_unnamed_waiters(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        let waiters: Vec<RequestId> =
+            d.close_waiters.drain(..).chain(d.fsync_waiters.drain(..)).chain(d.flush_waiters.drain(..)).map(|(id, _)| id).collect();
+        for id in waiters {
+            self.reply(id, Ok(Reply::Empty));
+        }
     }
 
     /// Drop the staged copy of a clean file nobody has open. Called only where a staged copy
@@ -2544,8 +2788,13 @@ impl Core {
             Pending::Orphans { startup } => {
                 if let Ok(IoReply::Orphans(rows)) = result {
                     for row in rows {
-                        if !startup && self.inodes.contains_key(&row.ino) {
+                        if !startup && self.spares_orphan(row.ino) {
                             continue;
+                        }
+                        if self.config.shared_opens {
+                            // Deleted here, object first: no reap of it runs meanwhile (one
+                            // deletes the row first, and a crash then would leave the object).
+                            self.reaping.insert(row.ino);
                         }
                         match row.object {
                             // The object goes first: a crash in between leaves a row naming no
@@ -2670,8 +2919,13 @@ impl Core {
                         match c {
                             Cleanup::Staged(ino) => {
                                 self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                                // (A copy of its row read meanwhile goes too.)
+                                if self.config.shared_opens {
+                                    self.let_go(ino);
+                                }
                             }
                             Cleanup::Destroy(ino) | Cleanup::DestroyUnnamed(ino) => self.finish_destroy(ino),
+                            Cleanup::Reap(ino) => self.reap(ino),
                         }
                     }
                 }
@@ -2702,16 +2956,20 @@ impl Core {
                     }
                     // A deletion of a file without names that did not happen is tried again on
                     // the retry timer (one that went with its last name did not take it).
-                    let when = self.now + self.config.upload_retry;
                     for c in &after {
-                        if let Cleanup::DestroyUnnamed(ino) = c {
-                            if let Some(inode) = self.inodes.get_mut(ino) {
-                                inode.data.delete_again = true;
-                                if let Some(old) = inode.data.deadline.replace(when) {
-                                    self.deadlines.remove(&(old, *ino));
+                        match c {
+                            Cleanup::DestroyUnnamed(ino) => self.delete_later(*ino),
+                            Cleanup::Reap(ino) => {
+                                // The name stays (or the request runs again): the runtime's
+                                // orphan listing of the file goes. (Should the transaction have
+                                // committed all the same, the row read again shows it without
+                                // names, and `apply_refresh` reaps it.)
+                                self.reaping.remove(ino);
+                                if !self.listed_opens.contains_key(ino) {
+                                    self.unlist(*ino);
                                 }
-                                self.deadlines.insert((when, *ino));
                             }
+                            Cleanup::Destroy(_) | Cleanup::Staged(_) => {}
                         }
                     }
                     self.forget_clean_state();
@@ -2846,6 +3104,7 @@ impl Core {
                 let Some(inode) = self.inodes.get_mut(&ino) else { return };
                 if inode.row.nlink == 0 {
                     inode.data.upload = None;
+                    self.answer_unnamed_waiters(ino);
                     return;
                 }
                 if up.size == 0 {
@@ -2962,6 +3221,65 @@ impl Core {
                 self.maybe_unstage(ino);
             }
             Pending::Ignore => {}
+            Pending::OpenListed(ino) => {
+                self.opens_listing.remove(&ino);
+                match result {
+                    Err(e) if e.kind == IoErrorKind::NotFound => {
+                        // Another host is deleting it (it has no names).
+                        self.open_refused.insert(ino);
+                    }
+                    // Listed; or the coordination server failed (the runtime logged it): the
+                    // open goes on unlisted, as on a mount without one.
+                    _ => {
+                        self.listed_opens.entry(ino).or_insert(0);
+                    }
+                }
+            }
+            Pending::Unlisted(ino) => match result {
+                Ok(IoReply::Held(false)) => self.reap_unseen(ino),
+                Ok(_) => {}
+                Err(_) => {
+                    self.unlist_again.insert(ino);
+                    self.listings_again_at.get_or_insert(self.now + self.config.upload_retry);
+                }
+            },
+            Pending::ReapLoad(ino) => {
+                let loaded = match result {
+                    Ok(IoReply::Inode(Some(loaded))) => loaded,
+                    Ok(_) => return, // deleted already
+                    Err(_) => {
+                        self.reap_again.insert(ino);
+                        self.listings_again_at.get_or_insert(self.now + self.config.upload_retry);
+                        return;
+                    }
+                };
+                let held = self.listed_opens.contains_key(&ino)
+                    || self.reaping.contains(&ino)
+                    || self.inodes.get(&ino).is_some_and(|i| i.opens > 0);
+                if loaded.row.nlink > 0 || loaded.row.kind == FileKind::Directory || held {
+                    // Named again, or open here again (its last close reaps it), or being
+                    // deleted here already.
+                    return;
+                }
+                // Whatever this host kept of it (an older row, a staged copy) goes: the row
+                // read now is the one to delete.
+                self.let_go(ino);
+                self.insert_loaded(loaded);
+                if self.inodes.contains_key(&ino) {
+                    self.reap(ino);
+                }
+            }
+            Pending::Reap(ino) => match result {
+                // (Unless this host opened it meanwhile: its last close reaps it again.)
+                Ok(IoReply::Held(false)) if self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0) => {
+                    self.delete_unnamed(ino)
+                }
+                Ok(IoReply::Held(false)) => {
+                    self.reaping.remove(&ino);
+                }
+                Ok(_) => self.let_go(ino),
+                Err(_) => self.delete_later(ino),
+            },
             Pending::LockPublished(ino) => {
                 self.locks_in_flight.remove(&ino);
                 if self.locks_republish.remove(&ino) {
@@ -3122,7 +3440,7 @@ impl Core {
         let parked = std::mem::take(&mut self.parked);
         for p in parked {
             if op_names(&p.op, ino) {
-                self.reply(p.id, Err(EIO));
+                self.fail_parked(p, EIO);
             } else {
                 self.parked.push(p);
             }
@@ -3131,7 +3449,16 @@ impl Core {
 
     fn fail_all_parked(&mut self, errno: i32) {
         for p in std::mem::take(&mut self.parked) {
-            self.reply(p.id, Err(errno));
+            self.fail_parked(p, errno);
+        }
+    }
+
+    /// Answers a parked request with an error; an open that listed its file lets go of it.
+    fn fail_parked(&mut self, p: Parked, errno: i32) {
+        self.reply(p.id, Err(errno));
+        if let Op::Open { ino, .. } = p.op {
+            self.revalidated.remove(&p.id);
+            self.unlist_unused(ino);
         }
     }
 

@@ -4,7 +4,7 @@
 use crate::io::*;
 use crate::types::*;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Metadata, objects and the staging area in memory; the staging area keeps what was sealed
 /// separately, as a crash would.
@@ -17,6 +17,14 @@ pub struct MemStore {
     pub staged: HashMap<Ino, Vec<u8>>,
     pub sealed: HashMap<Ino, (Vec<u8>, SealRecord)>,
     pub next_obj: u64,
+    /// The host executing the requests (tests of several hosts copy the rest between them).
+    pub host: u64,
+    /// The coordination server's open listings (`LockRequest::Open`): the hosts of each file.
+    pub opens: BTreeMap<Ino, BTreeSet<u64>>,
+    /// Files a host is deleting after a `Reap` answered free: opens of them are refused.
+    pub reaping: BTreeSet<Ino>,
+    /// Files a `Reap` found held: the last host to close them deletes them.
+    pub unlinked: BTreeSet<Ino>,
 }
 
 impl MemStore {
@@ -52,6 +60,16 @@ impl MemStore {
         self.inodes.get(&ino).map(|row| LoadedInode { row: row.clone(), xattrs: BTreeMap::new(), parent })
     }
 
+    /// This host no longer lists `ino` as open.
+    fn unlist(&mut self, ino: Ino) {
+        if let Some(hosts) = self.opens.get_mut(&ino) {
+            hosts.remove(&self.host);
+            if hosts.is_empty() {
+                self.opens.remove(&ino);
+            }
+        }
+    }
+
     /// Executes one request, like a runtime would.
     pub fn execute(&mut self, req: &IoRequest) -> IoResult {
         let conflict = || Err(IoError::new(IoErrorKind::Conflict, "conflict"));
@@ -59,6 +77,28 @@ impl MemStore {
             // One host: nobody else holds locks.
             IoRequest::Lock(LockRequest::Acquire { .. } | LockRequest::Query { .. }) => IoReply::LockConflict(None),
             IoRequest::Lock(LockRequest::Publish { .. }) => IoReply::Done,
+            IoRequest::Lock(LockRequest::Open { ino }) => {
+                if self.reaping.contains(ino) {
+                    return Err(IoError::new(IoErrorKind::NotFound, "being deleted"));
+                }
+                self.opens.entry(*ino).or_default().insert(self.host);
+                IoReply::Done
+            }
+            IoRequest::Lock(LockRequest::Close { ino }) => {
+                self.unlist(*ino);
+                IoReply::Held(self.opens.contains_key(ino) || !self.unlinked.contains(ino))
+            }
+            IoRequest::Lock(LockRequest::Reap { ino }) => {
+                self.unlist(*ino);
+                let held = self.opens.contains_key(ino);
+                if held {
+                    self.unlinked.insert(*ino);
+                } else {
+                    self.unlinked.remove(ino);
+                    self.reaping.insert(*ino);
+                }
+                IoReply::Held(held)
+            }
             IoRequest::Meta(MetaRequest::AllocIds { count }) => {
                 let first = self.next_id;
                 self.next_id += count;

@@ -1422,3 +1422,166 @@ fn a_write_landing_after_another_host_deleted_the_file_leaves_no_staged_copy() {
     assert!(a.replies.remove(&write).is_some());
     assert!(!a.store.staged.contains_key(&ino) && !a.store.sealed.contains_key(&ino), "staged copy left");
 }
+
+/// A host sharing its stores with others through a coordination server that lists open files
+/// (`Config::shared_opens`), executing its requests as host `host`.
+fn shared_opens_host(host: u64, now: Instant) -> Harness {
+    let mut h = Harness::with_config(Store::new(), now, Config { shared_opens: true, ..multi_host() });
+    h.store.host = host;
+    h
+}
+
+/// Host `to` sees what host `from` stored and listed (`share`, plus the coordination server's
+/// open listings and deletions under way).
+fn sync(to: &mut Harness, from: &Harness) {
+    share(to, from);
+    to.store.opens = from.store.opens.clone();
+    to.store.reaping = from.store.reaping.clone();
+    to.store.unlinked = from.store.unlinked.clone();
+}
+
+/// A file host A has open (opened after its creation: the open lists it), unlinked by host B:
+/// B keeps the row without names and leaves it to A; A reads what was there, writes more and
+/// reads it back; at A's last close the row and the object go.
+#[test]
+fn a_file_another_host_has_open_outlives_its_unlink_until_that_host_closes_it() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"kept");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    assert!(a.store.opens.is_empty(), "the last close unlists the file");
+    let Ok(Reply::Opened { fh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    assert_eq!(a.store.opens[&ino], [1].into());
+    let object = a.store.inodes[&ino].object.clone().expect("committed at close");
+
+    let mut b = shared_opens_host(2, now);
+    sync(&mut b, &a);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    assert_eq!(b.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
+    let row = b.store.inodes.get(&ino).expect("B deleted a file A has open");
+    assert_eq!((row.nlink, row.object.as_ref()), (0, Some(&object)));
+    assert!(b.store.reaping.is_empty());
+    assert!(!b.names(ROOT_INO).contains(&"f".to_string()));
+
+    // A hears of the unlink, and goes on using the file.
+    sync(&mut a, &b);
+    a.core.handle_invalidation(now, Changes { inodes: vec![ino], entries: vec![(ROOT_INO, b"f".to_vec())] });
+    a.settle();
+    assert_eq!(a.read(ino, 0, 100), b"kept");
+    a.write(ino, fh, 4, b" and more");
+    assert_eq!(a.read(ino, 0, 100), b"kept and more");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    assert!(a.store.inodes.contains_key(&ino), "deleted before the last close");
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    assert!(!a.store.inodes.contains_key(&ino), "A deletes it at its last close");
+    assert!(!a.store.objects.contains_key(&object.0), "and its object");
+    assert!(a.store.opens.is_empty());
+}
+
+/// A file no host has open goes at its unlink: the row without names first, then, once the
+/// coordination server says nobody holds it, the row and the object.
+#[test]
+fn a_file_no_host_has_open_is_deleted_at_its_unlink() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"gone");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    let object = a.store.inodes[&ino].object.clone().expect("committed at close");
+    let mut b = shared_opens_host(2, now);
+    sync(&mut b, &a);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    let id = b.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
+    b.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Reap { .. })));
+    assert_eq!(b.replies.remove(&id), Some(Ok(Reply::Empty)));
+    assert_eq!(b.store.inodes[&ino].nlink, 0, "kept without names until the reap's answer");
+    b.settle();
+    assert!(!b.store.inodes.contains_key(&ino));
+    assert!(!b.store.objects.contains_key(&object.0));
+}
+
+/// An open on host B of a file host A is deleting (its reap answered free, the row not deleted
+/// yet) is refused with ENOENT, and lists nothing; A's deletion goes through.
+#[test]
+fn an_open_racing_a_reap_fails_with_enoent() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"x");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    let mut b = shared_opens_host(2, now);
+    sync(&mut b, &a);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+
+    let id = a.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
+    let deletes = |r: &IoRequest| matches!(r, IoRequest::Meta(MetaRequest::Commit(t)) if t.ops.iter().any(|o| matches!(o, TxnOp::DeleteInode { .. })));
+    a.settle_until(deletes);
+    assert_eq!(a.replies.remove(&id), Some(Ok(Reply::Empty)));
+    assert!(a.store.reaping.contains(&ino));
+    sync(&mut b, &a);
+    assert_eq!(b.call(Op::Open { ino, flags: libc::O_RDONLY }), Err(libc::ENOENT));
+    assert!(b.store.opens.is_empty(), "a refused open lists nothing");
+    a.settle();
+    assert!(!a.store.inodes.contains_key(&ino));
+
+    // The other order: B's open lists the file first, and A's reap finds it held.
+    let (ino, fh) = a.create(ROOT_INO, "g");
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    sync(&mut b, &a);
+    b.core.handle_invalidation(now, Changes { inodes: vec![], entries: vec![(ROOT_INO, b"g".to_vec())] });
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "g".into() }).ino, ino);
+    let Ok(Reply::Opened { fh: bfh, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    sync(&mut a, &b);
+    assert_eq!(a.call(Op::Unlink { parent: ROOT_INO, name: "g".into() }), Ok(Reply::Empty));
+    assert_eq!(a.store.inodes.get(&ino).map(|r| r.nlink), Some(0), "A deleted a file B has open");
+    sync(&mut b, &a);
+    b.core.handle_invalidation(now, Changes { inodes: vec![ino], entries: vec![(ROOT_INO, b"g".to_vec())] });
+    b.settle();
+    b.call(Op::Release { ino, fh: bfh, lock_owner: None }).unwrap();
+    assert!(!b.store.inodes.contains_key(&ino), "B deletes it at its last close");
+}
+
+/// Host B's reap finds the file held by host A, whose close was on its way (A had not heard of
+/// the unlink): A's close learns it was the last holder, reads the row without names and
+/// deletes the file (`--hosts 4 --seed 38 --steps 300`: nobody deleted it).
+#[test]
+fn the_last_holders_close_after_a_reap_found_it_held_deletes_the_file() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"x");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    let mut b = shared_opens_host(2, now);
+    sync(&mut b, &a);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    assert_eq!(b.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
+    assert_eq!(b.store.inodes[&ino].nlink, 0, "B deleted a file A has open");
+    sync(&mut a, &b);
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    assert!(!a.store.inodes.contains_key(&ino), "the last holder deletes it");
+    assert!(a.store.opens.is_empty() && a.store.unlinked.is_empty());
+}
+
+/// A close whose unlisting failed (the coordination server was away) is unlisted again later:
+/// a listing left behind would keep the other hosts from ever deleting the file.
+#[test]
+fn a_failed_unlisting_is_sent_again() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    assert_eq!(a.store.opens[&ino], [1].into());
+    a.send(Op::Release { ino, fh, lock_owner: None });
+    a.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Close { .. })));
+    let (io, _) = a.ios.pop_front().expect("the close's unlisting");
+    a.core.handle_completion(a.now, io, Err(IoError::new(IoErrorKind::Other, "redis is away")));
+    a.settle();
+    assert_eq!(a.store.opens[&ino], [1].into(), "not unlisted yet");
+    a.now += Duration::from_secs(10);
+    a.core.handle_timeout(a.now);
+    a.settle();
+    assert!(a.store.opens.is_empty(), "unlisted on the retry");
+}

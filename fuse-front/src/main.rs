@@ -152,6 +152,9 @@ fn mount(args: MountArgs) -> Result<(), String> {
     core.check_permissions = core_checks;
     let multi_host = stores::shared(&args.settings);
     core.multi_host = multi_host;
+    // With a coordination server the hosts list their open files there: a file another host
+    // has open outlives its unlink until that host closes it.
+    core.shared_opens = multi_host && args.settings.redis_host.is_some();
     // FUSE requests carry no supplementary groups. A private mount's callers are its owner, whose
     // groups this process has; on a shared mount only the caller's primary group counts.
     core.groups = if core_checks && !shared { supplementary_groups() } else { Vec::new() };

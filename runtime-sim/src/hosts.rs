@@ -323,6 +323,7 @@ impl Cluster {
             let id = host.w.host_id;
             if let Some(expired) = self.redis.expiry(id).filter(|&e| e <= now) {
                 self.lapses.entry(id).or_default().push((expired, now));
+                self.redis.relist_opens(id);
             }
             self.redis.renew(id, now);
         }

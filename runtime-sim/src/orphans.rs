@@ -13,10 +13,12 @@ use truckeefs_core::{InodeRow, Ino, Txn, TxnOp};
 
 /// Before `txn` is executed: every inode it leaves without names is listed as held by `me`
 /// (`held`: what this host's driver listed already).
+/// (Not a row the same transaction deletes.)
 pub fn hold(redis: &mut MemRedis, me: HostId, held: &mut BTreeSet<Ino>, txn: &Txn) {
+    let deleted = |ino: Ino| txn.ops.iter().any(|op| matches!(op, TxnOp::DeleteInode { ino: i } if *i == ino));
     for op in &txn.ops {
         if let TxnOp::UpdateInode { row, .. } = op {
-            if row.nlink == 0 && held.insert(row.ino) {
+            if row.nlink == 0 && !deleted(row.ino) && held.insert(row.ino) {
                 redis.hold_orphan(me, row.ino);
             }
         }
@@ -39,6 +41,6 @@ pub fn release(redis: &mut MemRedis, me: HostId, held: &mut BTreeSet<Ino>, txn: 
 pub fn spare(redis: &mut MemRedis, me: HostId, now: Duration, rows: &mut Vec<InodeRow>) {
     let o = redis.orphans(me, now);
     let left: BTreeSet<Ino> = rows.iter().map(|r| r.ino).collect();
-    rows.retain(|r| !o.held.contains(&r.ino));
+    rows.retain(|r| !o.held.contains(&r.ino) && !redis.held_open(me, now, r.ino));
     redis.forget_sets(&o.done_sets(&left));
 }

@@ -17,15 +17,23 @@
 //!   host's messages); a host that is down is not subscribed and misses it;
 //! - the orphan sets `orphans:<id>` (files a host keeps open after their last name went):
 //!   `SADD`/`SREM` by their host, read whole by `LockService::orphans` (every set, split by
-//!   whether its host's heartbeat lives; its own counts as live), `DEL` of dead hosts' sets.
+//!   whether its host's heartbeat lives; its own counts as live), `DEL` of dead hosts' sets;
+//! - the open listings (`Config::shared_opens`): `opens:<id>` (a host's open files) and
+//!   `openers:<ino>` (a file's hosts), changed by the `OPEN` and `REAP` scripts and the `Close`
+//!   pipeline exactly as coord.rs changes them, and the marks `reaping:<ino>` (with their
+//!   expiry) of files being deleted. A dead host's open set counts as its orphan set does; here
+//!   the two sets of one host are read as one (coord.rs reads and deletes them one by one: a
+//!   set goes once nothing it lists is left, which comes to the same).
 //!
 //! Hash fields are kept in a `BTreeMap` by host id (Redis keeps insertion order; either is one
 //! fixed order, and this one does not depend on history the trace does not show).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use truckeefs_core::{Ino, IoReply, IoResult, LockRange, LockRequest};
+use truckeefs_core::{Ino, IoError, IoErrorKind, IoReply, IoResult, LockRange, LockRequest};
 
+/// How long a file stays marked as being deleted (`REAPING_TTL` of coord.rs).
+pub const REAPING_TTL: Duration = Duration::from_secs(60);
 /// A host whose heartbeat key is older than this is dead (`HEARTBEAT_TTL` of coord.rs).
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// How often a live host renews its heartbeat key (`HEARTBEAT_EVERY` of coord.rs).
@@ -43,6 +51,14 @@ pub struct MemRedis {
     locks: BTreeMap<Ino, BTreeMap<HostId, Vec<StoredLock>>>,
     /// `orphans:<id>` sets (Redis deletes a set with its last member).
     orphans: BTreeMap<HostId, BTreeSet<Ino>>,
+    /// `opens:<id>` sets.
+    opens: BTreeMap<HostId, BTreeSet<Ino>>,
+    /// `openers:<ino>` sets.
+    openers: BTreeMap<Ino, BTreeSet<HostId>>,
+    /// `reaping:<ino>` keys: when each expires.
+    reaping: BTreeMap<Ino, Duration>,
+    /// `unlinked:<ino>` keys.
+    unlinked: BTreeSet<Ino>,
     /// Lock scripts run (statistics).
     pub scripts: u64,
 }
@@ -149,10 +165,10 @@ impl MemRedis {
     }
 
     /// coord.rs `LockService::orphans` of host `me` at `now`: what live hosts hold, and the
-    /// dead hosts' sets with their members.
+    /// dead hosts' sets with their members (orphan and open sets).
     pub fn orphans(&self, me: HostId, now: Duration) -> Orphans {
         let mut out = Orphans::default();
-        for (&host, set) in &self.orphans {
+        for (host, set) in self.orphan_sets() {
             if host == me || self.is_live(host, now) {
                 out.held.extend(set);
             } else {
@@ -162,16 +178,91 @@ impl MemRedis {
         out
     }
 
-    /// `DEL orphans:<id>...`.
+    /// `DEL orphans:<id> opens:<id>...`.
     pub fn forget_sets(&mut self, hosts: &[HostId]) {
         for h in hosts {
             self.orphans.remove(h);
+            self.opens.remove(h);
         }
     }
 
-    /// Every orphan set (the liveness checks).
-    pub fn orphan_sets(&self) -> &BTreeMap<HostId, BTreeSet<Ino>> {
-        &self.orphans
+    /// Every host's orphan set and open set, as one set per host (the liveness checks).
+    pub fn orphan_sets(&self) -> BTreeMap<HostId, BTreeSet<Ino>> {
+        let mut sets = self.orphans.clone();
+        for (host, set) in &self.opens {
+            sets.entry(*host).or_default().extend(set);
+        }
+        sets
+    }
+
+    /// `SREM opens:<me> <ino>`, `SREM openers:<ino> <me>` (Redis deletes emptied sets).
+    fn unlist(&mut self, me: HostId, ino: Ino) {
+        if let Some(set) = self.opens.get_mut(&me) {
+            set.remove(&ino);
+            if set.is_empty() {
+                self.opens.remove(&me);
+            }
+        }
+        if let Some(set) = self.openers.get_mut(&ino) {
+            set.remove(&me);
+            if set.is_empty() {
+                self.openers.remove(&ino);
+            }
+        }
+    }
+
+    /// coord.rs `OPEN`: whether `ino` got listed as open by `me` (not while being deleted).
+    fn list_open(&mut self, me: HostId, now: Duration, ino: Ino) -> bool {
+        if self.reaping.get(&ino).is_some_and(|&expires| expires > now) {
+            return false;
+        }
+        self.opens.entry(me).or_default().insert(ino);
+        self.openers.entry(ino).or_default().insert(me);
+        true
+    }
+
+    /// coord.rs `REAP` with `close`: whether another live host holds `ino` open (or it was
+    /// not unlinked while held).
+    fn close(&mut self, me: HostId, now: Duration, ino: Ino) -> bool {
+        let held = self.holders_live(me, now, ino);
+        self.drop_orphan(me, ino);
+        held || !self.unlinked.contains(&ino)
+    }
+
+    /// coord.rs `LockService::relist_opens`: `host`'s heartbeat is renewed after a lapse, and it
+    /// lists its open files again in its open set (the others may have forgotten it).
+    pub fn relist_opens(&mut self, host: HostId) {
+        let listed: BTreeSet<Ino> =
+            self.openers.iter().filter(|(_, hosts)| hosts.contains(&host)).map(|(ino, _)| *ino).collect();
+        if !listed.is_empty() {
+            self.opens.entry(host).or_default().extend(listed);
+        }
+    }
+
+    /// Whether a live host (`me` counts as live) lists `ino` open (`openers:<ino>`): the
+    /// per-file listing outlives a host's lapse, when its open set may have been forgotten.
+    pub fn held_open(&self, me: HostId, now: Duration, ino: Ino) -> bool {
+        self.openers.get(&ino).is_some_and(|hosts| hosts.iter().any(|h| *h == me || self.is_live(*h, now)))
+    }
+
+    /// `me` leaves `ino`'s hosts; whether a live host is left among them.
+    fn holders_live(&mut self, me: HostId, now: Duration, ino: Ino) -> bool {
+        self.unlist(me, ino);
+        self.openers.get(&ino).is_some_and(|hosts| hosts.iter().any(|h| self.is_live(*h, now)))
+    }
+
+    /// coord.rs `REAP`: whether another live host holds `ino` open.
+    fn reap(&mut self, me: HostId, now: Duration, ino: Ino) -> bool {
+        let held = self.holders_live(me, now, ino);
+        if held {
+            self.drop_orphan(me, ino);
+            self.unlinked.insert(ino);
+        } else {
+            self.reaping.insert(ino, now + REAPING_TTL);
+            self.unlinked.remove(&ino);
+            self.openers.remove(&ino);
+        }
+        held
     }
 
     /// The locks the table holds for `host` on `ino` (what other hosts are checked against).
@@ -198,6 +289,22 @@ impl MemRedis {
                 Ok(IoReply::LockConflict(found))
             }
             LockRequest::Query { ino, want } => Ok(IoReply::LockConflict(self.conflict(*ino, me, now, want))),
+            LockRequest::Open { ino } => {
+                self.scripts += 1;
+                if self.list_open(me, now, *ino) {
+                    Ok(IoReply::Done)
+                } else {
+                    Err(IoError::new(IoErrorKind::NotFound, format!("inode {ino} is being deleted by another host")))
+                }
+            }
+            LockRequest::Close { ino } => {
+                self.scripts += 1;
+                Ok(IoReply::Held(self.close(me, now, *ino)))
+            }
+            LockRequest::Reap { ino } => {
+                self.scripts += 1;
+                Ok(IoReply::Held(self.reap(me, now, *ino)))
+            }
         }
     }
 
@@ -294,6 +401,35 @@ mod tests {
         assert!(!r.orphan_sets().contains_key(&1), "a set goes with its last member");
         r.forget_sets(&[2]);
         assert!(r.orphan_sets().is_empty());
+    }
+
+    #[test]
+    fn open_listings_keep_an_unlinked_file_until_its_last_live_holder_closes() {
+        let mut r = MemRedis::new();
+        let t0 = Duration::from_secs(10);
+        for h in [1, 2, 3] {
+            r.renew(h, t0);
+        }
+        let (open, close, reap) =
+            (|ino| LockRequest::Open { ino }, |ino| LockRequest::Close { ino }, |ino| LockRequest::Reap { ino });
+        assert_eq!(r.execute(1, t0, &open(7)), Ok(IoReply::Done));
+        assert_eq!(r.execute(2, t0, &open(7)), Ok(IoReply::Done));
+        // Host 3 unlinked it (its orphan listing goes to the holders): held.
+        r.hold_orphan(3, 7);
+        assert_eq!(r.execute(3, t0, &reap(7)), Ok(IoReply::Held(true)));
+        assert!(!r.orphans.contains_key(&3));
+        // Host 1 closes, not knowing: host 2 still holds it.
+        assert_eq!(r.execute(1, t0, &close(7)), Ok(IoReply::Held(true)));
+        // Host 2 lapses: host 1's reap would find nobody; its last close says "yours".
+        let later = t0 + HEARTBEAT_TTL;
+        r.renew(1, later);
+        assert_eq!(r.execute(1, later, &open(7)), Ok(IoReply::Done));
+        assert_eq!(r.execute(1, later, &close(7)), Ok(IoReply::Held(false)));
+        // Host 1 reaps it: free, and opens are refused until the mark expires.
+        assert_eq!(r.execute(1, later, &reap(7)), Ok(IoReply::Held(false)));
+        assert!(r.execute(3, later, &open(7)).is_err_and(|e| e.kind == IoErrorKind::NotFound));
+        assert!(!r.openers.contains_key(&7), "the reap drops the file's hosts");
+        assert_eq!(r.execute(3, later + REAPING_TTL, &open(7)), Ok(IoReply::Done));
     }
 
     #[test]

@@ -156,7 +156,19 @@ fn tag(r: &IoRequest) -> (u8, u64, u64) {
             LockRequest::Acquire { ino, .. } => (30, *ino, 0),
             LockRequest::Publish { ino, .. } => (31, *ino, 0),
             LockRequest::Query { ino, .. } => (32, *ino, 0),
+            LockRequest::Open { ino } => (33, *ino, 0),
+            LockRequest::Close { ino } => (34, *ino, 0),
+            LockRequest::Reap { ino } => (35, *ino, 0),
         },
+    }
+}
+
+/// Whether `r` runs in the metadata stream, in emission order (`LockRequest::in_meta_stream`).
+fn in_meta_stream(r: &IoRequest) -> bool {
+    match r {
+        IoRequest::Meta(_) => true,
+        IoRequest::Lock(l) => l.in_meta_stream(),
+        _ => false,
     }
 }
 
@@ -280,6 +292,8 @@ impl World {
             match effect {
                 Effect::Reply { id, result } => replies.push((id, result)),
                 Effect::Io { io, request: IoRequest::Meta(m) } => metas.push((io, IoRequest::Meta(m))),
+                // The listings of open files run in the metadata stream (driver.rs `open_files`).
+                Effect::Io { io, request: IoRequest::Lock(l) } if l.in_meta_stream() => metas.push((io, IoRequest::Lock(l))),
                 Effect::Io { io, request } => others.push((io, request)),
                 e @ Effect::Kernel(_) => self.trace.effect(&e),
             }
@@ -338,11 +352,14 @@ impl World {
         }
         let mut at = self.now + lat;
         let mut result = None;
-        if let IoRequest::Meta(m) = &request {
+        if in_meta_stream(&request) {
             at = at.max(self.meta_tail);
             self.meta_tail = at;
             if self.meta_at_emit {
-                result = Some(self.perform_meta(m, &fault));
+                result = Some(match &request {
+                    IoRequest::Meta(m) => self.perform_meta(m, &fault),
+                    other => self.perform(other, &fault),
+                });
             }
         }
         self.trace.io(self.now_us(), &request, fault.as_ref().map(|f| format!("{f:?}")));
@@ -400,11 +417,22 @@ impl World {
             IoRequest::Store(s) => self.objects.execute(s, &self.staging),
             IoRequest::Lock(l) if self.redis.is_some() => {
                 let (me, now) = (self.host_id, self.now);
-                self.redis.as_mut().expect("checked by the guard").execute(me, now, l)
+                let result = self.redis.as_mut().expect("checked by the guard").execute(me, now, l);
+                match (l, &result) {
+                    // Out of this host's orphan set (driver.rs `open_files`).
+                    (LockRequest::Reap { ino }, Ok(IoReply::Held(true))) | (LockRequest::Close { ino }, Ok(_)) => {
+                        self.held_orphans.remove(ino);
+                    }
+                    _ => {}
+                }
+                result
             }
-            // One host: nobody else holds locks.
+            // One host: nobody else holds locks or files.
             IoRequest::Lock(LockRequest::Acquire { .. } | LockRequest::Query { .. }) => Ok(IoReply::LockConflict(None)),
-            IoRequest::Lock(LockRequest::Publish { .. }) => Ok(IoReply::Done),
+            IoRequest::Lock(LockRequest::Reap { .. }) => Ok(IoReply::Held(false)),
+            IoRequest::Lock(LockRequest::Publish { .. } | LockRequest::Open { .. } | LockRequest::Close { .. }) => {
+                Ok(IoReply::Done)
+            }
         }
     }
 

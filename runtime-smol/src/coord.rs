@@ -16,6 +16,17 @@
 //! last name went (`<prefix>orphans:<id>`, a set of inode numbers). When a host's heartbeat
 //! expires, the others find its orphan set and delete those files (`Core::collect_orphans`).
 //!
+//! Open files (`Config::shared_opens`): each host lists the files it has open, by host
+//! (`<prefix>opens:<id>`, a set of inode numbers, for the clean-up after its death, like its
+//! orphan set) and by file (`<prefix>openers:<ino>`, a set of host ids, for the check at an
+//! unlink). A host deleting a file without names first runs [`REAP`]: atomically, unless a
+//! live host lists the file open, it marks it as being deleted (`<prefix>reaping:<ino>`, which
+//! expires after [`REAPING_TTL`]), and [`OPEN`] refuses to list a file so marked: an open and
+//! a deletion never both go ahead. If a live host lists it, the file is marked as unlinked
+//! (`<prefix>unlinked:<ino>`) and the last of its hosts to close it deletes it (its close runs
+//! the same script, which tells it so). A dead host's open set counts as its orphan set does:
+//! the files without names it lists are collected once its heartbeat expired.
+//!
 //! Fencing tokens come from one counter, `<prefix>fence` (`INCR`): every upload lease and every
 //! record-lock grant gets the next one. Before a host uploads a new version of inode N it takes
 //! the lease `<prefix>upload:<N>` (value `<token> <host id>`, expiring after [`LEASE_TTL`],
@@ -58,6 +69,10 @@ const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How often (in heartbeats) a host looks for dead hosts' orphans.
 const ORPHAN_CHECK_EVERY: u32 = 5;
+/// How long a file stays marked as being deleted (`<prefix>reaping:<ino>`): the deleting host
+/// deletes its row long before; if it dies first, the row (without names, listed in its orphan
+/// set) is collected by the others.
+const REAPING_TTL: Duration = Duration::from_secs(60);
 
 /// How long an upload lease lives without renewal: a few heartbeats, so the lease of a dead or
 /// paused host is free within seconds. The heartbeat thread renews this host's every second.
@@ -184,13 +199,14 @@ impl Coordinator {
             .spawn(move || {
                 let mut failing = false;
                 let mut beats = 0u32;
+                let mut last_beat = std::time::Instant::now();
                 while !beat_stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(HEARTBEAT_EVERY);
                     beats = beats.wrapping_add(1);
                     if beats.is_multiple_of(ORPHAN_CHECK_EVERY) {
                         match beat.orphans() {
                             Ok(o) if !o.dead_sets.is_empty() => {
-                                tracing::info!(hosts = o.dead_sets.len(), "a host died holding unlinked files open; deleting them");
+                                tracing::info!(sets = o.dead_sets.len(), "a host died holding files open; deleting those left without names");
                                 collect_orphans();
                             }
                             Ok(_) => {}
@@ -198,7 +214,18 @@ impl Coordinator {
                         }
                     }
                     beat.renew_upload_leases();
-                    match beat.heartbeat() {
+                    let renewed = beat.heartbeat();
+                    if renewed.is_ok() {
+                        if last_beat.elapsed() >= HEARTBEAT_TTL {
+                            // This host looked dead meanwhile: its open set may have been
+                            // forgotten by the others (see `LockService::relist_opens`).
+                            if let Err(e) = beat.relist_opens() {
+                                tracing::warn!(error = %e, "cannot list this host's open files again");
+                            }
+                        }
+                        last_beat = std::time::Instant::now();
+                    }
+                    match renewed {
                         Ok(()) if failing => {
                             tracing::info!(server = %beat.server, "heartbeat renewed again");
                             failing = false;
@@ -480,7 +507,8 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 // ----- files kept open after their last name went -----
 
-/// The orphan sets in the coordination server.
+/// The orphan sets and open sets in the coordination server (both protect files without names
+/// while their host lives).
 pub(crate) struct Orphans {
     /// Held by live hosts: not to be deleted.
     pub(crate) held: std::collections::HashSet<Ino>,
@@ -517,26 +545,109 @@ impl LockService {
         self.with_conn(|c| c.srem::<_, _, ()>(self.orphans_key(), ino))
     }
 
-    /// Every host's orphan set, split by whether the host lives.
+    /// Every host's orphan set and open set, split by whether the host lives.
     pub(crate) fn orphans(&self) -> Result<Orphans, String> {
-        let pattern = format!("{}orphans:*", glob_escape(&self.prefix));
         let host_prefix = format!("{}host:", self.prefix);
-        let set_prefix = format!("{}orphans:", self.prefix);
         self.with_conn(|c| {
-            let keys: Vec<String> = c.scan_match::<_, String>(&pattern)?.collect();
             let mut out = Orphans { held: std::collections::HashSet::new(), dead_sets: Vec::new() };
-            for key in keys {
-                let Some(host) = key.strip_prefix(&set_prefix) else { continue };
-                let alive: bool = host == self.host || c.exists(format!("{host_prefix}{host}"))?;
-                let members: Vec<Ino> = c.smembers(&key)?;
-                if alive {
-                    out.held.extend(members);
-                } else {
-                    out.dead_sets.push((key, members));
+            for kind in ["orphans:", "opens:"] {
+                let pattern = format!("{}{kind}*", glob_escape(&self.prefix));
+                let set_prefix = format!("{}{kind}", self.prefix);
+                let keys: Vec<String> = c.scan_match::<_, String>(&pattern)?.collect();
+                for key in keys {
+                    let Some(host) = key.strip_prefix(&set_prefix) else { continue };
+                    let alive: bool = host == self.host || c.exists(format!("{host_prefix}{host}"))?;
+                    let members: Vec<Ino> = c.smembers(&key)?;
+                    if alive {
+                        out.held.extend(members);
+                    } else {
+                        out.dead_sets.push((key, members));
+                    }
                 }
             }
             Ok(out)
         })
+    }
+
+    /// Whether a live host (this one counts as live) lists `ino` open (`<prefix>openers:<ino>`,
+    /// which outlives a host's lapse, when its open set may have been forgotten).
+    pub(crate) fn held_open(&self, ino: Ino) -> Result<bool, String> {
+        let host_prefix = format!("{}host:", self.prefix);
+        self.with_conn(|c| {
+            let hosts: Vec<String> = c.smembers(self.openers_key(ino))?;
+            for h in hosts {
+                if h == self.host || c.exists(format!("{host_prefix}{h}"))? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    fn opens_key(&self) -> String {
+        format!("{}opens:{}", self.prefix, self.host)
+    }
+
+    fn openers_key(&self, ino: Ino) -> String {
+        format!("{}openers:{ino}", self.prefix)
+    }
+
+    fn reaping_key(&self, ino: Ino) -> String {
+        format!("{}reaping:{ino}", self.prefix)
+    }
+
+    /// After this host's heartbeat lapsed (a paused process, a lost connection), the others
+    /// may have forgotten its open set as a dead host's: it is listed again, so that the files
+    /// without names it holds are still collected should it die later.
+    fn relist_opens(&self) -> Result<(), String> {
+        let listed: Vec<Ino> = lock(&self.listed).iter().copied().collect();
+        if listed.is_empty() {
+            return Ok(());
+        }
+        self.with_conn(|c| {
+            let mut pipe = redis::pipe();
+            for ino in &listed {
+                pipe.sadd(self.opens_key(), ino).ignore();
+            }
+            pipe.query::<()>(c)
+        })
+    }
+
+    /// `LockRequest::Open`: lists `ino` as open here unless it is being deleted (`NotFound`).
+    fn list_open(&self, ino: Ino) -> Result<bool, String> {
+        let listed = self.with_conn(|c| {
+            redis::Script::new(OPEN)
+                .key(self.reaping_key(ino))
+                .key(self.opens_key())
+                .key(self.openers_key(ino))
+                .arg(&self.host)
+                .arg(ino)
+                .invoke::<i64>(c)
+        })? == 1;
+        if listed {
+            lock(&self.listed).insert(ino);
+        }
+        Ok(listed)
+    }
+
+    /// `LockRequest::Reap` (`close`: `LockRequest::Close`): see [`REAP`].
+    fn reap(&self, ino: Ino, close: bool) -> Result<bool, String> {
+        let held: i64 = self.with_conn(|c| {
+            redis::Script::new(REAP)
+                .key(self.opens_key())
+                .key(self.openers_key(ino))
+                .key(self.orphans_key())
+                .key(self.reaping_key(ino))
+                .key(format!("{}unlinked:{ino}", self.prefix))
+                .arg(&self.host)
+                .arg(ino)
+                .arg(format!("{}host:", self.prefix))
+                .arg(REAPING_TTL.as_millis() as u64)
+                .arg(if close { "close" } else { "reap" })
+                .invoke::<i64>(c)
+        })?;
+        lock(&self.listed).remove(&ino);
+        Ok(held == 1)
     }
 
     /// The hosts whose heartbeat lives, this one first.
@@ -561,6 +672,56 @@ impl LockService {
     }
 }
 
+/// Lists KEYS[3]'s inode ARGV[2] as open by host ARGV[1] in its open set KEYS[2] and the
+/// file's set of hosts KEYS[3], unless the file is being deleted (KEYS[1] exists): 1 listed,
+/// 0 refused.
+const OPEN: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"#;
+
+/// Host ARGV[1] has no handle of inode ARGV[2] any more: it leaves its open set KEYS[1] and
+/// the file's hosts KEYS[2], and asks whether another host of KEYS[2] lives (its heartbeat key
+/// ARGV[3]..host exists). Hosts whose heartbeat lapsed stay listed: one that comes back still
+/// holds its files, unless one was deleted meanwhile.
+///
+/// ARGV[5] `reap`: the file has no names, and ARGV[1] deletes it unless a live host holds it.
+/// If one does, the last host to close it deletes it: the file is marked as unlinked (KEYS[5])
+/// and leaves ARGV[1]'s orphan set KEYS[3] (the holders' listings protect it now); answer 1.
+/// Otherwise it is marked as being deleted by ARGV[1] (KEYS[4], expiring after ARGV[4] ms,
+/// which `OPEN` refuses) and its list of hosts goes; answer 0.
+///
+/// ARGV[5] `close`: a close of a file ARGV[1] believes named. It leaves ARGV[1]'s orphan set
+/// too (a listing for a transaction that did not commit). Answer 0 if the file was unlinked
+/// while held and no live host holds it now: ARGV[1] was its last holder and deletes it (with a
+/// `reap` of its own); else 1.
+const REAP: &str = r#"
+redis.call('SREM', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[1])
+local held = false
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[3] .. h) == 1 then
+    held = true
+    break
+  end
+end
+if ARGV[5] == 'close' then
+  redis.call('SREM', KEYS[3], ARGV[2])
+  if held or redis.call('EXISTS', KEYS[5]) == 0 then return 1 end
+  return 0
+end
+if held then
+  redis.call('SREM', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[5], ARGV[1])
+  return 1
+end
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])
+redis.call('DEL', KEYS[5], KEYS[2])
+return 0
+"#;
+
 // ----- record locks across hosts -----
 
 /// This host's record locks as the other hosts see them: per inode a hash
@@ -579,6 +740,8 @@ pub struct LockService {
     leases: Mutex<std::collections::BTreeMap<Ino, u64>>,
     /// Uploads waiting for another host's lease, by inode.
     lease_waits: Mutex<std::collections::BTreeMap<Ino, LeaseWait>>,
+    /// The files this host lists as open (`Config::shared_opens`), to list again after a lapse.
+    listed: Mutex<std::collections::BTreeSet<Ino>>,
     /// The highest fencing token this host knows was used (the store's highest fence at the
     /// mount or after a refusal, and every lease token it took): a new token is always above
     /// it, even from a counter that went with the coordination server's data.
@@ -643,6 +806,7 @@ impl LockService {
             lock_tokens: Mutex::new(Default::default()),
             leases: Mutex::new(Default::default()),
             lease_waits: Mutex::new(Default::default()),
+            listed: Mutex::new(Default::default()),
             floor: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -707,6 +871,12 @@ impl LockService {
             }
             LockRequest::Acquire { ino, want, held } => self.run(*ino, want, Some(held)).map_err(failed),
             LockRequest::Query { ino, want } => self.run(*ino, want, None).map_err(failed),
+            LockRequest::Open { ino } => match self.list_open(*ino).map_err(failed)? {
+                true => Ok(IoReply::Done),
+                false => Err(IoError::new(IoErrorKind::NotFound, format!("inode {ino} is being deleted by another host"))),
+            },
+            LockRequest::Close { ino } => self.reap(*ino, true).map(IoReply::Held).map_err(failed),
+            LockRequest::Reap { ino } => self.reap(*ino, false).map(IoReply::Held).map_err(failed),
         }
     }
 

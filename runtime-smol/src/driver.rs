@@ -123,6 +123,7 @@ impl Runtime {
             locks: None,
             mirror: None,
             held_orphans: std::collections::HashSet::new(),
+            coordination_failed_at: None,
             running: std::collections::HashSet::new(),
             gone: std::collections::HashSet::new(),
             upload_fence: None,
@@ -352,6 +353,8 @@ struct Driver {
     upload_fence: Option<(Fence, truckeefs_core::ObjectId)>,
     /// The files this host keeps open after their last name went, as listed for the other hosts.
     held_orphans: std::collections::HashSet<Ino>,
+    /// When an inline call to the coordination server last failed (see `open_files`).
+    coordination_failed_at: Option<Instant>,
     /// The per-inode processes reported running (a state is written only when it changes).
     running: std::collections::HashSet<(Ino, Process)>,
     /// Deleted files: their states are removed once none of their processes runs.
@@ -488,6 +491,10 @@ impl Driver {
                         }
                         inline.push_back((io, result));
                     }
+                    Effect::Io { io, request: IoRequest::Lock(req) } if req.in_meta_stream() => {
+                        let result = self.open_files(&req);
+                        inline.push_back((io, result));
+                    }
                     Effect::Io { io, request } => self.spawn_io(shared, io, request),
                 }
             }
@@ -504,13 +511,51 @@ impl Driver {
         }
     }
 
-    /// Before a transaction that leaves a file without names (kept open here), the other hosts
-    /// learn that this host holds it: they must not delete it while this host lives.
+    /// The listings of open files (`LockRequest::Open`, `Close`, `Reap`), run inline like the
+    /// metadata requests and in their order: an `Open` the core emitted before a transaction is
+    /// in force when that transaction runs, and a `Close` never overtakes the next `Open`.
+    fn open_files(&mut self, req: &LockRequest) -> IoResult {
+        let Some(locks) = &self.locks else {
+            // No coordination server: no other host to ask (the core asks only with one).
+            return Ok(match req {
+                LockRequest::Reap { .. } => IoReply::Held(false),
+                _ => IoReply::Done,
+            });
+        };
+        // While the server fails, inline calls fail at once instead of each waiting for its
+        // connection timeout with the driver's lock held (the core sends them again later).
+        const FAILING_FOR: Duration = Duration::from_secs(1);
+        if self.coordination_failed_at.is_some_and(|t| t.elapsed() < FAILING_FOR) {
+            return Err(IoError::new(IoErrorKind::Other, "the coordination server failed a moment ago"));
+        }
+        let result = locks.execute(req);
+        self.coordination_failed_at = match &result {
+            Err(e) if e.kind != IoErrorKind::NotFound => Some(Instant::now()),
+            _ => None,
+        };
+        match (&result, req) {
+            (Ok(IoReply::Held(true)), LockRequest::Reap { ino }) | (Ok(_), LockRequest::Close { ino }) => {
+                // Out of this host's orphan set (another host holds it, or it keeps its name).
+                self.held_orphans.remove(ino);
+            }
+            (Err(e), _) if e.kind != IoErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot list an open file for the other hosts");
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// Before a transaction that leaves a file without names (kept open here, or, with
+    /// `Config::shared_opens`, until this host knows whether another has it open), the other
+    /// hosts learn that this host holds it: they must not delete it while this host lives. (Not
+    /// a row the same transaction deletes.)
     fn hold_orphans(&mut self, txn: &truckeefs_core::Txn) {
         let Some(locks) = &self.locks else { return };
+        let deleted = |ino: Ino| txn.ops.iter().any(|op| matches!(op, truckeefs_core::TxnOp::DeleteInode { ino: i } if *i == ino));
         for op in &txn.ops {
             if let truckeefs_core::TxnOp::UpdateInode { row, .. } = op {
-                if row.nlink == 0 && !self.held_orphans.contains(&row.ino) {
+                if row.nlink == 0 && !self.held_orphans.contains(&row.ino) && !deleted(row.ino) {
                     match locks.hold_orphan(row.ino) {
                         Ok(()) => {
                             self.held_orphans.insert(row.ino);
@@ -549,7 +594,9 @@ impl Driver {
         match locks.orphans() {
             Ok(o) => {
                 let left: std::collections::HashSet<Ino> = rows.iter().map(|r| r.ino).collect();
-                rows.retain(|r| !o.held.contains(&r.ino));
+                // (A live host's open listing of the file itself counts too; one that cannot be
+                // read spares the file.)
+                rows.retain(|r| !o.held.contains(&r.ino) && !locks.held_open(r.ino).unwrap_or(true));
                 if let Err(e) = locks.forget_sets(&o.done_sets(&left)) {
                     tracing::warn!(error = %e, "cannot remove a dead host's list of open files");
                 }

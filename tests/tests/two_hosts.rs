@@ -219,6 +219,87 @@ fn a_killed_hosts_open_unlinked_files_are_deleted_by_the_other() {
     b.unmount_ok();
 }
 
+/// Whether the metadata store still has a row for `ino`.
+fn has_row(db: &str, ino: u64) -> bool {
+    let n: u64 = MariaDb::shared().sql(Some(db), &format!("SELECT COUNT(*) FROM inodes WHERE ino = {ino}")).trim().parse().unwrap();
+    n == 1
+}
+
+/// The HTTP status of the Tahoe name `<ino>` under the mounts' rootcap (FLAT: each file's
+/// object is linked there): 200 while the file's object is linked, 404 once it is deleted.
+fn tahoe_object_status(cfg: &str, ino: u64) -> u16 {
+    let yaml = fs::read_to_string(cfg).unwrap();
+    let rootcap = yaml.lines().find_map(|l| l.strip_prefix("rootcap: ")).expect("a rootcap in the configuration").trim();
+    TahoeGrid::shared().http("GET", &format!("/uri/{rootcap}/{ino}?t=json"), b"").unwrap().0
+}
+
+/// Host A keeps a file open while host B unlinks its last name: A reads the whole file, writes
+/// more and reads it back as if nothing happened; the row stays (without names) until A's last
+/// close, then the row and the object go, and the name is gone on both hosts.
+#[test]
+fn a_file_open_on_one_host_outlives_its_unlink_on_the_other_until_closed() {
+    use std::io::{Seek, SeekFrom};
+    let h = two_hosts();
+    let data = pseudo_random_bytes(5, 300_000);
+    fs::write(h.a.path("f"), &data).unwrap();
+    let ino = fs::metadata(h.a.path("f")).unwrap().ino();
+    assert_eq!(tahoe_object_status(&h.cfg, ino), 200, "the object is linked");
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(h.a.path("f")).unwrap();
+    eventually("f on B", || h.b.path("f").exists());
+    fs::remove_file(h.b.path("f")).unwrap();
+    eventually("the unlink on A", || !h.a.path("f").exists());
+    assert!(has_row(&h.db, ino), "B deleted the row of a file A has open:\n{}", h.b.log_tail());
+    assert_eq!(orphan_rows(&h.db), 1, "kept without names");
+
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert_bytes_eq(&got, &data, "A reading its open file after B's unlink");
+    f.write_all(b"and more").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    got.clear();
+    f.read_to_end(&mut got).unwrap();
+    let mut want = data.clone();
+    want.extend_from_slice(b"and more");
+    assert_bytes_eq(&got, &want, "A reading back what it wrote after B's unlink");
+    f.sync_all().unwrap();
+    assert!(has_row(&h.db, ino), "deleted before A closed it");
+
+    drop(f);
+    eventually_within("the row deleted after A's last close", Duration::from_secs(5), || !has_row(&h.db, ino));
+    // (The object goes right after the row, from another thread.)
+    eventually("the object deleted too", || tahoe_object_status(&h.cfg, ino) == 404);
+    assert!(!h.a.path("f").exists() && !h.b.path("f").exists());
+    assert!(h.a.log_tail().lines().all(|l| !l.contains("ERROR")), "A:\n{}", h.a.log_tail());
+
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+/// Host A keeps a file open and dies after host B unlinked it: B deletes it once A's heartbeat
+/// has expired (A's open listing is a dead host's then).
+#[test]
+fn a_file_another_host_unlinked_goes_when_the_host_holding_it_open_dies() {
+    let h = two_hosts();
+    fs::write(h.a.path("g"), pseudo_random_bytes(6, 50_000)).unwrap();
+    let ino = fs::metadata(h.a.path("g")).unwrap().ino();
+    let holder = as_root().hold(&["hold-open", ps(&h.a.path("g"))]);
+    assert_eq!(holder.reply.errno, 0);
+    eventually("g on B", || h.b.path("g").exists());
+    fs::remove_file(h.b.path("g")).unwrap();
+    assert!(has_row(&h.db, ino), "B deleted the row of a file A has open:\n{}", h.b.log_tail());
+    // B's periodic look for dead hosts spares it while A lives.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(has_row(&h.db, ino), "B deleted a file A holds open:\n{}", h.b.log_tail());
+
+    let killed = Instant::now();
+    h.a.kill9();
+    drop(holder);
+    eventually_within("B deleting the file the dead host held open", Duration::from_secs(20), || !has_row(&h.db, ino));
+    assert!(killed.elapsed() < Duration::from_secs(20));
+    assert_eq!(tahoe_object_status(&h.cfg, ino), 404, "the object is deleted too");
+    h.b.unmount_ok();
+}
+
 fn status_of(m: &Mount) -> String {
     String::from_utf8(getxattr_buf(&m.dir, "user.truckeefs.status", 65536).expect("status attribute")).unwrap()
 }

@@ -322,6 +322,7 @@ impl Mh {
             staged_is_durable: false,
             inode_cache_max: *cfg_rng.pick(&[4, 16, 100_000]),
             multi_host: true,
+            shared_opens: true,
             ..Config::default()
         };
         let profile = if opts.faults { FaultProfile::draw(&mut cfg_rng) } else { FaultProfile::none() };
@@ -594,7 +595,7 @@ impl Mh {
             // Then rename a file, link one.
             let kind = self.rng.weighted(&[8, 3, 8, 20, 4, 8, 12, 6, 8, 4, 8, 6, 3, 1]);
             if kind >= 12 {
-                match self.pick_rename_or_link(h, kind == 13, &free_names) {
+                match self.pick_rename_or_link(kind == 13, &free_names) {
                     Some(act) => return Some(act),
                     None => continue,
                 }
@@ -677,9 +678,8 @@ impl Mh {
             match kind {
                 0 => return Some(Act::Create { dir, name }),
                 1 => {
-                    // Not while open on another host (the core keeps a file open after its last
-                    // name went on the host that unlinks it only), or unsettled.
-                    if self.model_file((dir, name)).is_some_and(|i| self.busy(h, i)) {
+                    // Also while open on other hosts (they keep it), not while unsettled.
+                    if self.model_file((dir, name)).is_some_and(|i| self.busy(i)) {
                         continue;
                     }
                     return Some(Act::Unlink { dir, name });
@@ -1003,7 +1003,7 @@ impl Mh {
                         return Err(self.unexpected(r, "unlinked a name that does not exist".into()));
                     };
                     self.entry_mut(parent, name).set(None, now);
-                    self.unlinked(r.host, ino, r.issued);
+                    self.unlinked(ino, r.issued);
                     Ok(None)
                 }
                 Err(libc::ENOENT) => {

@@ -68,11 +68,10 @@ impl Mh {
         self.names.values().any(|n| n.current == Some(ino))
     }
 
-    /// A file host `h` may not take a name of away: open on another host (the core keeps a
-    /// file without names only on the host that took its last name), or unsettled.
-    pub(super) fn busy(&self, h: usize, ino: Ino) -> bool {
-        self.handles.values().any(|x| x.ino == ino && x.host != h)
-            || self.files.get(&ino).is_some_and(|f| f.unsettled.is_some())
+    /// A file whose name may not be taken away: unsettled, or written by several hosts at once.
+    /// (One open on other hosts may: they keep it, see `orphans`.)
+    pub(super) fn busy(&self, ino: Ino) -> bool {
+        self.files.get(&ino).is_some_and(|f| f.unsettled.is_some() || f.contest.is_some())
     }
 
     fn dir_entries(&self, dir: Ino) -> impl Iterator<Item = &NameM> {
@@ -138,7 +137,7 @@ impl Mh {
     }
 
     /// A rename of a file's name (onto an absent name or another file's), or a link.
-    pub(super) fn pick_rename_or_link(&mut self, h: usize, link: bool, free_names: &[usize]) -> Option<Act> {
+    pub(super) fn pick_rename_or_link(&mut self, link: bool, free_names: &[usize]) -> Option<Act> {
         if free_names.is_empty() {
             return None;
         }
@@ -154,7 +153,7 @@ impl Mh {
         if link {
             return self.model_file(to).is_none().then_some(Act::Link { from, to });
         }
-        if self.model_file(to).is_some_and(|y| y != x && self.busy(h, y)) {
+        if self.model_file(to).is_some_and(|y| y != x && self.busy(y)) {
             return None;
         }
         Some(Act::Rename { from, to })
@@ -294,7 +293,7 @@ impl Mh {
                             self.entry_mut(p2, to.1).set(Some(x), now);
                             if let Some(y) = y {
                                 // The replaced file lost a name (its last, unless it has links).
-                                self.unlinked(r.host, y, r.issued);
+                                self.unlinked(y, r.issued);
                             }
                         }
                         Ok(None)

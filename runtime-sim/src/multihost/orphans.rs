@@ -1,22 +1,21 @@
-//! The model of files kept open after their last name went (orphans): a host that unlinks a
-//! file it has open keeps it, readable and writable through its handles, and lists it in its
-//! orphan set; the file goes when its last handle there closes. Another host starting up must
-//! spare it (the set of a live host), and when its host dies, a live host collects it once the
-//! dead host's heartbeat expired: by the end of the liveness phase neither its row nor its
-//! object may be left.
+//! The model of files kept open after their last name went (orphans): every host that has the
+//! file open when its last name goes (on whichever host) keeps it, readable and writable
+//! through its handles (`Config::shared_opens`: the hosts list their open files); the file goes
+//! when its last handle on any host closes. Another host starting up must spare it (the sets
+//! of live hosts), and when its holders die, a live host collects it once their heartbeats
+//! expired: by the end of the liveness phase neither its row nor its object may be left.
 
 use super::{Mh, R};
 use crate::redis::HostId;
 use std::time::Duration;
 use truckeefs_core::{Ino, ObjectId};
 
-/// A file without names held open by `host`.
+/// A file without names held open by some hosts.
 #[derive(Clone, Debug)]
 pub(super) struct Orphan {
-    pub(super) host: usize,
-    /// The host's id in Redis when it unlinked the file (its set).
-    pub(super) redis_id: HostId,
-    /// When the unlink was sent (the set may be read from then on).
+    /// The hosts that had it open when its last name went, with their ids in Redis then.
+    pub(super) holders: Vec<(usize, HostId)>,
+    /// When the unlink was sent (the sets may be read from then on).
     pub(super) since: Duration,
 }
 
@@ -28,19 +27,22 @@ pub(super) struct DeadOrphan {
 }
 
 impl Mh {
-    /// An unlink by `host` succeeded; its file stays while that host has it open.
-    pub(super) fn unlinked(&mut self, host: usize, ino: Ino, issued: Duration) {
+    /// An unlink (or a rename over it) succeeded; the file stays while a host has it open.
+    pub(super) fn unlinked(&mut self, ino: Ino, issued: Duration) {
         if self.has_name(ino) {
             // It has another name (a link).
             return;
         }
-        if !self.handles.values().any(|x| x.ino == ino && x.host == host) {
+        let mut hosts: Vec<usize> = self.handles.values().filter(|x| x.ino == ino).map(|x| x.host).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        if hosts.is_empty() {
             self.files.remove(&ino);
             return;
         }
-        let redis_id = self.c.hosts[host].w.host_id;
+        let holders = hosts.into_iter().map(|h| (h, self.c.hosts[h].w.host_id)).collect();
         if let Some(f) = self.files.get_mut(&ino) {
-            f.orphan = Some(Orphan { host, redis_id, since: issued });
+            f.orphan = Some(Orphan { holders, since: issued });
         }
     }
 
@@ -52,22 +54,34 @@ impl Mh {
         }
     }
 
-    /// Host `h` crashed: the orphans it held are a dead host's, for the others to collect.
+    /// Host `h` crashed: the orphans it held alone are a dead host's, for the others to
+    /// collect; those other hosts hold too live on there.
     pub(super) fn orphans_of_crashed(&mut self, h: usize) {
-        let held: Vec<Ino> =
-            self.files.values().filter(|f| f.orphan.as_ref().is_some_and(|o| o.host == h)).map(|f| f.ino).collect();
+        let held: Vec<Ino> = self
+            .files
+            .values()
+            .filter(|f| f.orphan.as_ref().is_some_and(|o| o.holders.iter().any(|(x, _)| *x == h)))
+            .map(|f| f.ino)
+            .collect();
         for ino in held {
+            if self.handles.values().any(|x| x.ino == ino && x.host != h) {
+                if let Some(o) = self.files.get_mut(&ino).and_then(|f| f.orphan.as_mut()) {
+                    o.holders.retain(|(x, _)| *x != h);
+                }
+                continue;
+            }
             self.files.remove(&ino);
             let object = self.c.meta.inode(ino).and_then(|row| row.object.clone());
             self.dead_orphans.push(DeadOrphan { ino, object });
         }
     }
 
-    /// Whether `ino` is an orphan whose host's heartbeat lapsed since the unlink: other hosts
-    /// may have deleted it while that host still holds it (as they take a lapsed host's locks).
+    /// Whether `ino` is an orphan one of whose holders' heartbeat lapsed since the unlink:
+    /// other hosts may have deleted it while that host still holds it (as they take a lapsed
+    /// host's locks).
     pub(super) fn orphan_forfeited(&self, ino: Ino) -> bool {
         let Some(o) = self.files.get(&ino).and_then(|f| f.orphan.as_ref()) else { return false };
-        self.c.lapsed_between(o.redis_id, o.since, self.c.now)
+        o.holders.iter().any(|(_, id)| self.c.lapsed_between(*id, o.since, self.c.now))
     }
 
     /// The orphan sets of processes that died (their heartbeat may not have expired yet): the
