@@ -596,6 +596,12 @@ impl LockService {
         format!("{}reaping:{ino}", self.prefix)
     }
 
+    /// `ino`, reaped by this host, is deleted: its mark as being deleted may go (an open
+    /// elsewhere finds no row now).
+    pub(crate) fn forget_reaping(&self, ino: Ino) -> Result<(), String> {
+        self.with_conn(|c| c.del::<_, ()>(self.reaping_key(ino)))
+    }
+
     /// After this host's heartbeat lapsed (a paused process, a lost connection), the others
     /// may have forgotten its open set as a dead host's: it is listed again, so that the files
     /// without names it holds are still collected should it die later.
@@ -663,12 +669,27 @@ impl LockService {
         Ok(hosts)
     }
 
-    /// Forgets dead hosts' orphan sets (once what they listed is deleted).
+    /// Forgets dead hosts' orphan and open sets (once what they listed is deleted), and what
+    /// refers to them: the host's place in each listed file's `openers` set, and the
+    /// `unlinked` marker of each listed file (a file left without names is deleted by now;
+    /// the marker of one whose last holder died would stay for ever).
     pub(crate) fn forget_sets(&self, keys: &[String]) -> Result<(), String> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.with_conn(|c| c.del::<_, ()>(keys))
+        let opens_prefix = format!("{}opens:", self.prefix);
+        self.with_conn(|c| {
+            for key in keys {
+                let members: Vec<Ino> = c.smembers(key)?;
+                let mut pipe = redis::pipe();
+                for ino in members {
+                    if let Some(host) = key.strip_prefix(&opens_prefix) {
+                        pipe.srem(self.openers_key(ino), host).ignore();
+                    }
+                    pipe.del(format!("{}unlinked:{ino}", self.prefix)).ignore();
+                }
+                pipe.del(key).ignore();
+                pipe.query::<()>(c)?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -124,6 +124,7 @@ impl Runtime {
             mirror: None,
             held_orphans: std::collections::HashSet::new(),
             coordination_failed_at: None,
+            reaped: std::collections::HashSet::new(),
             running: std::collections::HashSet::new(),
             gone: std::collections::HashSet::new(),
             upload_fence: None,
@@ -355,6 +356,9 @@ struct Driver {
     held_orphans: std::collections::HashSet<Ino>,
     /// When an inline call to the coordination server last failed (see `open_files`).
     coordination_failed_at: Option<Instant>,
+    /// Files whose `Reap` answered free: this host deletes them, and their mark as being
+    /// deleted goes once their row is gone (it keeps other hosts from opening them meanwhile).
+    reaped: std::collections::HashSet<Ino>,
     /// The per-inode processes reported running (a state is written only when it changes).
     running: std::collections::HashSet<(Ino, Process)>,
     /// Deleted files: their states are removed once none of their processes runs.
@@ -538,6 +542,9 @@ impl Driver {
                 // Out of this host's orphan set (another host holds it, or it keeps its name).
                 self.held_orphans.remove(ino);
             }
+            (Ok(IoReply::Held(false)), LockRequest::Reap { ino }) => {
+                self.reaped.insert(*ino);
+            }
             (Err(e), _) if e.kind != IoErrorKind::NotFound => {
                 tracing::warn!(error = %e, "cannot list an open file for the other hosts");
             }
@@ -580,6 +587,12 @@ impl Driver {
                 if self.held_orphans.remove(ino) {
                     if let Err(e) = locks.drop_orphan(*ino) {
                         tracing::warn!(ino, error = %e, "cannot unlist a deleted file");
+                    }
+                }
+                // (If this fails, the mark expires by itself.)
+                if self.reaped.remove(ino) {
+                    if let Err(e) = locks.forget_reaping(*ino) {
+                        tracing::debug!(ino, error = %e, "cannot remove a deleted file's mark as being deleted");
                     }
                 }
             }

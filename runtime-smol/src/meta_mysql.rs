@@ -269,6 +269,12 @@ impl MysqlMeta {
         Ok(())
     }
 
+    /// Lets go of this host's claim (as dropping the store does), saying whether it went
+    /// cleanly.
+    pub fn release_claim(&mut self) -> Result<(), String> {
+        self.claim.take().map_or(Ok(()), |c| c.release())
+    }
+
     /// For `status`: this host's claim on the database, if it holds one.
     pub fn claim_text(&self) -> Option<&'static str> {
         self.claim.as_ref().map(|c| c.describe())

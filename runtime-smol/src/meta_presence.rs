@@ -123,15 +123,33 @@ impl Claim {
             "this host alone (no redis_host: hosts take turns)"
         }
     }
+
+    /// Lets go of the claim (as dropping it does), saying whether its thread ended cleanly.
+    pub fn release(mut self) -> Result<(), String> {
+        self.stop_thread()
+    }
+
+    fn stop_thread(&mut self) -> Result<(), String> {
+        self.stop = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Err(_)) => Err("the thread holding this host's claim on the metadata store panicked".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.stop = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Err(e) = self.stop_thread() {
+            tracing::error!("{e}");
         }
     }
+}
+
+/// Runs `f` on `rt` for at most `limit` (`None`: it took longer). The timer is made inside the
+/// runtime: made outside, it finds no Tokio reactor and panics.
+fn within<F: std::future::Future>(rt: &tokio::runtime::Runtime, limit: Duration, f: F) -> Option<F::Output> {
+    rt.block_on(async { tokio::time::timeout(limit, f).await.ok() })
 }
 
 /// Keeps the claim's connection in use, and takes the claim again when it broke.
@@ -141,8 +159,8 @@ fn keep(rt: tokio::runtime::Runtime, config: MysqlConfig, shared: bool, conn: Co
     let mut reported: Option<Instant> = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(PING) {
         if let Some(c) = conn.as_mut() {
-            let alive = rt.block_on(tokio::time::timeout(config.timeout, c.query_drop("DO 1")));
-            if matches!(alive, Ok(Ok(()))) {
+            let alive = within(&rt, config.timeout, c.query_drop("DO 1"));
+            if matches!(alive, Some(Ok(()))) {
                 continue;
             }
             conn = None;
@@ -164,6 +182,6 @@ fn keep(rt: tokio::runtime::Runtime, config: MysqlConfig, shared: bool, conn: Co
         }
     }
     if let Some(c) = conn {
-        let _ = rt.block_on(tokio::time::timeout(config.timeout, c.disconnect()));
+        let _ = within(&rt, config.timeout, c.disconnect());
     }
 }

@@ -761,7 +761,7 @@ fn hosts_without_redis_take_turns_and_hosts_with_redis_share() {
     assert_no_secret(&err, &cfg);
     let err = open().claim(&cfg, true).unwrap_err();
     assert!(err.contains("without redis_host"), "{err}");
-    drop(solo);
+    solo.release_claim().unwrap();
 
     // Several hosts with Redis at once; then one without is refused until they are all gone.
     let mut shared: Vec<MysqlMeta> = (0..3).map(|_| open()).collect();
@@ -774,7 +774,9 @@ fn hosts_without_redis_take_turns_and_hosts_with_redis_share() {
     let mut fourth = open();
     fourth.claim(&cfg, true).unwrap();
     shared.push(fourth);
-    drop(shared);
+    for mut m in shared {
+        m.release_claim().unwrap();
+    }
     let mut last = open();
     last.claim(&cfg, false).unwrap();
     // The claim is what lets it run: the store itself still answers.

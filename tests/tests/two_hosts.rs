@@ -297,6 +297,15 @@ fn a_file_another_host_unlinked_goes_when_the_host_holding_it_open_dies() {
     eventually_within("B deleting the file the dead host held open", Duration::from_secs(20), || !has_row(&h.db, ino));
     assert!(killed.elapsed() < Duration::from_secs(20));
     assert_eq!(tahoe_object_status(&h.cfg, ino), 404, "the object is deleted too");
+    // Nothing is left of the dead host's listings of it in Redis.
+    let left = || {
+        ["openers", "unlinked"]
+            .iter()
+            .map(|k| format!("test:{k}:{ino}"))
+            .filter(|k| h.redis.cli_text(&["EXISTS", k]).trim() != "0")
+            .collect::<Vec<_>>()
+    };
+    eventually_within("the dead host's listings going", Duration::from_secs(20), || left().is_empty());
     h.b.unmount_ok();
 }
 

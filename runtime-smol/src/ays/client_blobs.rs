@@ -114,7 +114,6 @@ fn md5_of_digest(d: &[u8]) -> Md5 {
     Md5(m)
 }
 
-/// Whether the whole of `f` (read from its start) hashes to `sri`; leaves `f` at its end.
 /// Where cacache keeps the content of `sri` under `root`: `content-v2/<algorithm>/<hex[0..2]>/
 /// <hex[2..4]>/<hex[4..]>`, its documented layout (a test checks it against cacache's own reads).
 fn content_path(root: &Path, sri: &cacache::Integrity) -> PathBuf {
@@ -127,6 +126,7 @@ fn content_path(root: &Path, sri: &cacache::Integrity) -> PathBuf {
     p
 }
 
+/// Whether the whole of `f` (read from its start) hashes to `sri`; leaves `f` at its end.
 fn matches_hash(f: &mut File, sri: &cacache::Integrity) -> io::Result<bool> {
     let mut checker = ssri::IntegrityChecker::new(sri.clone());
     let mut buf = vec![0u8; 256 * 1024];

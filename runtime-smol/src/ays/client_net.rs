@@ -320,18 +320,18 @@ impl ChunkSink {
 
     /// Everything received: the writer, with every byte written and hashed.
     fn finish(mut self) -> Result<BlobWriter, String> {
-        match self.thread.is_some() {
-            true => {
-                if !self.buf.is_empty() {
-                    self.hand_over()?;
-                }
-                let t = self.thread.take().ok_or("blob cache: md5 thread gone")?;
-                drop(t.tx);
-                let h = t.md5.join().map_err(|_| "blob cache: md5 thread panicked".to_string())?;
-                self.w.return_md5(h);
-            }
-            false => self.w.write_all(&self.buf).map_err(|e| format!("blob cache: {e}"))?,
+        if self.thread.is_none() {
+            // A small body: hashed as it is written.
+            self.w.write_all(&self.buf).map_err(|e| format!("blob cache: {e}"))?;
+            return Ok(self.w);
         }
+        if !self.buf.is_empty() {
+            self.hand_over()?;
+        }
+        let t = self.thread.take().ok_or("blob cache: md5 thread gone")?;
+        drop(t.tx);
+        let h = t.md5.join().map_err(|_| "blob cache: md5 thread panicked".to_string())?;
+        self.w.return_md5(h);
         Ok(self.w)
     }
 }
