@@ -215,10 +215,10 @@ impl Coordinator {
                     }
                     beat.renew_upload_leases();
                     let renewed = beat.heartbeat();
-                    if renewed.is_ok() {
-                        if last_beat.elapsed() >= HEARTBEAT_TTL {
-                            // This host looked dead meanwhile: its open set may have been
-                            // forgotten by the others (see `LockService::relist_opens`).
+                    if let Ok(vanished) = renewed {
+                        if vanished || last_beat.elapsed() >= HEARTBEAT_TTL {
+                            // This host looked dead meanwhile, or the server lost its data:
+                            // its open listings may be gone (see `LockService::relist_opens`).
                             if let Err(e) = beat.relist_opens() {
                                 tracing::warn!(error = %e, "cannot list this host's open files again");
                             }
@@ -226,11 +226,11 @@ impl Coordinator {
                         last_beat = std::time::Instant::now();
                     }
                     match renewed {
-                        Ok(()) if failing => {
+                        Ok(_) if failing => {
                             tracing::info!(server = %beat.server, "heartbeat renewed again");
                             failing = false;
                         }
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(e) if !failing => {
                             tracing::warn!(server = %beat.server, error = %e, "cannot renew this host's heartbeat; other hosts may take its locks");
                             failing = true;
@@ -603,8 +603,10 @@ impl LockService {
     }
 
     /// After this host's heartbeat lapsed (a paused process, a lost connection), the others
-    /// may have forgotten its open set as a dead host's: it is listed again, so that the files
-    /// without names it holds are still collected should it die later.
+    /// may have forgotten its open set as a dead host's; after the server restarted without
+    /// its data, every listing is gone. Both are listed again: the open set, so that the files
+    /// without names it holds are still collected should it die later, and each file's
+    /// `openers`, so that no other host deletes a file it has open at an unlink.
     fn relist_opens(&self) -> Result<(), String> {
         let listed: Vec<Ino> = lock(&self.listed).iter().copied().collect();
         if listed.is_empty() {
@@ -614,9 +616,12 @@ impl LockService {
             let mut pipe = redis::pipe();
             for ino in &listed {
                 pipe.sadd(self.opens_key(), ino).ignore();
+                pipe.sadd(self.openers_key(*ino), &self.host).ignore();
             }
             pipe.query::<()>(c)
-        })
+        })?;
+        tracing::info!(files = listed.len(), "listed this host's open files again in the coordination server");
+        Ok(())
     }
 
     /// `LockRequest::Open`: lists `ino` as open here unless it is being deleted (`NotFound`).
@@ -832,14 +837,21 @@ impl LockService {
         }
     }
 
-    fn heartbeat(&self) -> Result<(), String> {
+    /// Renews this host's heartbeat. `Ok(true)`: its key was gone (it expired, or the server
+    /// restarted without its data), so what this host listed may be gone too.
+    fn heartbeat(&self) -> Result<bool, String> {
         self.with_conn(|c| {
-            redis::cmd("SET")
+            let (existed,): (bool,) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(self.host_key())
+                .cmd("SET")
                 .arg(self.host_key())
                 .arg(1)
                 .arg("PX")
                 .arg(HEARTBEAT_TTL.as_millis() as u64)
-                .query::<()>(c)
+                .ignore()
+                .query(c)?;
+            Ok(!existed)
         })
     }
 

@@ -275,6 +275,33 @@ fn a_file_open_on_one_host_outlives_its_unlink_on_the_other_until_closed() {
     h.b.unmount_ok();
 }
 
+/// Redis restarts without its data while host A has a file open: A lists it again (its
+/// heartbeat finds its key gone), so an unlink on B afterwards still leaves the file to A.
+#[test]
+fn a_file_open_on_one_host_is_listed_again_when_redis_restarts_empty() {
+    let mut h = two_hosts();
+    let data = pseudo_random_bytes(7, 100_000);
+    fs::write(h.a.path("f"), &data).unwrap();
+    let ino = fs::metadata(h.a.path("f")).unwrap().ino();
+    let mut f = fs::File::open(h.a.path("f")).unwrap();
+    let openers = format!("test:openers:{ino}");
+    assert_eq!(h.redis.cli_text(&["EXISTS", &openers]).trim(), "1", "A lists its open file");
+    eventually("f on B", || h.b.path("f").exists());
+    h.redis.restart_empty(Duration::from_secs(1));
+    eventually_within("A listing its open file again", Duration::from_secs(15), || {
+        h.redis.cli_text(&["EXISTS", &openers]).trim() == "1"
+    });
+    fs::remove_file(h.b.path("f")).unwrap();
+    assert!(has_row(&h.db, ino), "B deleted the row of a file A has open:\n{}", h.b.log_tail());
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert_bytes_eq(&got, &data, "A reading its open file after Redis restarted and B unlinked it");
+    drop(f);
+    eventually_within("the row deleted after A's last close", Duration::from_secs(10), || !has_row(&h.db, ino));
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
 /// Host A keeps a file open and dies after host B unlinked it: B deletes it once A's heartbeat
 /// has expired (A's open listing is a dead host's then).
 #[test]
