@@ -547,7 +547,6 @@ impl LockService {
 
     /// Every host's orphan set and open set, split by whether the host lives.
     pub(crate) fn orphans(&self) -> Result<Orphans, String> {
-        let host_prefix = format!("{}host:", self.prefix);
         self.with_conn(|c| {
             let mut out = Orphans { held: std::collections::HashSet::new(), dead_sets: Vec::new() };
             for kind in ["orphans:", "opens:"] {
@@ -556,7 +555,7 @@ impl LockService {
                 let keys: Vec<String> = c.scan_match::<_, String>(&pattern)?.collect();
                 for key in keys {
                     let Some(host) = key.strip_prefix(&set_prefix) else { continue };
-                    let alive: bool = host == self.host || c.exists(format!("{host_prefix}{host}"))?;
+                    let alive = self.lives(c, host)?;
                     let members: Vec<Ino> = c.smembers(&key)?;
                     if alive {
                         out.held.extend(members);
@@ -572,16 +571,27 @@ impl LockService {
     /// Whether a live host (this one counts as live) lists `ino` open (`<prefix>openers:<ino>`,
     /// which outlives a host's lapse, when its open set may have been forgotten).
     pub(crate) fn held_open(&self, ino: Ino) -> Result<bool, String> {
-        let host_prefix = format!("{}host:", self.prefix);
         self.with_conn(|c| {
             let hosts: Vec<String> = c.smembers(self.openers_key(ino))?;
             for h in hosts {
-                if h == self.host || c.exists(format!("{host_prefix}{h}"))? {
+                if self.lives(c, &h)? {
                     return Ok(true);
                 }
             }
             Ok(false)
         })
+    }
+
+    /// Whether `host` lives: this one, or one whose heartbeat key exists.
+    fn lives(&self, c: &mut redis::Connection, host: &str) -> redis::RedisResult<bool> {
+        if host == self.host {
+            return Ok(true);
+        }
+        c.exists(format!("{}{host}", self.host_prefix()))
+    }
+
+    fn unlinked_key(&self, ino: Ino) -> String {
+        format!("{}unlinked:{ino}", self.prefix)
     }
 
     fn opens_key(&self) -> String {
@@ -649,10 +659,10 @@ impl LockService {
                 .key(self.openers_key(ino))
                 .key(self.orphans_key())
                 .key(self.reaping_key(ino))
-                .key(format!("{}unlinked:{ino}", self.prefix))
+                .key(self.unlinked_key(ino))
                 .arg(&self.host)
                 .arg(ino)
-                .arg(format!("{}host:", self.prefix))
+                .arg(self.host_prefix())
                 .arg(REAPING_TTL.as_millis() as u64)
                 .arg(if close { "close" } else { "reap" })
                 .invoke::<i64>(c)
@@ -664,7 +674,7 @@ impl LockService {
     /// The hosts whose heartbeat lives, this one first.
     pub(crate) fn hosts(&self) -> Result<Vec<String>, String> {
         let pattern = format!("{}host:*", glob_escape(&self.prefix));
-        let prefix = format!("{}host:", self.prefix);
+        let prefix = self.host_prefix();
         let mut hosts: Vec<String> = self.with_conn(|c| {
             Ok(c.scan_match::<_, String>(&pattern)?.filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)).collect())
         })?;
@@ -688,7 +698,7 @@ impl LockService {
                     if let Some(host) = key.strip_prefix(&opens_prefix) {
                         pipe.srem(self.openers_key(ino), host).ignore();
                     }
-                    pipe.del(format!("{}unlinked:{ino}", self.prefix)).ignore();
+                    pipe.del(self.unlinked_key(ino)).ignore();
                 }
                 pipe.del(key).ignore();
                 pipe.query::<()>(c)?;
@@ -861,7 +871,12 @@ impl LockService {
     }
 
     fn host_key(&self) -> String {
-        format!("{}host:{}", self.prefix, self.host)
+        format!("{}{}", self.host_prefix(), self.host)
+    }
+
+    /// Heartbeat keys are this followed by a host id.
+    fn host_prefix(&self) -> String {
+        format!("{}host:", self.prefix)
     }
 
     fn locks_key(&self, ino: Ino) -> String {
@@ -923,7 +938,7 @@ impl LockService {
                 .arg(end_of(want.end))
                 .arg(i32::from(want.typ == libc::F_WRLCK))
                 .arg(held.map(|h| encode_locks(h)).unwrap_or_else(|| "[]".into()))
-                .arg(format!("{}host:", self.prefix))
+                .arg(self.host_prefix())
                 .arg(if held.is_some() { "take" } else { "check" })
                 .invoke(c)
         })?;
