@@ -172,6 +172,11 @@ impl BlockCache {
                 return Ok(b);
             }
             let mut st = self.lock();
+            // A stream may have delivered it since the look above (it remembers a block before
+            // it moves on, both under this lock): seen here, it is not fetched a second time.
+            if let Some((_, b)) = st.recent.iter().find(|(k, _)| *k == key) {
+                return Ok(b.clone());
+            }
             if st.fetching.contains(&key) {
                 // Someone else fetches it: wait, then look in the cache again (their fetch may
                 // have failed, in which case we fetch it ourselves).
