@@ -388,3 +388,24 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
     // "e" has the content of "a": read ahead after "d" only when its turn comes.
     assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })));
 }
+
+#[test]
+fn the_read_ahead_of_a_directory_s_last_file_goes_on_into_the_next_directory() {
+    let mut s = spec();
+    s.layers = Layers { local: true, grids: 0, store: false };
+    s.readahead_files = 3;
+    s.readahead_bytes = 50;
+    s.readahead_parallel = 2;
+    let mut h = H::new(s);
+    let d1 = format!(r#"{{"a": "{}"}}"#, val(A, 5));
+    let d2 = format!(r#"{{"b": "{}"}}"#, val(B, 1));
+    h.local_tree(&[("/", "{}"), ("/d1", &d1), ("/d1/empty", "{}"), ("/d2", &d2)]);
+    let d1_ino = ino_of(&mut h, ROOT_INO, "d1");
+    let a = ino_of(&mut h, d1_ino, "a");
+    h.request(Op::Open { ino: a, flags: libc::O_RDONLY });
+    h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
+    // "a" ends /d1; its empty subdirectory holds nothing; "b" of /d2 is next in a walk.
+    let b_md5 = Md5::parse(B).unwrap();
+    h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Has { md5 }) if *md5 == b_md5));
+    assert!(!h.out.iter().any(|e| matches!(e, AysEffect::Io { request: AysIo::Blob(BlobOp::Has { .. }), .. })), "{:#?}", h.out);
+}

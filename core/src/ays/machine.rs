@@ -30,7 +30,6 @@ use crate::op::{KernelNotice, Op, Reply, StatFs};
 use crate::types::{Ctx, Ino, IoId, RequestId, Timespec, ROOT_INO};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::ops::Bound;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The grid caches are asked to fetch what they miss from the store and keep it.
@@ -60,8 +59,9 @@ pub struct MountSpec {
     pub prefetch_parallel: usize,
     /// Directories asked for at once while walking a grid cache's tree.
     pub walk_parallel: usize,
-    /// Read-ahead: opening a file fetches the blobs of the files after it in its directory (in
-    /// name order, the order of `readdir`), at most this many files (0: no read-ahead) ...
+    /// Read-ahead: opening a file fetches the blobs of the files a walk reads after it (the rest
+    /// of its directory in name order, the order of `readdir`, then the next directories: see
+    /// [`Tree::files_after`]), at most this many files (0: no read-ahead) ...
     pub readahead_files: usize,
     /// ... and this many bytes (the file that reaches them included, so at least one) ...
     pub readahead_bytes: u64,
@@ -203,6 +203,9 @@ struct Readahead {
 
 /// Forget the blobs read ahead past this many (they are then merely checked again).
 const AHEAD_SEEN_MAX: usize = 65_536;
+/// Directories after a file's own that its read-ahead window may reach into (a walk goes on
+/// into the next directory; a tree of many empty directories must not make an open slow).
+const AHEAD_DIRS_MAX: usize = 16;
 
 #[derive(Debug)]
 enum TreeState {
@@ -1136,13 +1139,9 @@ impl AysCore {
         if files_max == 0 {
             return;
         }
-        let Some(node) = self.tree.get(ino) else { return };
-        let name = node.path.rsplit('/').next().unwrap_or_default().to_string();
-        let Some(NodeKind::Dir { children, .. }) = self.tree.get(node.parent).map(|n| &n.kind) else { return };
         let mut queue = VecDeque::new();
         let (mut files, mut bytes) = (0usize, 0u64);
-        for (_, child) in children.range::<str, _>((Bound::Excluded(name.as_str()), Bound::Unbounded)) {
-            let Some(n) = self.tree.get(*child) else { continue };
+        for (_, n) in self.tree.files_after(ino, AHEAD_DIRS_MAX) {
             let NodeKind::File { meta: Ok(m), debug: false } = &n.kind else { continue };
             if m.md5 == EMPTY_MD5 || self.in_overlay(&n.path) {
                 continue;

@@ -10,6 +10,7 @@ use crate::ays::value::{child_path, FileMeta, Listings};
 use crate::op::DirEntry;
 use crate::types::{Attr, FileKind, Ino, Timespec, ROOT_INO};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 /// The block size reported for aysfs files.
 pub const AYS_BLKSIZE: u32 = 128 * 1024;
@@ -265,10 +266,95 @@ impl Tree {
         out
     }
 
+    /// The files a walk of the tree reads after file `ino`, in order: the rest of its
+    /// directory's files by name, then those of the directories after it in a walk's order
+    /// (a directory's subdirectories by name before its next sibling), looking into at most
+    /// `max_dirs` directories besides its own. Nothing for an inode that is not a file.
+    pub fn files_after(&self, ino: Ino, max_dirs: usize) -> FilesAfter<'_> {
+        let (dir, after) = match self.nodes.get(&ino) {
+            Some(n @ Node { kind: NodeKind::File { .. }, .. }) => (Some(n.parent), Some(name_of(n).to_string())),
+            _ => (None, None),
+        };
+        FilesAfter { tree: self, dir, after, dirs_left: max_dirs }
+    }
+
+    /// The subdirectories of `dir` by name, after `after` if given.
+    fn subdirs_after<'a>(&'a self, dir: Ino, after: Option<&str>) -> impl Iterator<Item = Ino> + 'a {
+        let children = match self.nodes.get(&dir) {
+            Some(Node { kind: NodeKind::Dir { children, .. }, .. }) => Some(children),
+            _ => None,
+        };
+        let lower = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        children
+            .into_iter()
+            .flat_map(move |c| c.range((lower.clone(), Bound::Unbounded)))
+            .map(|(_, i)| *i)
+            .filter(|i| matches!(self.nodes.get(i), Some(Node { kind: NodeKind::Dir { .. }, .. })))
+    }
+
+    /// The directory a walk enters after `dir`'s files: its first subdirectory, else the next
+    /// sibling of it or of its nearest ancestor that has one; `None` at the end of the tree.
+    fn next_dir(&self, dir: Ino) -> Option<Ino> {
+        if let Some(sub) = self.subdirs_after(dir, None).next() {
+            return Some(sub);
+        }
+        let mut cur = dir;
+        while cur != ROOT_INO {
+            let node = self.nodes.get(&cur)?;
+            if let Some(next) = self.subdirs_after(node.parent, Some(name_of(node))).next() {
+                return Some(next);
+            }
+            cur = node.parent;
+        }
+        None
+    }
+
     /// Files and bytes below the root (for statfs).
     pub fn usage(&self) -> (u64, u64) {
         let files = self.files();
         (files.len() as u64, files.iter().map(|f| f.2.size).sum())
+    }
+}
+
+/// The name of a node (the last part of its path).
+fn name_of(node: &Node) -> &str {
+    node.path.rsplit('/').next().unwrap_or_default()
+}
+
+/// See [`Tree::files_after`].
+pub struct FilesAfter<'a> {
+    tree: &'a Tree,
+    /// The directory whose files come next (`None`: the walk is over).
+    dir: Option<Ino>,
+    /// The name of the last file given from `dir` (`None`: none yet).
+    after: Option<String>,
+    dirs_left: usize,
+}
+
+impl<'a> Iterator for FilesAfter<'a> {
+    type Item = (Ino, &'a Node);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let dir = self.dir?;
+            if let Some(Node { kind: NodeKind::Dir { children, .. }, .. }) = self.tree.nodes.get(&dir) {
+                let lower = self.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                for (name, ino) in children.range::<str, _>((lower, Bound::Unbounded)) {
+                    if let Some(n @ Node { kind: NodeKind::File { .. }, .. }) = self.tree.nodes.get(ino) {
+                        self.after = Some(name.clone());
+                        return Some((*ino, n));
+                    }
+                }
+            }
+            // This directory's files are done.
+            if self.dirs_left == 0 {
+                self.dir = None;
+                return None;
+            }
+            self.dirs_left -= 1;
+            self.dir = self.tree.next_dir(dir);
+            self.after = None;
+        }
     }
 }
 
@@ -340,5 +426,33 @@ mod tests {
         assert_eq!(t.add_file(lib, "new.py", m, true), Err(libc::EEXIST));
         t.set_file(n, FileMeta { size: 7, ..m }, true);
         assert_eq!(t.attr(n).unwrap().size, 7);
+    }
+
+    #[test]
+    fn files_after_a_file_follow_a_walk_into_the_next_directories() {
+        let v = format!("{A},1");
+        let dir = |names: &[&str]| format!("{{{}}}", names.iter().map(|n| format!("\"{n}\": \"{v}\"")).collect::<Vec<_>>().join(", "));
+        let (root, a, ab, b, c) = (dir(&["f", "z"]), dir(&["a1", "a2"]), dir(&["x"]), dir(&[]), dir(&["c1"]));
+        let fields: Vec<(&str, &[u8])> = vec![
+            ("/", root.as_bytes()),
+            ("/a", a.as_bytes()),
+            ("/a/b", ab.as_bytes()),
+            ("/b", b.as_bytes()),
+            ("/c", c.as_bytes()),
+        ];
+        let mut t = Tree::new(Timespec { sec: 1, nsec: 0 });
+        t.install(&listings_from_fields(fields, "/").0.unwrap(), "/");
+        let paths = |ino: Ino, dirs: usize| t.files_after(ino, dirs).map(|(_, n)| n.path.clone()).collect::<Vec<_>>();
+        let a1 = t.by_path("/a/a1").unwrap();
+        // The rest of /a, then /a/b (a subdirectory first), then /b (empty) and /c.
+        assert_eq!(paths(a1, 8), ["/a/a2", "/a/b/x", "/c/c1"]);
+        // At most one directory besides its own.
+        assert_eq!(paths(a1, 1), ["/a/a2", "/a/b/x"]);
+        assert_eq!(paths(a1, 0), ["/a/a2"]);
+        // From the root's files into /a; from the last file of the tree, nothing.
+        assert_eq!(paths(t.by_path("/z").unwrap(), 1), ["/a/a1", "/a/a2"]);
+        assert!(paths(t.by_path("/c/c1").unwrap(), 8).is_empty());
+        // Not a file: nothing.
+        assert!(paths(t.by_path("/a").unwrap(), 8).is_empty());
     }
 }
