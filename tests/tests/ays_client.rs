@@ -164,7 +164,10 @@ dedupe_domain = "dom"
 #[test]
 fn a_corrupt_blob_in_one_layer_is_reported_and_the_next_layer_used() {
     let store = AysServer::start(&[]);
-    let tree = sample_tree();
+    let mut tree = sample_tree();
+    // Eight files a walk reads right after /hello.txt fill its read-ahead window (8 files), so
+    // /lib/x.py is not fetched before the store goes below.
+    tree.files.extend((0..8).map(|i| (format!("/a/f{i}"), data(10 + i, 100), false)));
     let src = tempfile::tempdir().unwrap();
     tree.write_dir(src.path());
     publish_ok(&store.stor_url(), "c|tree(1)", "", src.path());
