@@ -843,8 +843,11 @@ impl Mh {
         let limit = self.c.now + Duration::from_secs(3600);
         let mut created = Vec::new();
         loop {
-            // Answers given at once (from the cache) come before anything else happens.
-            let mut answered = false;
+            // Answers given at once (from the cache) come before anything else happens. Those
+            // of sleeping F_SETLKW requests first: a lock granted in the same instant as an
+            // F_SETLK refused because of it must be known when the refusal is checked (a
+            // release in the batch is known before its answer, through `releasing`).
+            let mut answered = self.poll_waiters()?;
             for r in running.iter_mut() {
                 if r.done {
                     continue;
@@ -879,9 +882,6 @@ impl Mh {
                         }
                     }
                 }
-            }
-            if self.poll_waiters()? {
-                answered = true;
             }
             if answered {
                 continue;
