@@ -1264,12 +1264,17 @@ impl Core {
         if pinned && d.staged && newer {
             d.behind = true;
         }
-        let outdated =
-            !pinned && d.staged && !d.dirty() && d.upload.is_none() && !d.busy() && d.staging_reads == 0 && newer;
+        let clean = d.staged && !d.dirty() && d.upload.is_none();
+        let outdated = !pinned && clean && !d.busy() && d.staging_reads == 0 && newer;
         if outdated {
             d.staged = false;
             d.removing = true;
             d.behind = false;
+        } else if !pinned && clean && newer {
+            // Busy (a read of it in flight, say): it goes once that is done (`give_way`). Until
+            // then the stored size stays the new object's: a row this host stores meanwhile
+            // (times) must not pair the other host's object with this copy's size.
+            d.behind = true;
         }
         existing.row = loaded.row;
         existing.row.version = existing.row.version.wrapping_add(since);
@@ -1966,8 +1971,9 @@ impl Core {
         self.config.multi_host && self.handles.values().any(|h| h.ino == ino && h.wrote)
     }
 
-    /// The last handle that changed `ino` here closed: if another host's version came after
-    /// this host's own (clean) one, the staged copy goes, so that reads see the newer version.
+    /// Nothing of this host changes `ino` any more (its last writing handle closed, or the
+    /// staged copy was only busy): if another host's version came after this host's own
+    /// (clean) one, the staged copy goes, so that reads see the newer version.
     fn give_way(&mut self, ino: Ino) {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let d = &mut inode.data;
@@ -1980,6 +1986,14 @@ impl Core {
             d.removing = true;
             inode.row.size = d.committed_size;
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+        }
+    }
+
+    /// [`Self::give_way`] once what kept a staged copy another host's version outdated is done
+    /// (a read of it, an unseal), unless a handle of this host still changes the file.
+    fn give_way_unless_changing(&mut self, ino: Ino) {
+        if !self.changing_here(ino) {
+            self.give_way(ino);
         }
     }
 
@@ -3069,6 +3083,7 @@ impl Core {
                 self.finish_read_io(id, result, len, copy);
                 self.pump_upload(ino);
                 self.maybe_unstage(ino);
+                self.give_way_unless_changing(ino);
             }
             Pending::StoreRead { id, ino, len, copy, retry } => {
                 if let Some(inode) = self.inodes.get_mut(&ino) {
@@ -3219,6 +3234,7 @@ impl Core {
                 }
                 self.pump_upload(ino);
                 self.maybe_unstage(ino);
+                self.give_way_unless_changing(ino);
             }
             Pending::Ignore => {}
             Pending::OpenListed(ino) => {

@@ -729,6 +729,49 @@ fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
     b.call(Op::Release { ino, fh: kept, lock_owner: None }).unwrap();
 }
 
+/// Regression (found by the multi-host simulator, `--hosts 3 --seed 3320 --steps 300`): another
+/// host's version arrived (a failed atime update read the row again) while a read of this
+/// host's clean staged copy was in flight, so the copy stayed, with its size; the next row this
+/// host stored paired the other host's object with that old size, cutting the file.
+#[test]
+fn a_busy_clean_staged_copy_gives_way_to_another_hosts_version_without_storing_its_size() {
+    let now = Instant::now();
+    let mut b = Harness::with_config(Store::new(), now, multi_host());
+    let (ino, fh) = b.create(ROOT_INO, "f");
+    let Ok(Reply::Opened { fh: kept, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    b.write(ino, fh, 0, b"old");
+    assert_eq!(b.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    b.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+
+    let mut a = Harness::with_config(b.store.clone(), now, multi_host());
+    a.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
+    let Ok(Reply::Opened { fh: afh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    a.write(ino, afh, 0, b"newer!");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+
+    // B has not heard of it. Its read updates the atime (relatime), whose transaction fails;
+    // the row is read again and arrives while the read of the staged copy is still in flight.
+    b.store = a.store.clone();
+    let read = b.send(Op::Read { ino, fh: kept, offset: 0, size: 100 });
+    b.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Read { .. })));
+    let staged_read = b.ios.pop_front().expect("the read of the staged copy");
+    b.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { .. })));
+    let (io, req) = b.ios.pop_front().expect("the row read again");
+    let r = b.store.execute(&req);
+    b.core.handle_completion(b.now, io, r);
+    b.collect();
+    b.ios.push_front(staged_read);
+    b.settle();
+    assert!(b.replies.remove(&read).is_some_and(|r| r.is_ok()));
+
+    // A change of B's stores its row: the object and size stay A's.
+    let chmod = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+    assert!(b.call(Op::SetAttr { ino, fh: None, set: chmod }).is_ok());
+    assert_eq!(stored(&b.store, ino), b"newer!");
+    assert_eq!(b.read(ino, 0, 100), b"newer!");
+    b.call(Op::Release { ino, fh: kept, lock_owner: None }).unwrap();
+}
+
 /// Regression (found by the multi-host simulator, `--hosts 3 --seed 151`): an open on a host that
 /// already had the file open did not read its row again, so before the invalidation arrived it
 /// used the version before another host's close (close-to-open broken; here the old object was
