@@ -699,11 +699,10 @@ fn an_inode_load_older_than_an_invalidation_is_read_again() {
     }
 }
 
-/// Regression (found by the multi-host simulator, `--hosts 3 --seed 46`): a host that wrote a
-/// file and kept it open elsewhere (a second handle) kept its clean staged copy when another
-/// host stored a new version; the refresh kept the old size, and reads served the old bytes.
-#[test]
-fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
+/// Host B wrote "old" to "f", closed that handle and keeps another open (a clean staged copy);
+/// then host A stored "newer!" and B's store shows it (B has not heard of it). Returns (B,
+/// the inode, B's open handle).
+fn a_clean_copy_here_and_a_newer_version_stored_elsewhere() -> (Harness, Ino, u64) {
     let now = Instant::now();
     let mut b = Harness::with_config(Store::new(), now, multi_host());
     let (ino, fh) = b.create(ROOT_INO, "f");
@@ -717,8 +716,16 @@ fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
     let Ok(Reply::Opened { fh: afh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
     a.write(ino, afh, 0, b"newer!");
     assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
-
     b.store = a.store.clone();
+    (b, ino, kept)
+}
+
+/// Regression (found by the multi-host simulator, `--hosts 3 --seed 46`): a host that wrote a
+/// file and kept it open elsewhere (a second handle) kept its clean staged copy when another
+/// host stored a new version; the refresh kept the old size, and reads served the old bytes.
+#[test]
+fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
+    let (mut b, ino, kept) = a_clean_copy_here_and_a_newer_version_stored_elsewhere();
     b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
     b.settle();
     match b.call(Op::GetAttr { ino }) {
@@ -735,23 +742,9 @@ fn a_clean_staged_copy_gives_way_to_another_hosts_version() {
 /// host stored paired the other host's object with that old size, cutting the file.
 #[test]
 fn a_busy_clean_staged_copy_gives_way_to_another_hosts_version_without_storing_its_size() {
-    let now = Instant::now();
-    let mut b = Harness::with_config(Store::new(), now, multi_host());
-    let (ino, fh) = b.create(ROOT_INO, "f");
-    let Ok(Reply::Opened { fh: kept, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
-    b.write(ino, fh, 0, b"old");
-    assert_eq!(b.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    b.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
-
-    let mut a = Harness::with_config(b.store.clone(), now, multi_host());
-    a.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
-    let Ok(Reply::Opened { fh: afh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
-    a.write(ino, afh, 0, b"newer!");
-    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
-
-    // B has not heard of it. Its read updates the atime (relatime), whose transaction fails;
-    // the row is read again and arrives while the read of the staged copy is still in flight.
-    b.store = a.store.clone();
+    let (mut b, ino, kept) = a_clean_copy_here_and_a_newer_version_stored_elsewhere();
+    // B's read updates the atime (relatime), whose transaction fails; the row is read again
+    // and arrives while the read of the staged copy is still in flight.
     let read = b.send(Op::Read { ino, fh: kept, offset: 0, size: 100 });
     b.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Read { .. })));
     let staged_read = b.ios.pop_front().expect("the read of the staged copy");
