@@ -61,8 +61,9 @@ impl Pending {
 /// backing file (`FOPEN_PASSTHROUGH`): the kernel then reads the blob itself, and reads and
 /// their copies never pass through this process. The blob was verified against its md5 before
 /// the open was answered (the core opens it only then), so nothing unverified is served either
-/// way. Files of the debug overlay are never passed through. Where the kernel refuses, the first
-/// refusal is logged and every open after it is served through the process as before.
+/// way. Files of the debug overlay are never passed through. Where the kernel does not support
+/// it, the first refusal is logged and every open after it is served through the process as
+/// before; a refusal for another reason (out of memory) falls back for that open only.
 pub struct AysReplies {
     pending: Mutex<HashMap<u64, Pending>>,
     ttl: Duration,
@@ -73,6 +74,8 @@ pub struct AysReplies {
     passthrough: AtomicBool,
     /// A passthrough was answered (logged once).
     passthrough_seen: AtomicBool,
+    /// A registration failed for another reason than no support (logged once).
+    passthrough_failed: AtomicBool,
     /// How each open file is read, with the backing files registered with the kernel.
     modes: Mutex<Modes<fuser::BackingId>>,
 }
@@ -86,6 +89,7 @@ impl AysReplies {
             mount: OnceLock::new(),
             passthrough: AtomicBool::new(false),
             passthrough_seen: AtomicBool::new(false),
+            passthrough_failed: AtomicBool::new(false),
             modes: Mutex::new(Modes::default()),
         })
     }
@@ -134,10 +138,22 @@ impl AysReplies {
                     Then::Passed(Some(id))
                 }
                 Err(e) => {
-                    if self.passthrough.swap(false, Ordering::Relaxed) {
-                        tracing::info!(
+                    // Passthrough not offered at all (no CAP_SYS_ADMIN, an old kernel, a stacked
+                    // filesystem): off for good. Anything else (out of memory, say): this open
+                    // only, so one failure does not slow every later read of the mount.
+                    let unsupported =
+                        matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS | libc::EINVAL));
+                    if unsupported {
+                        if self.passthrough.swap(false, Ordering::Relaxed) {
+                            tracing::info!(
+                                error = %e,
+                                "the kernel refused a passthrough file (it needs Linux 6.9 or later and CAP_SYS_ADMIN); reads are served through the mount process"
+                            );
+                        }
+                    } else if !self.passthrough_failed.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
                             error = %e,
-                            "the kernel refused a passthrough file (it needs Linux 6.9 or later and CAP_SYS_ADMIN); reads are served through the mount process"
+                            "the kernel did not take a blob file for passthrough; that open is read through the mount process (logged once)"
                         );
                     }
                     r.opened(fh, cached_flags);
