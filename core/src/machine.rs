@@ -1258,22 +1258,18 @@ impl Core {
         // Another host stored a new version: a clean staged copy of the old one (kept while the
         // file is open) would serve the old bytes and size. Drop it; reads go to the new object.
         // Unless this host changed the file through a handle still open: it keeps its own
-        // version, and stores it again when that handle closes.
+        // version, and stores it again when that handle closes. Or the copy is busy (a read of
+        // it in flight, say): it goes once that is done (`give_way`). Either way it is `behind`
+        // meanwhile, so a row this host stores keeps the new object's size.
         let d = &mut existing.data;
         let newer = loaded.row.object != current.object;
-        if pinned && d.staged && newer {
-            d.behind = true;
-        }
         let clean = d.staged && !d.dirty() && d.upload.is_none();
         let outdated = !pinned && clean && !d.busy() && d.staging_reads == 0 && newer;
         if outdated {
             d.staged = false;
             d.removing = true;
             d.behind = false;
-        } else if !pinned && clean && newer {
-            // Busy (a read of it in flight, say): it goes once that is done (`give_way`). Until
-            // then the stored size stays the new object's: a row this host stores meanwhile
-            // (times) must not pair the other host's object with this copy's size.
+        } else if newer && d.staged && (pinned || clean) {
             d.behind = true;
         }
         existing.row = loaded.row;
@@ -1848,8 +1844,8 @@ impl Core {
             if listed {
                 self.forget_listed_handle(ino);
             }
-            if h.wrote && !self.changing_here(ino) {
-                self.give_way(ino);
+            if h.wrote {
+                self.give_way_unless_changing(ino);
             }
         }
         if let Some(owner) = lock_owner {
@@ -1989,8 +1985,8 @@ impl Core {
         }
     }
 
-    /// [`Self::give_way`] once what kept a staged copy another host's version outdated is done
-    /// (a read of it, an unseal), unless a handle of this host still changes the file.
+    /// [`Self::give_way`] unless a handle of this host still changes the file: after its last
+    /// writing handle closed, or once a read or unseal that kept an outdated copy is done.
     fn give_way_unless_changing(&mut self, ino: Ino) {
         if !self.changing_here(ino) {
             self.give_way(ino);

@@ -338,16 +338,22 @@ fn prefetch_fetches_every_blob_once() {
     assert!(logs.iter().any(|l| l.contains("prefetch m: done: 2 blobs, 5 bytes in the blob cache, 1 failed")), "{logs:?}");
 }
 
-#[test]
-fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
-    const C: &str = "cccccccccccccccccccccccccccccccc";
-    const D: &str = "dddddddddddddddddddddddddddddddd";
+/// A mount with only a local cache, reading ahead at most 3 files and 50 bytes, `parallel` at
+/// once.
+fn readahead_spec(parallel: usize) -> MountSpec {
     let mut s = spec();
     s.layers = Layers { local: true, grids: 0, store: false };
     s.readahead_files = 3;
     s.readahead_bytes = 50;
-    s.readahead_parallel = 1;
-    let mut h = H::new(s);
+    s.readahead_parallel = parallel;
+    s
+}
+
+#[test]
+fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
+    const C: &str = "cccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddd";
+    let mut h = H::new(readahead_spec(1));
     let root = format!(
         r#"{{"a": "{}", "b": "{}", "c": "{}", "d": "{}", "e": "{}"}}"#,
         val(A, 5),
@@ -391,12 +397,7 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
 
 #[test]
 fn the_read_ahead_of_a_directory_s_last_file_goes_on_into_the_next_directory() {
-    let mut s = spec();
-    s.layers = Layers { local: true, grids: 0, store: false };
-    s.readahead_files = 3;
-    s.readahead_bytes = 50;
-    s.readahead_parallel = 2;
-    let mut h = H::new(s);
+    let mut h = H::new(readahead_spec(2));
     let d1 = format!(r#"{{"a": "{}"}}"#, val(A, 5));
     let d2 = format!(r#"{{"b": "{}"}}"#, val(B, 1));
     h.local_tree(&[("/", "{}"), ("/d1", &d1), ("/d1/empty", "{}"), ("/d2", &d2)]);

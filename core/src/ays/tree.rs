@@ -272,22 +272,22 @@ impl Tree {
     /// `max_dirs` directories besides its own. Nothing for an inode that is not a file.
     pub fn files_after(&self, ino: Ino, max_dirs: usize) -> FilesAfter<'_> {
         let (dir, after) = match self.nodes.get(&ino) {
-            Some(n @ Node { kind: NodeKind::File { .. }, .. }) => (Some(n.parent), Some(name_of(n).to_string())),
+            Some(n @ Node { kind: NodeKind::File { .. }, .. }) => (Some(n.parent), Some(name_of(n))),
             _ => (None, None),
         };
         FilesAfter { tree: self, dir, after, dirs_left: max_dirs }
     }
 
     /// The subdirectories of `dir` by name, after `after` if given.
-    fn subdirs_after<'a>(&'a self, dir: Ino, after: Option<&str>) -> impl Iterator<Item = Ino> + 'a {
+    fn subdirs_after<'a>(&'a self, dir: Ino, after: Option<&'a str>) -> impl Iterator<Item = Ino> + 'a {
         let children = match self.nodes.get(&dir) {
             Some(Node { kind: NodeKind::Dir { children, .. }, .. }) => Some(children),
             _ => None,
         };
-        let lower = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         children
             .into_iter()
-            .flat_map(move |c| c.range((lower.clone(), Bound::Unbounded)))
+            .flat_map(move |c| c.range::<str, _>((lower, Bound::Unbounded)))
             .map(|(_, i)| *i)
             .filter(|i| matches!(self.nodes.get(i), Some(Node { kind: NodeKind::Dir { .. }, .. })))
     }
@@ -327,7 +327,7 @@ pub struct FilesAfter<'a> {
     /// The directory whose files come next (`None`: the walk is over).
     dir: Option<Ino>,
     /// The name of the last file given from `dir` (`None`: none yet).
-    after: Option<String>,
+    after: Option<&'a str>,
     dirs_left: usize,
 }
 
@@ -338,10 +338,10 @@ impl<'a> Iterator for FilesAfter<'a> {
         loop {
             let dir = self.dir?;
             if let Some(Node { kind: NodeKind::Dir { children, .. }, .. }) = self.tree.nodes.get(&dir) {
-                let lower = self.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                let lower = self.after.map_or(Bound::Unbounded, Bound::Excluded);
                 for (name, ino) in children.range::<str, _>((lower, Bound::Unbounded)) {
                     if let Some(n @ Node { kind: NodeKind::File { .. }, .. }) = self.tree.nodes.get(ino) {
-                        self.after = Some(name.clone());
+                        self.after = Some(name.as_str());
                         return Some((*ino, n));
                     }
                 }
