@@ -2137,6 +2137,11 @@ impl Core {
                 row.nlink = links_before.max(1);
                 ops.push(TxnOp::UpdateInode { row, expect_version });
             }
+        } else if let Some(inode) = self.inodes.get_mut(&ino) {
+            // The version moves on in memory as if a row were stored: a commit issued while this
+            // transaction is in flight (an upload's) is built on the link count lowered here, so
+            // it must conflict if this one fails, not store a named file without links.
+            inode.row.version += 1;
         }
         ops.push(TxnOp::DeleteInode { ino });
         (vec![Cleanup::Destroy(ino)], true)
@@ -2833,6 +2838,11 @@ impl Core {
                 self.loading_inodes.remove(&ino);
                 self.loads_in_flight -= 1;
                 let _ = self.ensure_inode(ino);
+                if !self.loading_inodes.contains(&ino) {
+                    // Known without another load (in memory, or gone): a replay waiting for it
+                    // goes on.
+                    self.replay_loaded(ino, true);
+                }
             }
             Pending::LoadInode(ino) => {
                 self.loading_inodes.remove(&ino);
@@ -3505,6 +3515,10 @@ impl Core {
         });
         let inodes = &self.inodes;
         self.dir_times.retain(|ino| inodes.contains_key(ino));
+        // A listing or load in flight may hold rows older than this host's own commits, which
+        // the copies just dropped were ahead of: each is sent again when it comes back.
+        self.stale_dir_loads.extend(self.loading_dirs.iter().copied());
+        self.stale_inode_loads.extend(self.loading_inodes.iter().copied());
         let keep: Vec<Ino> = self.inodes.keys().copied().collect();
         for ino in keep {
             // Re-read the row so the failed change is undone and later updates do not conflict.

@@ -1042,6 +1042,89 @@ fn an_unmount_deletes_what_a_failed_deletion_left() {
     assert!(h.core.is_idle());
 }
 
+/// Regression (found by the simulator, `--seed 2781 --steps 400`): a rename over the only name
+/// of a file whose upload was in flight lowered its link count to 0 in memory and deleted its row
+/// in the same transaction. The upload's commit, issued while that transaction was in flight,
+/// stored the row as it was in memory, link count 0. The rename then failed, and the store was
+/// left with a named file whose row said it had no names (deleted at the next collection of
+/// orphans). A deletion now moves the row's version on in memory, so a later commit built on it
+/// conflicts when it fails.
+#[test]
+fn a_failed_rename_over_a_file_does_not_let_its_upload_store_it_without_links() {
+    let mut h = Harness::new();
+    let (a, afh) = h.create(ROOT_INO, "a");
+    h.call(Op::Release { ino: a, fh: afh, lock_owner: None }).unwrap();
+    let (ino, fh) = h.create(ROOT_INO, "d");
+    h.write(ino, fh, 0, b"kept under d");
+    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
+    let (put, put_req) = h.ios.pop_front().expect("the upload");
+    h.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    let rename = h.send(Op::Rename { parent: ROOT_INO, name: "a".into(), newparent: ROOT_INO, newname: "d".into(), flags: 0 });
+    h.settle_until(is_commit);
+    let (txn, txn_req) = h.ios.pop_front().expect("the rename's transaction");
+    let deletes = |t: &Txn| t.ops.iter().any(|op| matches!(op, TxnOp::DeleteInode { ino: i } if *i == ino));
+    assert!(matches!(&txn_req, IoRequest::Meta(MetaRequest::Commit(t)) if deletes(t)), "{txn_req:?}");
+    // The upload finishes and its commit is issued behind the rename's.
+    let r = h.store.execute(&put_req);
+    h.core.handle_completion(h.now, put, r);
+    h.collect();
+    h.core.handle_completion(h.now, txn, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.settle();
+    assert_eq!(h.replies.remove(&rename), Some(Err(libc::EIO)));
+    assert_eq!(h.store.dentries.get(&(ROOT_INO, b"d".to_vec())).map(|d| d.0), Some(ino), "d still names the file");
+    assert_eq!(h.store.inodes[&ino].nlink, 1, "a named file stored without links");
+    // The upload runs again and stores the data under the name it kept.
+    h.now += Duration::from_secs(60);
+    h.core.handle_timeout(h.now);
+    h.settle();
+    let row = &h.store.inodes[&ino];
+    assert_eq!(row.nlink, 1);
+    assert_eq!(h.store.objects[&row.object.clone().unwrap().0], b"kept under d");
+}
+
+/// Regression (found by the simulator, `--seed 6673 --steps 400`): a listing was read from the
+/// store, then this host changed a subdirectory of it and committed; another transaction failed,
+/// and the cleanup after it dropped the subdirectory's copy (clean, nothing open). The listing
+/// then arrived and put the row it held, older than the commit, in memory: the change was gone
+/// from what the host showed (its ctime went back). Loads in flight at such a cleanup are now
+/// sent again.
+#[test]
+fn a_listing_read_before_a_commit_does_not_undo_it_after_a_failed_transaction() {
+    let mut h = Harness::new();
+    let p = h.mkdir(ROOT_INO, "p");
+    let c = h.mkdir(p, "c");
+    let chmod = |ino, mode| Op::SetAttr { ino, fh: None, set: SetAttr { mode: Some(mode), ..SetAttr::default() } };
+    let fail_next_commit = |h: &mut Harness, op: Op| {
+        let id = h.send(op);
+        h.settle_until(is_commit);
+        let (io, _) = h.ios.pop_front().expect("a commit");
+        h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+        h.settle();
+        assert_eq!(h.replies.remove(&id), Some(Err(libc::EIO)));
+    };
+    // A failed transaction drops the copies; `c` is read again alone, `p`'s listing is not.
+    fail_next_commit(&mut h, chmod(ROOT_INO, 0o700));
+    assert!(h.call(Op::GetAttr { ino: c }).is_ok());
+    // An rmdir of `p` reads its listing (held back once read from the store).
+    let rmdir = h.send(Op::RmDir { parent: ROOT_INO, name: "p".into() });
+    h.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadDir { ino }) if *ino == p));
+    let (load, req) = h.ios.pop_front().unwrap();
+    let listing = h.store.execute(&req);
+    // `c` changes and that commits; another transaction fails.
+    assert!(h.call(chmod(c, 0o700)).is_ok());
+    assert_eq!(h.store.inodes[&c].perm, 0o700);
+    fail_next_commit(&mut h, chmod(ROOT_INO, 0o711));
+    h.core.handle_completion(h.now, load, listing);
+    h.settle();
+    assert_eq!(h.replies.remove(&rmdir), Some(Err(libc::ENOTEMPTY)));
+    match h.call(Op::GetAttr { ino: c }) {
+        Ok(Reply::Attr(a)) => assert_eq!(a.perm, 0o700, "the mode committed before went back"),
+        other => panic!("getattr: {other:?}"),
+    }
+}
+
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
 /// --seed 35`): another host stored a new version of a file this host has open and deleted the
 /// old object before this host heard of it; a read through the open handle asked the store for
