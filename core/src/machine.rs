@@ -1305,6 +1305,14 @@ impl Core {
             self.reap(ino);
         }
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        if inode.row.nlink > 0 && d.dirty() && d.upload.is_none() && d.deadline.is_none() {
+            // Named again (the transaction taking its last name failed): the upload dropped while
+            // it had none runs on the retry timer, as every dirty file's does.
+            let when = self.now + self.config.upload_retry;
+            d.deadline = Some(when);
+            self.deadlines.insert((when, ino));
+        }
         if let Some(object) = inode.data.recommit.take() {
             let replaced = inode.row.object.clone();
             self.commit_upload(ino, object, replaced);
@@ -3351,17 +3359,13 @@ impl Core {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let Some(up) = inode.data.upload else { return };
         if inode.version_stale {
-            if self.config.multi_host {
-                // Another host changed the row (its reload is on its way): commit once it is
-                // here, as after a conflict.
-                inode.data.recommit = Some(object);
-                if !self.refreshing.contains(&ino) {
-                    self.refresh(ino);
-                }
-                return;
+            // The row is being read again (after a failed transaction, or another host's change):
+            // commit once it is here, as after a conflict. A refresh that failed left the row
+            // stale with no read on its way: one is sent (else the upload ran again for ever).
+            inode.data.recommit = Some(object);
+            if !self.refreshing.contains(&ino) {
+                self.refresh(ino);
             }
-            let e = IoError::new(IoErrorKind::Conflict, "inode version being reloaded");
-            self.upload_failed(ino, &e);
             return;
         }
         // From here on every transaction of this inode stores the new object, so it must store

@@ -1125,6 +1125,81 @@ fn a_listing_read_before_a_commit_does_not_undo_it_after_a_failed_transaction() 
     }
 }
 
+/// Regression (found by the simulator, `--first 9000 --seeds 8000 --steps 400`: seed 9111): a
+/// transaction failed while a file was uploading, and the read of the file's row after it
+/// failed too. The row stayed stale with no read on its way, and the upload's commit was refused
+/// ("being reloaded") each time it ran again: the file was uploaded every retry period for ever
+/// and never committed. Now the commit waits for a read of the row, sending one if none is on
+/// its way.
+#[test]
+fn an_upload_commit_after_a_failed_read_of_the_row_reads_it_again() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"to be committed");
+    let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
+    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    let (put, put_req) = h.ios.pop_front().expect("the upload");
+    // Another transaction fails; the read of the file's row after it fails too.
+    let chmod = h.send(Op::SetAttr { ino: ROOT_INO, fh: None, set: SetAttr { mode: Some(0o700), ..SetAttr::default() } });
+    h.settle_until(is_commit);
+    let (io, _) = h.ios.pop_front().unwrap();
+    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { ino: i }) if *i == ino));
+    let (io, _) = h.ios.pop_front().expect("the read of the row");
+    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+    assert_eq!(h.replies.remove(&chmod), Some(Err(libc::EIO)));
+    // The upload finishes: its commit follows a new read of the row.
+    let r = h.store.execute(&put_req);
+    h.core.handle_completion(h.now, put, r);
+    h.settle();
+    assert_eq!(h.replies.remove(&fsync), Some(Ok(Reply::Empty)), "fsync: the upload succeeded and commits once the row is read again");
+    let row = &h.store.inodes[&ino];
+    assert_eq!(h.store.objects[&row.object.clone().expect("committed").0], b"to be committed");
+}
+
+/// Regression (found by the simulator, `--first 1000 --seeds 16000 --steps 400`: seed 9798): a
+/// closed file's seal finished while a rename over its only name was in flight; a file without
+/// names is not uploaded, so the upload was dropped. The rename failed and the file had its name
+/// back, but nothing uploaded its data again: the next truncate waited for ever, and the data
+/// would have stayed in the staging area only. A refresh that names a dirty file again now puts
+/// its upload back on the retry timer.
+#[test]
+fn a_dirty_file_a_failed_rename_left_named_is_uploaded() {
+    let mut h = Harness::new();
+    let (a, afh) = h.create(ROOT_INO, "a");
+    h.call(Op::Release { ino: a, fh: afh, lock_owner: None }).unwrap();
+    let (ino, fh) = h.create(ROOT_INO, "d");
+    h.write(ino, fh, 0, b"still named d");
+    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    h.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Seal { .. })));
+    let (seal, seal_req) = h.ios.pop_front().expect("the seal");
+    let release = h.send(Op::Release { ino, fh, lock_owner: None });
+    let rename = h.send(Op::Rename { parent: ROOT_INO, name: "a".into(), newparent: ROOT_INO, newname: "d".into(), flags: 0 });
+    h.settle_until(is_commit);
+    let (txn, _) = h.ios.pop_front().expect("the rename's transaction");
+    // The seal finishes while the file has no name in memory; then the rename fails.
+    let r = h.store.execute(&seal_req);
+    h.core.handle_completion(h.now, seal, r);
+    h.collect();
+    h.core.handle_completion(h.now, txn, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.settle();
+    assert_eq!(h.replies.remove(&rename), Some(Err(libc::EIO)));
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
+    assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Empty)));
+    let truncate = h.send(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(5), ..SetAttr::default() } });
+    h.settle();
+    h.now += Duration::from_secs(60);
+    h.core.handle_timeout(h.now);
+    h.settle();
+    assert!(matches!(h.replies.remove(&truncate), Some(Ok(Reply::Attr(_)))), "the truncate is answered");
+    h.now += Duration::from_secs(60);
+    h.core.handle_timeout(h.now);
+    h.settle();
+    let row = &h.store.inodes[&ino];
+    assert_eq!(h.store.objects[&row.object.clone().expect("uploaded").0], b"still");
+    assert!(h.core.is_idle());
+}
+
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
 /// --seed 35`): another host stored a new version of a file this host has open and deleted the
 /// old object before this host heard of it; a read through the open handle asked the store for
