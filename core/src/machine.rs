@@ -1329,11 +1329,24 @@ impl Core {
             || d.upload.is_some()
             || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
             || self.pending_touches(ino)
+            || self.times_in_flight().any(|i| i == ino)
         {
             return;
         }
         self.inodes.remove(&ino);
         self.dirs.remove(&ino);
+    }
+
+    /// Directories whose unsaved times ride on a transaction in flight: if it fails, the times
+    /// go back to them (a reload would not have them), so they stay in memory meanwhile.
+    fn times_in_flight(&self) -> impl Iterator<Item = Ino> + '_ {
+        self.pending
+            .values()
+            .filter_map(|p| match p {
+                Pending::Commit { times, .. } => Some(times.iter().copied()),
+                _ => None,
+            })
+            .flatten()
     }
 
     fn pending_touches(&self, ino: Ino) -> bool {
@@ -3157,12 +3170,22 @@ impl Core {
                 Err(e) => self.upload_failed(ino, &e),
             },
             Pending::UploadCommit { ino, object, old, old_size } => {
-                let Some(inode) = self.inodes.get_mut(&ino) else {
-                    if let Some(object) = object {
+                if !self.inodes.contains_key(&ino) {
+                    // This host let the file go meanwhile (it has no names, and another host
+                    // holds it open). Stored, the object is the file's now, and the one it
+                    // replaced is this host's to delete; refused, the new one is.
+                    let unused = match &result {
+                        Ok(_) => old.filter(|o| Some(o) != object.as_ref()),
+                        Err(e) if e.kind == IoErrorKind::Conflict => object,
+                        // Maybe stored: an object left over costs space, one deleted the file.
+                        Err(_) => None,
+                    };
+                    if let Some(object) = unused {
                         self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
                     }
                     return;
-                };
+                }
+                let Some(inode) = self.inodes.get_mut(&ino) else { return };
                 let Some(up) = inode.data.upload else { return };
                 match &result {
                     Err(e) if e.kind == IoErrorKind::Conflict && self.config.multi_host => {
@@ -3492,17 +3515,7 @@ impl Core {
     /// that can be loaded again; keep what holds unsaved data or open handles.
     fn forget_clean_state(&mut self) {
         self.dirs.clear();
-        // Directories whose unsaved times ride on a transaction in flight: if that one fails too,
-        // the times go back to them (a reload would not have them).
-        let times_in_flight: HashSet<Ino> = self
-            .pending
-            .values()
-            .filter_map(|p| match p {
-                Pending::Commit { times, .. } => Some(times.iter().copied()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let times_in_flight: HashSet<Ino> = self.times_in_flight().collect();
         self.inodes.retain(|ino, i| {
             let d = &i.data;
             i.opens > 0

@@ -17,6 +17,8 @@ struct Harness {
     replies: HashMap<RequestId, Result<Reply, i32>>,
     /// Who sends the next requests.
     ctx: Ctx,
+    /// The wall clock the next requests carry.
+    wall: SystemTime,
 }
 
 const CTX: Ctx = Ctx { uid: 1000, gid: 1000, pid: 1 };
@@ -33,7 +35,7 @@ impl Harness {
 
     fn with_config(store: Store, now: Instant, config: Config) -> Harness {
         let core = Core::new(config, now);
-        let mut h = Harness { core, store, now, next_id: 1, ios: VecDeque::new(), replies: HashMap::new(), ctx: CTX };
+        let mut h = Harness { core, store, now, next_id: 1, ios: VecDeque::new(), replies: HashMap::new(), ctx: CTX, wall: SystemTime::UNIX_EPOCH + Duration::from_secs(100) };
         h.settle();
         h
     }
@@ -77,7 +79,7 @@ impl Harness {
     fn send(&mut self, op: Op) -> RequestId {
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        self.core.handle_request(self.now, SystemTime::UNIX_EPOCH + Duration::from_secs(100), id, self.ctx, op);
+        self.core.handle_request(self.now, self.wall, id, self.ctx, op);
         self.collect();
         id
     }
@@ -1200,6 +1202,40 @@ fn a_dirty_file_a_failed_rename_left_named_is_uploaded() {
     assert!(h.core.is_idle());
 }
 
+/// Regression (found by the simulator, `--first 9000 --seeds 16000 --steps 400`: seed 12724): a
+/// directory's unsaved times (an unlink in it) rode on a transaction; the kernel forgot the
+/// directory while that was in flight, and the inode left memory. The transaction failed, and
+/// the times had nowhere to go back to: the directory's mtime and ctime went back to before the
+/// unlink. An inode whose times ride on a transaction in flight now stays in memory.
+#[test]
+fn a_directory_forgotten_while_its_times_ride_on_a_failing_transaction_keeps_them() {
+    let config = Config { inode_cache_max: 0, ..Config::default() };
+    let mut h = Harness::with_config(Store::new(), Instant::now(), config);
+    let d = h.mkdir(ROOT_INO, "d");
+    let (f, fh) = h.create(d, "f");
+    h.call(Op::Release { ino: f, fh, lock_owner: None }).unwrap();
+    h.wall += Duration::from_secs(10);
+    assert_eq!(h.call(Op::Unlink { parent: d, name: "f".into() }), Ok(Reply::Empty));
+    let unlinked = Timespec::from_system(h.wall);
+    // The directory's times ride on its chmod, whose transaction is held back.
+    h.wall += Duration::from_secs(10);
+    let chmod = h.send(Op::SetAttr { ino: d, fh: None, set: SetAttr { mode: Some(0o700), ..SetAttr::default() } });
+    h.settle_until(is_commit);
+    let (txn, _) = h.ios.pop_front().expect("the chmod's transaction");
+    h.core.handle_forget(h.now, d, 1);
+    h.core.handle_completion(h.now, txn, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.settle();
+    assert_eq!(h.replies.remove(&chmod), Some(Err(libc::EIO)));
+    match h.call(Op::GetAttr { ino: d }) {
+        Ok(Reply::Attr(a)) => {
+            // (The failed chmod's ctime may stay: times only move forward.)
+            assert_eq!(a.mtime, unlinked, "the unlink's mtime went back");
+            assert!(a.ctime >= unlinked, "the unlink's ctime went back: {:?}", a.ctime);
+        }
+        other => panic!("getattr: {other:?}"),
+    }
+}
+
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
 /// --seed 35`): another host stored a new version of a file this host has open and deleted the
 /// old object before this host heard of it; a read through the open handle asked the store for
@@ -1672,6 +1708,40 @@ fn a_file_another_host_has_open_outlives_its_unlink_until_that_host_closes_it() 
     assert!(!a.store.inodes.contains_key(&ino), "A deletes it at its last close");
     assert!(!a.store.objects.contains_key(&object.0), "and its object");
     assert!(a.store.opens.is_empty());
+}
+
+/// Regression (found by the multi-host simulator, `--first 1000 --seeds 2000 --steps 400 --hosts
+/// 3`: seed 1025): host A closed a file while its upload was in flight; host B unlinked it while
+/// a third host held it open. A's commit conflicted, A read the row (no names), asked whether
+/// anyone held the file and committed its object again. The answer (held) came first and A let
+/// the file go, so when the commit succeeded A took the object for one never stored and deleted
+/// it: the third host's reads failed with EIO. Now a commit that succeeds after the file was let
+/// go deletes the object it replaced, not the one it stored.
+#[test]
+fn an_upload_committed_after_this_host_let_the_file_go_keeps_its_object() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"first");
+    a.store.opens.entry(ino).or_default().insert(3);
+    a.send(Op::Flush { ino, fh, lock_owner: 1 });
+    a.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    let (put, put_req) = a.ios.pop_front().expect("the upload");
+    let stored = a.store.execute(&put_req);
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    assert_eq!(a.store.opens[&ino], [3].into(), "a third host holds the file");
+
+    let mut b = shared_opens_host(2, now);
+    sync(&mut b, &a);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    assert_eq!(b.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
+    sync(&mut a, &b);
+    a.core.handle_completion(a.now, put, stored);
+    a.settle();
+    let row = a.store.inodes.get(&ino).expect("the third host holds the file");
+    assert_eq!(row.nlink, 0);
+    let object = row.object.clone().expect("A's version is stored");
+    assert_eq!(a.store.objects.get(&object.0).map(Vec::as_slice), Some(&b"first"[..]), "the stored object was deleted");
 }
 
 /// A file no host has open goes at its unlink: the row without names first, then, once the
