@@ -721,6 +721,8 @@ impl Core {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()
             && self.dir_times.is_empty()
+            // A file left to this host to delete, whose row could not be read yet.
+            && self.reap_again.is_empty()
             && !self.inodes.values().any(|i| (i.data.dirty() && i.row.nlink > 0) || i.data.delete_again)
     }
 

@@ -331,9 +331,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether the heartbeat of Redis host `id` was missing at any time in `[from, to]`.
+    /// Whether the heartbeat of Redis host `id` was missing at any time in `[from, to]`. A lapse
+    /// `(s, e)` ended with the renewal at `e`; one ending at `from` counts (what ran in that
+    /// instant before the renewal, another host's collection of orphans say, saw it missing).
     pub fn lapsed_between(&self, id: HostId, from: Duration, to: Duration) -> bool {
-        let past = self.lapses.get(&id).is_some_and(|ls| ls.iter().any(|&(s, e)| s <= to && e > from));
+        let past = self.lapses.get(&id).is_some_and(|ls| ls.iter().any(|&(s, e)| s <= to && e >= from));
         let now = self.redis.expiry(id).is_none_or(|e| e <= to);
         past || now
     }
