@@ -1281,7 +1281,10 @@ impl Core {
         if existing.data.dirty() || existing.data.staged {
             existing.row.size = current.size;
         }
-        if existing.data.dirty() || existing.data.staged || existing.times_dirty {
+        // Times of unsaved data (or of this host's own version, kept) stay; a clean copy's are the
+        // stored ones. (Kept there, the ctime of the failed change would be shown, and go back
+        // at the next reload: nothing stores it.)
+        if existing.data.dirty() || existing.times_dirty || (existing.data.staged && pinned) {
             existing.row.mtime = current.mtime;
             existing.row.ctime = current.ctime;
         }

@@ -1236,6 +1236,32 @@ fn a_directory_forgotten_while_its_times_ride_on_a_failing_transaction_keeps_the
     }
 }
 
+/// Regression (found by the simulator, `--first 30000 --seeds 3000 --steps 1000`: seed 30427):
+/// an unlink of an open file conflicted with another writer's change of its row and failed. The
+/// file's clean staged copy made the reload keep the in-memory times, the failed unlink's ctime
+/// among them; it was shown, and went back at a later reload (nothing stores it). A clean copy
+/// now takes the stored times.
+#[test]
+fn a_failed_unlink_of_an_open_clean_file_does_not_leave_its_ctime() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"clean");
+    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    // Another writer changes the row.
+    let theirs = Timespec::from_system(h.wall + Duration::from_secs(5));
+    let row = h.store.inodes.get_mut(&ino).unwrap();
+    row.version += 1000;
+    row.uid = 4242;
+    row.ctime = theirs;
+    h.wall += Duration::from_secs(10);
+    assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Err(libc::EIO), "the version conflict");
+    match h.call(Op::GetAttr { ino }) {
+        Ok(Reply::Attr(a)) => assert_eq!((a.uid, a.nlink, a.ctime), (4242, 1, theirs), "the failed unlink's ctime was kept"),
+        other => panic!("getattr: {other:?}"),
+    }
+    h.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+}
+
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
 /// --seed 35`): another host stored a new version of a file this host has open and deleted the
 /// old object before this host heard of it; a read through the open handle asked the store for
