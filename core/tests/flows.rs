@@ -121,6 +121,43 @@ impl Harness {
         }
     }
 
+    fn attr(&mut self, ino: Ino) -> Attr {
+        match self.call(Op::GetAttr { ino }) {
+            Ok(Reply::Attr(a)) => a,
+            other => panic!("getattr: {other:?}"),
+        }
+    }
+
+    fn release(&mut self, ino: Ino, fh: u64) {
+        assert_eq!(self.call(Op::Release { ino, fh, lock_owner: None }), Ok(Reply::Empty));
+    }
+
+    /// Completes I/O until `pred` matches the next request, and takes that one out: held back.
+    fn hold(&mut self, pred: impl Fn(&IoRequest) -> bool) -> (IoId, IoRequest) {
+        self.settle_until(pred);
+        self.ios.pop_front().expect("a request to hold back")
+    }
+
+    /// Completes a request held back, as the store executes it now.
+    fn complete(&mut self, (io, req): (IoId, IoRequest)) {
+        let r = self.store.execute(&req);
+        self.core.handle_completion(self.now, io, r);
+        self.collect();
+    }
+
+    /// Fails a request held back (an injected fault).
+    fn fail(&mut self, (io, _): (IoId, IoRequest)) {
+        self.core.handle_completion(self.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+        self.collect();
+    }
+
+    /// Lets the timers run `secs` seconds later.
+    fn later(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.core.handle_timeout(self.now);
+        self.settle();
+    }
+
     fn rename(&mut self, parent: Ino, name: &str, newparent: Ino, newname: &str, flags: u32) -> Result<Reply, i32> {
         self.call(Op::Rename { parent, name: name.into(), newparent, newname: newname.into(), flags })
     }
@@ -135,6 +172,28 @@ impl Harness {
 
 fn is_commit(r: &IoRequest) -> bool {
     matches!(r, IoRequest::Meta(MetaRequest::Commit(_)))
+}
+
+fn is_upload(r: &IoRequest) -> bool {
+    matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. }))
+}
+
+fn is_load_of(ino: Ino) -> impl Fn(&IoRequest) -> bool {
+    move |r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { ino: i }) if *i == ino)
+}
+
+fn chmod(ino: Ino, mode: u32) -> Op {
+    Op::SetAttr { ino, fh: None, set: SetAttr { mode: Some(mode), ..SetAttr::default() } }
+}
+
+fn rename_op(from: &str, to: &str) -> Op {
+    Op::Rename { parent: ROOT_INO, name: from.into(), newparent: ROOT_INO, newname: to.into(), flags: 0 }
+}
+
+/// The object a stored row names, as bytes.
+fn stored_object(store: &Store, ino: Ino) -> &[u8] {
+    let object = store.inodes[&ino].object.clone().expect("an object is stored");
+    &store.objects[&object.0]
 }
 
 #[test]
@@ -1055,35 +1114,28 @@ fn an_unmount_deletes_what_a_failed_deletion_left() {
 fn a_failed_rename_over_a_file_does_not_let_its_upload_store_it_without_links() {
     let mut h = Harness::new();
     let (a, afh) = h.create(ROOT_INO, "a");
-    h.call(Op::Release { ino: a, fh: afh, lock_owner: None }).unwrap();
+    h.release(a, afh);
     let (ino, fh) = h.create(ROOT_INO, "d");
     h.write(ino, fh, 0, b"kept under d");
     let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
-    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
+    let put = h.hold(is_upload);
     assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
-    let (put, put_req) = h.ios.pop_front().expect("the upload");
-    h.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
-    let rename = h.send(Op::Rename { parent: ROOT_INO, name: "a".into(), newparent: ROOT_INO, newname: "d".into(), flags: 0 });
-    h.settle_until(is_commit);
-    let (txn, txn_req) = h.ios.pop_front().expect("the rename's transaction");
+    h.release(ino, fh);
+    let rename = h.send(rename_op("a", "d"));
+    let txn = h.hold(is_commit);
     let deletes = |t: &Txn| t.ops.iter().any(|op| matches!(op, TxnOp::DeleteInode { ino: i } if *i == ino));
-    assert!(matches!(&txn_req, IoRequest::Meta(MetaRequest::Commit(t)) if deletes(t)), "{txn_req:?}");
-    // The upload finishes and its commit is issued behind the rename's.
-    let r = h.store.execute(&put_req);
-    h.core.handle_completion(h.now, put, r);
-    h.collect();
-    h.core.handle_completion(h.now, txn, Err(IoError::new(IoErrorKind::Other, "injected")));
+    assert!(matches!(&txn.1, IoRequest::Meta(MetaRequest::Commit(t)) if deletes(t)), "{:?}", txn.1);
+    // The upload finishes and its commit is issued behind the rename's, which fails.
+    h.complete(put);
+    h.fail(txn);
     h.settle();
     assert_eq!(h.replies.remove(&rename), Some(Err(libc::EIO)));
     assert_eq!(h.store.dentries.get(&(ROOT_INO, b"d".to_vec())).map(|d| d.0), Some(ino), "d still names the file");
     assert_eq!(h.store.inodes[&ino].nlink, 1, "a named file stored without links");
     // The upload runs again and stores the data under the name it kept.
-    h.now += Duration::from_secs(60);
-    h.core.handle_timeout(h.now);
-    h.settle();
-    let row = &h.store.inodes[&ino];
-    assert_eq!(row.nlink, 1);
-    assert_eq!(h.store.objects[&row.object.clone().unwrap().0], b"kept under d");
+    h.later(60);
+    assert_eq!(h.store.inodes[&ino].nlink, 1);
+    assert_eq!(stored_object(&h.store, ino), b"kept under d");
 }
 
 /// Regression (found by the simulator, `--seed 6673 --steps 400`): a listing was read from the
@@ -1097,34 +1149,28 @@ fn a_listing_read_before_a_commit_does_not_undo_it_after_a_failed_transaction() 
     let mut h = Harness::new();
     let p = h.mkdir(ROOT_INO, "p");
     let c = h.mkdir(p, "c");
-    let chmod = |ino, mode| Op::SetAttr { ino, fh: None, set: SetAttr { mode: Some(mode), ..SetAttr::default() } };
-    let fail_next_commit = |h: &mut Harness, op: Op| {
-        let id = h.send(op);
-        h.settle_until(is_commit);
-        let (io, _) = h.ios.pop_front().expect("a commit");
-        h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+    let fail_a_chmod_of_the_root = |h: &mut Harness, mode| {
+        let id = h.send(chmod(ROOT_INO, mode));
+        let txn = h.hold(is_commit);
+        h.fail(txn);
         h.settle();
         assert_eq!(h.replies.remove(&id), Some(Err(libc::EIO)));
     };
     // A failed transaction drops the copies; `c` is read again alone, `p`'s listing is not.
-    fail_next_commit(&mut h, chmod(ROOT_INO, 0o700));
-    assert!(h.call(Op::GetAttr { ino: c }).is_ok());
+    fail_a_chmod_of_the_root(&mut h, 0o700);
+    h.attr(c);
     // An rmdir of `p` reads its listing (held back once read from the store).
     let rmdir = h.send(Op::RmDir { parent: ROOT_INO, name: "p".into() });
-    h.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadDir { ino }) if *ino == p));
-    let (load, req) = h.ios.pop_front().unwrap();
+    let (load, req) = h.hold(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadDir { ino }) if *ino == p));
     let listing = h.store.execute(&req);
     // `c` changes and that commits; another transaction fails.
     assert!(h.call(chmod(c, 0o700)).is_ok());
     assert_eq!(h.store.inodes[&c].perm, 0o700);
-    fail_next_commit(&mut h, chmod(ROOT_INO, 0o711));
+    fail_a_chmod_of_the_root(&mut h, 0o711);
     h.core.handle_completion(h.now, load, listing);
     h.settle();
     assert_eq!(h.replies.remove(&rmdir), Some(Err(libc::ENOTEMPTY)));
-    match h.call(Op::GetAttr { ino: c }) {
-        Ok(Reply::Attr(a)) => assert_eq!(a.perm, 0o700, "the mode committed before went back"),
-        other => panic!("getattr: {other:?}"),
-    }
+    assert_eq!(h.attr(c).perm, 0o700, "the mode committed before went back");
 }
 
 /// Regression (found by the simulator, `--first 9000 --seeds 8000 --steps 400`: seed 9111): a
@@ -1139,24 +1185,19 @@ fn an_upload_commit_after_a_failed_read_of_the_row_reads_it_again() {
     let (ino, fh) = h.create(ROOT_INO, "f");
     h.write(ino, fh, 0, b"to be committed");
     let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
-    h.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
-    let (put, put_req) = h.ios.pop_front().expect("the upload");
+    let put = h.hold(is_upload);
     // Another transaction fails; the read of the file's row after it fails too.
-    let chmod = h.send(Op::SetAttr { ino: ROOT_INO, fh: None, set: SetAttr { mode: Some(0o700), ..SetAttr::default() } });
-    h.settle_until(is_commit);
-    let (io, _) = h.ios.pop_front().unwrap();
-    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
-    h.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { ino: i }) if *i == ino));
-    let (io, _) = h.ios.pop_front().expect("the read of the row");
-    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
-    assert_eq!(h.replies.remove(&chmod), Some(Err(libc::EIO)));
+    let failed = h.send(chmod(ROOT_INO, 0o700));
+    let txn = h.hold(is_commit);
+    h.fail(txn);
+    let load = h.hold(is_load_of(ino));
+    h.fail(load);
+    assert_eq!(h.replies.remove(&failed), Some(Err(libc::EIO)));
     // The upload finishes: its commit follows a new read of the row.
-    let r = h.store.execute(&put_req);
-    h.core.handle_completion(h.now, put, r);
+    h.complete(put);
     h.settle();
     assert_eq!(h.replies.remove(&fsync), Some(Ok(Reply::Empty)), "fsync: the upload succeeded and commits once the row is read again");
-    let row = &h.store.inodes[&ino];
-    assert_eq!(h.store.objects[&row.object.clone().expect("committed").0], b"to be committed");
+    assert_eq!(stored_object(&h.store, ino), b"to be committed");
 }
 
 /// Regression (found by the simulator, `--first 1000 --seeds 16000 --steps 400`: seed 9798): a
@@ -1169,36 +1210,27 @@ fn an_upload_commit_after_a_failed_read_of_the_row_reads_it_again() {
 fn a_dirty_file_a_failed_rename_left_named_is_uploaded() {
     let mut h = Harness::new();
     let (a, afh) = h.create(ROOT_INO, "a");
-    h.call(Op::Release { ino: a, fh: afh, lock_owner: None }).unwrap();
+    h.release(a, afh);
     let (ino, fh) = h.create(ROOT_INO, "d");
     h.write(ino, fh, 0, b"still named d");
     let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
-    h.settle_until(|r| matches!(r, IoRequest::Staging(StagingRequest::Seal { .. })));
-    let (seal, seal_req) = h.ios.pop_front().expect("the seal");
+    let seal = h.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Seal { .. })));
     let release = h.send(Op::Release { ino, fh, lock_owner: None });
-    let rename = h.send(Op::Rename { parent: ROOT_INO, name: "a".into(), newparent: ROOT_INO, newname: "d".into(), flags: 0 });
-    h.settle_until(is_commit);
-    let (txn, _) = h.ios.pop_front().expect("the rename's transaction");
+    let rename = h.send(rename_op("a", "d"));
+    let txn = h.hold(is_commit);
     // The seal finishes while the file has no name in memory; then the rename fails.
-    let r = h.store.execute(&seal_req);
-    h.core.handle_completion(h.now, seal, r);
-    h.collect();
-    h.core.handle_completion(h.now, txn, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.complete(seal);
+    h.fail(txn);
     h.settle();
     assert_eq!(h.replies.remove(&rename), Some(Err(libc::EIO)));
     assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
     assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Empty)));
     let truncate = h.send(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(5), ..SetAttr::default() } });
     h.settle();
-    h.now += Duration::from_secs(60);
-    h.core.handle_timeout(h.now);
-    h.settle();
+    h.later(60);
     assert!(matches!(h.replies.remove(&truncate), Some(Ok(Reply::Attr(_)))), "the truncate is answered");
-    h.now += Duration::from_secs(60);
-    h.core.handle_timeout(h.now);
-    h.settle();
-    let row = &h.store.inodes[&ino];
-    assert_eq!(h.store.objects[&row.object.clone().expect("uploaded").0], b"still");
+    h.later(60);
+    assert_eq!(stored_object(&h.store, ino), b"still");
     assert!(h.core.is_idle());
 }
 
@@ -1213,27 +1245,22 @@ fn a_directory_forgotten_while_its_times_ride_on_a_failing_transaction_keeps_the
     let mut h = Harness::with_config(Store::new(), Instant::now(), config);
     let d = h.mkdir(ROOT_INO, "d");
     let (f, fh) = h.create(d, "f");
-    h.call(Op::Release { ino: f, fh, lock_owner: None }).unwrap();
+    h.release(f, fh);
     h.wall += Duration::from_secs(10);
     assert_eq!(h.call(Op::Unlink { parent: d, name: "f".into() }), Ok(Reply::Empty));
     let unlinked = Timespec::from_system(h.wall);
     // The directory's times ride on its chmod, whose transaction is held back.
     h.wall += Duration::from_secs(10);
-    let chmod = h.send(Op::SetAttr { ino: d, fh: None, set: SetAttr { mode: Some(0o700), ..SetAttr::default() } });
-    h.settle_until(is_commit);
-    let (txn, _) = h.ios.pop_front().expect("the chmod's transaction");
+    let failed = h.send(chmod(d, 0o700));
+    let txn = h.hold(is_commit);
     h.core.handle_forget(h.now, d, 1);
-    h.core.handle_completion(h.now, txn, Err(IoError::new(IoErrorKind::Other, "injected")));
+    h.fail(txn);
     h.settle();
-    assert_eq!(h.replies.remove(&chmod), Some(Err(libc::EIO)));
-    match h.call(Op::GetAttr { ino: d }) {
-        Ok(Reply::Attr(a)) => {
-            // (The failed chmod's ctime may stay: times only move forward.)
-            assert_eq!(a.mtime, unlinked, "the unlink's mtime went back");
-            assert!(a.ctime >= unlinked, "the unlink's ctime went back: {:?}", a.ctime);
-        }
-        other => panic!("getattr: {other:?}"),
-    }
+    assert_eq!(h.replies.remove(&failed), Some(Err(libc::EIO)));
+    let a = h.attr(d);
+    // (The failed chmod's ctime may stay: times only move forward.)
+    assert_eq!(a.mtime, unlinked, "the unlink's mtime went back");
+    assert!(a.ctime >= unlinked, "the unlink's ctime went back: {:?}", a.ctime);
 }
 
 /// Regression (found by the simulator, `--first 30000 --seeds 3000 --steps 1000`: seed 30427):
@@ -1255,11 +1282,9 @@ fn a_failed_unlink_of_an_open_clean_file_does_not_leave_its_ctime() {
     row.ctime = theirs;
     h.wall += Duration::from_secs(10);
     assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Err(libc::EIO), "the version conflict");
-    match h.call(Op::GetAttr { ino }) {
-        Ok(Reply::Attr(a)) => assert_eq!((a.uid, a.nlink, a.ctime), (4242, 1, theirs), "the failed unlink's ctime was kept"),
-        other => panic!("getattr: {other:?}"),
-    }
-    h.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    let a = h.attr(ino);
+    assert_eq!((a.uid, a.nlink, a.ctime), (4242, 1, theirs), "the failed unlink's ctime was kept");
+    h.release(ino, fh);
 }
 
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
@@ -1751,23 +1776,24 @@ fn an_upload_committed_after_this_host_let_the_file_go_keeps_its_object() {
     a.write(ino, fh, 0, b"first");
     a.store.opens.entry(ino).or_default().insert(3);
     a.send(Op::Flush { ino, fh, lock_owner: 1 });
-    a.settle_until(|r| matches!(r, IoRequest::Store(StoreRequest::PutStaged { .. })));
-    let (put, put_req) = a.ios.pop_front().expect("the upload");
+    let (put, put_req) = a.hold(is_upload);
     let stored = a.store.execute(&put_req);
-    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    a.release(ino, fh);
     assert_eq!(a.store.opens[&ino], [3].into(), "a third host holds the file");
-
-    let mut b = shared_opens_host(2, now);
-    sync(&mut b, &a);
-    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
-    assert_eq!(b.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
-    sync(&mut a, &b);
+    unlinked_by_another_host(&mut a, "f");
     a.core.handle_completion(a.now, put, stored);
     a.settle();
-    let row = a.store.inodes.get(&ino).expect("the third host holds the file");
-    assert_eq!(row.nlink, 0);
-    let object = row.object.clone().expect("A's version is stored");
-    assert_eq!(a.store.objects.get(&object.0).map(Vec::as_slice), Some(&b"first"[..]), "the stored object was deleted");
+    assert_eq!(a.store.inodes.get(&ino).expect("the third host holds the file").nlink, 0);
+    assert_eq!(stored_object(&a.store, ino), b"first", "the stored object was deleted");
+}
+
+/// Host B, sharing A's stores, unlinks `name` in the root; A sees what B stored.
+fn unlinked_by_another_host(a: &mut Harness, name: &str) {
+    let mut b = shared_opens_host(2, a.now);
+    sync(&mut b, a);
+    b.entry(Op::Lookup { parent: ROOT_INO, name: name.into() });
+    assert_eq!(b.call(Op::Unlink { parent: ROOT_INO, name: name.into() }), Ok(Reply::Empty));
+    sync(a, &b);
 }
 
 /// Regression (found by the multi-host simulator, `--first 1000 --seeds 3000 --steps 400 --hosts
@@ -1782,23 +1808,16 @@ fn a_file_left_to_this_host_to_delete_is_deleted_after_a_failed_read() {
     let (ino, fh) = a.create(ROOT_INO, "f");
     a.write(ino, fh, 0, b"kept");
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    a.release(ino, fh);
     let Ok(Reply::Opened { fh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
-    let mut b = shared_opens_host(2, now);
-    sync(&mut b, &a);
-    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
-    assert_eq!(b.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
-    sync(&mut a, &b);
+    unlinked_by_another_host(&mut a, "f");
     // A's last close is told to delete it; the read of the row fails.
     a.send(Op::Release { ino, fh, lock_owner: None });
-    a.settle_until(|r| matches!(r, IoRequest::Meta(MetaRequest::LoadInode { ino: i }) if *i == ino));
-    let (io, _) = a.ios.pop_front().expect("the read of the row");
-    a.core.handle_completion(a.now, io, Err(IoError::new(IoErrorKind::Other, "injected")));
+    let load = a.hold(is_load_of(ino));
+    a.fail(load);
     a.settle();
     // (Past the lazily stored directory times, before the retry.)
-    a.now += Duration::from_secs(2);
-    a.core.handle_timeout(a.now);
-    a.settle();
+    a.later(2);
     assert!(a.store.inodes.contains_key(&ino));
     assert!(!a.core.is_idle(), "a deletion to try again is work left");
     a.core.begin_shutdown(a.now);
@@ -1806,9 +1825,7 @@ fn a_file_left_to_this_host_to_delete_is_deleted_after_a_failed_read() {
         if a.core.is_idle() {
             break;
         }
-        a.now += Duration::from_secs(10);
-        a.core.handle_timeout(a.now);
-        a.settle();
+        a.later(10);
     }
     assert!(!a.store.inodes.contains_key(&ino), "the file is left without names");
     assert!(a.store.objects.is_empty(), "and its object");
