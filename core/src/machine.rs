@@ -132,6 +132,10 @@ struct Inode {
 struct Data {
     /// A staged copy exists and is authoritative for the contents.
     staged: bool,
+    /// The staged copy was made for a truncate and holds only the first this many bytes of the
+    /// file: it stands for the file once that truncate is done, and goes if it fails
+    /// (`drop_short_copy`).
+    short: Option<u64>,
     /// `Staging::Init` in flight.
     init_pending: bool,
     /// `Staging::Remove` in flight: no new staged copy may be made until it is done.
@@ -755,7 +759,10 @@ impl Core {
         self.running = None;
         match result {
             Ok(reply) => self.reply(p.id, Ok(reply)),
-            Err(Stop::Errno(e)) => self.reply(p.id, Err(e)),
+            Err(Stop::Errno(e)) => {
+                self.reply(p.id, Err(e));
+                self.truncate_abandoned(&p.op);
+            }
             Err(Stop::Wait) => self.parked.push(p),
             Err(Stop::WaitLock) => self.lock_waiters.push(p),
             Err(Stop::Later) => {}
@@ -1172,6 +1179,7 @@ impl Core {
         d.staged = true;
         d.changed_here = false;
         let size = inode.row.size.min(keep);
+        inode.data.short = (size < inode.row.size).then_some(size);
         let from = if size > 0 { inode.row.object.clone() } else { None };
         self.io(IoRequest::Staging(StagingRequest::Init { ino, from, size }), Pending::Init(ino));
         Err(Stop::Wait)
@@ -1608,6 +1616,8 @@ impl Core {
         if truncated {
             // Dirty before the row is built: its size must stay the committed object's.
             inode.data.dirty_gen += 1;
+            // (A short copy holds the whole file now.)
+            inode.data.short = None;
         }
         let ops = vec![self.update_row(ino)];
         let attr = self.attr(ino);
@@ -3032,6 +3042,7 @@ impl Core {
                     inode.data.init_pending = false;
                     if failed {
                         inode.data.staged = false;
+                        inode.data.short = None;
                     }
                     // Multi-host: the object to copy is gone because another host stored a new
                     // version (and deleted this one): read the row again; the requests waiting
@@ -3044,6 +3055,9 @@ impl Core {
                     self.reread_row(ino);
                 } else if failed {
                     self.fail_parked_on(ino);
+                } else if !self.parked.iter().any(|p| truncates(&p.op) == Some(ino)) {
+                    // The truncate it was made for failed meanwhile.
+                    self.drop_short_copy(ino);
                 }
                 self.pump_upload(ino);
             }
@@ -3104,6 +3118,7 @@ impl Core {
                     Ok(_) => self.finish_setattr(id, ino, set, wall, true),
                     Err(e) => {
                         self.reply(id, Err(if e.kind == IoErrorKind::NoSpace { ENOSPC } else { EIO }));
+                        self.drop_short_copy(ino);
                         self.pump_upload(ino);
                     }
                 }
@@ -3501,6 +3516,28 @@ impl Core {
         }
     }
 
+    /// A request failed: if it was a truncate, the short copy made for it goes.
+    fn truncate_abandoned(&mut self, op: &Op) {
+        if let Some(ino) = truncates(op) {
+            self.drop_short_copy(ino);
+        }
+    }
+
+    /// A short staged copy (`Data::short`) whose truncate will not run does not hold the file:
+    /// it goes, and the next change makes a whole one. (With its `Init` in flight, the
+    /// completion looks again.)
+    fn drop_short_copy(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        let d = &mut inode.data;
+        if d.short.is_none() || d.init_pending || d.removing {
+            return;
+        }
+        d.short = None;
+        d.staged = false;
+        d.removing = true;
+        self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Remove(ino));
+    }
+
     fn fail_all_parked(&mut self, errno: i32) {
         for p in std::mem::take(&mut self.parked) {
             self.fail_parked(p, errno);
@@ -3510,6 +3547,7 @@ impl Core {
     /// Answers a parked request with an error; an open that listed its file lets go of it.
     fn fail_parked(&mut self, p: Parked, errno: i32) {
         self.reply(p.id, Err(errno));
+        self.truncate_abandoned(&p.op);
         if let Op::Open { ino, .. } = p.op {
             self.revalidated.remove(&p.id);
             self.unlist_unused(ino);
@@ -3549,6 +3587,14 @@ impl Core {
             }
             self.refresh(ino);
         }
+    }
+}
+
+/// The file `op` truncates (a setattr of its size).
+fn truncates(op: &Op) -> Option<Ino> {
+    match op {
+        Op::SetAttr { ino, set: SetAttr { size: Some(_), .. }, .. } => Some(*ino),
+        _ => None,
     }
 }
 

@@ -1287,6 +1287,37 @@ fn a_failed_unlink_of_an_open_clean_file_does_not_leave_its_ctime() {
     h.release(ino, fh);
 }
 
+/// Regression (found by the simulator, `--first 33000 --seeds 4000 --steps 1000`: seed 33210): a
+/// truncate of a closed file asked for a staged copy of only the bytes it keeps; before that
+/// copy was made, a transaction failed and the read of the file's row after it failed too, so
+/// the truncate was answered EIO. The short copy stayed as the file's contents under its old
+/// size: a read returned the kept bytes and zeros for the rest. Now a short copy whose truncate
+/// does not run goes.
+#[test]
+fn a_failed_truncate_leaves_no_short_copy() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"0123456789ab");
+    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    h.release(ino, fh);
+    let truncate = h.send(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(4), ..SetAttr::default() } });
+    let init = h.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Init { size: 4, .. })));
+    // Another transaction fails; the read of the file's row after it fails too.
+    let failed = h.send(chmod(ROOT_INO, 0o700));
+    let txn = h.hold(is_commit);
+    h.fail(txn);
+    let load = h.hold(is_load_of(ino));
+    h.fail(load);
+    assert_eq!(h.replies.remove(&failed), Some(Err(libc::EIO)));
+    assert_eq!(h.replies.remove(&truncate), Some(Err(libc::EIO)));
+    h.complete(init);
+    h.settle();
+    assert_eq!(h.read(ino, 0, 100), b"0123456789ab");
+    // The truncate, sent again, works.
+    assert!(h.call(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(4), ..SetAttr::default() } }).is_ok());
+    assert_eq!(h.read(ino, 0, 100), b"0123");
+}
+
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
 /// --seed 35`): another host stored a new version of a file this host has open and deleted the
 /// old object before this host heard of it; a read through the open handle asked the store for
