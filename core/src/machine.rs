@@ -3468,11 +3468,23 @@ impl Core {
             self.startup_step_done();
             return;
         }
+        // (See below: whether a record may hold acknowledged data the store lacks.)
+        let records_may_hold_acked_data = !self.config.multi_host || self.config.staged_is_durable;
         match (self.inodes.get_mut(&ino), entry.sealed) {
             // Only a sealed copy holds acknowledged data (a copy is changed only while it has no
             // record). An unsealed one holds writes nobody was told are safe, and the store
             // already has the file as of its last acknowledgement: it is dropped.
-            (Some(inode), Some(record)) if inode.row.nlink > 0 && inode.row.kind == FileKind::Regular => {
+            //
+            // Several hosts: a close or fsync is answered only once its upload committed (unless
+            // `staged_is_durable`), so a record is acknowledged data only if the store took it,
+            // and the store then holds it or a newer version, perhaps another host's (the crash
+            // came between the commit and the record's removal): uploading the copy again would
+            // undo that. It is dropped.
+            (Some(inode), Some(record))
+                if inode.row.nlink > 0
+                    && inode.row.kind == FileKind::Regular
+                    && records_may_hold_acked_data =>
+            {
                 inode.row.size = record.size;
                 inode.row.mtime = record.mtime;
                 inode.row.ctime = record.ctime;

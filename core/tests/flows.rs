@@ -1449,6 +1449,33 @@ fn two_writers(base: &[u8]) -> (Harness, Harness, Ino, u64, u64) {
     (a, b, ino, afh, bfh)
 }
 
+/// Regression (found by the multi-host simulator, `--first 10000 --seeds 1500 --steps 1000
+/// --hosts 2`: seed 10162): host A's close committed its version, and A crashed before its
+/// staging record went; host B then closed its own version (the last close). At A's restart the
+/// replay uploaded the record again and stored A's older version over B's. On several hosts a
+/// close (or fsync) is answered only once its upload committed, so a record is not needed for
+/// acknowledged data there: the replay drops it.
+#[test]
+fn a_restarted_host_does_not_store_a_committed_version_again_over_a_later_close() {
+    let (mut a, mut b, ino, afh, bfh) = two_writers(b"base");
+    a.write(ino, afh, 0, b"A's version");
+    assert_eq!(a.call(Op::Flush { ino, fh: afh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.release(ino, afh);
+    // A crashes before its record goes: the record is put back as the crash left it.
+    let record = SealRecord { size: 11, mtime: Timespec::from_system(a.wall), ctime: Timespec::from_system(a.wall) };
+    let leftover = (b"A's version".to_vec(), record);
+    share(&mut b, &a);
+    b.write(ino, bfh, 0, b"B's later version");
+    assert_eq!(b.call(Op::Flush { ino, fh: bfh, lock_owner: 1 }), Ok(Reply::Empty));
+    b.release(ino, bfh);
+    let mut store = b.store.clone();
+    store.staged.insert(ino, leftover.0.clone());
+    store.sealed.insert(ino, leftover);
+    let a = Harness::with_config(store, b.now, multi_host());
+    assert!(a.store.sealed.is_empty() && a.store.staged.is_empty(), "the record is left");
+    assert_eq!(stored(&a.store, ino), b"B's later version");
+}
+
 /// Regression (`--hosts 3 --seed 0`): a host that wrote a file (its writes already uploaded)
 /// and kept it open dropped its own version when another host stored one: its next write went
 /// on the other host's version, and its own earlier writes were gone from the file it had open
