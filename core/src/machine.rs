@@ -678,7 +678,7 @@ impl Core {
                     // Its deletion failed earlier. (Only this host's: a row without names that a
                     // refresh brought is another host's to delete.)
                     inode.data.delete_again = false;
-                    self.destroy(ino);
+                    self.delete_owed(ino);
                     continue;
                 }
             }
@@ -699,7 +699,7 @@ impl Core {
             if let Some(inode) = self.inodes.get_mut(&ino) {
                 inode.data.delete_again = false;
             }
-            self.destroy(ino);
+            self.delete_owed(ino);
         }
         let dirty: Vec<Ino> = self.inodes.iter().filter(|(_, i)| i.data.dirty()).map(|(k, _)| *k).collect();
         for ino in dirty {
@@ -1902,7 +1902,7 @@ impl Core {
         }
         if inode.row.nlink == 0 {
             // (With `shared_opens`, its `Reap` unlists it here too.)
-            self.destroy(ino);
+            self.delete_owed(ino);
             return;
         }
         self.unlist_unused(ino);
@@ -1975,6 +1975,24 @@ impl Core {
         }
         if d.staged || d.init_pending || d.record_on_disk {
             self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+        }
+    }
+
+    /// The deletion of `ino`, without names and closed, if its row is known: a row being read
+    /// again may owe its link count of 0 to a change that failed (an unlink answered EIO), and
+    /// the file keeps its name then. It waits for the row, on the retry timer; named after all,
+    /// it is not deleted.
+    fn delete_owed(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get(&ino) else { return };
+        if inode.version_stale {
+            if !self.refreshing.contains(&ino) {
+                self.refresh(ino);
+            }
+            self.delete_later(ino);
+            return;
+        }
+        if inode.row.nlink == 0 {
+            self.destroy(ino);
         }
     }
 
@@ -3037,6 +3055,12 @@ impl Core {
             },
             Pending::Init(ino) => {
                 let failed = result.is_err();
+                if !failed && !self.inodes.contains_key(&ino) {
+                    // The file went while its copy was being made (another host deleted it, and
+                    // the Remove of its copy ran first): the copy was made again.
+                    self.io(IoRequest::Staging(StagingRequest::Remove { ino }), Pending::Ignore);
+                    return;
+                }
                 let mut replaced = false;
                 if let Some(inode) = self.inodes.get_mut(&ino) {
                     inode.data.init_pending = false;

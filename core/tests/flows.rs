@@ -1318,6 +1318,34 @@ fn a_failed_truncate_leaves_no_short_copy() {
     assert_eq!(h.read(ino, 0, 100), b"0123");
 }
 
+/// Regression (found by the simulator, `--first 80000 --seeds 24000 --steps 400`: seed 92619):
+/// an unlink of an open file conflicted with another writer's change and failed, and the read
+/// of the file's row after it failed too, so the copy in memory kept the unlink's link count of
+/// 0. The last close took that for a file without names and deleted the row: the name stayed in
+/// the store, pointing at nothing (the directory could no longer be listed), and the data was
+/// gone. A deletion now waits for a row being read again.
+#[test]
+fn a_failed_unlink_whose_row_read_failed_does_not_delete_the_file_at_its_close() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "a");
+    h.write(ino, fh, 0, b"still named");
+    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    // Another writer changes the row; the unlink conflicts and the read after it fails.
+    h.store.inodes.get_mut(&ino).unwrap().version += 1000;
+    let unlink = h.send(Op::Unlink { parent: ROOT_INO, name: "a".into() });
+    let load = h.hold(is_load_of(ino));
+    h.fail(load);
+    h.settle();
+    assert_eq!(h.replies.remove(&unlink), Some(Err(libc::EIO)));
+    h.release(ino, fh);
+    h.later(60);
+    assert_eq!(h.store.dentries.get(&(ROOT_INO, b"a".to_vec())).map(|d| d.0), Some(ino));
+    assert!(h.store.inodes.contains_key(&ino), "the row of a named file was deleted");
+    assert_eq!(stored(&h.store, ino), b"still named");
+    assert_eq!(h.names(ROOT_INO), [".", "..", "a"]);
+    assert!(h.core.is_idle());
+}
+
 /// Regression (found by the multi-host simulator once it read through open handles, `--hosts 3
 /// --seed 35`): another host stored a new version of a file this host has open and deleted the
 /// old object before this host heard of it; a read through the open handle asked the store for
@@ -1887,6 +1915,27 @@ fn a_file_left_to_this_host_to_delete_is_deleted_after_a_failed_read() {
     }
     assert!(!a.store.inodes.contains_key(&ino), "the file is left without names");
     assert!(a.store.objects.is_empty(), "and its object");
+}
+
+/// Regression (found by the multi-host simulator, `--first 50000 --seeds 3000 --steps 600 --hosts
+/// 3`: seed 50669): the staged copy of a file was being made when the file went (another host
+/// deleted it); the removal of the copy ran first, the copy was then made, and nothing removed
+/// it: a staged file was left for ever. A copy made for a file gone meanwhile is removed.
+#[test]
+fn a_copy_made_after_its_file_went_is_removed() {
+    let mut a = Harness::with_config(Store::new(), Instant::now(), multi_host());
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    let write = a.send(Op::Write { ino, fh, offset: 0, data: Bytes::from_static(b"late") });
+    let init = a.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Init { .. })));
+    // Another host deletes the file; this host hears of it and drops what it has.
+    a.store.inodes.remove(&ino);
+    a.store.dentries.remove(&(ROOT_INO, b"f".to_vec()));
+    a.core.handle_invalidation(a.now, Changes { inodes: vec![ino], entries: vec![(ROOT_INO, b"f".to_vec())] });
+    a.settle();
+    a.complete(init);
+    a.settle();
+    assert!(a.replies.remove(&write).is_some_and(|r| r.is_err()), "a write to a deleted file");
+    assert!(a.store.staged.is_empty(), "a staged copy is left");
 }
 
 /// A file no host has open goes at its unlink: the row without names first, then, once the
