@@ -1103,6 +1103,28 @@ fn an_unmount_deletes_what_a_failed_deletion_left() {
     assert!(h.core.is_idle());
 }
 
+/// A closed file "a" beside "d", written with `data` and its close (flush) sent: (harness,
+/// d's inode, d's handle, the flush).
+fn closing_d_beside_a(data: &[u8]) -> (Harness, Ino, u64, RequestId) {
+    let mut h = Harness::new();
+    let (a, afh) = h.create(ROOT_INO, "a");
+    h.release(a, afh);
+    let (ino, fh) = h.create(ROOT_INO, "d");
+    h.write(ino, fh, 0, data);
+    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    (h, ino, fh, flush)
+}
+
+/// A transaction (a chmod of the root) fails, and so does the read of `ino`'s row after it.
+fn fail_a_transaction_and_the_read_of(h: &mut Harness, ino: Ino) {
+    let failed = h.send(chmod(ROOT_INO, 0o700));
+    let txn = h.hold(is_commit);
+    h.fail(txn);
+    let load = h.hold(is_load_of(ino));
+    h.fail(load);
+    assert_eq!(h.replies.remove(&failed), Some(Err(libc::EIO)));
+}
+
 /// Regression (found by the simulator, `--seed 2781 --steps 400`): a rename over the only name
 /// of a file whose upload was in flight lowered its link count to 0 in memory and deleted its row
 /// in the same transaction. The upload's commit, issued while that transaction was in flight,
@@ -1112,12 +1134,7 @@ fn an_unmount_deletes_what_a_failed_deletion_left() {
 /// conflicts when it fails.
 #[test]
 fn a_failed_rename_over_a_file_does_not_let_its_upload_store_it_without_links() {
-    let mut h = Harness::new();
-    let (a, afh) = h.create(ROOT_INO, "a");
-    h.release(a, afh);
-    let (ino, fh) = h.create(ROOT_INO, "d");
-    h.write(ino, fh, 0, b"kept under d");
-    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    let (mut h, ino, fh, flush) = closing_d_beside_a(b"kept under d");
     let put = h.hold(is_upload);
     assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
     h.release(ino, fh);
@@ -1187,12 +1204,7 @@ fn an_upload_commit_after_a_failed_read_of_the_row_reads_it_again() {
     let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
     let put = h.hold(is_upload);
     // Another transaction fails; the read of the file's row after it fails too.
-    let failed = h.send(chmod(ROOT_INO, 0o700));
-    let txn = h.hold(is_commit);
-    h.fail(txn);
-    let load = h.hold(is_load_of(ino));
-    h.fail(load);
-    assert_eq!(h.replies.remove(&failed), Some(Err(libc::EIO)));
+    fail_a_transaction_and_the_read_of(&mut h, ino);
     // The upload finishes: its commit follows a new read of the row.
     h.complete(put);
     h.settle();
@@ -1208,12 +1220,7 @@ fn an_upload_commit_after_a_failed_read_of_the_row_reads_it_again() {
 /// its upload back on the retry timer.
 #[test]
 fn a_dirty_file_a_failed_rename_left_named_is_uploaded() {
-    let mut h = Harness::new();
-    let (a, afh) = h.create(ROOT_INO, "a");
-    h.release(a, afh);
-    let (ino, fh) = h.create(ROOT_INO, "d");
-    h.write(ino, fh, 0, b"still named d");
-    let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+    let (mut h, ino, fh, flush) = closing_d_beside_a(b"still named d");
     let seal = h.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Seal { .. })));
     let release = h.send(Op::Release { ino, fh, lock_owner: None });
     let rename = h.send(rename_op("a", "d"));
@@ -1303,12 +1310,7 @@ fn a_failed_truncate_leaves_no_short_copy() {
     let truncate = h.send(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(4), ..SetAttr::default() } });
     let init = h.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Init { size: 4, .. })));
     // Another transaction fails; the read of the file's row after it fails too.
-    let failed = h.send(chmod(ROOT_INO, 0o700));
-    let txn = h.hold(is_commit);
-    h.fail(txn);
-    let load = h.hold(is_load_of(ino));
-    h.fail(load);
-    assert_eq!(h.replies.remove(&failed), Some(Err(libc::EIO)));
+    fail_a_transaction_and_the_read_of(&mut h, ino);
     assert_eq!(h.replies.remove(&truncate), Some(Err(libc::EIO)));
     h.complete(init);
     h.settle();
