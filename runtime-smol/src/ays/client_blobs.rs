@@ -17,7 +17,7 @@
 //! process opens it; one that no longer matches is reported, removed, and fetched again from the
 //! next layer. Blobs installed by this process are checked as they arrive.
 
-use md5::{Digest, Md5 as Md5Hasher};
+use crate::ays::md5sum::Md5Hasher;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -106,12 +106,6 @@ impl BlobWriter {
     pub fn return_md5(&mut self, h: Md5Hasher) {
         self.hasher = Some(h);
     }
-}
-
-fn md5_of_digest(d: &[u8]) -> Md5 {
-    let mut m = [0u8; 16];
-    m.copy_from_slice(&d[..16]);
-    Md5(m)
 }
 
 /// Where cacache keeps the content of `sri` under `root`: `content-v2/<algorithm>/<hex[0..2]>/
@@ -273,7 +267,7 @@ impl BlobCache {
     pub fn install(&self, mut w: BlobWriter, expected: Option<Md5>) -> io::Result<(Md5, u64)> {
         w.inner.flush()?;
         let hasher = w.hasher.take().ok_or_else(|| io::Error::other("the md5 of the blob was not computed"))?;
-        let actual = md5_of_digest(&hasher.finalize());
+        let actual = Md5(hasher.finish()?);
         let len = w.len;
         if expected.is_none_or(|e| e == actual) {
             // Content first, then the index entry naming it by md5.

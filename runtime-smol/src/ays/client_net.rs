@@ -3,6 +3,7 @@
 //! timeouts), with blob bodies streamed into the blob cache while their md5 is computed.
 
 use super::blobs::{BlobCache, BlobWriter};
+use crate::ays::md5sum::Md5Hasher;
 use crate::ays::proto::{self, FetchMode};
 use bytes::Bytes;
 use isahc::auth::{Authentication, Credentials};
@@ -261,7 +262,7 @@ struct ChunkSink {
 struct HashThread {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     back_rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    md5: std::thread::JoinHandle<md5::Md5>,
+    md5: std::thread::JoinHandle<Md5Hasher>,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -299,7 +300,6 @@ impl ChunkSink {
             let md5 = std::thread::Builder::new()
                 .name("ays-blob-md5".into())
                 .spawn(move || {
-                    use md5::Digest;
                     for mut chunk in rx {
                         h.update(&chunk);
                         chunk.clear();
@@ -461,7 +461,6 @@ pub fn post_json(client: &HttpClient, t: &HttpTarget, url: &str, body: &serde_js
 #[cfg(test)]
 mod tests {
     use super::*;
-    use md5::Digest;
 
     /// Bodies of every size around the chunk size, pushed in uneven pieces, arrive whole.
     #[test]
@@ -475,7 +474,7 @@ mod tests {
                 sink.push(piece).unwrap();
             }
             let w = sink.finish().unwrap();
-            let want = Md5(md5::Md5::digest(&body).into());
+            let want = Md5(crate::ays::md5sum::md5_of(&body));
             let (md5, got_len) = blobs.install(w, Some(want)).unwrap();
             assert_eq!((md5, got_len), (want, len as u64), "body of {len} bytes");
             assert!(blobs.read_all(md5).unwrap() == body, "body of {len} bytes");

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod http;
+pub mod md5sum;
 pub mod proto;
 pub mod publish;
 pub mod server;

@@ -5,7 +5,8 @@
 //! Everything here is pure (no I/O) and never panics on outside input: each parser returns a
 //! [`ProtoError`] whose message names what was wrong.
 
-use md5::{Digest, Md5};
+pub use super::md5sum::Md5Hasher;
+use super::md5sum;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,24 +54,7 @@ pub fn is_md5_hex(s: &str) -> bool {
 
 /// The md5 of `data` in lowercase hex.
 pub fn md5_hex(data: &[u8]) -> String {
-    hex(&Md5::digest(data))
-}
-
-/// Computes an md5 incrementally (for streamed bodies and files).
-#[derive(Default, Clone)]
-pub struct Md5Hasher(Md5);
-
-impl Md5Hasher {
-    pub fn new() -> Md5Hasher {
-        Md5Hasher(Md5::new())
-    }
-    pub fn update(&mut self, data: &[u8]) {
-        self.0.update(data);
-    }
-    /// The md5 of everything given so far, in lowercase hex.
-    pub fn finish_hex(self) -> String {
-        hex(&self.0.finalize())
-    }
+    hex(&md5sum::md5_of(data))
 }
 
 /// Reads `r` to its end; returns its md5 in lowercase hex and its length.
@@ -88,7 +72,7 @@ pub fn md5_hex_of_reader(mut r: impl Read) -> io::Result<(String, u64)> {
         h.update(&buf[..n]);
         len += n as u64;
     }
-    Ok((h.finish_hex(), len))
+    Ok((h.finish_hex()?, len))
 }
 
 /// Lowercase hex of `bytes`.

@@ -372,7 +372,10 @@ impl App {
             Err(CopyError::Read(e)) => return bad(format!("request body: {e}")),
             Err(CopyError::Write(e)) => return store_error(StoreError(format!("spool file: {e}"))),
         }
-        let got = hasher.finish_hex();
+        let got = match hasher.finish_hex() {
+            Ok(got) => got,
+            Err(e) => return store_error(StoreError(format!("hashing the body: {e}"))),
+        };
         if got != md5 {
             return bad(format!("the md5 of the body is {got}, not {md5}"));
         }
@@ -861,7 +864,7 @@ impl App {
                 return Err(());
             }
         }
-        let got = hasher.finish_hex();
+        let got = hasher.finish_hex().map_err(|e| tracing::error!(error = %e, "hashing a blob from the store"))?;
         if got != md5 {
             tracing::warn!(
                 store = %name, domain = %domain, blob = %md5, got = %got,
