@@ -2,7 +2,8 @@
 //! executes the core's [`StoreRequest`]s against a grid.
 //!
 //! Synchronous: the runtime calls it from its blocking pool. Every request goes through one
-//! `isahc` client and holds one of `max_connections` permits while it is in flight.
+//! `isahc` client, except the block cache's read stream (on libcurl's easy interface, see
+//! `tahoe/stream.rs`), and holds one of `max_connections` permits while it is in flight.
 //!
 //! # What is sent (Tahoe-LAFS 1.20, `docs/frontends/webapi.rst`)
 //! | operation | request | success |
@@ -50,8 +51,8 @@
 //! # Secrets
 //! A cap is a secret. Messages name objects by [`ObjectId::fingerprint`] and the gateway by host
 //! and port; isahc's own tracing (its spans carry the request URL, its wire trace the headers)
-//! is switched off around every request; proxies from the environment are ignored, so no cap
-//! goes to a proxy.
+//! is switched off around every request (libcurl's easy interface has none); proxies from the
+//! environment are ignored, so no cap goes to a proxy.
 
 use crate::objects::io_error;
 use crate::staging::Staging;
@@ -75,6 +76,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use truckeefs_core::{Ino, IoError, IoErrorKind, IoReply, IoResult, ObjectId, Space, StoreRequest};
+
+mod stream;
 
 /// Characters left as they are in a path segment or query value: RFC 3986's unreserved set.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -739,70 +742,6 @@ impl TahoeClient {
             }
         }
         Err(op.err(IoErrorKind::Corrupt, "the gateway keeps answering with fewer bytes than asked"))
-    }
-
-    /// `len` for [`TahoeClient::read_stream`]: to the end of the object, however long.
-    pub const STREAM_TO_END: u64 = u64::MAX / 4;
-
-    /// Reads `len` bytes from `offset` in one request, handing them to `piece` in pieces of
-    /// `piece_len` bytes (the last may be shorter) as they arrive, until `piece` returns false.
-    /// Fewer bytes only at the end of the object.
-    pub fn read_stream(
-        &self,
-        cap: &ObjectId,
-        offset: u64,
-        len: u64,
-        piece_len: usize,
-        piece: &mut dyn FnMut(Bytes) -> bool,
-    ) -> Result<(), IoError> {
-        let op = Op::new("read", Some(cap));
-        check_cap(&op, cap)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let last = offset.saturating_add(len - 1);
-        let mut request = self.request("GET", &cap_path(cap));
-        // The whole object: a plain GET, as `curl` would send (the gateway's fastest path).
-        if offset > 0 || len < Self::STREAM_TO_END {
-            request = request.header(RANGE, format!("bytes={offset}-{last}"));
-        }
-        self.exchange(&op, request, Vec::new(), |status, headers, body| {
-            let skip = match status {
-                206 => {
-                    let (start, _, _) = content_range(headers)
-                        .ok_or_else(|| op.err(IoErrorKind::Corrupt, "206 reply without a valid Content-Range"))?;
-                    if start != offset {
-                        return Err(op.err(IoErrorKind::Corrupt, format_args!("asked for bytes from {offset}, got {start}")));
-                    }
-                    0
-                }
-                200 => offset, // the range was ignored: the whole object
-                416 => return Ok(()),
-                _ => return Err(self.status_error(&op, status, body)),
-            };
-            if skip > 0 {
-                let skipped = io::copy(&mut (&mut *body).take(skip), &mut io::sink()).map_err(|e| self.body_error(&op, &e))?;
-                if skipped < skip {
-                    return Ok(());
-                }
-            }
-            let mut left = len;
-            while left > 0 {
-                let want = (piece_len as u64).min(left);
-                let mut buf = Vec::with_capacity(want as usize);
-                (&mut *body).take(want).read_to_end(&mut buf).map_err(|e| self.body_error(&op, &e))?;
-                let got = buf.len() as u64;
-                left -= got;
-                let end = got < want;
-                if got > 0 && !piece(Bytes::from(buf)) {
-                    return Ok(());
-                }
-                if end {
-                    break;
-                }
-            }
-            Ok(())
-        })
     }
 
     /// `HEAD /uri/$CAP`: the object's size as the gateway reports it, if it does. Tahoe answers
@@ -1498,7 +1437,7 @@ mod tests {
 
     /// A fake gateway: answers each connection with the next canned reply (`None`: accept and
     /// never answer). Returns its URL.
-    fn fake_gateway(replies: Vec<Option<Vec<u8>>>) -> String {
+    pub(super) fn fake_gateway(replies: Vec<Option<Vec<u8>>>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         thread::spawn(move || {
@@ -1528,7 +1467,7 @@ mod tests {
         url
     }
 
-    fn reply(status: &str, headers: &[&str], body: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn reply(status: &str, headers: &[&str], body: &[u8]) -> Option<Vec<u8>> {
         let mut r = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
         for h in headers {
             r.push_str(h);
@@ -1540,9 +1479,9 @@ mod tests {
         Some(r)
     }
 
-    const CAP: &str = "URI:CHK:nac4rhq4xvxkxfr2lrv57f5gaa:fhvmu3edq7e5e25yjwmgpl62f6bq4xf3uzhklyzafxrzbg47bcua:1:1:100";
+    pub(super) const CAP: &str = "URI:CHK:nac4rhq4xvxkxfr2lrv57f5gaa:fhvmu3edq7e5e25yjwmgpl62f6bq4xf3uzhklyzafxrzbg47bcua:1:1:100";
 
-    fn client(url: &str) -> TahoeClient {
+    pub(super) fn client(url: &str) -> TahoeClient {
         TahoeClient::new(url, None, Duration::from_millis(800), 2).unwrap()
     }
 

@@ -121,7 +121,7 @@ fn run() -> Result<()> {
     }
     fs::write(&curl_cfg, cfg).map_err(|e| e.to_string())?;
     drop_caches()?;
-    let scpu0 = cpu_s(server.child.id());
+    let scpu0 = truckeefs_tests::cpu_seconds(server.child.id());
     let t = Instant::now();
     let st = Command::new("curl")
         .args(["-s", "-S", "-f", "-K"])
@@ -129,7 +129,7 @@ fn run() -> Result<()> {
         .status()
         .map_err(|e| format!("curl: {e} (is curl installed?)"))?;
     let curl_s = t.elapsed().as_secs_f64();
-    let curl_scpu = cpu_s(server.child.id()) - scpu0;
+    let curl_scpu = truckeefs_tests::cpu_seconds(server.child.id()) - scpu0;
     if !st.success() {
         return Err(format!("curl: {st}"));
     }
@@ -175,12 +175,12 @@ fn run() -> Result<()> {
     // The tree is in once the root can be listed.
     fs::read_dir(&mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
     drop_caches()?;
-    let (cpu0, scpu0) = (mount.cpu_s(), cpu_s(server.child.id()));
+    let (cpu0, scpu0) = (mount.cpu_s(), truckeefs_tests::cpu_seconds(server.child.id()));
     let t = Instant::now();
     let cold = read_tree(&mnt)?;
     let cold_s = t.elapsed().as_secs_f64();
     let n = cold.bytes;
-    let (cold_cpu, cold_scpu) = (mount.cpu_s() - cpu0, cpu_s(server.child.id()) - scpu0);
+    let (cold_cpu, cold_scpu) = (mount.cpu_s() - cpu0, truckeefs_tests::cpu_seconds(server.child.id()) - scpu0);
     if n != total {
         return Err(format!("the mount gave {n} bytes, the tree has {total}"));
     }
@@ -243,19 +243,6 @@ fn run() -> Result<()> {
         let _ = fs::remove_dir_all(&work);
     }
     Ok(())
-}
-
-/// User and system CPU seconds of process `pid` so far (0 if it is gone).
-fn cpu_s(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name and state.
-    let ticks: f64 = [11, 12].iter().filter_map(|i| f.get(*i)?.parse::<f64>().ok()).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks / hz
 }
 
 /// Sizes for `total` bytes: 1/16 small, 3/16 medium, 1/4 in 16 MiB files, the rest in 128 MiB
@@ -525,7 +512,7 @@ impl Mount {
     }
 
     fn cpu_s(&self) -> f64 {
-        self.child.as_ref().map_or(0.0, |c| cpu_s(c.id()))
+        self.child.as_ref().map_or(0.0, |c| truckeefs_tests::cpu_seconds(c.id()))
     }
 
     fn rss_kib(&self) -> Option<u64> {

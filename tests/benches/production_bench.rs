@@ -101,6 +101,7 @@ fn run() -> Result<()> {
         let fresh_cache = tempfile::tempdir().map_err(|e| e.to_string())?;
         let m = Mount::with_dirs_args(&store.data_dir, fresh_cache.path(), &["-c", &cfg]);
         let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        let cpu0 = (cpu(Some(m.pid())), grid_cpu(grid));
         let t = Instant::now();
         let mut f = File::open(m.path("big")).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; MIB];
@@ -117,21 +118,27 @@ fn run() -> Result<()> {
         }
         mount_speeds.push(mib as f64 / t.elapsed().as_secs_f64());
         drop(f);
+        let mount_cpu = (cpu(Some(m.pid())) - cpu0.0, grid_cpu(grid) - cpu0.1);
         if pos != data.len() {
             return Err(format!("read {pos} bytes of {}", data.len()));
         }
         m.unmount_ok();
         let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        let grid0 = grid_cpu(grid);
         let t = Instant::now();
         let body = curl(&["-sS", "-f", &format!("{}/uri/{}", grid.url, cap.trim())])?;
         curl_speeds.push(mib as f64 / t.elapsed().as_secs_f64());
+        let curl_grid_cpu = grid_cpu(grid) - grid0;
         if body.len() != data.len() {
             return Err(format!("curl read {} bytes of {}", body.len(), data.len()));
         }
         println!(
-            "  cold read {mib} MiB: truckeefs {:.1} MiB/s, curl {:.1} MiB/s",
+            "  cold read {mib} MiB: truckeefs {:.1} MiB/s, curl {:.1} MiB/s (CPU seconds: mount {:.2}, gateway and storage node {:.2} for the mount, {:.2} for curl)",
             mount_speeds.last().unwrap(),
-            curl_speeds.last().unwrap()
+            curl_speeds.last().unwrap(),
+            mount_cpu.0,
+            mount_cpu.1,
+            curl_grid_cpu,
         );
     }
     let (r_mount, r_curl) = (median(&mut mount_speeds), median(&mut curl_speeds));
@@ -232,6 +239,15 @@ fn metadata_ops(dir: &Path, n: usize) -> Result<(f64, f64, f64)> {
     }
     let unlink = n as f64 / t.elapsed().as_secs_f64();
     Ok((create, stat, unlink))
+}
+
+fn cpu(pid: Option<u32>) -> f64 {
+    pid.map_or(0.0, truckeefs_tests::cpu_seconds)
+}
+
+/// CPU seconds of the grid's gateway and storage node so far.
+fn grid_cpu(grid: &TahoeGrid) -> f64 {
+    cpu(grid.pid("gateway")) + cpu(grid.pid("storage"))
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -107,6 +107,19 @@ pub fn release_bin() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+/// For the benches: user and system CPU seconds of process `pid` so far (0 if it is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name and state.
+    let ticks: f64 = [11, 12].iter().filter_map(|i| f.get(*i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / hz
+}
+
 /// For the benches: the number in the environment variable `name`, else `default`.
 pub fn env_number(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
