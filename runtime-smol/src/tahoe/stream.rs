@@ -177,7 +177,8 @@ impl TahoeClient {
                         Body::Error(text) => {
                             let room = ERROR_TEXT_MAX.saturating_sub(text.len()).min(data.len());
                             text.extend_from_slice(&data[..room]);
-                            data.len()
+                            // Enough for the message: the rest is not received.
+                            if room < data.len() { 0 } else { data.len() }
                         }
                         Body::Start | Body::Stopped | Body::Corrupt(_) => 0,
                     })
@@ -189,6 +190,7 @@ impl TahoeClient {
             // Stopped on purpose: the transfer's "write error" is ours.
             Body::Stopped => return Ok(()),
             Body::Corrupt(why) => return Err(op.err(IoErrorKind::Corrupt, why)),
+            Body::Error(text) => return Err(status_error(op, status.get(), &text)),
             _ => {}
         }
         performed.map_err(|e| self.curl_error(op, &e))?;
@@ -196,19 +198,19 @@ impl TahoeClient {
             0 => easy.response_code().map_err(|e| self.curl_error(op, &e))? as u16,
             s => s,
         };
-        match (status, body) {
-            (_, Body::Error(text)) => Err(status_error(op, status, &text)),
+        match body {
             // A body-less reply: an empty object, or nothing past the end.
-            (200 | 206 | 416, Body::Start) => Ok(()),
-            (_, Body::Start) => Err(status_error(op, status, b"")),
+            Body::Start if matches!(status, 200 | 206 | 416) => Ok(()),
+            Body::Start => Err(status_error(op, status, b"")),
             // The end of the object came first: hand over what is left.
-            (_, Body::Data { buf, .. }) => {
+            Body::Data { buf, .. } => {
                 if !buf.is_empty() {
                     piece(Bytes::from(buf));
                 }
                 Ok(())
             }
-            (_, Body::Ignore | Body::Stopped | Body::Corrupt(_)) => Ok(()),
+            // Nothing for the reader (or answered above).
+            Body::Ignore | Body::Stopped | Body::Corrupt(_) | Body::Error(_) => Ok(()),
         }
     }
 
@@ -299,6 +301,8 @@ mod tests {
             reply("206 Partial Content", &["Content-Range: bytes 3-7/100", "Content-Length: 5"], b"abcde"),
             reply("206 Partial Content", &["Content-Range: bytes 0-4/100", "Content-Length: 9"], b"abc"),
             reply("500 Internal Server Error", &["Content-Length: 30"], b"boom URI:CHK:leak:leak:1:1:100"),
+            // An error reply longer than its message needs: not received whole.
+            reply("503 Service Unavailable", &["Content-Length: 2000000"], &[b'x'; 2_000_000]),
         ]);
         let fingerprint = ObjectId(CAP.into()).fingerprint();
         for _ in 0..2 {
@@ -313,6 +317,9 @@ mod tests {
         assert_eq!(e.kind, IoErrorKind::Other);
         assert!(e.message.contains("HTTP 500: boom <cap>"), "{e}");
         assert!(!e.message.contains("URI:"), "{e}");
+        let e = stream(&url, 0, 5, 64).unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::Other);
+        assert!(e.message.contains("HTTP 503: xxx"), "{e}");
     }
 
     #[test]
