@@ -391,9 +391,8 @@ fn fetch_with(
         let mut transfer = easy.transfer();
         transfer
             .header_function(|h| {
-                // A status line starts each response (and each interim one).
-                if let Some(code) = h.strip_prefix(b"HTTP/").and_then(|r| r.split(|b| *b == b' ').nth(1)) {
-                    status.set(std::str::from_utf8(code).ok().and_then(|c| c.parse().ok()).unwrap_or(0));
+                if let Some(code) = crate::curl_headers::status_code(h) {
+                    status.set(code);
                 }
                 true
             })

@@ -116,9 +116,9 @@ impl TahoeClient {
             let mut transfer = easy.transfer();
             transfer
                 .header_function(|h| {
-                    if let Some(code) = h.strip_prefix(b"HTTP/").and_then(|r| r.split(|b| *b == b' ').nth(1)) {
-                        // A status line starts each response (and each interim one).
-                        status.set(std::str::from_utf8(code).ok().and_then(|c| c.parse().ok()).unwrap_or(0));
+                    if let Some(code) = crate::curl_headers::status_code(h) {
+                        // A new response (or an interim one) begins.
+                        status.set(code);
                         content_start.set(None);
                     } else if let Some((name, value)) = std::str::from_utf8(h).ok().and_then(|h| h.split_once(':')) {
                         if name.trim().eq_ignore_ascii_case("content-range") {
