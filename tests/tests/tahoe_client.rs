@@ -120,6 +120,20 @@ fn rss_bytes() -> u64 {
     kib * 1024
 }
 
+/// Everything [`TahoeClient::read_stream`] hands over, checking each piece but the last is whole.
+fn stream_all(c: &TahoeClient, cap: &ObjectId, offset: u64, len: u64, piece_len: usize) -> Vec<u8> {
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    c.read_stream(cap, offset, len, piece_len, &mut |p| {
+        pieces.push(p.to_vec());
+        true
+    })
+    .unwrap();
+    if let Some((_, whole)) = pieces.split_last() {
+        assert!(whole.iter().all(|p| p.len() == piece_len), "a piece shorter than {piece_len} bytes before the last");
+    }
+    pieces.concat()
+}
+
 #[test]
 fn upload_10mib_and_read_ranges_back() {
     let g = grid();
@@ -156,6 +170,26 @@ fn upload_10mib_and_read_ranges_back() {
         assert_bytes_eq(&got, &data[start..end.max(start)], &format!("range {offset}+{len}"));
     }
 
+    // The block cache's read stream: the whole object (a plain GET), from an offset to the end,
+    // a bounded range, past the end, and a reader that stops after its first piece.
+    let to_end = TahoeClient::STREAM_TO_END;
+    let streams: &[(u64, u64, usize)] =
+        &[(0, to_end, MIB as usize), (3 * MIB + 17, to_end, 100_000), (MIB - 10, 20, 7), (size - 100, 4096, 4096), (size + 5, to_end, 64)];
+    for &(offset, len, piece_len) in streams {
+        let got = stream_all(&c, &cap, offset, len, piece_len);
+        let start = offset.min(size) as usize;
+        let end = offset.saturating_add(len).min(size) as usize;
+        assert_bytes_eq(&got, &data[start..end.max(start)], &format!("stream {offset}+{len}"));
+    }
+    let mut first = Vec::new();
+    c.read_stream(&cap, 0, to_end, 4096, &mut |p| {
+        first.push(p);
+        false
+    })
+    .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_bytes_eq(&first[0], &data[..4096], "the first piece of a stream");
+
     assert_eq!(c.head(&cap).unwrap(), Some(size));
     let node = c.stat(&cap).unwrap();
     assert_eq!((node.kind, node.size, node.mutable, node.format.as_deref()), (NodeKind::File, Some(size), Some(false), Some("CHK")));
@@ -168,6 +202,7 @@ fn upload_10mib_and_read_ranges_back() {
     assert!(m1.0.starts_with("URI:MDMF:") && m1 != m2);
     let got = c.read_range(&m1, 5 * MIB - 3, 1_000_000).unwrap();
     assert_bytes_eq(&got, &data[(5 * MIB - 3) as usize..][..1_000_000], "MDMF range");
+    assert_bytes_eq(&stream_all(&c, &m1, 0, TahoeClient::STREAM_TO_END, MIB as usize), &data, "MDMF stream");
     assert_eq!(c.stat(&m1).unwrap().format.as_deref(), Some("MDMF"));
 
     // Small and empty files become LIT caps (the data is in the cap).
@@ -176,6 +211,7 @@ fn upload_10mib_and_read_ranges_back() {
     let lit = c.upload_file(&small, UploadFormat::Chk).unwrap();
     assert_eq!(lit.0, "URI:LIT:nbswy3dp");
     assert_eq!(&c.read_range(&lit, 1, 100).unwrap()[..], b"ello");
+    assert_eq!(stream_all(&c, &lit, 1, TahoeClient::STREAM_TO_END, 2), b"ello");
     let empty = tmp.path().join("empty");
     write_file(&empty, b"");
     let e = c.upload_file(&empty, UploadFormat::Chk).unwrap();
