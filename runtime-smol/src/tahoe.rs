@@ -1260,8 +1260,12 @@ pub fn redact_caps(s: &str) -> String {
 
 /// `Content-Range: bytes A-B/TOTAL` (TOTAL may be `*`).
 fn content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
-    let v = headers.get(CONTENT_RANGE)?.to_str().ok()?.trim();
-    let v = v.strip_prefix("bytes")?.trim_start();
+    content_range_value(headers.get(CONTENT_RANGE)?.to_str().ok()?)
+}
+
+/// A `Content-Range` value: `bytes A-B/T` (or `bytes A-B/*`).
+fn content_range_value(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let v = v.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = v.split_once('/')?;
     let (a, b) = range.trim().split_once('-')?;
     let total = match total.trim() {

@@ -6,7 +6,7 @@
 //! alive between streams. Timeouts, permits, the token and messages are as for every other
 //! request (see the parent module).
 
-use super::{cap_path, check_cap, status_error, Op, TahoeClient};
+use super::{cap_path, check_cap, content_range_value, status_error, Op, TahoeClient};
 use bytes::Bytes;
 use curl::easy::{Easy, List};
 use std::cell::{Cell, RefCell};
@@ -122,7 +122,7 @@ impl TahoeClient {
                         content_start.set(None);
                     } else if let Some((name, value)) = std::str::from_utf8(h).ok().and_then(|h| h.split_once(':')) {
                         if name.trim().eq_ignore_ascii_case("content-range") {
-                            content_start.set(Some(range_start(value)));
+                            content_start.set(Some(content_range_value(value).map(|(start, _, _)| start)));
                         }
                     }
                     true
@@ -223,15 +223,6 @@ impl TahoeClient {
             op.err(IoErrorKind::Other, format_args!("gateway {}: {}", self.gateway, e.description()))
         }
     }
-}
-
-/// The first byte of a `Content-Range: bytes A-B/T` value (`None` if it is not one).
-fn range_start(value: &str) -> Option<u64> {
-    let v = value.trim().strip_prefix("bytes")?.trim_start();
-    let (range, _total) = v.split_once('/')?;
-    let (a, b) = range.trim().split_once('-')?;
-    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    (a <= b).then_some(a)
 }
 
 #[cfg(test)]
