@@ -3358,6 +3358,15 @@ impl Core {
                     // deleted here already.
                     return;
                 }
+                if self.inodes.get(&ino).is_some_and(|i| i.data.busy() || i.data.upload.is_some()) {
+                    // Its staged copy is being worked on (sealed for an upload at its last
+                    // close, say): what comes back must find the inode it was for, and a seal
+                    // finishing after the copy's removal would make it again. Read the row
+                    // again once that is done.
+                    self.reap_again.insert(ino);
+                    self.listings_again_at.get_or_insert(self.now + self.config.upload_retry);
+                    return;
+                }
                 // Whatever this host kept of it (an older row, a staged copy) goes: the row
                 // read now is the one to delete.
                 self.let_go(ino);

@@ -1875,6 +1875,45 @@ fn an_upload_committed_after_this_host_let_the_file_go_keeps_its_object() {
     assert_eq!(stored_object(&a.store, ino), b"first", "the stored object was deleted");
 }
 
+/// Regression (found by the multi-host simulator, `--first 200000 --seeds 3000 --steps 800
+/// --hosts 3`: seed 202118): host A closed a file it had written while another host's unlink of
+/// it had not reached A yet, so the last close sealed the staged copy for an upload; the
+/// coordination server answered that A was to delete the file. A dropped what it kept of the
+/// file (the removal of the staged copy ran first) and read the row to delete; then the seal
+/// completed and wrote its record again, for an inode read anew that knew of no staged copy: the
+/// staged file and its record were left for ever (and a restart would have uploaded them). The
+/// file is now let go once the work on its staged copy is done.
+#[test]
+fn a_seal_finishing_after_the_file_was_read_again_to_delete_it_leaves_no_staged_copy() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"kept");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.release(ino, fh);
+    let Ok(Reply::Opened { fh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    a.write(ino, fh, 4, b" and more");
+    // B's unlink: A has not heard of it when it closes the file.
+    unlinked_by_another_host(&mut a, "f");
+    a.send(Op::Release { ino, fh, lock_owner: None });
+    let seal = a.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Seal { .. })));
+    // The server's answer (A is to delete it) and the row without names come back, and the
+    // removal of the staged copy runs, before the seal is done.
+    a.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Reap { .. })));
+    a.complete(seal);
+    a.settle();
+    a.core.begin_shutdown(a.now);
+    for _ in 0..10 {
+        if a.core.is_idle() {
+            break;
+        }
+        a.later(10);
+    }
+    assert!(a.store.staged.is_empty() && a.store.sealed.is_empty(), "a staged copy is left");
+    assert!(!a.store.inodes.contains_key(&ino), "the file is left without names");
+    assert!(a.store.objects.is_empty(), "and its object");
+}
+
 /// Host B, sharing A's stores, unlinks `name` in the root; A sees what B stored.
 fn unlinked_by_another_host(a: &mut Harness, name: &str) {
     let mut b = shared_opens_host(2, a.now);
