@@ -284,7 +284,7 @@ enum Pending {
     Unseal(Ino),
     Ignore,
     /// This host's locks on an inode published to the other hosts.
-    LockPublished(Ino),
+    LockPublished(Ino, u64),
     /// Another host's view of a SetLk (`LockRequest::Acquire`); the request itself.
     LockAcquire(Box<Parked>),
     /// Another host's view of a GetLk (`LockRequest::Query`).
@@ -363,6 +363,14 @@ pub struct Core {
     /// (published once it completes, so that the other hosts see the last state).
     locks_in_flight: HashSet<Ino>,
     locks_republish: HashSet<Ino>,
+    /// Per inode: how many publications of its lock list were asked for, and the last of them
+    /// the coordination server has (entries go once the two are equal and nobody waits).
+    locks_asked: HashMap<Ino, u64>,
+    locks_published: HashMap<Ino, u64>,
+    /// Requests that let go of locks, answered once the other hosts can see it: the inode and
+    /// the publication they wait for (an unlock answered earlier would leave a lock taken
+    /// right after it on another host refused, the list there still naming this host's).
+    unlock_waits: HashMap<RequestId, (Ino, u64)>,
     /// Lock requests blocked by another host's lock, and when they try again (they are not told).
     lock_polling: Vec<Parked>,
     lock_poll_at: Option<Instant>,
@@ -444,6 +452,9 @@ impl Core {
             no_share: HashSet::new(),
             locks_in_flight: HashSet::new(),
             locks_republish: HashSet::new(),
+            locks_asked: HashMap::new(),
+            locks_published: HashMap::new(),
+            unlock_waits: HashMap::new(),
             lock_polling: Vec::new(),
             lock_poll_at: None,
             invalidations: Vec::new(),
@@ -795,6 +806,9 @@ impl Core {
         if !self.close_checked.is_empty() {
             self.close_checked.remove(&id);
         }
+        if let Some((ino, _)) = self.unlock_waits.remove(&id) {
+            self.forget_publications(ino);
+        }
         self.effects.push_back(Effect::Reply { id, result });
     }
 
@@ -893,10 +907,12 @@ impl Core {
             }
             Op::Flush { ino, fh, lock_owner } => {
                 // The owner's locks go even if the flush fails: the file is closed all the same.
-                if self.locks.release_owner(*ino, *lock_owner) {
+                let released = self.locks.release_owner(*ino, *lock_owner);
+                if released {
                     self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
+                self.wait_unlock_seen(p.id, *ino, released)?;
                 self.ensure_inode(*ino)?;
                 self.flush(p.id, *ino, *fh)
             }
@@ -994,10 +1010,12 @@ impl Core {
                     self.io(IoRequest::Lock(request), Pending::LockAcquire(Box::new(p.clone())));
                     return Err(Stop::Later);
                 }
-                if self.locks.set(*ino, *owner, lock) {
+                let changed = self.locks.set(*ino, *owner, lock);
+                if changed {
                     self.publish_locks(*ino);
                     self.wake_lock_waiters();
                 }
+                self.wait_unlock_seen(p.id, *ino, changed)?;
                 Ok(Reply::Empty)
             }
             Op::Fallocate { ino, fh, offset, length, mode } => {
@@ -1745,6 +1763,7 @@ impl Core {
         if !self.config.multi_host {
             return;
         }
+        *self.locks_asked.entry(ino).or_insert(0) += 1;
         if self.locks_in_flight.contains(&ino) {
             self.locks_republish.insert(ino);
             return;
@@ -1753,7 +1772,37 @@ impl Core {
         // older list stored last would show other hosts a lock let go of for good.
         let held = self.locks.held(ino);
         self.locks_in_flight.insert(ino);
-        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::LockPublished(ino));
+        let asked = self.locks_asked.get(&ino).copied().unwrap_or(0);
+        self.io(IoRequest::Lock(LockRequest::Publish { ino, held }), Pending::LockPublished(ino, asked));
+    }
+
+    /// Whether request `id`, which let go of locks of `ino` (`released`) now or on an earlier
+    /// run, must wait until the other hosts can see that: parked (`Stop::WaitLock`) until the
+    /// publication of the list without them completes. (Whether it reached the server or not:
+    /// the list is the server's business, and a failure there is logged by the runtime.)
+    fn wait_unlock_seen(&mut self, id: RequestId, ino: Ino, released: bool) -> Result<(), Stop> {
+        if released && self.config.multi_host {
+            let asked = self.locks_asked.get(&ino).copied().unwrap_or(0);
+            self.unlock_waits.insert(id, (ino, asked));
+        }
+        let Some(&(ino, wanted)) = self.unlock_waits.get(&id) else { return Ok(()) };
+        if self.locks_published.get(&ino).copied().unwrap_or(0) >= wanted {
+            self.unlock_waits.remove(&id);
+            self.forget_publications(ino);
+            return Ok(());
+        }
+        Err(Stop::WaitLock)
+    }
+
+    /// Drops the publication counts of `ino` once all asked for are done and nobody waits.
+    fn forget_publications(&mut self, ino: Ino) {
+        if self.locks_asked.get(&ino) == self.locks_published.get(&ino)
+            && !self.locks_in_flight.contains(&ino)
+            && !self.unlock_waits.values().any(|(i, _)| *i == ino)
+        {
+            self.locks_asked.remove(&ino);
+            self.locks_published.remove(&ino);
+        }
     }
 
     /// The other hosts' answer to a SetLk.
@@ -3386,11 +3435,14 @@ impl Core {
                 Ok(_) => self.let_go(ino),
                 Err(_) => self.delete_later(ino),
             },
-            Pending::LockPublished(ino) => {
+            Pending::LockPublished(ino, asked) => {
                 self.locks_in_flight.remove(&ino);
+                let published = self.locks_published.entry(ino).or_insert(0);
+                *published = (*published).max(asked);
                 if self.locks_republish.remove(&ino) {
                     self.publish_locks(ino);
                 }
+                self.forget_publications(ino);
                 self.wake_lock_waiters();
             }
             Pending::LockAcquire(p) => self.lock_acquired(*p, result),
