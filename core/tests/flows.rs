@@ -1921,13 +1921,7 @@ fn an_upload_committed_after_this_host_let_the_file_go_keeps_its_object() {
 /// file is now let go once the work on its staged copy is done.
 #[test]
 fn a_seal_finishing_after_the_file_was_read_again_to_delete_it_leaves_no_staged_copy() {
-    let now = Instant::now();
-    let mut a = shared_opens_host(1, now);
-    let (ino, fh) = a.create(ROOT_INO, "f");
-    a.write(ino, fh, 0, b"kept");
-    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    a.release(ino, fh);
-    let Ok(Reply::Opened { fh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    let (mut a, ino, fh) = stored_and_open_again(libc::O_RDWR);
     a.write(ino, fh, 4, b" and more");
     // B's unlink: A has not heard of it when it closes the file.
     unlinked_by_another_host(&mut a, "f");
@@ -1938,6 +1932,25 @@ fn a_seal_finishing_after_the_file_was_read_again_to_delete_it_leaves_no_staged_
     a.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Reap { .. })));
     a.complete(seal);
     a.settle();
+    unmounting(&mut a);
+    assert!(a.store.staged.is_empty() && a.store.sealed.is_empty(), "a staged copy is left");
+    assert!(!a.store.inodes.contains_key(&ino), "the file is left without names");
+    assert!(a.store.objects.is_empty(), "and its object");
+}
+
+/// Host 1 with a file "f" stored by its first close, and open again (so listed) with `flags`.
+fn stored_and_open_again(flags: i32) -> (Harness, Ino, u64) {
+    let mut a = shared_opens_host(1, Instant::now());
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"kept");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.release(ino, fh);
+    let Ok(Reply::Opened { fh, .. }) = a.call(Op::Open { ino, flags }) else { panic!("open") };
+    (a, ino, fh)
+}
+
+/// An unmount: the core finishes its work, the timers running, until it is idle.
+fn unmounting(a: &mut Harness) {
     a.core.begin_shutdown(a.now);
     for _ in 0..10 {
         if a.core.is_idle() {
@@ -1945,9 +1958,6 @@ fn a_seal_finishing_after_the_file_was_read_again_to_delete_it_leaves_no_staged_
         }
         a.later(10);
     }
-    assert!(a.store.staged.is_empty() && a.store.sealed.is_empty(), "a staged copy is left");
-    assert!(!a.store.inodes.contains_key(&ino), "the file is left without names");
-    assert!(a.store.objects.is_empty(), "and its object");
 }
 
 /// Host B, sharing A's stores, unlinks `name` in the root; A sees what B stored.
@@ -1966,13 +1976,7 @@ fn unlinked_by_another_host(a: &mut Harness, name: &str) {
 /// and the file was left in the store without names for ever. That retry is now work left.
 #[test]
 fn a_file_left_to_this_host_to_delete_is_deleted_after_a_failed_read() {
-    let now = Instant::now();
-    let mut a = shared_opens_host(1, now);
-    let (ino, fh) = a.create(ROOT_INO, "f");
-    a.write(ino, fh, 0, b"kept");
-    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    a.release(ino, fh);
-    let Ok(Reply::Opened { fh, .. }) = a.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    let (mut a, ino, fh) = stored_and_open_again(libc::O_RDONLY);
     unlinked_by_another_host(&mut a, "f");
     // A's last close is told to delete it; the read of the row fails.
     a.send(Op::Release { ino, fh, lock_owner: None });
@@ -1983,13 +1987,7 @@ fn a_file_left_to_this_host_to_delete_is_deleted_after_a_failed_read() {
     a.later(2);
     assert!(a.store.inodes.contains_key(&ino));
     assert!(!a.core.is_idle(), "a deletion to try again is work left");
-    a.core.begin_shutdown(a.now);
-    for _ in 0..10 {
-        if a.core.is_idle() {
-            break;
-        }
-        a.later(10);
-    }
+    unmounting(&mut a);
     assert!(!a.store.inodes.contains_key(&ino), "the file is left without names");
     assert!(a.store.objects.is_empty(), "and its object");
 }
