@@ -114,6 +114,14 @@ impl Harness {
         assert_eq!(r, Ok(Reply::Written(data.len() as u32)));
     }
 
+    /// A file `name` in the root holding `data`, stored by an fsync and left open.
+    fn fsynced(&mut self, name: &str, data: &[u8]) -> (Ino, u64) {
+        let (ino, fh) = self.create(ROOT_INO, name);
+        self.write(ino, fh, 0, data);
+        assert_eq!(self.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+        (ino, fh)
+    }
+
     fn read(&mut self, ino: Ino, offset: u64, size: u32) -> Vec<u8> {
         match self.call(Op::Read { ino, fh: 0, offset, size }) {
             Ok(Reply::Data(d)) => d.to_vec(),
@@ -1314,9 +1322,7 @@ fn a_directory_forgotten_while_its_times_ride_on_a_failing_transaction_keeps_the
 #[test]
 fn a_failed_unlink_of_an_open_clean_file_does_not_leave_its_ctime() {
     let mut h = Harness::new();
-    let (ino, fh) = h.create(ROOT_INO, "f");
-    h.write(ino, fh, 0, b"clean");
-    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    let (ino, fh) = h.fsynced("f", b"clean");
     // Another writer changes the row.
     let theirs = Timespec::from_system(h.wall + Duration::from_secs(5));
     let row = h.store.inodes.get_mut(&ino).unwrap();
@@ -1339,9 +1345,7 @@ fn a_failed_unlink_of_an_open_clean_file_does_not_leave_its_ctime() {
 #[test]
 fn a_failed_truncate_leaves_no_short_copy() {
     let mut h = Harness::new();
-    let (ino, fh) = h.create(ROOT_INO, "f");
-    h.write(ino, fh, 0, b"0123456789ab");
-    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    let (ino, fh) = h.fsynced("f", b"0123456789ab");
     h.release(ino, fh);
     let truncate = h.send(Op::SetAttr { ino, fh: None, set: SetAttr { size: Some(4), ..SetAttr::default() } });
     let init = h.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Init { size: 4, .. })));
@@ -1365,9 +1369,7 @@ fn a_failed_truncate_leaves_no_short_copy() {
 #[test]
 fn a_failed_unlink_whose_row_read_failed_does_not_delete_the_file_at_its_close() {
     let mut h = Harness::new();
-    let (ino, fh) = h.create(ROOT_INO, "a");
-    h.write(ino, fh, 0, b"still named");
-    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    let (ino, fh) = h.fsynced("a", b"still named");
     // Another writer changes the row; the unlink conflicts and the read after it fails.
     h.store.inodes.get_mut(&ino).unwrap().version += 1000;
     let unlink = h.send(Op::Unlink { parent: ROOT_INO, name: "a".into() });
@@ -1449,9 +1451,7 @@ fn a_stale_unlink_does_not_delete_another_hosts_open_file() {
 fn an_orphans_object_goes_before_its_row() {
     let mut store = Store::new();
     let mut h = Harness::with_config(store.clone(), Instant::now(), Config::default());
-    let (ino, fh) = h.create(ROOT_INO, "f");
-    h.write(ino, fh, 0, b"orphan");
-    assert_eq!(h.call(Op::Fsync { ino, fh, datasync: false }), Ok(Reply::Empty));
+    let (ino, _fh) = h.fsynced("f", b"orphan");
     assert_eq!(h.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
     // The mount dies with the file open: its row (without names) and object stay.
     store = h.store.clone();

@@ -15,7 +15,7 @@ pub mod ays;
 pub mod backends;
 pub mod block_cache;
 pub mod coord;
-mod curl_headers;
+mod curl_easy;
 pub mod driver;
 pub mod meta_mysql;
 pub mod meta_presence;

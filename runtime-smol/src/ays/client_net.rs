@@ -341,19 +341,7 @@ impl ChunkSink {
 /// and a pipe first, two more copies and hand-offs per byte). One handle per thread keeps its
 /// connections alive between blobs. Answers as [`run_http`] does.
 fn fetch_blob(t: &HttpTarget, url: &str, shown: &str, expected: Option<Md5>, blobs: &BlobCache) -> Result<HttpAnswer, String> {
-    thread_local! {
-        static EASY: std::cell::RefCell<Option<curl::easy::Easy>> = const { std::cell::RefCell::new(None) };
-    }
-    EASY.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let easy = slot.get_or_insert_with(curl::easy::Easy::new);
-        let result = fetch_with(easy, t, url, shown, expected, blobs);
-        if result.is_err() {
-            // A failed transfer's connection is not reused.
-            *slot = None;
-        }
-        result
-    })
+    crate::curl_easy::with_handle(|easy| fetch_with(easy, t, url, shown, expected, blobs))
 }
 
 fn fetch_with(
@@ -391,7 +379,7 @@ fn fetch_with(
         let mut transfer = easy.transfer();
         transfer
             .header_function(|h| {
-                if let Some(code) = crate::curl_headers::status_code(h) {
+                if let Some(code) = crate::curl_easy::status_code(h) {
                     status.set(code);
                 }
                 true

@@ -2,14 +2,14 @@
 //! interface on the calling thread: the body goes from curl's receive buffer straight into the
 //! reader's pieces. (Through isahc it would pass through isahc's agent thread and a pipe first:
 //! two more copies and thread hand-offs per byte, while the gateway, CPU-bound on the same
-//! machine, waits for the processor.) One handle per thread keeps its connection to the gateway
-//! alive between streams. Timeouts, permits, the token and messages are as for every other
+//! machine, waits for the processor.) This thread's handle (`curl_easy.rs`) keeps its
+//! connection to the gateway alive between streams. Timeouts, permits, the token and messages are as for every other
 //! request (see the parent module).
 
 use super::{cap_path, check_cap, content_range_value, status_error, Op, TahoeClient};
 use bytes::Bytes;
 use curl::easy::{Easy, List};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use truckeefs_core::{IoError, IoErrorKind, ObjectId};
 
 /// libcurl's receive buffer: one `recv` and one write callback per 512 KiB at most, instead of
@@ -17,10 +17,6 @@ use truckeefs_core::{IoError, IoErrorKind, ObjectId};
 const RECV_BUFFER: usize = 512 << 10;
 /// The most of an error reply kept for its message.
 const ERROR_TEXT_MAX: usize = 4096;
-
-thread_local! {
-    static EASY: RefCell<Option<Easy>> = const { RefCell::new(None) };
-}
 
 /// What the write callback makes of the body, once the status is known.
 enum Body {
@@ -61,16 +57,7 @@ impl TahoeClient {
             return Ok(());
         }
         let _permit = self.permits.acquire();
-        EASY.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let easy = slot.get_or_insert_with(Easy::new);
-            let result = self.stream_with(easy, &op, cap, offset, len, piece_len.max(1), piece);
-            if result.is_err() {
-                // A failed transfer's connection is not reused.
-                *slot = None;
-            }
-            result
-        })
+        crate::curl_easy::with_handle(|easy| self.stream_with(easy, &op, cap, offset, len, piece_len.max(1), piece))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -116,7 +103,7 @@ impl TahoeClient {
             let mut transfer = easy.transfer();
             transfer
                 .header_function(|h| {
-                    if let Some(code) = crate::curl_headers::status_code(h) {
+                    if let Some(code) = crate::curl_easy::status_code(h) {
                         // A new response (or an interim one) begins.
                         status.set(code);
                         content_start.set(None);

@@ -1,5 +1,25 @@
-//! What the header callback of libcurl's easy interface (used on the calling thread for aysfs
-//! blob GETs and Tahoe read streams) sees: one raw header line at a time.
+//! libcurl's easy interface on the calling thread, for the transfers whose bodies must not pass
+//! through isahc's agent thread and a pipe (aysfs blob GETs, Tahoe read streams): one handle
+//! per thread, and what its header callback sees (one raw header line at a time).
+
+use std::cell::RefCell;
+
+thread_local! {
+    static HANDLE: RefCell<Option<curl::easy::Easy>> = const { RefCell::new(None) };
+}
+
+/// Runs `transfer` on this thread's handle, which keeps its connections alive between
+/// transfers; after a failed transfer the handle goes, so its connection is not reused.
+pub(crate) fn with_handle<T, E>(transfer: impl FnOnce(&mut curl::easy::Easy) -> Result<T, E>) -> Result<T, E> {
+    HANDLE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let result = transfer(slot.get_or_insert_with(curl::easy::Easy::new));
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    })
+}
 
 /// The status code if `line` is a status line (`HTTP/1.1 206 Partial Content`), which starts
 /// each response and each interim one; 0 for a status line without a valid code.
