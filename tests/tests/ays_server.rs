@@ -418,6 +418,22 @@ fn the_redis_backend_holds_the_protocol_hashes_and_the_longest_expiration_wins()
     assert_eq!(redis.cli(&["HGET", "files:other", &hello]), b"hello world\n");
 }
 
+/// Uploads into a Redis store are spooled in the temporary directory, one file each, and a
+/// server stopped by SIGTERM leaves nothing there.
+#[test]
+fn a_stopped_redis_backed_server_leaves_nothing_in_the_temporary_directory() {
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = AysServer::start_env(&["--redis", &redis.url()], &[("TMPDIR", tmp.path().to_str().unwrap())]);
+    let tree = make_tree();
+    publish_ok(&server.stor_url(), ID, "dom", tree.path());
+    let big = md5_of(&tree.path().join("sub/big"));
+    assert_eq!(redis.cli(&["HGET", "files:dom", &big]), fs::read(tree.path().join("sub/big")).unwrap());
+    drop(server);
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
 #[test]
 fn a_cache_expires_what_it_fetched_from_a_store_by_that_stores_expiration() {
     let store = AysServer::start(&[]);

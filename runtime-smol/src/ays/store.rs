@@ -537,7 +537,9 @@ pub struct RedisStore {
     client: redis::Client,
     shown: String,
     pool: Mutex<Vec<redis::Connection>>,
-    spool: tempfile::TempDir,
+    /// Where uploads are spooled: the system's temporary directory, one file per upload, removed
+    /// when it is done (no directory of its own, which a killed process would leave behind).
+    spool: PathBuf,
     registry: Mutex<()>,
 }
 
@@ -546,10 +548,7 @@ impl RedisStore {
     pub fn open(url: &str) -> StoreResult<RedisStore> {
         let shown = proto::redact_url(url);
         let client = redis::Client::open(url).map_err(|e| StoreError(format!("redis URL {shown}: {e}")))?;
-        let spool = tempfile::Builder::new()
-            .prefix("truckeefs-ays-spool-")
-            .tempdir()
-            .map_err(|e| StoreError(format!("cannot create a spool directory: {e}")))?;
+        let spool = std::env::temp_dir();
         let store = RedisStore { client, shown, pool: Mutex::new(Vec::new()), spool, registry: Mutex::new(()) };
         store.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
@@ -587,7 +586,7 @@ impl Store for RedisStore {
     }
 
     fn spool(&self) -> StoreResult<NamedTempFile> {
-        NamedTempFile::new_in(self.spool.path()).map_err(|e| io_err(self.spool.path(), e))
+        tempfile::Builder::new().prefix("truckeefs-ays-spool-").tempfile_in(&self.spool).map_err(|e| io_err(&self.spool, e))
     }
 
     fn has_tree(&self, ays_id: &str) -> StoreResult<bool> {
