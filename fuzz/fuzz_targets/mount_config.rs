@@ -18,7 +18,8 @@ mod front {
 
 use front::config::{load, Env, Inputs};
 
-/// One scratch file per fuzzing process: `load` reads the configuration from a path.
+/// One scratch file per fuzzing process: `load` reads the configuration from a path. It is
+/// removed after each input, since libFuzzer ends the process without running destructors.
 fn scratch() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| std::env::temp_dir().join(format!("truckeefs-fuzz-mount-config-{}.yaml", std::process::id())))
@@ -31,4 +32,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let env = Env::default();
     let _ = load(&Inputs { file: Some(path), env: &env, flags: &[] });
+    let _ = std::fs::remove_file(path);
 });
