@@ -7,9 +7,7 @@ use crate::objects::{self, ObjectDir};
 use crate::staging::{ObjectReader, ObjectSource, Staging};
 use crate::tahoe::{self, StorageStrategy, TahoeClient};
 use crate::block_cache::{BlockCache, BlockCacheConfig, Fetch, StreamFetch};
-use bytes::Bytes;
 use std::fmt;
-use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 use truckeefs_core::{Ino, IoError, IoReply, IoResult, MetaRequest, ObjectId, StoreRequest};
@@ -208,42 +206,29 @@ impl ObjectSource for ObjectStore {
     fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
         match self {
             ObjectStore::Local(dir) => dir.open_object(id),
-            ObjectStore::Tahoe { client, .. } => {
-                let shown = format!("object {} on the Tahoe gateway {}", id.fingerprint(), client.gateway());
-                let reader = RangeReader { client, id: id.clone(), offset: 0, buf: Bytes::new(), done: false };
-                Ok((ObjectReader::Stream(Box::new(reader)), shown))
+            ObjectStore::Tahoe { client, .. } => client.open_object(id),
+        }
+    }
+}
+
+/// A Tahoe object streams into the staging area in one request.
+impl ObjectSource for TahoeClient {
+    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+        let shown = format!("object {} on the Tahoe gateway {}", id.fingerprint(), self.gateway());
+        let id = id.clone();
+        let push = move |size: u64, sink: &mut dyn FnMut(&[u8]) -> bool| {
+            if size == 0 {
+                return Ok(());
             }
-        }
+            self.read_stream(&id, 0, size, STREAM_PIECE, &mut |piece| sink(&piece))
+        };
+        Ok((ObjectReader::Stream(Box::new(push)), shown))
     }
 }
 
-/// Reads a Tahoe object front to back in large Range requests (never the whole object in
-/// memory).
-struct RangeReader<'a> {
-    client: &'a TahoeClient,
-    id: ObjectId,
-    offset: u64,
-    buf: Bytes,
-    done: bool,
-}
-
-/// Bytes per Range request when copying a Tahoe object into the staging area.
-const RANGE_CHUNK: u32 = 4 << 20;
-
-impl Read for RangeReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.buf.is_empty() && !self.done {
-            let chunk = self.client.read_range(&self.id, self.offset, RANGE_CHUNK).map_err(|e| io::Error::other(e.to_string()))?;
-            self.done = (chunk.len() as u64) < u64::from(RANGE_CHUNK);
-            self.offset += chunk.len() as u64;
-            self.buf = chunk;
-        }
-        let n = out.len().min(self.buf.len());
-        out[..n].copy_from_slice(&self.buf[..n]);
-        let _ = self.buf.split_to(n);
-        Ok(n)
-    }
-}
+/// Bytes handed over at a time when a Tahoe object is copied into the staging area, in one
+/// request (never the whole object in memory).
+const STREAM_PIECE: usize = 1 << 20;
 
 /// Opens what `backends` names. Errors are one line naming the store.
 pub(crate) fn open(

@@ -16,7 +16,7 @@ use crate::objects::{io_error, read_full_at, sync_dir, ObjectDir};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,8 +35,12 @@ pub trait ObjectSource {
 /// or a stream.
 pub enum ObjectReader<'a> {
     File(File),
-    Stream(Box<dyn Read + 'a>),
+    Stream(Box<PushBytes<'a>>),
 }
+
+/// A stream of an object's bytes: called with a length, it hands the first that many bytes (or
+/// all of a shorter object), in order, to the sink, until the sink returns false.
+pub type PushBytes<'a> = dyn FnOnce(u64, &mut dyn FnMut(&[u8]) -> bool) -> Result<(), IoError> + 'a;
 
 impl ObjectSource for ObjectDir {
     fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
@@ -327,20 +331,29 @@ impl Staging {
             .mode(0o600)
             .open(tmp)
             .map_err(|e| io_error(&e, &shown_tmp))?;
-        if let Some((src, shown)) = source {
-            let copied = match src {
-                // Take<File> to File still uses copy_file_range on Linux.
-                ObjectReader::File(f) => io::copy(&mut f.take(size), &mut out),
-                ObjectReader::Stream(r) => io::copy(&mut r.take(size), &mut out),
-            };
-            copied.map_err(|e| {
-                // Name whichever side failed: ENOSPC is ours, EIO is most likely the object's.
-                if e.raw_os_error() == Some(libc::ENOSPC) {
-                    io_error(&e, &shown_tmp)
-                } else {
-                    io_error(&e, &shown)
-                }
-            })?;
+        match source {
+            // Take<File> to File still uses copy_file_range on Linux.
+            Some((ObjectReader::File(f), shown)) => {
+                io::copy(&mut f.take(size), &mut out).map_err(|e| {
+                    // Name whichever side failed: ENOSPC is ours, EIO is most likely the object's.
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        io_error(&e, &shown_tmp)
+                    } else {
+                        io_error(&e, &shown)
+                    }
+                })?;
+            }
+            Some((ObjectReader::Stream(push), _)) => {
+                let mut written = Ok(());
+                let pushed = push(size, &mut |piece| {
+                    written = out.write_all(piece);
+                    written.is_ok()
+                });
+                // The copy's own failure first: the stream ended because of it.
+                written.map_err(|e| io_error(&e, &shown_tmp))?;
+                pushed?;
+            }
+            None => {}
         }
         // Zero-extends a short object (a sparse tail costs no space) and sizes a fresh file.
         out.set_len(size).map_err(|e| io_error(&e, &shown_tmp))?;
@@ -598,6 +611,48 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with(TMP_PREFIX)));
+    }
+
+    /// An object source that streams `pieces`, then fails with `fail` if given.
+    struct Pieces {
+        pieces: Vec<Vec<u8>>,
+        fail: Option<IoError>,
+    }
+
+    impl ObjectSource for Pieces {
+        fn open_object(&self, _: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+            let push = move |size: u64, sink: &mut dyn FnMut(&[u8]) -> bool| {
+                let mut left = size as usize;
+                for p in &self.pieces {
+                    let n = p.len().min(left);
+                    if n == 0 || !sink(&p[..n]) {
+                        break;
+                    }
+                    left -= n;
+                }
+                self.fail.clone().map_or(Ok(()), Err)
+            };
+            Ok((ObjectReader::Stream(Box::new(push)), "the pieces".into()))
+        }
+    }
+
+    #[test]
+    fn init_from_a_stream_takes_what_it_asked_for_and_keeps_the_old_copy_on_failure() {
+        let fx = Fixture::new();
+        let id = ObjectId("any".into());
+        let init = |src: &Pieces, size| fx.staging.execute(&StagingRequest::Init { ino: 3, from: Some(id.clone()), size }, src);
+        let src = Pieces { pieces: vec![b"hello ".to_vec(), b"world".to_vec()], fail: None };
+        assert_eq!(init(&src, 11), Ok(IoReply::Done));
+        assert_eq!(fx.read(3, 0, 100), b"hello world");
+        assert_eq!(init(&src, 8), Ok(IoReply::Done));
+        assert_eq!(fx.read(3, 0, 100), b"hello wo");
+        assert_eq!(init(&src, 13), Ok(IoReply::Done));
+        assert_eq!(fx.read(3, 0, 100), b"hello world\0\0");
+        // Fails after a piece: the error as the stream gave it, the copy before untouched.
+        let broken = Pieces { pieces: vec![b"HELLO".to_vec()], fail: Some(IoError::new(IoErrorKind::Timeout, "stalled")) };
+        assert_eq!(init(&broken, 11).unwrap_err().kind, IoErrorKind::Timeout);
+        assert_eq!(fx.read(3, 0, 100), b"hello world\0\0");
+        assert!(fs::read_dir(&fx.staging.dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(TMP_PREFIX)));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use truckeefs_core::{IoErrorKind, IoReply, ObjectId, StoreRequest};
+use truckeefs_core::{IoErrorKind, IoReply, ObjectId, StagingRequest, StoreRequest};
 use truckeefs_runtime_smol::staging::Staging;
 use truckeefs_runtime_smol::tahoe::{
     execute_store, AuthToken, Replace, StorageStrategy, TahoeClient, UploadFormat,
@@ -132,6 +132,49 @@ fn stream_all(c: &TahoeClient, cap: &ObjectId, offset: u64, len: u64, piece_len:
         assert!(whole.iter().all(|p| p.len() == piece_len), "a piece shorter than {piece_len} bytes before the last");
     }
     pieces.concat()
+}
+
+/// A file written again after its staged copy went is copied back from the grid, in one
+/// streamed request: the first bytes wanted, zeros past the object's end, and on a failure the
+/// earlier copy left alone.
+#[test]
+fn the_staging_area_copies_an_object_from_the_grid() {
+    let g = grid();
+    let c = client(g, Duration::from_secs(30));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("f");
+    let data = pseudo_random_bytes(21, 5 * MIB as usize + 123);
+    write_file(&path, &data);
+    let cap = c.upload_file(&path, UploadFormat::Chk).unwrap();
+    let staging = Staging::open(&tmp.path().join("staging")).unwrap();
+    let init = |from: &ObjectId, size: u64| staging.execute(&StagingRequest::Init { ino: 7, from: Some(from.clone()), size }, &c);
+    let staged = || fs::read(staging.data_path(7)).unwrap();
+
+    assert_eq!(init(&cap, data.len() as u64), Ok(IoReply::Done));
+    assert_bytes_eq(&staged(), &data, "the whole object");
+    assert_eq!(init(&cap, 1000), Ok(IoReply::Done));
+    assert_bytes_eq(&staged(), &data[..1000], "a prefix");
+    let longer = data.len() + 5000;
+    assert_eq!(init(&cap, longer as u64), Ok(IoReply::Done));
+    let got = staged();
+    assert_eq!(got.len(), longer);
+    assert_bytes_eq(&got[..data.len()], &data, "zero-extended");
+    assert!(got[data.len()..].iter().all(|b| *b == 0), "zeros past the object's end");
+    assert_eq!(init(&cap, 0), Ok(IoReply::Done));
+    assert!(staged().is_empty());
+
+    // An object the grid does not have (another key, so another storage index).
+    let mut missing = cap.0.clone().into_bytes();
+    let key_at = "URI:CHK:".len();
+    missing[key_at] = if missing[key_at] == b'a' { b'b' } else { b'a' };
+    let missing = ObjectId(String::from_utf8(missing).unwrap());
+    assert_ne!(missing, cap);
+    assert_eq!(init(&cap, 3), Ok(IoReply::Done));
+    let e = init(&missing, 1000).unwrap_err();
+    assert_eq!(e.kind, IoErrorKind::NotFound, "{e}");
+    assert_safe_message(&e.message, &missing);
+    assert_eq!(staged(), &data[..3], "a failed copy leaves the earlier one alone");
+    assert_no_caps_logged();
 }
 
 #[test]
