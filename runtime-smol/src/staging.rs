@@ -27,7 +27,8 @@ use truckeefs_core::{
 
 /// Where the staging area copies a file's committed contents from (`StagingRequest::Init`).
 pub trait ObjectSource {
-    /// A reader of the object's bytes from the start, and how to name the object in errors.
+    /// The object's bytes from the start, and how to name the object in errors. A missing object
+    /// is `NotFound` (the core reads the file's row again on it, when several hosts share it).
     fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError>;
 }
 
