@@ -206,29 +206,21 @@ impl ObjectSource for ObjectStore {
     fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
         match self {
             ObjectStore::Local(dir) => dir.open_object(id),
-            ObjectStore::Tahoe { client, .. } => client.open_object(id),
+            ObjectStore::Tahoe { blocks, .. } => blocks.open_object(id),
         }
     }
 }
 
-/// A Tahoe object streams into the staging area in one request.
-impl ObjectSource for TahoeClient {
+/// A file written again is copied into the staging area from the blocks the cache holds, then
+/// the rest of its object in one streamed request.
+impl ObjectSource for BlockCache {
     fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
-        let shown = format!("object {} on the Tahoe gateway {}", id.fingerprint(), self.gateway());
         let id = id.clone();
-        let push = move |size: u64, sink: &mut dyn FnMut(&[u8]) -> bool| {
-            if size == 0 {
-                return Ok(());
-            }
-            self.read_stream(&id, 0, size, STREAM_PIECE, &mut |piece| sink(&piece))
-        };
+        let shown = format!("object {}", id.fingerprint());
+        let push = move |size: u64, sink: &mut dyn FnMut(&[u8]) -> bool| self.copy_out(&id, size, sink);
         Ok((ObjectReader::Stream(Box::new(push)), shown))
     }
 }
-
-/// Bytes handed over at a time when a Tahoe object is copied into the staging area, in one
-/// request (never the whole object in memory).
-const STREAM_PIECE: usize = 1 << 20;
 
 /// Opens what `backends` names. Errors are one line naming the store.
 pub(crate) fn open(

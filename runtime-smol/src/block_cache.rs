@@ -343,6 +343,42 @@ impl BlockCache {
         self.changed.notify_all();
     }
 
+    /// Hands the first `size` bytes of `object` (all of a shorter one) to `sink` in order, until
+    /// it returns false: the blocks this cache holds from the start, then the rest in one
+    /// streamed request (block by block without a stream). What is fetched is not stored here:
+    /// the copy is the caller's (the staging area's, for a file written again).
+    pub fn copy_out(&self, object: &ObjectId, size: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), IoError> {
+        let bs = u64::from(self.config.block_size);
+        let id = object_hash(object);
+        let mut done = 0u64;
+        while done < size {
+            let Some(block) = self.cached((id, done / bs)) else { break };
+            let take = (block.len() as u64).min(size - done) as usize;
+            if take == 0 || !sink(&block[..take]) {
+                return Ok(());
+            }
+            done += take as u64;
+            if (block.len() as u64) < bs {
+                return Ok(()); // the object's last block
+            }
+        }
+        if done >= size {
+            return Ok(());
+        }
+        if let Some(stream) = &self.stream {
+            return stream(object, done, size - done, bs as usize, &mut |piece| sink(&piece));
+        }
+        while done < size {
+            let want = (size - done).min(bs) as u32;
+            let data = (self.fetch)(object, done, want)?;
+            if data.is_empty() || !sink(&data) || (data.len() as u32) < want {
+                return Ok(());
+            }
+            done += data.len() as u64;
+        }
+        Ok(())
+    }
+
     fn cached(&self, key: BlockKey) -> Option<Bytes> {
         {
             let mut st = self.lock();
@@ -549,6 +585,59 @@ mod tests {
         let streams = Arc::new(AtomicUsize::new(0));
         let c = Arc::try_unwrap(c).ok().expect("only reference").with_stream(streamer(data.clone(), streams.clone()));
         (Arc::new(c), calls, streams)
+    }
+
+    /// `copy_out` of `size` bytes: what the sink got.
+    fn copied(c: &BlockCache, id: &ObjectId, size: u64) -> Vec<u8> {
+        let mut got = Vec::new();
+        c.copy_out(id, size, &mut |piece| {
+            got.extend_from_slice(piece);
+            true
+        })
+        .unwrap();
+        got
+    }
+
+    #[test]
+    fn copy_out_takes_the_cached_blocks_and_streams_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = Arc::new(object(20 * 4096 + 100));
+        let (c, calls, streams) = streaming_cache(tmp.path(), &data);
+        let id = ObjectId("URI:CHK:copy".into());
+        let key = |i: u64| (object_hash(&id), i);
+        let len = data.len() as u64;
+        let requests = || (streams.load(Ordering::SeqCst), calls.load(Ordering::SeqCst));
+        // Nothing cached: one stream, and nothing stored by it.
+        assert_eq!(copied(&c, &id, len), *data);
+        assert_eq!(requests(), (1, 0));
+        assert!(!c.is_cached(key(0)));
+        // The first five blocks cached: the stream starts after them.
+        for i in 0..5 {
+            c.store(key(i), &data[i as usize * 4096..(i as usize + 1) * 4096]);
+        }
+        assert_eq!(copied(&c, &id, len), *data);
+        assert_eq!(requests(), (2, 0));
+        // Within the cached blocks, and every block cached (the last one short): no request,
+        // and a size past the object's end gives the object.
+        assert_eq!(copied(&c, &id, 10_000), data[..10_000]);
+        for i in 5..=20 {
+            c.store(key(i), &data[i as usize * 4096..(i as usize * 4096 + 4096).min(data.len())]);
+        }
+        assert_eq!(copied(&c, &id, len + 5000), *data);
+        assert_eq!(requests(), (2, 0));
+        // A sink that wants no more ends it.
+        let mut pieces = 0;
+        c.copy_out(&id, len, &mut |_| {
+            pieces += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(pieces, 1);
+        // Without a stream: block by block.
+        let config = BlockCacheConfig { block_size: 4096, read_ahead: 0, ..BlockCacheConfig::default() };
+        let (plain, fetches) = cache(&tmp.path().join("plain"), (*data).clone(), config);
+        assert_eq!(copied(&plain, &id, len + 5000), *data);
+        assert_eq!(fetches.load(Ordering::SeqCst), 21);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use truckeefs_core::{IoErrorKind, IoReply, ObjectId, StagingRequest, StoreRequest};
+use truckeefs_runtime_smol::block_cache::{BlockCache, BlockCacheConfig, Fetch, StreamFetch};
 use truckeefs_runtime_smol::staging::Staging;
 use truckeefs_runtime_smol::tahoe::{
     execute_store, AuthToken, Replace, StorageStrategy, TahoeClient, UploadFormat,
@@ -134,24 +135,34 @@ fn stream_all(c: &TahoeClient, cap: &ObjectId, offset: u64, len: u64, piece_len:
     pieces.concat()
 }
 
-/// A file written again after its staged copy went is copied back from the grid, in one
-/// streamed request: the first bytes wanted, zeros past the object's end, and on a failure the
-/// earlier copy left alone.
+/// A file written again after its staged copy went is copied back through the block cache: the
+/// blocks it holds, then the rest of the object from the grid in one streamed request; the
+/// first bytes wanted, zeros past the object's end, and on a failure the earlier copy left
+/// alone.
 #[test]
 fn the_staging_area_copies_an_object_from_the_grid() {
     let g = grid();
-    let c = client(g, Duration::from_secs(30));
+    let c = Arc::new(client(g, Duration::from_secs(30)));
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("f");
     let data = pseudo_random_bytes(21, 5 * MIB as usize + 123);
     write_file(&path, &data);
     let cap = c.upload_file(&path, UploadFormat::Chk).unwrap();
+    let (fetcher, streamer) = (c.clone(), c.clone());
+    let fetch: Arc<Fetch> = Arc::new(move |o, off, len| fetcher.read_range(o, off, len));
+    let stream: Arc<StreamFetch> = Arc::new(move |o, off, len, piece, f| streamer.read_stream(o, off, len, piece, f));
+    let blocks = Arc::new(BlockCache::new(&tmp.path().join("blocks"), BlockCacheConfig::default(), fetch).with_stream(stream));
     let staging = Staging::open(&tmp.path().join("staging")).unwrap();
-    let init = |from: &ObjectId, size: u64| staging.execute(&StagingRequest::Init { ino: 7, from: Some(from.clone()), size }, &c);
+    let init =
+        |from: &ObjectId, size: u64| staging.execute(&StagingRequest::Init { ino: 7, from: Some(from.clone()), size }, &*blocks);
     let staged = || fs::read(staging.data_path(7)).unwrap();
 
     assert_eq!(init(&cap, data.len() as u64), Ok(IoReply::Done));
     assert_bytes_eq(&staged(), &data, "the whole object");
+    // Its first blocks read through the cache: those come from there.
+    assert_bytes_eq(&blocks.read(&cap, 0, 2 * MIB as u32).unwrap(), &data[..2 * MIB as usize], "read");
+    assert_eq!(init(&cap, data.len() as u64), Ok(IoReply::Done));
+    assert_bytes_eq(&staged(), &data, "the whole object, partly cached");
     assert_eq!(init(&cap, 1000), Ok(IoReply::Done));
     assert_bytes_eq(&staged(), &data[..1000], "a prefix");
     let longer = data.len() + 5000;
