@@ -255,6 +255,9 @@ enum Pending {
     Orphans { startup: bool },
     /// The object of a collected orphan is being deleted; its row goes next.
     OrphanObject(Ino),
+    /// The object of a file without names that no host holds (its reap answered so) is being
+    /// deleted; its row goes next (`Core::delete_reaped`).
+    ReapedObject(Ino, ObjectId),
     /// `applied`: the change already took effect where it cannot be undone (a truncated staged
     /// copy); a failed transaction then still answers with `reply`, since the row is stored with
     /// the file's next upload.
@@ -2130,6 +2133,19 @@ impl Core {
         self.commit(ops, false, None, vec![Cleanup::DestroyUnnamed(ino)]);
     }
 
+    /// (`Config::shared_opens`) A file without names that no host holds: its object goes first,
+    /// then its row (`delete_unnamed`), as for a collected orphan. A crash in between leaves a
+    /// row naming a missing object, which a collection of orphans deletes (deleting a missing
+    /// object is no error); the other order would leave an object that nothing names.
+    fn delete_reaped(&mut self, ino: Ino) {
+        match self.inodes.get(&ino).and_then(|i| i.row.object.clone()) {
+            Some(object) => {
+                self.io(IoRequest::Store(StoreRequest::Delete { ino, object: object.clone() }), Pending::ReapedObject(ino, object));
+            }
+            None => self.delete_unnamed(ino),
+        }
+    }
+
     /// Whether a collection of orphans leaves `ino` alone: this host knows it (without
     /// `shared_opens`), or has it open or is deleting it. A copy of its row without names is
     /// dropped (no host holds the file).
@@ -2937,6 +2953,20 @@ impl Core {
                     self.delete_orphan_row(ino);
                 }
             }
+            Pending::ReapedObject(ino, object) => match result {
+                Ok(_) if self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0) => {
+                    // The row is stored naming no object with its deletion.
+                    if let Some(inode) = self.inodes.get_mut(&ino).filter(|i| i.row.object.as_ref() == Some(&object)) {
+                        inode.row.object = None;
+                    }
+                    self.delete_unnamed(ino);
+                }
+                Ok(_) => {
+                    self.reaping.remove(&ino);
+                }
+                // The row stays, naming the object: the deletion runs again on the retry timer.
+                Err(_) => self.delete_later(ino),
+            },
             Pending::LoadInode(ino) if self.stale_inode_loads.remove(&ino) => {
                 self.loading_inodes.remove(&ino);
                 self.loads_in_flight -= 1;
@@ -3427,7 +3457,7 @@ impl Core {
             Pending::Reap(ino) => match result {
                 // (Unless this host opened it meanwhile: its last close reaps it again.)
                 Ok(IoReply::Held(false)) if self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0) => {
-                    self.delete_unnamed(ino)
+                    self.delete_reaped(ino)
                 }
                 Ok(IoReply::Held(false)) => {
                     self.reaping.remove(&ino);

@@ -2036,6 +2036,39 @@ fn a_file_no_host_has_open_is_deleted_at_its_unlink() {
     assert!(!b.store.objects.contains_key(&object.0));
 }
 
+/// Regression (found by the multi-host simulator, `--first 510000 --seeds 20000 --steps 800
+/// --hosts 3`: seed 519286, and `--first 700000 --seeds 5000 --steps 1500 --hosts 4`: seed
+/// 702946): a host deleting a file without names that no host held (its reap answered so)
+/// deleted the row first, then the object, and crashed in between: the object was left with
+/// nothing naming it. The object now goes first; a crash then leaves a row naming a missing
+/// object, which a collection of orphans deletes.
+#[test]
+fn a_reaped_file_loses_its_object_before_its_row() {
+    let now = Instant::now();
+    let mut a = shared_opens_host(1, now);
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, b"gone");
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    let object = a.store.inodes[&ino].object.clone().expect("committed at close");
+    let mut b = shared_opens_host(2, now);
+    sync(&mut b, &a);
+    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    let id = b.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
+    let is_delete = |r: &IoRequest| matches!(r, IoRequest::Store(StoreRequest::Delete { .. }));
+    let delete = b.hold(is_delete);
+    assert_eq!(b.replies.remove(&id), Some(Ok(Reply::Empty)));
+    assert_eq!(b.store.inodes.get(&ino).map(|r| r.nlink), Some(0), "the row stays until its object is gone");
+    // The object's deletion fails: the row stays, naming it, and the deletion runs again.
+    b.fail(delete);
+    b.settle();
+    assert_eq!(b.store.inodes.get(&ino).and_then(|r| r.object.clone()), Some(object.clone()));
+    b.later(10);
+    b.settle();
+    assert!(!b.store.inodes.contains_key(&ino), "the row is left");
+    assert!(!b.store.objects.contains_key(&object.0), "the object is left");
+}
+
 /// An open on host B of a file host A is deleting (its reap answered free, the row not deleted
 /// yet) is refused with ENOENT, and lists nothing; A's deletion goes through.
 #[test]
