@@ -2013,10 +2013,9 @@ fn a_copy_made_after_its_file_went_is_removed() {
     assert!(a.store.staged.is_empty(), "a staged copy is left");
 }
 
-/// A file no host has open goes at its unlink: the row without names first, then, once the
-/// coordination server says nobody holds it, the row and the object.
-#[test]
-fn a_file_no_host_has_open_is_deleted_at_its_unlink() {
+/// Host 1 stores a file "f" and closes it; host 2, sharing its stores, looks it up. Host 2, the
+/// file and its object.
+fn stored_on_one_host_looked_up_on_another() -> (Harness, Ino, ObjectId) {
     let now = Instant::now();
     let mut a = shared_opens_host(1, now);
     let (ino, fh) = a.create(ROOT_INO, "f");
@@ -2027,6 +2026,14 @@ fn a_file_no_host_has_open_is_deleted_at_its_unlink() {
     let mut b = shared_opens_host(2, now);
     sync(&mut b, &a);
     assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    (b, ino, object)
+}
+
+/// A file no host has open goes at its unlink: the row without names first, then, once the
+/// coordination server says nobody holds it, the row and the object.
+#[test]
+fn a_file_no_host_has_open_is_deleted_at_its_unlink() {
+    let (mut b, ino, object) = stored_on_one_host_looked_up_on_another();
     let id = b.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
     b.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Reap { .. })));
     assert_eq!(b.replies.remove(&id), Some(Ok(Reply::Empty)));
@@ -2044,16 +2051,7 @@ fn a_file_no_host_has_open_is_deleted_at_its_unlink() {
 /// object, which a collection of orphans deletes.
 #[test]
 fn a_reaped_file_loses_its_object_before_its_row() {
-    let now = Instant::now();
-    let mut a = shared_opens_host(1, now);
-    let (ino, fh) = a.create(ROOT_INO, "f");
-    a.write(ino, fh, 0, b"gone");
-    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-    a.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
-    let object = a.store.inodes[&ino].object.clone().expect("committed at close");
-    let mut b = shared_opens_host(2, now);
-    sync(&mut b, &a);
-    assert_eq!(b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    let (mut b, ino, object) = stored_on_one_host_looked_up_on_another();
     let id = b.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
     let is_delete = |r: &IoRequest| matches!(r, IoRequest::Store(StoreRequest::Delete { .. }));
     let delete = b.hold(is_delete);
