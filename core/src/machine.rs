@@ -1359,8 +1359,12 @@ impl Core {
         }
         let Some(inode) = self.inodes.get(&ino) else { return };
         let d = &inode.data;
+        // (Nor while its staged copy is being made, removed or unsealed: an inode loaded again
+        // would know nothing of that request, and a removal finishing after its next copy was
+        // made would delete that copy.)
         if inode.lookups > 0 || inode.opens > 0 || inode.row.nlink == 0 || inode.times_dirty || d.staged || d.dirty()
             || d.upload.is_some()
+            || d.busy()
             || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
             || self.pending_touches(ino)
             || self.times_in_flight().any(|i| i == ino)

@@ -1314,6 +1314,34 @@ fn a_directory_forgotten_while_its_times_ride_on_a_failing_transaction_keeps_the
     assert!(a.ctime >= unlinked, "the unlink's ctime went back: {:?}", a.ctime);
 }
 
+/// Regression (found by the multi-host simulator, `--first 516000 --seeds 14000 --steps 800
+/// --hosts 3`: seed 520827): the kernel forgot a file while the removal of its staged copy (its
+/// last close dropped the copy) was in flight, and the inode left memory. Opened and written
+/// again, the file was copied back in; then the old removal ran and deleted that new copy, and
+/// the file was stored without its old bytes. An inode now stays in memory while its staged
+/// copy is being made, removed or unsealed.
+#[test]
+fn a_file_forgotten_while_its_copy_is_removed_keeps_its_bytes() {
+    let config = Config { inode_cache_max: 0, ..Config::default() };
+    let mut h = Harness::with_config(Store::new(), Instant::now(), config);
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"old bytes");
+    assert_eq!(h.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    h.send(Op::Release { ino, fh, lock_owner: None });
+    let remove = h.hold(|r| matches!(r, IoRequest::Staging(StagingRequest::Remove { .. })));
+    h.core.handle_forget(h.now, ino, 1);
+    assert_eq!(h.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() }).ino, ino);
+    let Ok(Reply::Opened { fh, .. }) = h.call(Op::Open { ino, flags: libc::O_RDWR }) else { panic!("open") };
+    let write = h.send(Op::Write { ino, fh, offset: 4, data: Bytes::from_static(b"new") });
+    h.settle();
+    h.complete(remove);
+    h.settle();
+    assert_eq!(h.replies.remove(&write), Some(Ok(Reply::Written(3))));
+    assert_eq!(h.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    h.release(ino, fh);
+    assert_eq!(stored_object(&h.store, ino), b"old newes");
+}
+
 /// Regression (found by the simulator, `--first 30000 --seeds 3000 --steps 1000`: seed 30427):
 /// an unlink of an open file conflicted with another writer's change of its row and failed. The
 /// file's clean staged copy made the reload keep the in-memory times, the failed unlink's ctime
