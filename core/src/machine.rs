@@ -1365,7 +1365,7 @@ impl Core {
         if inode.lookups > 0 || inode.opens > 0 || inode.row.nlink == 0 || inode.times_dirty || d.staged || d.dirty()
             || d.upload.is_some()
             || d.busy()
-            || d.writes_in_flight + d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
+            || d.staging_reads + d.store_reads > 0 || self.locks.is_locked(ino)
             || self.pending_touches(ino)
             || self.times_in_flight().any(|i| i == ino)
         {
@@ -2135,6 +2135,12 @@ impl Core {
         }
         ops.push(TxnOp::DeleteInode { ino });
         self.commit(ops, false, None, vec![Cleanup::DestroyUnnamed(ino)]);
+    }
+
+    /// This host is still deleting `ino` (it did not open it meanwhile: its last close reaps it
+    /// again).
+    fn still_reaping(&self, ino: Ino) -> bool {
+        self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0)
     }
 
     /// (`Config::shared_opens`) A file without names that no host holds: its object goes first,
@@ -2958,7 +2964,7 @@ impl Core {
                 }
             }
             Pending::ReapedObject(ino, object) => match result {
-                Ok(_) if self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0) => {
+                Ok(_) if self.still_reaping(ino) => {
                     // The row is stored naming no object with its deletion.
                     if let Some(inode) = self.inodes.get_mut(&ino).filter(|i| i.row.object.as_ref() == Some(&object)) {
                         inode.row.object = None;
@@ -3460,7 +3466,7 @@ impl Core {
             }
             Pending::Reap(ino) => match result {
                 // (Unless this host opened it meanwhile: its last close reaps it again.)
-                Ok(IoReply::Held(false)) if self.reaping.contains(&ino) && self.inodes.get(&ino).is_some_and(|i| i.opens == 0) => {
+                Ok(IoReply::Held(false)) if self.still_reaping(ino) => {
                     self.delete_reaped(ino)
                 }
                 Ok(IoReply::Held(false)) => {

@@ -203,7 +203,7 @@ impl ObjectStore {
 }
 
 impl ObjectSource for ObjectStore {
-    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+    fn open_object(&self, id: &ObjectId) -> Result<ObjectReader<'_>, IoError> {
         match self {
             ObjectStore::Local(dir) => dir.open_object(id),
             ObjectStore::Tahoe { blocks, .. } => blocks.open_object(id),
@@ -214,11 +214,10 @@ impl ObjectSource for ObjectStore {
 /// A file written again is copied into the staging area from the blocks the cache holds, then
 /// the rest of its object in one streamed request.
 impl ObjectSource for BlockCache {
-    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+    fn open_object(&self, id: &ObjectId) -> Result<ObjectReader<'_>, IoError> {
         let id = id.clone();
-        let shown = format!("object {}", id.fingerprint());
         let push = move |size: u64, sink: &mut dyn FnMut(&[u8]) -> bool| self.copy_out(&id, size, sink);
-        Ok((ObjectReader::Stream(Box::new(push)), shown))
+        Ok(ObjectReader::Stream(Box::new(push)))
     }
 }
 

@@ -27,15 +27,15 @@ use truckeefs_core::{
 
 /// Where the staging area copies a file's committed contents from (`StagingRequest::Init`).
 pub trait ObjectSource {
-    /// The object's bytes from the start, and how to name the object in errors. A missing object
-    /// is `NotFound` (the core reads the file's row again on it, when several hosts share it).
-    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError>;
+    /// The object's bytes from the start. A missing object is `NotFound` (the core reads the
+    /// file's row again on it, when several hosts share it).
+    fn open_object(&self, id: &ObjectId) -> Result<ObjectReader<'_>, IoError>;
 }
 
-/// An object's bytes: a local file (copied with `copy_file_range`, never through user space)
-/// or a stream.
+/// An object's bytes: a local file (copied with `copy_file_range`, never through user space),
+/// with how to name it in errors, or a stream (whose errors name the object themselves).
 pub enum ObjectReader<'a> {
-    File(File),
+    File { file: File, shown: String },
     Stream(Box<PushBytes<'a>>),
 }
 
@@ -44,10 +44,10 @@ pub enum ObjectReader<'a> {
 pub type PushBytes<'a> = dyn FnOnce(u64, &mut dyn FnMut(&[u8]) -> bool) -> Result<(), IoError> + 'a;
 
 impl ObjectSource for ObjectDir {
-    fn open_object(&self, id: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+    fn open_object(&self, id: &ObjectId) -> Result<ObjectReader<'_>, IoError> {
         let shown = format!("object {} in {}", id.fingerprint(), self.dir().display());
         let file = File::open(self.path_of(id)?).map_err(|e| io_error(&e, &shown))?;
-        Ok((ObjectReader::File(file), shown))
+        Ok(ObjectReader::File { file, shown })
     }
 }
 
@@ -312,9 +312,9 @@ impl Staging {
         }
     }
 
-    /// Replaces the staged copy of `ino` with the first `size` bytes of `source` (a path and how
-    /// to name it in errors), zero-extended to `size`.
-    fn init(&self, ino: Ino, source: Option<(ObjectReader<'_>, String)>, size: u64) -> Result<(), IoError> {
+    /// Replaces the staged copy of `ino` with the first `size` bytes of `source` (none: an empty
+    /// copy), zero-extended to `size`.
+    fn init(&self, ino: Ino, source: Option<ObjectReader<'_>>, size: u64) -> Result<(), IoError> {
         let tmp = self.tmp_path("data");
         let result = self.init_via(ino, source, size, &tmp);
         if result.is_err() {
@@ -323,7 +323,7 @@ impl Staging {
         result
     }
 
-    fn init_via(&self, ino: Ino, source: Option<(ObjectReader<'_>, String)>, size: u64, tmp: &Path) -> Result<(), IoError> {
+    fn init_via(&self, ino: Ino, source: Option<ObjectReader<'_>>, size: u64, tmp: &Path) -> Result<(), IoError> {
         let shown_tmp = tmp.display().to_string();
         let mut out = OpenOptions::new()
             .read(true)
@@ -334,8 +334,8 @@ impl Staging {
             .map_err(|e| io_error(&e, &shown_tmp))?;
         match source {
             // Take<File> to File still uses copy_file_range on Linux.
-            Some((ObjectReader::File(f), shown)) => {
-                io::copy(&mut f.take(size), &mut out).map_err(|e| {
+            Some(ObjectReader::File { file, shown }) => {
+                io::copy(&mut file.take(size), &mut out).map_err(|e| {
                     // Name whichever side failed: ENOSPC is ours, EIO is most likely the object's.
                     if e.raw_os_error() == Some(libc::ENOSPC) {
                         io_error(&e, &shown_tmp)
@@ -344,7 +344,7 @@ impl Staging {
                     }
                 })?;
             }
-            Some((ObjectReader::Stream(push), _)) => {
+            Some(ObjectReader::Stream(push)) => {
                 let mut written = Ok(());
                 let pushed = push(size, &mut |piece| {
                     written = out.write_all(piece);
@@ -621,7 +621,7 @@ mod tests {
     }
 
     impl ObjectSource for Pieces {
-        fn open_object(&self, _: &ObjectId) -> Result<(ObjectReader<'_>, String), IoError> {
+        fn open_object(&self, _: &ObjectId) -> Result<ObjectReader<'_>, IoError> {
             let push = move |size: u64, sink: &mut dyn FnMut(&[u8]) -> bool| {
                 let mut left = size as usize;
                 for p in &self.pieces {
@@ -633,7 +633,7 @@ mod tests {
                 }
                 self.fail.clone().map_or(Ok(()), Err)
             };
-            Ok((ObjectReader::Stream(Box::new(push)), "the pieces".into()))
+            Ok(ObjectReader::Stream(Box::new(push)))
         }
     }
 

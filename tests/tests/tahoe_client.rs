@@ -150,8 +150,15 @@ fn the_staging_area_copies_an_object_from_the_grid() {
     let cap = c.upload_file(&path, UploadFormat::Chk).unwrap();
     let (fetcher, streamer) = (c.clone(), c.clone());
     let fetch: Arc<Fetch> = Arc::new(move |o, off, len| fetcher.read_range(o, off, len));
-    let stream: Arc<StreamFetch> = Arc::new(move |o, off, len, piece, f| streamer.read_stream(o, off, len, piece, f));
-    let blocks = Arc::new(BlockCache::new(&tmp.path().join("blocks"), BlockCacheConfig::default(), fetch).with_stream(stream));
+    // Where each stream starts (no read-ahead: only the copies stream).
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let started = starts.clone();
+    let stream: Arc<StreamFetch> = Arc::new(move |o, off, len, piece, f| {
+        started.lock().unwrap().push(off);
+        streamer.read_stream(o, off, len, piece, f)
+    });
+    let config = BlockCacheConfig { read_ahead: 0, ..BlockCacheConfig::default() };
+    let blocks = Arc::new(BlockCache::new(&tmp.path().join("blocks"), config, fetch).with_stream(stream));
     let staging = Staging::open(&tmp.path().join("staging")).unwrap();
     let init =
         |from: &ObjectId, size: u64| staging.execute(&StagingRequest::Init { ino: 7, from: Some(from.clone()), size }, &*blocks);
@@ -159,10 +166,11 @@ fn the_staging_area_copies_an_object_from_the_grid() {
 
     assert_eq!(init(&cap, data.len() as u64), Ok(IoReply::Done));
     assert_bytes_eq(&staged(), &data, "the whole object");
-    // Its first blocks read through the cache: those come from there.
+    // Its first blocks read through the cache: those come from there, the stream after them.
     assert_bytes_eq(&blocks.read(&cap, 0, 2 * MIB as u32).unwrap(), &data[..2 * MIB as usize], "read");
     assert_eq!(init(&cap, data.len() as u64), Ok(IoReply::Done));
     assert_bytes_eq(&staged(), &data, "the whole object, partly cached");
+    assert_eq!(*starts.lock().unwrap(), [0, 2 * MIB], "where the copies' streams started");
     assert_eq!(init(&cap, 1000), Ok(IoReply::Done));
     assert_bytes_eq(&staged(), &data[..1000], "a prefix");
     let longer = data.len() + 5000;
