@@ -147,6 +147,26 @@ impl Txn {
         c.entries.dedup();
         c
     }
+
+    /// The inodes this transaction takes the last name of and keeps: a name of theirs goes
+    /// and their row is left with no links (not a row it deletes). With several hosts, the
+    /// host running it lists them as its own before it runs (see `runtime-smol`'s driver). A
+    /// row stored with no links again, an upload committed after the file lost its names say,
+    /// is not among them: what the host knew of holding it was settled when the name went.
+    pub fn unnamed(&self) -> Vec<Ino> {
+        let names_go = |ino: Ino| self.ops.iter().any(|op| matches!(op, TxnOp::DeleteDentry { ino: i, .. } if *i == ino));
+        let deleted = |ino: Ino| self.ops.iter().any(|op| matches!(op, TxnOp::DeleteInode { ino: i } if *i == ino));
+        let mut out: Vec<Ino> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::UpdateInode { row, .. } if row.nlink == 0 && names_go(row.ino) && !deleted(row.ino) => Some(row.ino),
+                _ => None,
+            })
+            .collect();
+        out.dedup();
+        out
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,3 +360,54 @@ impl fmt::Display for IoError {
 }
 
 pub type IoResult = Result<IoReply, IoError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(ino: Ino, nlink: u32) -> TxnOp {
+        let row = InodeRow {
+            ino,
+            kind: FileKind::Regular,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink,
+            size: 0,
+            atime: Timespec::default(),
+            mtime: Timespec::default(),
+            ctime: Timespec::default(),
+            rdev: 0,
+            version: 2,
+            object: None,
+            target: None,
+        };
+        TxnOp::UpdateInode { row, expect_version: 1 }
+    }
+
+    fn unlink(ino: Ino) -> TxnOp {
+        TxnOp::DeleteDentry { parent: 1, name: format!("f{ino}").into_bytes(), ino }
+    }
+
+    fn txn(ops: Vec<TxnOp>) -> Txn {
+        Txn { ops, durable: false }
+    }
+
+    #[test]
+    fn a_file_is_unnamed_by_the_transaction_that_takes_its_last_name() {
+        assert_eq!(txn(vec![unlink(5), update(5, 0), update(1, 2)]).unnamed(), vec![5]);
+        // Rename over a file: the target loses its name, the source keeps one.
+        let rename = vec![unlink(6), unlink(5), update(5, 0), update(6, 1), update(1, 2)];
+        assert_eq!(txn(rename).unnamed(), vec![5]);
+        // One of two names goes.
+        assert!(txn(vec![unlink(5), update(5, 1)]).unnamed().is_empty());
+    }
+
+    #[test]
+    fn a_row_stored_again_without_names_or_deleted_is_not_unnamed() {
+        // The upload of a file that lost its names earlier, committed afterwards.
+        assert!(txn(vec![update(5, 0)]).unnamed().is_empty());
+        // Its last name and the row go together.
+        assert!(txn(vec![unlink(5), update(5, 0), TxnOp::DeleteInode { ino: 5 }]).unnamed().is_empty());
+    }
+}

@@ -11,16 +11,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use truckeefs_core::{InodeRow, Ino, Txn, TxnOp};
 
-/// Before `txn` is executed: every inode it leaves without names is listed as held by `me`
-/// (`held`: what this host's driver listed already).
-/// (Not a row the same transaction deletes.)
+/// Before `txn` is executed: every inode whose last name it takes is listed as held by `me`
+/// (`held`: what this host's driver listed already; `Txn::unnamed`).
 pub fn hold(redis: &mut MemRedis, me: HostId, held: &mut BTreeSet<Ino>, txn: &Txn) {
-    let deleted = |ino: Ino| txn.ops.iter().any(|op| matches!(op, TxnOp::DeleteInode { ino: i } if *i == ino));
-    for op in &txn.ops {
-        if let TxnOp::UpdateInode { row, .. } = op {
-            if row.nlink == 0 && !deleted(row.ino) && held.insert(row.ino) {
-                redis.hold_orphan(me, row.ino);
-            }
+    for ino in txn.unnamed() {
+        if held.insert(ino) {
+            redis.hold_orphan(me, ino);
         }
     }
 }
@@ -43,4 +39,61 @@ pub fn spare(redis: &mut MemRedis, me: HostId, now: Duration, rows: &mut Vec<Ino
     let left: BTreeSet<Ino> = rows.iter().map(|r| r.ino).collect();
     rows.retain(|r| !o.held.contains(&r.ino) && !redis.held_open(me, now, r.ino));
     redis.forget_sets(&o.done_sets(&left));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::HEARTBEAT_TTL;
+    use truckeefs_core::{FileKind, IoReply, LockRequest, Timespec};
+
+    fn row(ino: Ino, nlink: u32) -> InodeRow {
+        InodeRow {
+            ino,
+            kind: FileKind::Regular,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink,
+            size: 10,
+            atime: Timespec::default(),
+            mtime: Timespec::default(),
+            ctime: Timespec::default(),
+            rdev: 0,
+            version: 2,
+            object: None,
+            target: None,
+        }
+    }
+
+    fn commit(ops: Vec<TxnOp>) -> Txn {
+        Txn { ops, durable: false }
+    }
+
+    // Once reproduced by `--seed 604247 --steps 800 --hosts 3`: a host unlinked a file another
+    // host had open, reaped it (held elsewhere: unlisted), then committed its upload with no
+    // links; that commit listed it again, and once the other host died nobody collected it.
+    #[test]
+    fn an_upload_committed_after_the_reap_does_not_list_the_file_again() {
+        let mut r = MemRedis::new();
+        let t0 = Duration::from_secs(10);
+        r.renew(1, t0);
+        r.renew(2, t0);
+        let mut held = BTreeSet::new();
+        assert_eq!(r.execute(2, t0, &LockRequest::Open { ino: 7 }), Ok(IoReply::Done));
+        let unlink = TxnOp::DeleteDentry { parent: 1, name: b"f".to_vec(), ino: 7 };
+        hold(&mut r, 1, &mut held, &commit(vec![unlink, TxnOp::UpdateInode { row: row(7, 0), expect_version: 1 }]));
+        assert_eq!(r.orphan_sets().get(&1), Some(&[7].into()), "the unlink lists it");
+        // Host 1's last close: host 2 holds it (sim.rs drops it from `held` on this answer).
+        assert_eq!(r.execute(1, t0, &LockRequest::Reap { ino: 7 }), Ok(IoReply::Held(true)));
+        held.remove(&7);
+        hold(&mut r, 1, &mut held, &commit(vec![TxnOp::UpdateInode { row: row(7, 0), expect_version: 2 }]));
+        assert!(!r.orphan_sets().contains_key(&1), "the upload's commit lists it again");
+        // Host 2 dies: host 1's collection may delete the file.
+        let later = t0 + HEARTBEAT_TTL;
+        r.renew(1, later);
+        let mut rows = vec![row(7, 0)];
+        spare(&mut r, 1, later, &mut rows);
+        assert_eq!(rows.iter().map(|r| r.ino).collect::<Vec<_>>(), vec![7]);
+    }
 }

@@ -553,23 +553,22 @@ impl Driver {
         result
     }
 
-    /// Before a transaction that leaves a file without names (kept open here, or, with
+    /// Before a transaction that takes a file's last name (kept open here, or, with
     /// `Config::shared_opens`, until this host knows whether another has it open), the other
-    /// hosts learn that this host holds it: they must not delete it while this host lives. (Not
-    /// a row the same transaction deletes.)
+    /// hosts learn that this host holds it: they must not delete it while this host lives. A
+    /// later commit of its row (its upload, say) lists it no more: the reap may have unlisted it
+    /// already, another host holding it (`Txn::unnamed`).
     fn hold_orphans(&mut self, txn: &truckeefs_core::Txn) {
         let Some(locks) = &self.locks else { return };
-        let deleted = |ino: Ino| txn.ops.iter().any(|op| matches!(op, truckeefs_core::TxnOp::DeleteInode { ino: i } if *i == ino));
-        for op in &txn.ops {
-            if let truckeefs_core::TxnOp::UpdateInode { row, .. } = op {
-                if row.nlink == 0 && !self.held_orphans.contains(&row.ino) && !deleted(row.ino) {
-                    match locks.hold_orphan(row.ino) {
-                        Ok(()) => {
-                            self.held_orphans.insert(row.ino);
-                        }
-                        Err(e) => tracing::warn!(ino = row.ino, error = %e, "cannot list an open unlinked file for the other hosts"),
-                    }
+        for ino in txn.unnamed() {
+            if self.held_orphans.contains(&ino) {
+                continue;
+            }
+            match locks.hold_orphan(ino) {
+                Ok(()) => {
+                    self.held_orphans.insert(ino);
                 }
+                Err(e) => tracing::warn!(ino, error = %e, "cannot list an open unlinked file for the other hosts"),
             }
         }
     }
