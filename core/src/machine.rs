@@ -335,8 +335,10 @@ enum Cleanup {
     /// transaction fails, the deletion is tried again on the retry timer.
     DestroyUnnamed(Ino),
     /// (`Config::shared_opens`) The transaction took the last name of a file this host has not
-    /// open: ask who else has it open (`LockRequest::Reap`) before deleting it.
-    Reap(Ino),
+    /// open: ask who else has it open (`LockRequest::Reap`) before deleting it. `ongoing`: this
+    /// host was deleting it already (the row it read had no names, and the unlink went by a name
+    /// it had not yet heard was gone); if the transaction fails, that deletion goes on.
+    Reap { ino: Ino, ongoing: bool },
 }
 
 /// The pure filesystem core. See the module documentation for the run loop.
@@ -2250,8 +2252,8 @@ impl Core {
             // learns whether one has (`reap`, once this commits); the runtime lists it as this
             // host's orphan meanwhile, so a crash leaves it to the others.
             ops.push(self.update_row(ino));
-            self.reaping.insert(ino);
-            return (vec![Cleanup::Reap(ino)], false);
+            let ongoing = !self.reaping.insert(ino);
+            return (vec![Cleanup::Reap { ino, ongoing }], false);
         }
         // No names and no open handles: remove it in the same transaction. With several hosts,
         // only the row this host read: another host may have given it a name since (a link
@@ -3088,7 +3090,7 @@ impl Core {
                                 }
                             }
                             Cleanup::Destroy(ino) | Cleanup::DestroyUnnamed(ino) => self.finish_destroy(ino),
-                            Cleanup::Reap(ino) => self.reap(ino),
+                            Cleanup::Reap { ino, .. } => self.reap(ino),
                         }
                     }
                 }
@@ -3122,12 +3124,15 @@ impl Core {
                     for c in &after {
                         match c {
                             Cleanup::DestroyUnnamed(ino) => self.delete_later(*ino),
-                            Cleanup::Reap(ino) => {
+                            Cleanup::Reap { ino, ongoing } => {
                                 // The name stays (or the request runs again): the runtime's
                                 // orphan listing of the file goes. (Should the transaction have
                                 // committed all the same, the row read again shows it without
-                                // names, and `apply_refresh` reaps it.)
-                                self.reaping.remove(ino);
+                                // names, and `apply_refresh` reaps it.) A deletion that was
+                                // going on before goes on.
+                                if !ongoing {
+                                    self.reaping.remove(ino);
+                                }
                                 if !self.listed_opens.contains_key(ino) {
                                     self.unlist(*ino);
                                 }
