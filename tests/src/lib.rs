@@ -49,6 +49,23 @@ pub mod mariadb;
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long to wait for the daemon to exit after `fusermount3 -u`.
 pub const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where each thread of process `pid` waits (name, state, kernel wait channel, and the kernel
+/// stack when readable), for the message about a daemon that does not exit.
+pub fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return "  (gone)".into() };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("status").lines().find(|l| l.starts_with("State:")).unwrap_or_default().to_string();
+        out += &format!("  {} {} {state} wchan={}\n", t.file_name().to_string_lossy(), read("comm").trim(), read("wchan"));
+        for frame in read("stack").lines().take(12) {
+            out += &format!("      {frame}\n");
+        }
+    }
+    out
+}
 /// Name of the metadata database inside `--data-dir`.
 pub const META_DB: &str = "meta.sqlite";
 
@@ -628,8 +645,9 @@ impl Mount {
             Some(s) => s,
             None => {
                 eprintln!(
-                    "truckeefs did not exit within {:?} after fusermount3 -u; killing it",
-                    UNMOUNT_TIMEOUT
+                    "truckeefs did not exit within {:?} after fusermount3 -u; killing it. Its threads:\n{}",
+                    UNMOUNT_TIMEOUT,
+                    threads_of(child.id())
                 );
                 let _ = child.kill();
                 child.wait().unwrap()
@@ -673,8 +691,9 @@ impl Mount {
             Some(s) => s,
             None => {
                 eprintln!(
-                    "truckeefs did not exit within {:?} after signal {sig}; killing it",
-                    UNMOUNT_TIMEOUT
+                    "truckeefs did not exit within {:?} after signal {sig}; killing it. Its threads:\n{}",
+                    UNMOUNT_TIMEOUT,
+                    threads_of(child.id())
                 );
                 let _ = child.kill();
                 child.wait().unwrap()
@@ -1788,4 +1807,26 @@ pub fn os(s: &str) -> &OsStr {
 /// Convert a byte vector to an OsString.
 pub fn os_bytes(b: Vec<u8>) -> OsString {
     OsString::from_vec(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threads_of_names_each_thread_of_a_process() {
+        let (ready, started) = std::sync::mpsc::channel();
+        let t = std::thread::Builder::new()
+            .name("probe-thread".into())
+            .spawn(move || {
+                ready.send(()).unwrap();
+                std::thread::park();
+            })
+            .unwrap();
+        // (The new thread names itself once it runs.)
+        started.recv().unwrap();
+        let shown = super::threads_of(std::process::id());
+        assert!(shown.contains("probe-thread") && shown.contains("State:"), "{shown}");
+        t.thread().unpark();
+        t.join().unwrap();
+        assert_eq!(super::threads_of(u32::MAX), "  (gone)");
+    }
 }
