@@ -999,6 +999,12 @@ impl Core {
                     None => Ok(Reply::Lock(LockRange { typ: libc::F_UNLCK, ..*lock })),
                 }
             }
+            Op::SetLk { ino, .. } if self.unlock_waits.contains_key(&p.id) => {
+                // Its change is made, and only its publication awaited: nothing of the file's
+                // row (being read again, say) can fail it now.
+                self.wait_unlock_seen(p.id, *ino, false)?;
+                Ok(Reply::Empty)
+            }
             Op::SetLk { ino, fh: _, owner, lock, sleep } => {
                 self.ensure_inode(*ino)?;
                 if lock.typ != libc::F_UNLCK && self.locks.conflict(*ino, *owner, lock).is_some() {
