@@ -34,6 +34,7 @@ pub mod dir;
 pub mod io;
 pub mod locks;
 pub mod machine;
+pub mod meta_order;
 pub mod op;
 pub mod perm;
 pub mod testkit;

@@ -26,6 +26,7 @@
 use crate::dir::{Dentry, Dir};
 use crate::io::*;
 use crate::locks::LockTable;
+use crate::meta_order::{in_meta_stream, MetaOrder, Next};
 use crate::op::*;
 use crate::perm;
 use crate::types::*;
@@ -383,6 +384,9 @@ pub struct Core {
     no_share: HashSet<RequestId>,
     /// The request being run (multi-host mounts only), for `Pending::Commit::retry`.
     running: Option<Parked>,
+    /// Several hosts: the metadata stream, held at a transaction until those it was built on
+    /// are answered (see `meta_order`).
+    meta_order: MetaOrder,
     /// Other hosts' changes waiting until none of ours is in flight (see `handle_invalidation`).
     invalidations: Vec<Changes>,
     /// Other hosts' changes may have been lost (see `invalidate_all`): everything cached goes,
@@ -462,6 +466,7 @@ impl Core {
             unlock_waits: HashMap::new(),
             lock_polling: Vec::new(),
             lock_poll_at: None,
+            meta_order: MetaOrder::default(),
             invalidations: Vec::new(),
             invalidate_everything: false,
             revalidated: HashMap::new(),
@@ -538,7 +543,9 @@ impl Core {
             debug_assert!(false, "completion for unknown io {io:?}");
             return;
         };
+        self.meta_order.answered(io, result.is_err());
         self.complete(pending, result);
+        self.release_held();
         self.apply_invalidations();
         self.wake_parked();
     }
@@ -821,8 +828,29 @@ impl Core {
         let io = IoId(self.next_io);
         self.next_io += 1;
         self.pending.insert(io, pending);
-        self.effects.push_back(Effect::Io { io, request });
+        if !self.config.multi_host || !in_meta_stream(&request) {
+            self.effects.push_back(Effect::Io { io, request });
+        } else if let Some(request) = self.meta_order.issue(io, request) {
+            self.effects.push_back(Effect::Io { io, request });
+        } // (else held: see `meta_order`)
         io
+    }
+
+    /// Held requests of the metadata stream whose turn came: sent, or (transactions) failed as
+    /// the store would have failed them.
+    fn release_held(&mut self) {
+        while let Some(next) = self.meta_order.release() {
+            match next {
+                Next::Send(io, request) => self.effects.push_back(Effect::Io { io, request }),
+                Next::Fail(io) => {
+                    self.meta_order.answered(io, true);
+                    if let Some(pending) = self.pending.remove(&io) {
+                        let e = IoError::new(IoErrorKind::Conflict, "a change of the same row before it failed");
+                        self.complete(pending, Err(e));
+                    }
+                }
+            }
+        }
     }
 
     fn exec(&mut self, p: &Parked) -> Exec {
@@ -1458,14 +1486,16 @@ impl Core {
         after: Vec<Cleanup>,
     ) {
         let times = std::mem::take(&mut self.times_in_txn);
-        let retry = match (&reply, &self.running) {
-            (Some((id, _)), Some(p)) if p.id == *id && self.config.multi_host && p.retries < MAX_CONFLICT_RETRIES => {
-                Some(Box::new(p.clone()))
-            }
-            _ => None,
-        };
+        let retry = reply.as_ref().and_then(|(id, _)| self.conflict_retry(*id));
         let pending = Pending::Commit { reply, after, applied: false, times, retry };
         self.io(IoRequest::Meta(MetaRequest::Commit(Txn { ops, durable })), pending);
+    }
+
+    /// Several hosts: the request `id` being run, to run again on the rows read afresh if its
+    /// transaction conflicts with another host's change (see `Pending::Commit::retry`).
+    fn conflict_retry(&self, id: RequestId) -> Option<Box<Parked>> {
+        let p = self.running.as_ref().filter(|p| p.id == id)?;
+        (self.config.multi_host && p.retries < MAX_CONFLICT_RETRIES).then(|| Box::new(p.clone()))
     }
 
     /// The permission checks of a private mount (the kernel's when `default_permissions` is on).
@@ -1656,8 +1686,10 @@ impl Core {
         let attr = self.attr(ino);
         let txn = Txn { ops, durable: false };
         let times = std::mem::take(&mut self.times_in_txn);
+        // (Run again on a conflict unless the staged copy was truncated already.)
+        let retry = if truncated { None } else { self.conflict_retry(id) };
         let pending =
-            Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated, times, retry: None };
+            Pending::Commit { reply: Some((id, Ok(Reply::Attr(attr)))), after: vec![], applied: truncated, times, retry };
         self.io(IoRequest::Meta(MetaRequest::Commit(txn)), pending);
         if truncated {
             self.schedule_upload(ino);
