@@ -43,7 +43,6 @@ struct Active {
     cfg: Mount,
     writable: bool,
     mount: Arc<AysMount>,
-    unmounter: fuser::SessionUnmounter,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -188,7 +187,6 @@ impl State {
         let fsys = fs::AysFs::new(mount.clone(), replies.clone());
         let mut session = fuser::Session::new(fsys, &m.path, &options).map_err(|e| format!("{what}: cannot mount: {e}"))?;
         replies.set_notifier(session.notifier());
-        let unmounter = session.unmount_callable();
         let id = self.next_id;
         self.next_id += 1;
         let tx = self.tx.clone();
@@ -208,16 +206,16 @@ impl State {
             if m.remote != "/" { format!(", {}", m.remote) } else { String::new() },
             if writable { ", debug overlay writable" } else { ", read-only" }
         );
-        self.active.insert(m.path.clone(), Active { id, cfg: m.clone(), writable, mount, unmounter, thread: Some(thread) });
+        self.active.insert(m.path.clone(), Active { id, cfg: m.clone(), writable, mount, thread: Some(thread) });
         Ok(())
     }
 
     /// Unmounts the mount at `path` and waits (bounded) for its session to end.
     fn stop(&mut self, path: &Path, rx: Option<&std::sync::mpsc::Receiver<Event>>) {
         let Some(mut a) = self.active.remove(path) else { return };
-        if let Err(e) = a.unmounter.unmount() {
-            tracing::warn!("unmount {}: {e}; detaching it lazily (open files keep working until closed)", path.display());
-            lazy_unmount(path);
+        // (Lazily: reads in flight and open files keep working until they are done.)
+        if let Err(e) = crate::unmount::lazy(path) {
+            tracing::warn!("{e}");
         }
         let _ = rx;
         if let Some(t) = a.thread.take() {
@@ -391,7 +389,9 @@ fn prepare_mountpoint(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!("{} is a dead mount (transport endpoint is not connected); detaching it", path.display());
-            lazy_unmount(path);
+            if let Err(e) = crate::unmount::lazy(path) {
+                tracing::warn!("{e}");
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(path).map_err(|e| format!("cannot create the mount point: {e}"))?;
@@ -417,13 +417,3 @@ fn is_mount_point(path: &Path) -> bool {
     })
 }
 
-/// Detaches a mount even if files are open on it.
-fn lazy_unmount(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
-    // SAFETY: umount2 with a valid NUL-terminated path.
-    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if r != 0 {
-        let _ = std::process::Command::new("fusermount3").arg("-uz").arg(path).status();
-    }
-}

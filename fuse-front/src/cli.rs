@@ -53,7 +53,8 @@ Mount options:
   -v, --verbose      more logging (repeat for more); RUST_LOG overrides
 
 Unmount with 'fusermount3 -u MOUNTPOINT', 'umount MOUNTPOINT', Ctrl-C or SIGTERM: pending
-uploads are finished before the process exits.
+uploads are finished before the process exits. Ctrl-C and SIGTERM detach the mount at once; files
+still open on it keep working until they are closed.
 ";
 
 pub enum Command {

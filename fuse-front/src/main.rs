@@ -7,6 +7,7 @@ mod config;
 mod fuse;
 mod selftest;
 mod stores;
+mod unmount;
 
 use cli::{Command, MountArgs, Permissions};
 use std::time::Duration;
@@ -172,10 +173,12 @@ fn mount(args: MountArgs) -> Result<(), String> {
         options.push(MountOption::DefaultPermissions);
     }
     options.extend(args.mount_options.iter().cloned());
+    // (Its absolute path, for the unmount: see `unmount`.)
+    let mount_path = std::fs::canonicalize(&args.mountpoint).map_err(|e| format!("mountpoint {}: {e}", args.mountpoint.display()))?;
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     replies.set_notifier(session.notifier());
-    let functionality = selftest::after_mount(&args.settings, &args.mountpoint, session.unmount_callable(), args.verbose);
+    let functionality = selftest::after_mount(&args.settings, &mount_path, args.verbose);
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
         data_dir = %args.data_dir.display(),
@@ -183,9 +186,8 @@ fn mount(args: MountArgs) -> Result<(), String> {
         "mounted"
     );
 
-    // SIGTERM, SIGINT and SIGHUP unmount; open files keep being served until they are closed
-    // (a lazy unmount), then the session ends and every pending upload is finished.
-    let mut unmounter = session.unmount_callable();
+    // SIGTERM, SIGINT and SIGHUP unmount (lazily: open files keep being served until they are
+    // closed), then the session ends and every pending upload is finished.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -194,9 +196,15 @@ fn mount(args: MountArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let signal_handle = signals.handle();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        let mut arriving = signals.forever();
+        if let Some(sig) = arriving.next() {
             tracing::info!(signal = sig, "unmounting");
-            let _ = unmounter.unmount();
+            if let Err(e) = unmount::lazy(&mount_path) {
+                tracing::error!("{e}");
+            }
+        }
+        for sig in arriving {
+            tracing::info!(signal = sig, "unmounting already: the session ends once the files open on it are closed");
         }
     });
 

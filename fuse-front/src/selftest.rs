@@ -176,13 +176,9 @@ pub struct Functionality {
 
 /// At mount, right after the filesystem is mounted (and before its session runs, so the tests
 /// run on a thread of their own): starts the functionality tests if `test_functionality` is on.
-/// When they fail, they unmount, and [`Functionality::finish`] returns the error.
-pub fn after_mount(
-    settings: &Settings,
-    mountpoint: &Path,
-    mut unmounter: fuser::SessionUnmounter,
-    verbose: u8,
-) -> Functionality {
+/// When they fail, they unmount (`mountpoint`, absolute), and [`Functionality::finish`]
+/// returns the error.
+pub fn after_mount(settings: &Settings, mountpoint: &Path, verbose: u8) -> Functionality {
     if !settings.test_functionality {
         return Functionality { thread: None };
     }
@@ -203,7 +199,9 @@ pub fn after_mount(
         }
         if result.is_err() || checking {
             tracing::debug!(mountpoint = %root.display(), "self-test done; unmounting");
-            let _ = unmounter.unmount();
+            if let Err(e) = crate::unmount::lazy(&root) {
+                tracing::error!("{e}");
+            }
         }
         result
     });

@@ -62,6 +62,35 @@ fn sigterm_finishes_writes_unmounts_and_exits_zero() {
     m.unmount_ok();
 }
 
+/// SIGTERM while a file is open: the mount leaves the tree at once (a lazy unmount: a plain one
+/// fails while the mount is busy, and the daemon then never exited), the open file keeps
+/// working, and the daemon exits, its writes stored, once the file is closed.
+#[test]
+fn sigterm_with_a_file_open_detaches_at_once_and_exits_once_it_is_closed() {
+    use std::io::Write;
+    let m = Mount::new();
+    let store = m.storage();
+    let mut f = File::create(m.path("open")).unwrap();
+    f.write_all(b"before").unwrap();
+    // SAFETY: kill(2) on the daemon, our child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while is_mounted(&m.dir) {
+        assert!(std::time::Instant::now() < deadline, "still mounted 10 s after SIGTERM with a file open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.write_all(b" after").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // (A second SIGTERM changes nothing: the daemon is leaving already.)
+    let (status, still_mounted) = m.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "exit status once the open file was closed: {status}");
+    assert!(!still_mounted);
+    let m = Mount::on(&store);
+    assert_eq!(fs::read(m.path("open")).unwrap(), b"before after");
+    m.unmount_ok();
+}
+
 #[test]
 fn sigint_unmounts_and_exits_zero() {
     let m = Mount::new();
