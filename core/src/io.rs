@@ -366,23 +366,7 @@ mod tests {
     use super::*;
 
     fn update(ino: Ino, nlink: u32) -> TxnOp {
-        let row = InodeRow {
-            ino,
-            kind: FileKind::Regular,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink,
-            size: 0,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            rdev: 0,
-            version: 2,
-            object: None,
-            target: None,
-        };
-        TxnOp::UpdateInode { row, expect_version: 1 }
+        TxnOp::UpdateInode { row: crate::testkit::file_row(ino, nlink), expect_version: 1 }
     }
 
     fn unlink(ino: Ino) -> TxnOp {

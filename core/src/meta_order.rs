@@ -141,26 +141,10 @@ impl MetaOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{InodeRow, Txn};
-    use crate::types::{FileKind, Timespec};
+    use crate::io::Txn;
 
     fn update(ino: Ino) -> IoRequest {
-        let row = InodeRow {
-            ino,
-            kind: FileKind::Regular,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            size: 0,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            rdev: 0,
-            version: 2,
-            object: None,
-            target: None,
-        };
+        let row = crate::testkit::file_row(ino, 1);
         IoRequest::Meta(MetaRequest::Commit(Txn { ops: vec![TxnOp::UpdateInode { row, expect_version: 1 }], durable: false }))
     }
 

@@ -27,6 +27,26 @@ pub struct MemStore {
     pub unlinked: BTreeSet<Ino>,
 }
 
+/// The row of a regular file `ino` with `nlink` links, empty, at version 2 (for tests).
+pub fn file_row(ino: Ino, nlink: u32) -> InodeRow {
+    InodeRow {
+        ino,
+        kind: FileKind::Regular,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        nlink,
+        size: 0,
+        atime: Timespec::default(),
+        mtime: Timespec::default(),
+        ctime: Timespec::default(),
+        rdev: 0,
+        version: 2,
+        object: None,
+        target: None,
+    }
+}
+
 impl MemStore {
     /// A store holding only the root directory.
     pub fn new() -> MemStore {

@@ -45,26 +45,8 @@ pub fn spare(redis: &mut MemRedis, me: HostId, now: Duration, rows: &mut Vec<Ino
 mod tests {
     use super::*;
     use crate::redis::HEARTBEAT_TTL;
-    use truckeefs_core::{FileKind, IoReply, LockRequest, Timespec};
-
-    fn row(ino: Ino, nlink: u32) -> InodeRow {
-        InodeRow {
-            ino,
-            kind: FileKind::Regular,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink,
-            size: 10,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            rdev: 0,
-            version: 2,
-            object: None,
-            target: None,
-        }
-    }
+    use truckeefs_core::testkit::file_row as row;
+    use truckeefs_core::{IoReply, LockRequest};
 
     fn commit(ops: Vec<TxnOp>) -> Txn {
         Txn { ops, durable: false }
