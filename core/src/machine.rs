@@ -1369,10 +1369,16 @@ impl Core {
         self.collect_garbage(ino);
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let unnamed = inode.row.nlink == 0 && inode.opens == 0 && inode.row.kind != FileKind::Directory;
+        let closed_named = inode.row.nlink > 0 && inode.opens == 0;
         if self.config.shared_opens && unnamed && !self.reaping.contains(&ino) {
             // Without names and not open here (a transaction of this host that reported a
             // failure committed after all, say): whoever sees that may reap it, safely.
             self.reap(ino);
+        }
+        if closed_named {
+            // Named after all, and closed here (closed while the change that took its names
+            // had failed and the row was read again): its listing as open goes.
+            self.unlist_unused(ino);
         }
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
         let d = &mut inode.data;
