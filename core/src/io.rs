@@ -297,6 +297,18 @@ pub enum IoRequest {
     Lock(LockRequest),
 }
 
+impl IoRequest {
+    /// Whether the runtime runs this request in the metadata stream: the `Meta` requests and
+    /// the listings of open files (see `LockRequest::in_meta_stream`).
+    pub fn in_meta_stream(&self) -> bool {
+        match self {
+            IoRequest::Meta(_) => true,
+            IoRequest::Lock(l) => l.in_meta_stream(),
+            _ => false,
+        }
+    }
+}
+
 /// Free and total space, in bytes, of whatever holds the file data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Space {

@@ -26,7 +26,7 @@
 use crate::dir::{Dentry, Dir};
 use crate::io::*;
 use crate::locks::LockTable;
-use crate::meta_order::{in_meta_stream, MetaOrder, Next};
+use crate::meta_order::{MetaOrder, Next};
 use crate::op::*;
 use crate::perm;
 use crate::types::*;
@@ -828,7 +828,7 @@ impl Core {
         let io = IoId(self.next_io);
         self.next_io += 1;
         self.pending.insert(io, pending);
-        if !self.config.multi_host || !in_meta_stream(&request) {
+        if !self.config.multi_host || !request.in_meta_stream() {
             self.effects.push_back(Effect::Io { io, request });
         } else if let Some(request) = self.meta_order.issue(io, request) {
             self.effects.push_back(Effect::Io { io, request });
@@ -843,7 +843,6 @@ impl Core {
             match next {
                 Next::Send(io, request) => self.effects.push_back(Effect::Io { io, request }),
                 Next::Fail(io) => {
-                    self.meta_order.answered(io, true);
                     if let Some(pending) = self.pending.remove(&io) {
                         let e = IoError::new(IoErrorKind::Conflict, "a change of the same row before it failed");
                         self.complete(pending, Err(e));

@@ -44,15 +44,6 @@ pub struct MetaOrder {
     doomed: HashSet<IoId>,
 }
 
-/// Whether the runtime runs `request` in the metadata stream (see `LockRequest::in_meta_stream`).
-pub fn in_meta_stream(request: &IoRequest) -> bool {
-    match request {
-        IoRequest::Meta(_) => true,
-        IoRequest::Lock(l) => l.in_meta_stream(),
-        _ => false,
-    }
-}
-
 /// The rows whose versions `request` (a transaction) names.
 fn versioned_rows(request: &IoRequest) -> Vec<Ino> {
     let IoRequest::Meta(MetaRequest::Commit(txn)) = request else { return Vec::new() };
@@ -119,11 +110,12 @@ impl MetaOrder {
         }
     }
 
-    /// The next held request to send, or held transaction to fail (then [`Self::answered`] is
-    /// called for it), if any.
+    /// The next held request to send, or held transaction to fail (counted as answered with a
+    /// failure: those built on it fail too), if any.
     pub fn release(&mut self) -> Option<Next> {
         if let Some(i) = self.held.iter().position(|(io, _)| self.doomed.contains(io)) {
             let (io, _) = self.held.remove(i).expect("found above");
+            self.answered(io, true);
             return Some(Next::Fail(io));
         }
         let (io, _) = self.held.front()?;
@@ -189,9 +181,7 @@ mod tests {
         // built on it), out of turn; row 6's waits for its own.
         o.answered(IoId(1), true);
         assert_eq!(o.release(), Some(Next::Fail(IoId(4))));
-        o.answered(IoId(4), true);
         assert_eq!(o.release(), Some(Next::Fail(IoId(5))));
-        o.answered(IoId(5), true);
         assert_eq!(o.release(), None);
         o.answered(IoId(2), false);
         assert_eq!(o.release(), Some(Next::Send(IoId(3), update(6))));

@@ -85,8 +85,8 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Checks that give one clear line instead of a kernel errno.
-fn preflight(mountpoint: &Path) -> Result<(), String> {
+/// Checks that give one clear line instead of a kernel errno; the mountpoint's absolute path.
+fn preflight(mountpoint: &Path) -> Result<std::path::PathBuf, String> {
     let shown = mountpoint.display();
     match std::fs::metadata(mountpoint) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -113,7 +113,7 @@ fn preflight(mountpoint: &Path) -> Result<(), String> {
     if !root && which("fusermount3").is_none() {
         return Err("fusermount3 was not found: install the fuse3 package".into());
     }
-    Ok(())
+    Ok(canonical)
 }
 
 fn is_mount_point(path: &Path) -> bool {
@@ -131,7 +131,8 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
 }
 
 fn mount(args: MountArgs) -> Result<(), String> {
-    preflight(&args.mountpoint)?;
+    // (Its absolute path, for the unmount: see `unmount`.)
+    let mount_path = preflight(&args.mountpoint)?;
     let dirs = MountDirs {
         data_dir: args.data_dir.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -173,8 +174,6 @@ fn mount(args: MountArgs) -> Result<(), String> {
         options.push(MountOption::DefaultPermissions);
     }
     options.extend(args.mount_options.iter().cloned());
-    // (Its absolute path, for the unmount: see `unmount`.)
-    let mount_path = std::fs::canonicalize(&args.mountpoint).map_err(|e| format!("mountpoint {}: {e}", args.mountpoint.display()))?;
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     replies.set_notifier(session.notifier());

@@ -117,8 +117,7 @@ impl Faults {
             return Some(Fault::Fail(fail.1));
         }
         // (Nor the listings of open files, which run in the metadata stream.)
-        let meta_stream = matches!(req, IoRequest::Meta(_)) || matches!(req, IoRequest::Lock(l) if l.in_meta_stream());
-        if !meta_stream && p.slow > 0.0 && self.rng.chance(p.slow) {
+        if !req.in_meta_stream() && p.slow > 0.0 && self.rng.chance(p.slow) {
             return Some(Fault::Slow);
         }
         None

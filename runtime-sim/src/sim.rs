@@ -163,15 +163,6 @@ fn tag(r: &IoRequest) -> (u8, u64, u64) {
     }
 }
 
-/// Whether `r` runs in the metadata stream, in emission order (`LockRequest::in_meta_stream`).
-fn in_meta_stream(r: &IoRequest) -> bool {
-    match r {
-        IoRequest::Meta(_) => true,
-        IoRequest::Lock(l) => l.in_meta_stream(),
-        _ => false,
-    }
-}
-
 fn object_key(r: &IoRequest) -> &str {
     match r {
         IoRequest::Store(StoreRequest::Read { object, .. }) | IoRequest::Store(StoreRequest::Delete { object, .. }) => {
@@ -352,7 +343,7 @@ impl World {
         }
         let mut at = self.now + lat;
         let mut result = None;
-        if in_meta_stream(&request) {
+        if request.in_meta_stream() {
             at = at.max(self.meta_tail);
             self.meta_tail = at;
             if self.meta_at_emit {
