@@ -2163,6 +2163,13 @@ impl Core {
     /// it runs again (on the retry timer) on the row read afresh, deleting that object too.
     fn delete_unnamed(&mut self, ino: Ino) {
         let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        if self.config.shared_opens && inode.version_stale {
+            // The version this host knows may be a failed transaction's guess, which another
+            // host's change can match: the row is read again first (`delete_owed`), and a new
+            // version's object is deleted with it.
+            self.delete_owed(ino);
+            return;
+        }
         let waiters: Vec<RequestId> = inode
             .data
             .flush_waiters

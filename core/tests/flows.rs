@@ -2281,3 +2281,35 @@ fn a_failed_unlisting_is_sent_again() {
     a.settle();
     assert!(a.store.opens.is_empty(), "unlisted on the retry");
 }
+
+/// A host deleting a file (its reap answered free, the object going first) hears that another
+/// host changed the row: it deletes the row only once it has read it again, never naming the
+/// version it knew (which a failed transaction may have guessed, and another host's change
+/// matched), and the newer version's object goes with it.
+#[test]
+fn a_deletion_reads_the_row_again_after_another_hosts_change() {
+    let (mut b, ino, object) = stored_on_one_host_looked_up_on_another();
+    b.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
+    let delete = b.hold(|r| matches!(r, IoRequest::Store(StoreRequest::Delete { .. })));
+    // Another host's version of the row, naming an object of its own, is stored and announced.
+    let newer = ObjectId("newer".into());
+    b.store.objects.insert(newer.0.clone(), b"newer".to_vec());
+    let row = b.store.inodes.get_mut(&ino).expect("the row without names");
+    row.version += 1;
+    row.object = Some(newer.clone());
+    b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![] });
+    let reload = b.hold(is_load_of(ino));
+    b.complete(delete);
+    let deletes_row = |r: &IoRequest| {
+        matches!(r, IoRequest::Meta(MetaRequest::Commit(t)) if t.ops.iter().any(|o| matches!(o, TxnOp::DeleteInode { .. })))
+    };
+    b.settle_until(deletes_row);
+    assert!(b.ios.is_empty(), "the row is deleted before it was read again: {:?}", b.ios);
+    assert!(b.store.inodes.contains_key(&ino));
+    b.complete(reload);
+    b.settle();
+    b.later(10);
+    b.settle();
+    assert!(!b.store.inodes.contains_key(&ino), "the row is left");
+    assert!(!b.store.objects.contains_key(&object.0) && !b.store.objects.contains_key(&newer.0), "an object is left");
+}
