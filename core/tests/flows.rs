@@ -1912,6 +1912,14 @@ fn shared_opens_host(host: u64, now: Instant) -> Harness {
     h
 }
 
+/// Host 1 creates "f", which the create lists as open there: host 1, the file and its handle.
+fn created_and_listed_open() -> (Harness, Ino, u64) {
+    let mut a = shared_opens_host(1, Instant::now());
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    assert_eq!(a.store.opens[&ino], [1].into());
+    (a, ino, fh)
+}
+
 /// Host `to` sees what host `from` stored and listed (`share`, plus the coordination server's
 /// open listings and deletions under way).
 fn sync(to: &mut Harness, from: &Harness) {
@@ -2244,10 +2252,7 @@ fn an_unlink_failing_while_the_file_is_deleted_does_not_stop_the_deletion() {
 /// another host, was never deleted).
 #[test]
 fn a_close_after_a_failed_unlink_unlists_the_file_once_it_keeps_its_name() {
-    let now = Instant::now();
-    let mut a = shared_opens_host(1, now);
-    let (ino, fh) = a.create(ROOT_INO, "f");
-    assert_eq!(a.store.opens[&ino], [1].into());
+    let (mut a, ino, fh) = created_and_listed_open();
     let unlink = a.send(Op::Unlink { parent: ROOT_INO, name: "f".into() });
     let commit = a.hold(|r| matches!(r, IoRequest::Meta(MetaRequest::Commit(_))));
     a.fail(commit);
@@ -2266,10 +2271,7 @@ fn a_close_after_a_failed_unlink_unlists_the_file_once_it_keeps_its_name() {
 /// a listing left behind would keep the other hosts from ever deleting the file.
 #[test]
 fn a_failed_unlisting_is_sent_again() {
-    let now = Instant::now();
-    let mut a = shared_opens_host(1, now);
-    let (ino, fh) = a.create(ROOT_INO, "f");
-    assert_eq!(a.store.opens[&ino], [1].into());
+    let (mut a, ino, fh) = created_and_listed_open();
     a.send(Op::Release { ino, fh, lock_owner: None });
     a.settle_until(|r| matches!(r, IoRequest::Lock(LockRequest::Close { .. })));
     let (io, _) = a.ios.pop_front().expect("the close's unlisting");

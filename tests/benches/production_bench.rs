@@ -80,9 +80,13 @@ fn run() -> Result<()> {
     let (mut write_speeds, mut put_speeds) = (Vec::new(), Vec::new());
     let mut cap = String::new();
     for round in 0..rounds {
+        let fresh;
         let (name, bytes) = match round {
-            0 => ("big".to_string(), data.clone()),
-            r => (format!("big-{r}"), pseudo_random_bytes(100 + r as u64, mib * MIB)),
+            0 => ("big".to_string(), &data),
+            r => {
+                fresh = pseudo_random_bytes(100 + r as u64, mib * MIB);
+                (format!("big-{r}"), &fresh)
+            }
         };
         let t = Instant::now();
         let mut f = File::create(m.path(&name)).map_err(|e| e.to_string())?;
