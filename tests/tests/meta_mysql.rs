@@ -1,12 +1,16 @@
 //! The MySQL/MariaDB metadata store (`truckeefs_runtime_smol::meta_mysql`) against a private
 //! MariaDB (`truckeefs_tests::mariadb`): what the shared conformance suite
 //! (`runtime-sim/tests/meta_conformance.rs`) cannot check with a single store — credentials,
-//! schema versions, a server restart, and two hosts racing on one database.
+//! schema versions, a server restart, commits whose answer is lost, and two hosts racing on one
+//! database.
 //!
 //! No FUSE needed. Needs `mariadb-server` (scripts/install-deps.sh).
 
 use bytes::Bytes;
-use std::sync::{Arc, Barrier};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 use truckeefs_core::{
@@ -635,6 +639,206 @@ fn server_restart_fails_requests_meanwhile_then_reconnects() {
     // A second store opens fine too.
     let mut other = MysqlMeta::open(&cfg).unwrap();
     assert_eq!(load(&mut other, 2).unwrap().row.version, 2);
+}
+
+/// What [`CommitCutter`] does to the next `COMMIT`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cut {
+    Nothing,
+    /// Never forwarded: the connection closes before the server has it.
+    Commit,
+    /// Forwarded, and the connection closes instead of passing the server's answer on.
+    Answer,
+    /// Forwarded, and the server's answers are dropped from then on: the client hears nothing.
+    Stall,
+}
+
+/// A TCP proxy in front of the server that can lose one `COMMIT` or its answer: the two halves
+/// of a commit in doubt. It reads the client's side packet by packet (3-byte length, sequence
+/// number, payload; `COM_QUERY` is `0x03` and the text).
+struct CommitCutter {
+    port: u16,
+    cut: Arc<Mutex<Cut>>,
+}
+
+impl CommitCutter {
+    fn start(server: &MariaDb) -> CommitCutter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(Mutex::new(Cut::Nothing));
+        let (host, server_port, shared) = (server.host().to_string(), server.port(), cut.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(upstream) = TcpStream::connect((host.as_str(), server_port)) else {
+                    continue;
+                };
+                let cut = shared.clone();
+                thread::spawn(move || relay(client, upstream, cut));
+            }
+        });
+        CommitCutter { port, cut }
+    }
+
+    fn arm(&self, how: Cut) {
+        *self.cut.lock().unwrap() = how;
+    }
+
+    fn armed(&self) -> Cut {
+        *self.cut.lock().unwrap()
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, cut: Arc<Mutex<Cut>>) {
+    // What becomes of the server's answers: passed on, or the connection closes, or dropped.
+    const PASS: u8 = 0;
+    const CLOSE: u8 = 1;
+    const DROP: u8 = 2;
+    let answers_go = Arc::new(AtomicU8::new(PASS));
+    let (mut answers, mut back) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let go = answers_go.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n @ 1..) = answers.read(&mut buf) {
+            match go.load(SeqCst) {
+                PASS if back.write_all(&buf[..n]).is_ok() => {}
+                DROP => {}
+                _ => break,
+            }
+        }
+        let _ = back.shutdown(Shutdown::Both);
+        let _ = answers.shutdown(Shutdown::Both);
+    });
+    let (mut from, mut to) = (client, server);
+    loop {
+        let mut header = [0u8; 4];
+        if from.read_exact(&mut header).is_err() {
+            break;
+        }
+        let mut payload =
+            vec![0u8; u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize];
+        if from.read_exact(&mut payload).is_err() {
+            break;
+        }
+        if payload.starts_with(b"\x03SELECT @@max_allowed_packet")
+            && payload.ends_with(b",@@socket")
+        {
+            // The driver asks a server on this machine for its unix socket, to move there (past
+            // this proxy); it hears of none, as from a server on another machine, and stays.
+            payload.truncate(payload.len() - b"@@socket".len());
+            payload.extend_from_slice(b"NULL");
+            header[..3].copy_from_slice(&(payload.len() as u32).to_le_bytes()[..3]);
+        }
+        if payload == b"\x03COMMIT" {
+            match std::mem::replace(&mut *cut.lock().unwrap(), Cut::Nothing) {
+                Cut::Commit => break,
+                Cut::Answer => answers_go.store(CLOSE, SeqCst),
+                Cut::Stall => answers_go.store(DROP, SeqCst),
+                Cut::Nothing => {}
+            }
+        }
+        if to
+            .write_all(&header)
+            .and_then(|()| to.write_all(&payload))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// A durable transaction (an upload's commit, an fsync's) whose `COMMIT` answer is lost after the
+/// server had it is found to have committed, one lost before the server had it to have not, and
+/// one whose answer does not come within the timeout to have committed: the store answers what
+/// happened, not a failure that may hide a commit. Other transactions fail in doubt, as before.
+/// The store's marker row goes with it.
+#[test]
+fn commits_in_doubt_are_settled() {
+    let server = MariaDb::shared();
+    let cutter = CommitCutter::start(server);
+    let mut cfg = config(server, &server.unique_db_name("indoubt"));
+    cfg.port = cutter.port;
+    cfg.timeout = Duration::from_secs(2);
+    let mut meta = MysqlMeta::open(&cfg).unwrap();
+    commit(&mut meta, vec![TxnOp::InsertInode(file_row(2, 1))]).unwrap();
+    let update = |version| {
+        MetaRequest::Commit(Txn {
+            ops: vec![TxnOp::UpdateInode {
+                row: file_row(2, version),
+                expect_version: version - 1,
+            }],
+            durable: true,
+        })
+    };
+
+    cutter.arm(Cut::Answer);
+    let r = meta.execute(&update(2));
+    assert_eq!(
+        cutter.armed(),
+        Cut::Nothing,
+        "the COMMIT went through the proxy"
+    );
+    assert!(
+        matches!(r, Ok(IoReply::Done)),
+        "committed, its answer lost: {r:?}"
+    );
+    assert_eq!(load(&mut meta, 2).unwrap().row.version, 2);
+
+    cutter.arm(Cut::Commit);
+    let err = meta
+        .execute(&update(3))
+        .expect_err("the COMMIT never reached the server");
+    assert_eq!(cutter.armed(), Cut::Nothing);
+    assert_eq!(err.kind, IoErrorKind::Other, "{err}");
+    assert!(err.message.contains("did not commit"), "{err}");
+    assert_no_secret(&err.message, &cfg);
+    assert_eq!(load(&mut meta, 2).unwrap().row.version, 2);
+    meta.execute(&update(3)).unwrap();
+
+    cutter.arm(Cut::Stall);
+    let started = Instant::now();
+    let r = meta.execute(&update(4));
+    assert_eq!(cutter.armed(), Cut::Nothing);
+    assert!(
+        matches!(r, Ok(IoReply::Done)),
+        "committed, no answer within the timeout: {r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "settled in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(load(&mut meta, 2).unwrap().row.version, 4);
+
+    // Not durable: no marker, so the failure says the transaction may have committed (it did).
+    cutter.arm(Cut::Answer);
+    let err = commit(
+        &mut meta,
+        vec![TxnOp::UpdateInode {
+            row: file_row(2, 5),
+            expect_version: 4,
+        }],
+    )
+    .unwrap_err();
+    assert_eq!(cutter.armed(), Cut::Nothing);
+    assert!(err.message.contains("may have committed"), "{err}");
+    assert_eq!(load(&mut meta, 2).unwrap().row.version, 5);
+
+    let markers = || {
+        server.sql(
+            Some(&cfg.db),
+            "SELECT count(*) FROM counters WHERE name LIKE 'commit/%'",
+        )
+    };
+    assert_eq!(markers().trim(), "1");
+    drop(meta);
+    assert_eq!(
+        markers().trim(),
+        "0",
+        "a store deletes its marker row when it closes"
+    );
 }
 
 /// A transaction waiting on another host's lock longer than the timeout fails with `Timeout`,
