@@ -167,9 +167,10 @@ struct Data {
     close_waiters: Vec<(RequestId, u64)>,
     /// Old objects to delete once no read of them is in flight.
     garbage: Vec<ObjectId>,
-    /// Uploaded objects whose commit failed: garbage once a reload shows the store's row does
-    /// not name them (a failure may hide a commit that happened).
-    uncommitted: Vec<ObjectId>,
+    /// Uploaded objects whose commit failed, each with the object its commit would replace: the
+    /// first is garbage once a reload shows the store's row does not name it; if the row does
+    /// name it (a failure may hide a commit that happened), the second is.
+    uncommitted: Vec<(ObjectId, Option<ObjectId>)>,
     failures: u32,
     /// This host's deletion of the file (without names) failed: tried again on the retry timer.
     delete_again: bool,
@@ -1357,9 +1358,13 @@ impl Core {
         // of them were issued before the failure that asked for it).
         let d = &mut existing.data;
         let stored = existing.row.object.clone();
-        for object in std::mem::take(&mut d.uncommitted) {
+        for (object, replaced) in std::mem::take(&mut d.uncommitted) {
             if Some(&object) != stored.as_ref() {
                 d.garbage.push(object);
+            } else if let Some(replaced) = replaced.filter(|r| !d.garbage.contains(r)) {
+                // Committed after all: the object it replaced is this host's to delete, as
+                // after a commit that said so.
+                d.garbage.push(replaced);
             }
         }
         if outdated {
@@ -3076,7 +3081,8 @@ impl Core {
                         if let Some(object) = inode.data.recommit.take() {
                             // The commit cannot run again without the row: retried later, as
                             // after any failed upload.
-                            inode.data.uncommitted.extend(object);
+                            // (Never sent: it replaced nothing.)
+                            inode.data.uncommitted.extend(object.map(|o| (o, None)));
                             let e = IoError::new(IoErrorKind::Other, "the row to commit on could not be read");
                             self.upload_failed(ino, &e);
                         }
@@ -3393,9 +3399,9 @@ impl Core {
                     // and the failure may hide a commit that happened: the reload that follows
                     // (`apply_refresh`) decides whether the object is garbage. The staged copy
                     // stays dirty and the retry uploads and commits again.
+                    inode.data.uncommitted.extend(object.map(|o| (o, old.clone())));
                     inode.row.object = old;
                     inode.data.committed_size = old_size;
-                    inode.data.uncommitted.extend(object);
                     self.upload_failed(ino, &e);
                     self.forget_clean_state();
                     return;

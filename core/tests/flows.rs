@@ -2315,3 +2315,29 @@ fn a_deletion_reads_the_row_again_after_another_hosts_change() {
     assert!(!b.store.inodes.contains_key(&ino), "the row is left");
     assert!(!b.store.objects.contains_key(&object.0) && !b.store.objects.contains_key(&newer.0), "an object is left");
 }
+
+/// An upload's commit that was applied but answered with a failure (a MySQL `COMMIT` whose
+/// answer was lost and could not be settled): the row read again names the new object, so the
+/// new object stays, and the object it replaced is deleted, as after a commit that said so.
+#[test]
+fn an_upload_commit_applied_but_answered_with_a_failure_deletes_the_object_it_replaced() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.fsynced("f", b"first version");
+    let first = h.store.inodes[&ino].object.clone().expect("stored");
+    h.write(ino, fh, 0, b"second version");
+    let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
+    let (io, commit) = h.hold(is_commit);
+    let applied = h.store.execute(&commit);
+    assert!(applied.is_ok(), "{applied:?}");
+    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "answer lost")));
+    h.collect();
+    h.settle();
+    h.later(60);
+    assert!(h.replies.remove(&fsync).is_some(), "fsync answered");
+    assert_eq!(stored_object(&h.store, ino), b"second version");
+    assert!(!h.store.objects.contains_key(&first.0), "the replaced object is deleted");
+    assert_eq!(h.store.objects.len(), 1, "no object left over: {:?}", h.store.objects.keys());
+    h.release(ino, fh);
+    h.later(60);
+    assert_eq!(h.read(ino, 0, 100), b"second version");
+}

@@ -5,7 +5,7 @@
 //! depends only on the seed and the order of the I/O.
 
 use crate::rng::Rng;
-use truckeefs_core::{IoError, IoErrorKind, IoRequest, MetaRequest, StagingRequest, StoreRequest};
+use truckeefs_core::{IoError, IoErrorKind, IoRequest, MetaRequest, StagingRequest, StoreRequest, Txn, TxnOp};
 
 /// Per-seed fault probabilities (per I/O, or per step for crashes).
 #[derive(Clone, Debug, Default)]
@@ -18,6 +18,9 @@ pub struct FaultProfile {
     pub staging_nospace: f64,
     /// A metadata `Commit` fails without applying anything.
     pub commit_fail: f64,
+    /// A durable `Commit` of one inode row (an upload's, an fsync's) is applied and its answer
+    /// lost: it fails (a MySQL `COMMIT` whose answer the store could not settle).
+    pub commit_lost: f64,
     /// A metadata `LoadInode` or `LoadDir` fails.
     pub load_fail: f64,
     /// A staging `Seal` or `Init` fails.
@@ -39,11 +42,14 @@ impl FaultProfile {
             return FaultProfile::none();
         }
         let mut level = || [0.0, 0.0, 0.005, 0.02, 0.08][rng.below(5) as usize];
+        let (put_fail, store_read_fail, staging_nospace, commit) = (level(), level(), level(), level());
         FaultProfile {
-            put_fail: level(),
-            store_read_fail: level(),
-            staging_nospace: level(),
-            commit_fail: level() / 4.0,
+            put_fail,
+            store_read_fail,
+            staging_nospace,
+            commit_fail: commit / 4.0,
+            // (From the same draw: the other seeds' profiles stay as they were.)
+            commit_lost: commit / 2.0,
             load_fail: level() / 2.0,
             staging_fail: level() / 2.0,
             slow: level(),
@@ -56,6 +62,7 @@ impl FaultProfile {
             && self.store_read_fail == 0.0
             && self.staging_nospace == 0.0
             && self.commit_fail == 0.0
+            && self.commit_lost == 0.0
             && self.load_fail == 0.0
             && self.staging_fail == 0.0
             && self.slow == 0.0
@@ -68,6 +75,8 @@ impl FaultProfile {
 pub enum Fault {
     /// The I/O is not performed and completes with this error.
     Fail(IoErrorKind),
+    /// The I/O is performed, and completes with this error (its answer was lost).
+    Lost(IoErrorKind),
     /// The I/O is performed, 100 times slower than usual.
     Slow,
 }
@@ -76,9 +85,15 @@ impl Fault {
     pub fn error(&self, what: &str) -> Option<IoError> {
         match self {
             Fault::Fail(kind) => Some(IoError::new(*kind, format!("injected fault: {what}"))),
+            Fault::Lost(kind) => Some(IoError::new(*kind, format!("injected fault: {what} applied, its answer lost"))),
             Fault::Slow => None,
         }
     }
+}
+
+/// A durable transaction changing one inode row: an upload's commit, or an fsync's.
+fn one_row_durably(txn: &Txn) -> bool {
+    txn.durable && matches!(txn.ops[..], [TxnOp::UpdateInode { .. }])
 }
 
 pub struct Faults {
@@ -115,6 +130,12 @@ impl Faults {
         if fail.0 > 0.0 && self.rng.chance(fail.0) {
             self.injected += 1;
             return Some(Fault::Fail(fail.1));
+        }
+        if let IoRequest::Meta(MetaRequest::Commit(txn)) = req {
+            if p.commit_lost > 0.0 && one_row_durably(txn) && self.rng.chance(p.commit_lost) {
+                self.injected += 1;
+                return Some(Fault::Lost(IoErrorKind::Other));
+            }
         }
         // (Nor the listings of open files, which run in the metadata stream.)
         if !req.in_meta_stream() && p.slow > 0.0 && self.rng.chance(p.slow) {

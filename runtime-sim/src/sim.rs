@@ -360,6 +360,11 @@ impl World {
 
     fn perform_meta(&mut self, m: &MetaRequest, fault: &Option<Fault>) -> IoResult {
         self.before_meta(m);
+        if let Some(Fault::Lost(_)) = fault {
+            // Applied, but the driver hears a failure: it neither publishes the change nor lets
+            // go of the orphans it listed.
+            let _ = self.meta.execute(m);
+        }
         if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
             return Err(e);
         }
@@ -397,13 +402,13 @@ impl World {
 
     fn perform(&mut self, request: &IoRequest, fault: &Option<Fault>) -> IoResult {
         if let IoRequest::Meta(m) = request {
-            self.before_meta(m);
+            return self.perform_meta(m, fault);
         }
         if let Some(e) = fault.as_ref().and_then(|f| f.error(&format!("{:?}", tag(request)))) {
             return Err(e);
         }
         match request {
-            IoRequest::Meta(m) => self.execute_meta(m),
+            IoRequest::Meta(_) => unreachable!("performed above"),
             IoRequest::Staging(s) => self.staging.execute(s, &self.objects),
             IoRequest::Store(s) => self.objects.execute(s, &self.staging),
             IoRequest::Lock(l) if self.redis.is_some() => {
@@ -473,7 +478,7 @@ impl World {
             if e.at > self.now {
                 self.now = e.at;
             }
-            if matches!(e.fault, Some(Fault::Fail(_))) {
+            if matches!(e.fault, Some(Fault::Fail(_) | Fault::Lost(_))) {
                 // The failure shows now: requests in flight may see it.
                 self.fault_epoch += 1;
             }

@@ -456,24 +456,27 @@ fn two_failed_transactions_keep_the_directory_times() {
 // Once reproduced leak-after-failed-upload-commit: an upload whose commit failed (an injected
 // failure, or a version conflict with another writer) left its object in the store, referenced
 // by no inode, for ever. The reload after the failure now shows it unreferenced, and it goes.
+// And a commit applied but answered with a failure (its answer lost) left the object it replaced:
+// the reload shows the new one stored, and the replaced one goes.
 #[test]
 fn an_upload_whose_commit_failed_leaves_no_object_behind() {
-    for kind in [IoErrorKind::Other, IoErrorKind::Conflict] {
+    for fault in [Fault::Fail(IoErrorKind::Other), Fault::Fail(IoErrorKind::Conflict), Fault::Lost(IoErrorKind::Other)] {
         let mut s = Script::new(Config::default());
         let (ino, fh) = s.create("f").unwrap();
+        assert_eq!(s.call(Op::Write { ino, fh, offset: 0, data: data(1000) }).unwrap(), Ok(Reply::Written(1000)));
+        assert_eq!(s.call(Op::Fsync { ino, fh, datasync: false }).unwrap(), Ok(Reply::Empty));
         assert_eq!(s.call(Op::Write { ino, fh, offset: 0, data: data(3000) }).unwrap(), Ok(Reply::Written(3000)));
-        let mut fail = true;
+        let mut armed = Some(fault.clone());
         s.w.hook = Some(Box::new(move |req: &IoRequest| match req {
             // The upload's commit: the only durable transaction storing an object.
             IoRequest::Meta(MetaRequest::Commit(t))
-                if fail && t.durable && t.ops.iter().any(|op| matches!(op, TxnOp::UpdateInode { row, .. } if row.object.is_some())) =>
+                if t.durable && t.ops.iter().any(|op| matches!(op, TxnOp::UpdateInode { row, .. } if row.object.is_some())) =>
             {
-                fail = false;
-                Some(Fault::Fail(kind))
+                armed.take()
             }
             _ => None,
         }));
-        assert_eq!(s.call(Op::Fsync { ino, fh, datasync: false }).unwrap(), Err(libc::EIO), "the injected failure ({kind:?})");
+        assert_eq!(s.call(Op::Fsync { ino, fh, datasync: false }).unwrap(), Err(libc::EIO), "the injected failure ({fault:?})");
         s.call(Op::Release { ino, fh, lock_owner: None }).unwrap().unwrap();
         // The retry uploads and commits a second object.
         s.pass(Duration::from_secs(30)).unwrap();
@@ -483,7 +486,7 @@ fn an_upload_whose_commit_failed_leaves_no_object_behind() {
         assert_eq!(referenced.len(), 1, "the file's object");
         assert!(
             stored.iter().all(|id| referenced.contains(*id)),
-            "objects no inode references after a failed upload commit ({kind:?}): {:?} (referenced {:?})\n{}",
+            "objects no inode references after a failed upload commit ({fault:?}): {:?} (referenced {:?})\n{}",
             stored,
             referenced,
             s.trace_tail()
