@@ -360,10 +360,14 @@ impl World {
 
     fn perform_meta(&mut self, m: &MetaRequest, fault: &Option<Fault>) -> IoResult {
         self.before_meta(m);
-        if let Some(Fault::Lost(_)) = fault {
-            // Applied, but the driver hears a failure: it neither publishes the change nor lets
-            // go of the orphans it listed.
+        if let (Some(Fault::Lost(_)), MetaRequest::Commit(txn)) = (fault, m) {
+            // Applied, but the driver hears a failure in doubt: it publishes the change (it may
+            // have committed), and keeps the orphans it listed.
             let _ = self.meta.execute(m);
+            let changes = txn.changes();
+            if self.redis.is_some() && !changes.is_empty() {
+                self.published.push(changes);
+            }
         }
         if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
             return Err(e);

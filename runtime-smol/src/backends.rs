@@ -118,6 +118,15 @@ impl MetaStore {
         }
     }
 
+    /// Whether the last request was a transaction that failed with its outcome unknown: it may
+    /// have committed. (SQLite always knows.)
+    pub(crate) fn last_in_doubt(&self) -> bool {
+        match self {
+            MetaStore::Sqlite(_) => false,
+            MetaStore::Mysql(m) => m.last_in_doubt(),
+        }
+    }
+
     /// The highest fencing token any inode row holds (0 if none).
     pub(crate) fn max_fence(&mut self) -> Result<u64, IoError> {
         match self {

@@ -481,13 +481,19 @@ impl Driver {
                         if let Err(e) = &result {
                             tracing::error!(error = %e, "metadata store");
                         }
-                        if let (Ok(_), MetaRequest::Commit(txn)) = (&result, &req) {
-                            if let Some(p) = &self.publisher {
+                        if let MetaRequest::Commit(txn) = &req {
+                            // A transaction whose outcome is unknown (its answer lost) may have
+                            // committed: the other hosts hear of it too (what did not change
+                            // costs them a reload).
+                            let maybe_committed = result.is_ok() || self.meta.last_in_doubt();
+                            if let (Some(p), true) = (&self.publisher, maybe_committed) {
                                 let changes = txn.changes();
                                 if !changes.is_empty() {
                                     p.publish(changes);
                                 }
                             }
+                        }
+                        if let (Ok(_), MetaRequest::Commit(txn)) = (&result, &req) {
                             if let Some((planner, mirror)) = &mut self.mirror {
                                 mirror.mark(planner.plan(&mut self.meta, txn));
                             }

@@ -232,8 +232,10 @@ enum JobReply {
 pub struct MysqlMeta {
     server: String,
     jobs: Option<mpsc::Sender<Job>>,
-    replies: mpsc::Receiver<Result<JobReply, IoError>>,
+    replies: mpsc::Receiver<(Result<JobReply, IoError>, bool)>,
     thread: Option<JoinHandle<()>>,
+    /// The last request was a transaction that failed with its outcome unknown.
+    in_doubt: bool,
     /// This host's claim on the database, when it mounts it ([`MysqlMeta::claim`]).
     claim: Option<crate::meta_presence::Claim>,
 }
@@ -251,7 +253,7 @@ impl MysqlMeta {
         let server = config.server();
         check_db_name(config).map_err(|reason| MysqlOpenError::Config { server: server.clone(), reason })?;
         let (job_tx, job_rx) = mpsc::channel::<Job>();
-        let (reply_tx, reply_rx) = mpsc::channel::<Result<JobReply, IoError>>();
+        let (reply_tx, reply_rx) = mpsc::channel::<(Result<JobReply, IoError>, bool)>();
         let (open_tx, open_rx) = mpsc::channel::<Result<(), MysqlOpenError>>();
         let config = config.clone();
         let thread = std::thread::Builder::new()
@@ -262,7 +264,14 @@ impl MysqlMeta {
                 message: format!("cannot start the metadata thread: {e}"),
             })?;
         match open_rx.recv() {
-            Ok(Ok(())) => Ok(MysqlMeta { server, jobs: Some(job_tx), replies: reply_rx, thread: Some(thread), claim: None }),
+            Ok(Ok(())) => Ok(MysqlMeta {
+                server,
+                jobs: Some(job_tx),
+                replies: reply_rx,
+                thread: Some(thread),
+                claim: None,
+                in_doubt: false,
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -312,6 +321,12 @@ impl MysqlMeta {
         }
     }
 
+    /// Whether the last request was a transaction that failed with its outcome unknown (its
+    /// answer lost, and not settled): it may have committed.
+    pub fn last_in_doubt(&self) -> bool {
+        self.in_doubt
+    }
+
     /// The highest fencing token of any inode row (0 if none): a coordination server that lost
     /// its counter starts again above it.
     pub fn max_fence(&mut self) -> Result<u64, IoError> {
@@ -331,11 +346,14 @@ impl MysqlMeta {
 
     fn job(&mut self, job: Job) -> Result<JobReply, IoError> {
         let stopped = || IoError::new(IoErrorKind::Other, format!("{}: the metadata thread stopped", self.server));
+        self.in_doubt = false;
         let Some(jobs) = &self.jobs else { return Err(stopped()) };
         if jobs.send(job).is_err() {
             return Err(stopped());
         }
-        self.replies.recv().unwrap_or_else(|_| Err(stopped()))
+        let (reply, in_doubt) = self.replies.recv().unwrap_or_else(|_| (Err(stopped()), false));
+        self.in_doubt = in_doubt;
+        reply
     }
 }
 
@@ -353,7 +371,7 @@ impl Drop for MysqlMeta {
 fn worker(
     config: MysqlConfig,
     jobs: mpsc::Receiver<Job>,
-    replies: mpsc::Sender<Result<JobReply, IoError>>,
+    replies: mpsc::Sender<(Result<JobReply, IoError>, bool)>,
     opened: mpsc::Sender<Result<(), MysqlOpenError>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -378,8 +396,9 @@ fn worker(
         return;
     }
     for req in jobs {
+        store.in_doubt = false;
         let reply = rt.block_on(store.execute(&req));
-        if replies.send(reply).is_err() {
+        if replies.send((reply, store.in_doubt)).is_err() {
             break;
         }
     }
@@ -462,6 +481,8 @@ struct Store {
     marker: String,
     /// The number the last transaction set it to.
     seq: u64,
+    /// The last request failed with its outcome unknown (see [`MysqlMeta::last_in_doubt`]).
+    in_doubt: bool,
 }
 
 /// What a transaction sets its store's marker row to (see the module docs).
@@ -514,7 +535,7 @@ impl Store {
         conn.exec_drop("INSERT INTO counters(name, value) VALUES (?, 0)", (marker.as_bytes(),)).await.map_err(|e| {
             MysqlOpenError::Sql { server: server.clone(), message: format!("while preparing the database: {e}") }
         })?;
-        Ok(Store { opts, server, timeout: config.timeout, conn: Some(conn), marker, seq: 0 })
+        Ok(Store { opts, server, timeout: config.timeout, conn: Some(conn), marker, seq: 0, in_doubt: false })
     }
 
     async fn close(&mut self) {
@@ -574,10 +595,13 @@ impl Store {
                     let why = format!("connection to the metadata server lost: {message}");
                     return match marker {
                         Some(seq) => self.settle(conn_id, seq, IoErrorKind::Other, why).await,
-                        None => Err(IoError::new(
-                            IoErrorKind::Other,
-                            format!("{}: {why}; the transaction may have committed", self.server),
-                        )),
+                        None => {
+                            self.in_doubt = true;
+                            Err(IoError::new(
+                                IoErrorKind::Other,
+                                format!("{}: {why}; the transaction may have committed", self.server),
+                            ))
+                        }
                     };
                 }
                 Err(_) => {
@@ -587,6 +611,8 @@ impl Store {
                         let why = format!("no answer from the metadata server within {:?}", self.timeout);
                         return self.settle(conn_id, seq, IoErrorKind::Timeout, why).await;
                     }
+                    // A transaction cut off anywhere may have reached its `COMMIT`.
+                    self.in_doubt = matches!(req, Job::Meta(MetaRequest::Commit(txn), _) if !txn.ops.is_empty());
                     return Err(IoError::new(
                         IoErrorKind::Timeout,
                         format!("{}: no answer from the metadata server within {:?}", self.server, self.timeout),
@@ -613,6 +639,7 @@ impl Store {
             Ok(false) => Err(IoError::new(kind, format!("{server}: {why}; the transaction did not commit"))),
             Err(e) => {
                 self.conn = None;
+                self.in_doubt = true;
                 Err(IoError::new(
                     kind,
                     format!("{server}: {why}; whether the transaction committed is unknown ({e})"),

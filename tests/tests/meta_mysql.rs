@@ -784,6 +784,7 @@ fn commits_in_doubt_are_settled() {
         matches!(r, Ok(IoReply::Done)),
         "committed, its answer lost: {r:?}"
     );
+    assert!(!meta.last_in_doubt());
     assert_eq!(load(&mut meta, 2).unwrap().row.version, 2);
 
     cutter.arm(Cut::Commit);
@@ -793,6 +794,7 @@ fn commits_in_doubt_are_settled() {
     assert_eq!(cutter.armed(), Cut::Nothing);
     assert_eq!(err.kind, IoErrorKind::Other, "{err}");
     assert!(err.message.contains("did not commit"), "{err}");
+    assert!(!meta.last_in_doubt());
     assert_no_secret(&err.message, &cfg);
     assert_eq!(load(&mut meta, 2).unwrap().row.version, 2);
     meta.execute(&update(3)).unwrap();
@@ -824,7 +826,9 @@ fn commits_in_doubt_are_settled() {
     .unwrap_err();
     assert_eq!(cutter.armed(), Cut::Nothing);
     assert!(err.message.contains("may have committed"), "{err}");
+    assert!(meta.last_in_doubt(), "the driver publishes it to the other hosts");
     assert_eq!(load(&mut meta, 2).unwrap().row.version, 5);
+    assert!(!meta.last_in_doubt());
 
     let markers = || {
         server.sql(
