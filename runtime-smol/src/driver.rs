@@ -465,6 +465,10 @@ impl Driver {
                             fence = self.fence_of(txn);
                         }
                         let mut result = self.meta.execute_fenced(&req, fence);
+                        // A transaction whose outcome is unknown (its answer lost) may have
+                        // committed: the other hosts hear of it too (what did not change costs
+                        // them a reload).
+                        let maybe_committed = result.is_ok() || self.meta.last_in_doubt();
                         if let (Some(f), Err(e)) = (fence, &result) {
                             if e.kind == IoErrorKind::Conflict {
                                 // Refused (or another host changed the row): the core commits
@@ -482,10 +486,6 @@ impl Driver {
                             tracing::error!(error = %e, "metadata store");
                         }
                         if let MetaRequest::Commit(txn) = &req {
-                            // A transaction whose outcome is unknown (its answer lost) may have
-                            // committed: the other hosts hear of it too (what did not change
-                            // costs them a reload).
-                            let maybe_committed = result.is_ok() || self.meta.last_in_doubt();
                             if let (Some(p), true) = (&self.publisher, maybe_committed) {
                                 let changes = txn.changes();
                                 if !changes.is_empty() {
