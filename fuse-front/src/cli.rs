@@ -197,8 +197,7 @@ pub fn parse_with_env(args: impl IntoIterator<Item = OsString>, env: &config::En
     let mountpoint = mountpoint
         .or_else(|| settings.mount.clone())
         .ok_or("mount: missing MOUNTPOINT (give it as an argument or set the mount key)")?;
-    let mut core = truckeefs_core::Config::default();
-    core.upload_delay = settings.upload_delay;
+    let core = truckeefs_core::Config { upload_delay: settings.upload_delay, ..Default::default() };
     let mut args = MountArgs {
         mountpoint,
         data_dir: settings.data_dir.clone(),

@@ -269,8 +269,7 @@ fn functionality_by_mount(settings: &Settings, verbose: u8, mount: fn(MountArgs)
     settings.test_compatibility = false;
     settings.test_integration = false;
     settings.test_functionality = true;
-    let mut core = truckeefs_core::Config::default();
-    core.upload_delay = settings.upload_delay;
+    let core = truckeefs_core::Config { upload_delay: settings.upload_delay, ..Default::default() };
     let args = MountArgs {
         mountpoint: mountpoint.clone(),
         data_dir: settings.data_dir.clone(),

@@ -59,12 +59,15 @@ pub fn moved_flag_env(key: &str) -> String {
     format!("TRUCKEEFS_FLAG_{}", key.to_ascii_uppercase())
 }
 
+/// The arguments kept, and the secret flags' values moved (the flag's key, its value).
+pub type SecretSplit = (Vec<OsString>, Vec<(String, OsString)>);
+
 /// Splits the command line into the arguments to keep and the secret flags' values to move into
 /// the environment: `--rootcap VALUE` and `--rootcap=VALUE` (likewise `--sql-pass`,
 /// `--auth-token`), up to a `--`, wherever they are (a command that does not take them, such as
 /// `ays`, reports them from the environment). `None` when there is nothing to move, including for
 /// a flag without its value (the parser reports that). `args` excludes the program name.
-pub fn split_secret_flags(args: &[OsString]) -> Option<(Vec<OsString>, Vec<(String, OsString)>)> {
+pub fn split_secret_flags(args: &[OsString]) -> Option<SecretSplit> {
     let mut keep = Vec::with_capacity(args.len());
     let mut moved = Vec::new();
     let mut i = 0;
