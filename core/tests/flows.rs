@@ -159,6 +159,15 @@ impl Harness {
         self.collect();
     }
 
+    /// Completes a request held back as the store executes it now, but answers with a failure
+    /// (its answer lost).
+    fn lose_answer(&mut self, (io, req): (IoId, IoRequest)) {
+        let applied = self.store.execute(&req);
+        assert!(applied.is_ok(), "{applied:?}");
+        self.core.handle_completion(self.now, io, Err(IoError::new(IoErrorKind::Other, "answer lost")));
+        self.collect();
+    }
+
     /// Lets the timers run `secs` seconds later.
     fn later(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
@@ -2326,11 +2335,8 @@ fn an_upload_commit_applied_but_answered_with_a_failure_deletes_the_object_it_re
     let first = h.store.inodes[&ino].object.clone().expect("stored");
     h.write(ino, fh, 0, b"second version");
     let fsync = h.send(Op::Fsync { ino, fh, datasync: false });
-    let (io, commit) = h.hold(is_commit);
-    let applied = h.store.execute(&commit);
-    assert!(applied.is_ok(), "{applied:?}");
-    h.core.handle_completion(h.now, io, Err(IoError::new(IoErrorKind::Other, "answer lost")));
-    h.collect();
+    let commit = h.hold(is_commit);
+    h.lose_answer(commit);
     h.settle();
     h.later(60);
     assert!(h.replies.remove(&fsync).is_some(), "fsync answered");

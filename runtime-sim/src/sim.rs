@@ -364,10 +364,7 @@ impl World {
             // Applied, but the driver hears a failure in doubt: it publishes the change (it may
             // have committed), and keeps the orphans it listed.
             let _ = self.meta.execute(m);
-            let changes = txn.changes();
-            if self.redis.is_some() && !changes.is_empty() {
-                self.published.push(changes);
-            }
+            self.publish(txn);
         }
         if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
             return Err(e);
@@ -392,16 +389,21 @@ impl World {
         let Some(redis) = &mut self.redis else { return result };
         match (m, &mut result) {
             (MetaRequest::Commit(txn), Ok(_)) => {
-                let changes = txn.changes();
-                if !changes.is_empty() {
-                    self.published.push(changes);
-                }
                 crate::orphans::release(redis, me, &mut self.held_orphans, txn);
+                self.publish(txn);
             }
             (MetaRequest::ListOrphans, Ok(IoReply::Orphans(rows))) => crate::orphans::spare(redis, me, now, rows),
             _ => {}
         }
         result
+    }
+
+    /// Several hosts: what `txn` changed goes to the others (`published`).
+    fn publish(&mut self, txn: &truckeefs_core::Txn) {
+        let changes = txn.changes();
+        if self.redis.is_some() && !changes.is_empty() {
+            self.published.push(changes);
+        }
     }
 
     fn perform(&mut self, request: &IoRequest, fault: &Option<Fault>) -> IoResult {

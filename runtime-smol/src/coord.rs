@@ -474,9 +474,8 @@ fn glob_escape(s: &str) -> String {
 /// A host id unique among live mounts: the machine's name, the process id and some randomness.
 fn host_id() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let mut random = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random));
-    format!("{}/{}/{:016x}", name.trim(), std::process::id(), u64::from_le_bytes(random))
+    let random = crate::objects::random_hex(8).unwrap_or_else(|_| "0".repeat(16));
+    format!("{}/{}/{random}", name.trim(), std::process::id())
 }
 
 pub(crate) fn encode(host: &str, c: &Changes) -> String {

@@ -494,9 +494,7 @@ struct Marker<'a> {
 
 /// A fresh name for a store's marker row: `commit/` and 96 random bits in hex.
 fn new_marker() -> std::io::Result<String> {
-    let mut random = [0u8; 12];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
-    Ok(format!("commit/{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("commit/{}", crate::objects::random_hex(12)?))
 }
 
 impl Store {

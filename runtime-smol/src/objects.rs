@@ -192,9 +192,14 @@ pub fn execute_store(objects: &ObjectDir, staging: &Staging, req: &StoreRequest)
 
 /// A fresh object name: 128 random bits as 32 hex characters, unique across restarts and hosts.
 fn new_id() -> io::Result<ObjectId> {
-    let mut buf = [0u8; 16];
+    random_hex(16).map(ObjectId)
+}
+
+/// `bytes` random bytes from `/dev/urandom`, as twice as many hex characters.
+pub(crate) fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; bytes];
     File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(ObjectId(buf.iter().map(|b| format!("{b:02x}")).collect()))
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Reads `len` bytes at `offset`, or fewer at end of file.
