@@ -44,6 +44,7 @@ pub mod ays;
 pub mod ays_client;
 pub mod tahoe_grid;
 pub mod mariadb;
+pub mod commit_cutter;
 
 /// How long to wait for the mount point to appear after spawning the daemon.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);

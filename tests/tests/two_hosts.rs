@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use truckeefs_tests::ays::RedisServer;
+use truckeefs_tests::commit_cutter::{CommitCutter, Cut};
 use truckeefs_tests::mariadb::MariaDb;
 use truckeefs_tests::tahoe_grid::TahoeGrid;
 use truckeefs_tests::*;
@@ -27,20 +28,33 @@ struct Hosts {
 }
 
 fn two_hosts() -> Hosts {
+    two_hosts_a_through(None)
+}
+
+/// Two hosts; A reaches MariaDB through `a_sql_port` on 127.0.0.1 (a proxy in front of it), if
+/// given.
+fn two_hosts_a_through(a_sql_port: Option<u16>) -> Hosts {
     let db = MariaDb::shared();
     let grid = TahoeGrid::shared();
     let redis = RedisServer::start();
     let config = tempfile::tempdir().unwrap();
     let path = config.path().join("env.yaml");
     let db_name = db.unique_db_name("hosts");
-    fs::write(
-        &path,
-        format!("{}redis_host: 127.0.0.1:{}\nredis_prefix: 'test:'\n", production_yaml(grid, db, &db_name), redis.port),
-    )
-    .unwrap();
+    let yaml = format!("{}redis_host: 127.0.0.1:{}\nredis_prefix: 'test:'\n", production_yaml(grid, db, &db_name), redis.port);
+    fs::write(&path, &yaml).unwrap();
     let cfg = path.to_str().unwrap().to_string();
+    let a_cfg = match a_sql_port {
+        None => cfg.clone(),
+        Some(port) => {
+            let direct = format!("sql_host: {}:{}\n", db.host(), db.port());
+            assert!(yaml.contains(&direct), "{yaml}");
+            let a_path = config.path().join("a.yaml");
+            fs::write(&a_path, yaml.replace(&direct, &format!("sql_host: 127.0.0.1:{port}\n"))).unwrap();
+            a_path.to_str().unwrap().to_string()
+        }
+    };
     let (a_dirs, b_dirs) = (Storage::new(), Storage::new());
-    let a = Mount::with_dirs_args(&a_dirs.data_dir, &a_dirs.cache_dir, &["-c", &cfg]);
+    let a = Mount::with_dirs_args(&a_dirs.data_dir, &a_dirs.cache_dir, &["-c", &a_cfg]);
     // The first mount creates the tables; the second finds them.
     let b = Mount::with_dirs_args(&b_dirs.data_dir, &b_dirs.cache_dir, &["-c", &cfg]);
     Hosts { a, b, _a_dirs: a_dirs, _b_dirs: b_dirs, redis, db: db_name, cfg, _config: config }
@@ -106,6 +120,37 @@ fn names_made_on_one_host_appear_on_the_other() {
     // Changes were published under the prefix's channel.
     let channels = h.redis.cli_text(&["PUBSUB", "CHANNELS", "*"]);
     assert!(channels.contains("test:changes"), "{channels}");
+
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+/// A change whose `COMMIT` answer A never heard (its connection to MariaDB broke right after the
+/// server had the `COMMIT`) fails on A with EIO, as it may not have happened. It did, and B hears
+/// of it: A publishes a transaction in doubt as it publishes the others. Without that, B would
+/// list its cached directory without the new name for as long as it runs.
+#[test]
+fn a_change_whose_commit_answer_was_lost_reaches_the_other_host() {
+    let cutter = CommitCutter::start(MariaDb::shared());
+    let h = two_hosts_a_through(Some(cutter.port));
+    let names = |m: &Mount| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    // Both have the root's listing; A has nothing left to store (directory times go within a
+    // second), so the next `COMMIT` through the proxy is the mkdir's.
+    assert!(names(&h.a).is_empty());
+    assert!(names(&h.b).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    cutter.arm(Cut::Answer);
+    let err = fs::create_dir(h.a.path("d")).expect_err("the mkdir's answer was lost");
+    assert_eq!(cutter.armed(), Cut::Nothing, "the COMMIT went through the proxy");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    eventually("the directory on B", || names(&h.b) == ["d"]);
+    eventually("the directory on A, once it read the row again", || names(&h.a) == ["d"]);
+    assert!(h.a.path("d").is_dir());
 
     h.a.unmount_ok();
     h.b.unmount_ok();
