@@ -2347,3 +2347,24 @@ fn an_upload_commit_applied_but_answered_with_a_failure_deletes_the_object_it_re
     h.later(60);
     assert_eq!(h.read(ino, 0, 100), b"second version");
 }
+
+/// An unlink whose transaction was applied but answered with a failure (a MySQL `COMMIT` whose
+/// answer was lost): the user hears EIO, and the core, reading the rows again, finds the name
+/// gone. The file, still open, stays readable, and goes with its last close, row and object.
+#[test]
+fn an_unlink_applied_but_answered_with_a_failure_leaves_nothing_behind_after_the_close() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.fsynced("f", b"contents");
+    let unlink = h.send(Op::Unlink { parent: ROOT_INO, name: b"f".to_vec() });
+    let commit = h.hold(is_commit);
+    h.lose_answer(commit);
+    h.settle();
+    assert_eq!(h.replies.remove(&unlink), Some(Err(libc::EIO)));
+    assert!(!h.names(ROOT_INO).iter().any(|n| n == "f"), "the name is listed after its unlink");
+    assert_eq!(h.call(Op::Lookup { parent: ROOT_INO, name: b"f".to_vec() }), Err(libc::ENOENT));
+    assert_eq!(h.read(ino, 0, 100), b"contents");
+    h.release(ino, fh);
+    h.later(60);
+    assert!(!h.store.inodes.contains_key(&ino), "the row is left");
+    assert!(h.store.objects.is_empty(), "an object is left: {:?}", h.store.objects.keys());
+}

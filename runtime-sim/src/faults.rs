@@ -18,8 +18,9 @@ pub struct FaultProfile {
     pub staging_nospace: f64,
     /// A metadata `Commit` fails without applying anything.
     pub commit_fail: f64,
-    /// A durable `Commit` of one inode row (an upload's, an fsync's) is applied and its answer
-    /// lost: it fails (a MySQL `COMMIT` whose answer the store could not settle).
+    /// A `Commit` is applied and its answer lost: it fails (a MySQL `COMMIT` whose answer the
+    /// store could not settle). Durable commits of one inode row (an upload's, an fsync's), and
+    /// with [`Faults::namespace_lost`] the transactions that change names or xattrs.
     pub commit_lost: f64,
     /// A metadata `LoadInode` or `LoadDir` fails.
     pub load_fail: f64,
@@ -96,6 +97,18 @@ fn one_row_durably(txn: &Txn) -> bool {
     txn.durable && matches!(txn.ops[..], [TxnOp::UpdateInode { .. }])
 }
 
+/// A transaction that makes an inode with its name, removes a name or changes an xattr: a
+/// create's, mkdir's, mknod's, symlink's, unlink's, rmdir's, rename's, setxattr's or
+/// removexattr's (not a link's: its answer carries attributes the row does not hold, the size
+/// and times of data not uploaded yet). The harness learns from the lost transaction itself
+/// which request it answered (`Harness::checked`).
+fn changes_names_or_xattrs(txn: &Txn) -> bool {
+    let has = |f: fn(&TxnOp) -> bool| txn.ops.iter().any(f);
+    !txn.durable
+        && (has(|op| matches!(op, TxnOp::InsertInode(_)))
+            || has(|op| matches!(op, TxnOp::DeleteDentry { .. } | TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. })))
+}
+
 pub struct Faults {
     pub profile: FaultProfile,
     rng: Rng,
@@ -103,11 +116,14 @@ pub struct Faults {
     pub enabled: bool,
     /// Failures injected so far (slow I/O not counted).
     pub injected: u64,
+    /// Lost answers reach namespace and xattr transactions too (one host: the multi-host checks
+    /// do not learn what a lost transaction did).
+    pub namespace_lost: bool,
 }
 
 impl Faults {
     pub fn new(profile: FaultProfile, rng: Rng) -> Faults {
-        Faults { profile, rng, enabled: true, injected: 0 }
+        Faults { profile, rng, enabled: true, injected: 0, namespace_lost: false }
     }
 
     /// The fault for one I/O, if any.
@@ -132,7 +148,8 @@ impl Faults {
             return Some(Fault::Fail(fail.1));
         }
         if let IoRequest::Meta(MetaRequest::Commit(txn)) = req {
-            if p.commit_lost > 0.0 && one_row_durably(txn) && self.rng.chance(p.commit_lost) {
+            let may_lose = one_row_durably(txn) || (self.namespace_lost && changes_names_or_xattrs(txn));
+            if p.commit_lost > 0.0 && may_lose && self.rng.chance(p.commit_lost) {
                 self.injected += 1;
                 return Some(Fault::Lost(IoErrorKind::Other));
             }

@@ -95,6 +95,11 @@ pub struct World {
     pub fault_epoch: u64,
     /// Transactions that lost to another writer's (counted in `fault_epoch` too).
     pub conflicts: u64,
+    /// The last transactions applied whose answer was lost, each with the `fault_epoch` its
+    /// failure showed in.
+    pub lost: std::collections::VecDeque<(u64, truckeefs_core::Txn)>,
+    /// Such transactions applied whose failure has not shown yet.
+    lost_unseen: Vec<truckeefs_core::Txn>,
     replies: HashMap<RequestId, Result<Reply, i32>>,
     outstanding: HashSet<RequestId>,
     next_request: u64,
@@ -203,6 +208,8 @@ impl World {
             meta_at_emit,
             faults,
             fault_epoch: 0,
+            lost: std::collections::VecDeque::new(),
+            lost_unseen: Vec::new(),
             conflicts: 0,
             replies: HashMap::new(),
             outstanding: HashSet::new(),
@@ -361,9 +368,12 @@ impl World {
     fn perform_meta(&mut self, m: &MetaRequest, fault: &Option<Fault>) -> IoResult {
         self.before_meta(m);
         if let (Some(Fault::Lost(_)), MetaRequest::Commit(txn)) = (fault, m) {
-            // Applied, but the driver hears a failure in doubt: it publishes the change (it may
-            // have committed), and keeps the orphans it listed.
-            let _ = self.meta.execute(m);
+            // Executed, but the driver hears a failure in doubt: it publishes the change (it may
+            // have committed), and keeps the orphans it listed. (A transaction that conflicts
+            // changes nothing here either.)
+            if self.meta.execute(m).is_ok() {
+                self.lost_unseen.push(txn.clone());
+            }
             self.publish(txn);
         }
         if let Some(e) = fault.as_ref().and_then(|f| f.error("metadata commit")) {
@@ -492,6 +502,15 @@ impl World {
                 Some(r) => r,
                 None => self.perform(&e.request, &e.fault),
             };
+            if let (Some(Fault::Lost(_)), IoRequest::Meta(MetaRequest::Commit(txn))) = (&e.fault, &e.request) {
+                if let Some(i) = self.lost_unseen.iter().position(|t| t == txn) {
+                    self.lost_unseen.swap_remove(i);
+                    if self.lost.len() == 64 {
+                        self.lost.pop_front();
+                    }
+                    self.lost.push_back((self.fault_epoch, txn.clone()));
+                }
+            }
             if matches!(e.request, IoRequest::Meta(_)) && result.as_ref().is_err_and(|e| e.kind == IoErrorKind::Conflict) {
                 // A conflict with another writer fails the transaction like an injected fault.
                 self.fault_epoch += 1;
@@ -619,6 +638,7 @@ impl World {
         self.trace.note(self.now_us(), format!("CRASH with {} I/O in flight{what}", self.queue.len()));
         self.fault_epoch += 1;
         self.queue.clear();
+        self.lost_unseen.clear();
         self.meta_tail = self.now;
         self.outstanding.clear();
         self.replies.clear();

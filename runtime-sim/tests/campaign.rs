@@ -32,6 +32,10 @@ fn fifty_seeds_with_faults_and_crashes() {
     eprintln!("seeds=50 ops={ops} faults={faults} crashes={crashes}");
     assert!(ops > 10_000, "too few requests: {ops}");
     assert!(faults > 0 && crashes > 0, "the campaign injected no faults or crashes");
+    // Namespace changes whose transaction was applied and answered with a failure: checked as
+    // made (`Harness::checked`).
+    let lost: u64 = stats.iter().filter_map(|s| s.histogram.get("answer lost, change made")).map(|(n, _)| n).sum();
+    assert!(lost > 0, "no namespace change lost its answer");
 }
 
 #[test]
