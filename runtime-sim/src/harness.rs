@@ -8,7 +8,7 @@
 //! steps; then the liveness phase: faults off, every handle closed, shutdown until idle, every
 //! file compared byte for byte, one more crash and restart, and every file compared again.
 
-use crate::faults::{FaultProfile, Faults};
+use crate::faults::{FaultProfile, Faults, LostNames};
 use crate::meta::MemMeta;
 use crate::model::{Model, MAX_VERSIONS};
 use crate::objects::MemObjects;
@@ -20,8 +20,7 @@ use crate::trace::Trace;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use truckeefs_core::{
-    Attr, Config, Ctx, DirEntry, FileKind, Ino, InodeRow, LockRange, Op, Reply, RequestId, SetAttr, SetTime, Timespec, Txn,
-    TxnOp, BLOCK_SIZE, ROOT_INO,
+    Config, Ctx, DirEntry, FileKind, Ino, LockRange, Op, Reply, RequestId, SetAttr, SetTime, Timespec, ROOT_INO,
 };
 
 /// A full comparison of the tree every this many steps.
@@ -177,70 +176,6 @@ fn lookups_in(r: &Result<Reply, i32>) -> Option<Ino> {
     }
 }
 
-/// What `op` did if `txn` is its transaction (applied, its answer lost): the request and the
-/// answer the model takes it as. Only the transactions of some namespace and xattr changes lose
-/// their answers (see `Faults::namespace_lost`); a create counts as the mknod of a regular file,
-/// as the kernel holds no handle of it.
-fn made_by(op: &Op, txn: &Txn) -> Option<(Op, Reply)> {
-    let deletes = |p: Ino, n: &[u8]| {
-        txn.ops.iter().any(|t| matches!(t, TxnOp::DeleteDentry { parent, name, .. } if *parent == p && name == n))
-    };
-    let inserted = |p: Ino, n: &[u8]| {
-        txn.ops.iter().find_map(|t| match t {
-            TxnOp::InsertDentry(d) if d.parent == p && d.name == n => Some(d.ino),
-            _ => None,
-        })
-    };
-    // The attributes of an inode the transaction makes.
-    let made = |ino: Ino| {
-        txn.ops.iter().find_map(|t| match t {
-            TxnOp::InsertInode(r) if r.ino == ino => Some(attr_of(r)),
-            _ => None,
-        })
-    };
-    let empty = |made: bool| made.then(|| (op.clone(), Reply::Empty));
-    match op {
-        Op::Unlink { parent, name } | Op::RmDir { parent, name } => empty(deletes(*parent, name)),
-        Op::Rename { parent, name, newparent, newname, .. } => {
-            empty(deletes(*parent, name) && inserted(*newparent, newname).is_some())
-        }
-        Op::SetXattr { ino, name, .. } => {
-            empty(txn.ops.iter().any(|t| matches!(t, TxnOp::SetXattr { ino: i, name: n, .. } if i == ino && n == name)))
-        }
-        Op::RemoveXattr { ino, name } => {
-            empty(txn.ops.iter().any(|t| matches!(t, TxnOp::RemoveXattr { ino: i, name: n } if i == ino && n == name)))
-        }
-        Op::MkNod { parent, name, .. } | Op::MkDir { parent, name, .. } | Op::Symlink { parent, name, .. } => {
-            Some((op.clone(), Reply::Entry(made(inserted(*parent, name)?)?)))
-        }
-        Op::Create { parent, name, mode, umask, .. } => {
-            let mknod = Op::MkNod { parent: *parent, name: name.clone(), mode: *mode, umask: *umask, rdev: 0 };
-            Some((mknod, Reply::Entry(made(inserted(*parent, name)?)?)))
-        }
-        _ => None,
-    }
-}
-
-/// The attributes of a stored row, as the core answers them.
-fn attr_of(r: &InodeRow) -> Attr {
-    let size = if r.kind == FileKind::Directory { 4096 } else { r.size };
-    Attr {
-        ino: r.ino,
-        size,
-        blocks: size.div_ceil(512),
-        atime: r.atime,
-        mtime: r.mtime,
-        ctime: r.ctime,
-        kind: r.kind,
-        perm: r.perm,
-        nlink: r.nlink,
-        uid: r.uid,
-        gid: r.gid,
-        rdev: r.rdev,
-        blksize: BLOCK_SIZE,
-    }
-}
-
 impl Harness {
     pub fn new(opts: Options) -> Harness {
         let mut root = Rng::new(opts.seed);
@@ -280,7 +215,7 @@ impl Harness {
             trace,
         );
         let mut world = world;
-        world.faults.namespace_lost = true;
+        world.faults.lost_names = LostNames::All;
         world.crash_mode = crash_mode;
         world.crash_rng = crash_rng;
         let mut model = Model::new(0, 0, track);
@@ -417,8 +352,7 @@ impl Harness {
         let faulted = self.w.fault_epoch != epoch;
         self.set_clock();
         if *r == Err(libc::EIO) {
-            let mut lost_since = self.w.lost.iter().filter(|(at, _)| *at > epoch);
-            if let Some((made, reply)) = lost_since.find_map(|(_, txn)| made_by(op, txn)) {
+            if let Some((made, reply)) = self.w.made_since(epoch, op) {
                 // Its transaction was applied and its answer lost: the user hears EIO for a
                 // change that happened, and the model takes it as made (the kernel learnt of no
                 // new inode or handle).

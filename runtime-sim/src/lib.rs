@@ -13,6 +13,7 @@
 pub mod faults;
 pub mod harness;
 pub mod hosts;
+pub mod lost;
 pub mod meta;
 pub mod model;
 pub mod multihost;

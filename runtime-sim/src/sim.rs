@@ -652,6 +652,12 @@ impl World {
         }
     }
 
+    /// What `op`, sent when the fault epoch was `epoch`, did if one of the transactions whose
+    /// answer was lost since is its own: the request and answer the checks take it as.
+    pub fn made_since(&self, epoch: u64, op: &Op) -> Option<(Op, Reply)> {
+        self.lost.iter().filter(|(at, _)| *at > epoch).find_map(|(_, txn)| crate::lost::made_by(op, txn))
+    }
+
     /// A new mount process starts on what the crash left: a new core.
     pub fn start_again(&mut self) -> LoopResult<()> {
         self.core = Core::new(self.config.clone(), self.instant());

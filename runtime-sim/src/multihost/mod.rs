@@ -28,7 +28,7 @@ mod names;
 mod orphans;
 mod writers;
 
-use crate::faults::{FaultProfile, Faults};
+use crate::faults::{FaultProfile, Faults, LostNames};
 use crate::harness::{Failure, Options, Stats};
 use crate::hosts::Cluster;
 use crate::meta::MemMeta;
@@ -349,6 +349,7 @@ impl Mh {
                 Faults::new(profile.clone(), hr.fork(2)),
                 Trace::new(0),
             );
+            w.faults.lost_names = LostNames::Removals;
             w.crash_mode = crash_mode;
             w.crash_rng = hr.fork(3);
             worlds.push(w);
@@ -863,6 +864,7 @@ impl Mh {
                 let next = if r.resolving.is_some() {
                     self.on_dir_lookup(r, reply)?
                 } else {
+                    let reply = self.made_anyway(r, reply);
                     self.on_reply(r, reply, &mut created)?
                 };
                 match next {
@@ -916,6 +918,22 @@ impl Mh {
             }
         }
         Ok(())
+    }
+
+    /// The answer the checks take: an unlink's, rmdir's or rename's EIO whose transaction was
+    /// applied (its answer lost) is the success it was.
+    fn made_anyway(&mut self, r: &Running, reply: Result<Reply, i32>) -> Result<Reply, i32> {
+        if reply != Err(libc::EIO) {
+            return reply;
+        }
+        let w = &mut self.c.hosts[r.host].w;
+        match w.made_since(r.epoch, &r.op) {
+            Some((_, made)) => {
+                w.histogram.entry("answer lost, change made").or_default().0 += 1;
+                Ok(made)
+            }
+            None => reply,
+        }
     }
 
     /// Whether an I/O error is explained by a fault seen since the action started.

@@ -1,0 +1,69 @@
+//! Requests whose transaction was applied and answered with a failure (its answer lost,
+//! `Fault::Lost`): which request a lost transaction was, and what the change it made looks like
+//! to the checks.
+
+use truckeefs_core::{Attr, FileKind, Ino, InodeRow, Op, Reply, Txn, TxnOp, BLOCK_SIZE};
+
+/// What `op` did if `txn` is its transaction (applied, its answer lost): the request and the
+/// answer the model takes it as. Only the transactions of some namespace and xattr changes lose
+/// their answers (see `Faults::lost_names`); a create counts as the mknod of a regular file,
+/// as the kernel holds no handle of it.
+pub fn made_by(op: &Op, txn: &Txn) -> Option<(Op, Reply)> {
+    let deletes = |p: Ino, n: &[u8]| {
+        txn.ops.iter().any(|t| matches!(t, TxnOp::DeleteDentry { parent, name, .. } if *parent == p && name == n))
+    };
+    let inserted = |p: Ino, n: &[u8]| {
+        txn.ops.iter().find_map(|t| match t {
+            TxnOp::InsertDentry(d) if d.parent == p && d.name == n => Some(d.ino),
+            _ => None,
+        })
+    };
+    // The attributes of an inode the transaction makes.
+    let made = |ino: Ino| {
+        txn.ops.iter().find_map(|t| match t {
+            TxnOp::InsertInode(r) if r.ino == ino => Some(attr_of(r)),
+            _ => None,
+        })
+    };
+    let empty = |made: bool| made.then(|| (op.clone(), Reply::Empty));
+    match op {
+        Op::Unlink { parent, name } | Op::RmDir { parent, name } => empty(deletes(*parent, name)),
+        Op::Rename { parent, name, newparent, newname, .. } => {
+            empty(deletes(*parent, name) && inserted(*newparent, newname).is_some())
+        }
+        Op::SetXattr { ino, name, .. } => {
+            empty(txn.ops.iter().any(|t| matches!(t, TxnOp::SetXattr { ino: i, name: n, .. } if i == ino && n == name)))
+        }
+        Op::RemoveXattr { ino, name } => {
+            empty(txn.ops.iter().any(|t| matches!(t, TxnOp::RemoveXattr { ino: i, name: n } if i == ino && n == name)))
+        }
+        Op::MkNod { parent, name, .. } | Op::MkDir { parent, name, .. } | Op::Symlink { parent, name, .. } => {
+            Some((op.clone(), Reply::Entry(made(inserted(*parent, name)?)?)))
+        }
+        Op::Create { parent, name, mode, umask, .. } => {
+            let mknod = Op::MkNod { parent: *parent, name: name.clone(), mode: *mode, umask: *umask, rdev: 0 };
+            Some((mknod, Reply::Entry(made(inserted(*parent, name)?)?)))
+        }
+        _ => None,
+    }
+}
+
+/// The attributes of a stored row, as the core answers them.
+fn attr_of(r: &InodeRow) -> Attr {
+    let size = if r.kind == FileKind::Directory { 4096 } else { r.size };
+    Attr {
+        ino: r.ino,
+        size,
+        blocks: size.div_ceil(512),
+        atime: r.atime,
+        mtime: r.mtime,
+        ctime: r.ctime,
+        kind: r.kind,
+        perm: r.perm,
+        nlink: r.nlink,
+        uid: r.uid,
+        gid: r.gid,
+        rdev: r.rdev,
+        blksize: BLOCK_SIZE,
+    }
+}
