@@ -20,7 +20,7 @@ pub struct FaultProfile {
     pub commit_fail: f64,
     /// A `Commit` is applied and its answer lost: it fails (a MySQL `COMMIT` whose answer the
     /// store could not settle). Durable commits of one inode row (an upload's, an fsync's), and
-    /// with [`Faults::lost_names`] the transactions of some namespace and xattr changes.
+    /// the transactions of namespace and xattr changes (see `changes_names`).
     pub commit_lost: f64,
     /// A metadata `LoadInode` or `LoadDir` fails.
     pub load_fail: f64,
@@ -97,21 +97,18 @@ fn one_row_durably(txn: &Txn) -> bool {
     txn.durable && matches!(txn.ops[..], [TxnOp::UpdateInode { .. }])
 }
 
-/// Whether `txn` may lose its answer under `names`: the transaction of a create, mkdir, mknod or
-/// symlink (`All`), or of an unlink, rmdir, rename, setxattr or removexattr (`Removals` too).
-/// Not a link's: its answer carries attributes the row does not hold (the size and times of
-/// data not uploaded yet). The checks learn from the lost transaction itself which request it
-/// answered (`lost::made_by`).
-fn loses_with(names: LostNames, txn: &Txn) -> bool {
-    let has = |f: fn(&TxnOp) -> bool| txn.ops.iter().any(f);
-    let makes = || has(|op| matches!(op, TxnOp::InsertInode(_)));
-    let removes = || has(|op| matches!(op, TxnOp::DeleteDentry { .. } | TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. }));
+/// A transaction of a namespace or xattr change: a create's, mkdir's, mknod's, symlink's,
+/// unlink's, rmdir's, rename's, setxattr's or removexattr's. Not a link's: its answer carries
+/// attributes the row does not hold (the size and times of data not uploaded yet). The checks
+/// learn from the lost transaction itself which request it answered (`lost::made_by`).
+fn changes_names(txn: &Txn) -> bool {
     !txn.durable
-        && match names {
-            LostNames::None => false,
-            LostNames::Removals => removes() && !makes(),
-            LostNames::All => removes() || makes(),
-        }
+        && txn.ops.iter().any(|op| {
+            matches!(
+                op,
+                TxnOp::InsertInode(_) | TxnOp::DeleteDentry { .. } | TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. }
+            )
+        })
 }
 
 pub struct Faults {
@@ -121,26 +118,11 @@ pub struct Faults {
     pub enabled: bool,
     /// Failures injected so far (slow I/O not counted).
     pub injected: u64,
-    /// Which namespace and xattr transactions lose answers too.
-    pub lost_names: LostNames,
-}
-
-/// Which transactions of namespace and xattr changes may have their answers lost (besides the
-/// durable commits of one inode row, which always may).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LostNames {
-    #[default]
-    None,
-    /// Those answered with success and nothing else: unlinks, rmdirs, renames, xattr changes
-    /// (several hosts: their checks take a made change from a success only).
-    Removals,
-    /// Also those that make an inode with its name: creates, mkdirs, mknods, symlinks.
-    All,
 }
 
 impl Faults {
     pub fn new(profile: FaultProfile, rng: Rng) -> Faults {
-        Faults { profile, rng, enabled: true, injected: 0, lost_names: LostNames::None }
+        Faults { profile, rng, enabled: true, injected: 0 }
     }
 
     /// The fault for one I/O, if any.
@@ -165,8 +147,7 @@ impl Faults {
             return Some(Fault::Fail(fail.1));
         }
         if let IoRequest::Meta(MetaRequest::Commit(txn)) = req {
-            let may_lose = one_row_durably(txn) || loses_with(self.lost_names, txn);
-            if p.commit_lost > 0.0 && may_lose && self.rng.chance(p.commit_lost) {
+            if p.commit_lost > 0.0 && (one_row_durably(txn) || changes_names(txn)) && self.rng.chance(p.commit_lost) {
                 self.injected += 1;
                 return Some(Fault::Lost(IoErrorKind::Other));
             }

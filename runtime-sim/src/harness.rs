@@ -8,7 +8,7 @@
 //! steps; then the liveness phase: faults off, every handle closed, shutdown until idle, every
 //! file compared byte for byte, one more crash and restart, and every file compared again.
 
-use crate::faults::{FaultProfile, Faults, LostNames};
+use crate::faults::{FaultProfile, Faults};
 use crate::meta::MemMeta;
 use crate::model::{Model, MAX_VERSIONS};
 use crate::objects::MemObjects;
@@ -215,7 +215,6 @@ impl Harness {
             trace,
         );
         let mut world = world;
-        world.faults.lost_names = LostNames::All;
         world.crash_mode = crash_mode;
         world.crash_rng = crash_rng;
         let mut model = Model::new(0, 0, track);

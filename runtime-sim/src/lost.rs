@@ -5,9 +5,9 @@
 use truckeefs_core::{Attr, FileKind, Ino, InodeRow, Op, Reply, Txn, TxnOp, BLOCK_SIZE};
 
 /// What `op` did if `txn` is its transaction (applied, its answer lost): the request and the
-/// answer the model takes it as. Only the transactions of some namespace and xattr changes lose
-/// their answers (see `Faults::lost_names`); a create counts as the mknod of a regular file,
-/// as the kernel holds no handle of it.
+/// answer the model takes it as (`Faults::decide` loses the answers of namespace and xattr
+/// changes other than links); a create counts as the mknod of a regular file, as the kernel
+/// holds no handle of it.
 pub fn made_by(op: &Op, txn: &Txn) -> Option<(Op, Reply)> {
     let deletes = |p: Ino, n: &[u8]| {
         txn.ops.iter().any(|t| matches!(t, TxnOp::DeleteDentry { parent, name, .. } if *parent == p && name == n))

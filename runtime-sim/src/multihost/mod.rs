@@ -28,7 +28,7 @@ mod names;
 mod orphans;
 mod writers;
 
-use crate::faults::{FaultProfile, Faults, LostNames};
+use crate::faults::{FaultProfile, Faults};
 use crate::harness::{Failure, Options, Stats};
 use crate::hosts::Cluster;
 use crate::meta::MemMeta;
@@ -195,6 +195,9 @@ struct Running {
     resolve: Vec<(usize, usize)>,
     resolving: Option<(usize, usize)>,
     dir_refs: Vec<Ino>,
+    /// Its last answer was an EIO whose transaction was applied (its answer lost): taken as
+    /// made, though the kernel learnt of no inode or handle it made.
+    made: bool,
 }
 
 struct Mh {
@@ -349,7 +352,6 @@ impl Mh {
                 Faults::new(profile.clone(), hr.fork(2)),
                 Trace::new(0),
             );
-            w.faults.lost_names = LostNames::Removals;
             w.crash_mode = crash_mode;
             w.crash_rng = hr.fork(3);
             worlds.push(w);
@@ -826,6 +828,7 @@ impl Mh {
                 resolving: resolve.first().copied(),
                 resolve: resolve.into_iter().skip(1).collect(),
                 dir_refs: Vec::new(),
+                made: false,
             };
             match &r.act {
                 Act::Close { h } => {
@@ -920,9 +923,10 @@ impl Mh {
         Ok(())
     }
 
-    /// The answer the checks take: an unlink's, rmdir's or rename's EIO whose transaction was
-    /// applied (its answer lost) is the success it was.
-    fn made_anyway(&mut self, r: &Running, reply: Result<Reply, i32>) -> Result<Reply, i32> {
+    /// The answer the checks take: an EIO whose transaction was applied (its answer lost) is the
+    /// success it was (a create's, the entry of the file it made: `Running::made`).
+    fn made_anyway(&mut self, r: &mut Running, reply: Result<Reply, i32>) -> Result<Reply, i32> {
+        r.made = false;
         if reply != Err(libc::EIO) {
             return reply;
         }
@@ -930,6 +934,7 @@ impl Mh {
         match w.made_since(r.epoch, &r.op) {
             Some((_, made)) => {
                 w.histogram.entry("answer lost, change made").or_default().0 += 1;
+                r.made = true;
                 Ok(made)
             }
             None => reply,
@@ -977,11 +982,13 @@ impl Mh {
         let act = r.act.clone();
         match (act, stage) {
             (Act::Create { name, .. }, _) => match reply {
-                Ok(Reply::Created { attr, fh }) => {
+                // Made with a handle, or (its answer lost) without one.
+                Ok(Reply::Created { attr, .. }) | Ok(Reply::Entry(attr)) if r.made == matches!(reply, Ok(Reply::Entry(_))) => {
                     let parent = r.parents[0];
                     if let Some(old) = self.entry(parent, name).current {
                         return Err(self.unexpected(r, format!("created, but the name is file {old}")));
                     }
+                    let writer = (!r.made).then_some(r.host);
                     created.push((name, r.host));
                     self.entry_mut(parent, name).set(Some(attr.ino), now);
                     self.files.insert(
@@ -991,14 +998,16 @@ impl Mh {
                             versions: vec![Vec::new()],
                             acked: 0,
                             acks: vec![(now, 0)],
-                            writer: Some(r.host),
-                            last_writer: Some(r.host),
+                            writer,
+                            last_writer: writer,
                             unsettled: None,
                             orphan: None,
                             contest: None,
                         },
                     );
-                    self.add_handle(r.host, name, attr.ino, fh, Mode::Writer, 0);
+                    if let Ok(Reply::Created { fh, .. }) = reply {
+                        self.add_handle(r.host, name, attr.ino, fh, Mode::Writer, 0);
+                    }
                     Ok(None)
                 }
                 Err(libc::EEXIST) => {

@@ -227,7 +227,8 @@ impl Mh {
                     }
                     self.dnames[d].set(Some(a.ino), now);
                     r.ino = Some(a.ino);
-                    r.lookups = 1;
+                    // (No lookup reference when the answer was lost.)
+                    r.lookups = u64::from(!r.made);
                     Ok(None)
                 }
                 Err(libc::EEXIST) if self.dnames[d].existed_since(since.min(r.issued)) => Ok(None),
