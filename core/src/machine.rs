@@ -429,6 +429,9 @@ pub struct Core {
     /// Files without names this host is deleting after a `LockRequest::Reap` (from the request
     /// until the row is gone, or until another host turns out to hold it).
     reaping: HashSet<Ino>,
+    /// Files whose deletion went with a transaction that failed, but may have committed (its
+    /// answer lost), with the objects they had: deleted once the row read again is gone.
+    destroy_in_doubt: HashMap<Ino, Vec<ObjectId>>,
     /// Files whose `LockRequest::Close` failed (the coordination server was away): a listing
     /// left behind would keep another host from deleting the file. And files left to this host
     /// to delete whose row could not be read (`reap_unseen`). Both are tried again at
@@ -493,6 +496,7 @@ impl Core {
             opens_listing: HashSet::new(),
             open_refused: HashSet::new(),
             reaping: HashSet::new(),
+            destroy_in_doubt: HashMap::new(),
             unlist_again: BTreeSet::new(),
             reap_again: BTreeSet::new(),
             listings_again_at: None,
@@ -1292,6 +1296,14 @@ impl Core {
     /// each bumped the in-memory version: they are added to the stored version.
     fn apply_refresh(&mut self, ino: Ino, base: u64, loaded: Option<LoadedInode>) {
         self.refreshing.remove(&ino);
+        if let Some(objects) = self.destroy_in_doubt.remove(&ino) {
+            if loaded.is_none() {
+                // The deletion in doubt committed: its objects are this host's to delete.
+                for object in objects {
+                    self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
+                }
+            }
+        }
         let changing = self.changing_here(ino);
         let Some(existing) = self.inodes.get_mut(&ino) else { return };
         let pinned = changing && existing.data.changed_here;
@@ -2099,6 +2111,15 @@ impl Core {
         }
         if inode.row.nlink == 0 {
             self.destroy(ino);
+        }
+    }
+
+    /// The transaction deleting `ino` failed, but may have committed all the same (its answer
+    /// lost): if the row read again is gone, its objects go too (`apply_refresh`).
+    fn destroy_in_doubt(&mut self, ino: Ino) {
+        if let Some(inode) = self.inodes.get(&ino) {
+            let objects = inode.row.object.iter().chain(&inode.data.garbage).cloned().collect();
+            self.destroy_in_doubt.insert(ino, objects);
         }
     }
 
@@ -3179,20 +3200,32 @@ impl Core {
                     // the retry timer (one that went with its last name did not take it).
                     for c in &after {
                         match c {
-                            Cleanup::DestroyUnnamed(ino) => self.delete_later(*ino),
+                            Cleanup::DestroyUnnamed(ino) => {
+                                if e.kind != IoErrorKind::Conflict {
+                                    self.destroy_in_doubt(*ino);
+                                }
+                                self.delete_later(*ino);
+                            }
                             Cleanup::Reap { ino, ongoing } => {
                                 // The name stays (or the request runs again): the runtime's
-                                // orphan listing of the file goes. (Should the transaction have
-                                // committed all the same, the row read again shows it without
-                                // names, and `apply_refresh` reaps it.) A deletion that was
-                                // going on before goes on.
+                                // orphan listing of the file goes. A deletion that was going on
+                                // before goes on.
                                 if !ongoing {
                                     self.reaping.remove(ino);
                                 }
                                 if !self.listed_opens.contains_key(ino) {
                                     self.unlist(*ino);
+                                    // Should the transaction have committed all the same (its
+                                    // answer lost), the row read again is without names, and
+                                    // this host reaps it. With a load of its own: the inode may
+                                    // leave memory before the reload of `forget_clean_state`
+                                    // comes back (an invalidation), and nobody else would.
+                                    if e.kind != IoErrorKind::Conflict {
+                                        self.reap_unseen(*ino);
+                                    }
                                 }
                             }
+                            Cleanup::Destroy(ino) if e.kind != IoErrorKind::Conflict => self.destroy_in_doubt(*ino),
                             Cleanup::Destroy(_) | Cleanup::Staged(_) => {}
                         }
                     }
