@@ -7,7 +7,7 @@
 //! emitted (one transaction stream); the others may run concurrently.
 
 use crate::op::LockRange;
-use crate::types::{FileKind, Ino, Timespec};
+use crate::types::{Attr, FileKind, Ino, Timespec, BLOCK_SIZE};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,6 +63,31 @@ pub struct InodeRow {
     pub object: Option<ObjectId>,
     /// The target of a symlink.
     pub target: Option<Vec<u8>>,
+}
+
+impl InodeRow {
+    /// The attributes the kernel gets for this row (the size of a directory is 4096).
+    pub fn attr(&self) -> Attr {
+        let size = match self.kind {
+            FileKind::Directory => 4096,
+            _ => self.size,
+        };
+        Attr {
+            ino: self.ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            blksize: BLOCK_SIZE,
+        }
+    }
 }
 
 /// An inode row with its extended attributes, as loaded.

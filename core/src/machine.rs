@@ -1452,27 +1452,7 @@ impl Core {
     // ----- attributes -----
 
     fn attr(&self, ino: Ino) -> Attr {
-        let inode = &self.inodes[&ino];
-        let r = &inode.row;
-        let size = match r.kind {
-            FileKind::Directory => 4096,
-            _ => r.size,
-        };
-        Attr {
-            ino,
-            size,
-            blocks: size.div_ceil(512),
-            atime: r.atime,
-            mtime: r.mtime,
-            ctime: r.ctime,
-            kind: r.kind,
-            perm: r.perm,
-            nlink: r.nlink,
-            uid: r.uid,
-            gid: r.gid,
-            rdev: r.rdev,
-            blksize: BLOCK_SIZE,
-        }
+        self.inodes[&ino].row.attr()
     }
 
     /// The row as it should be stored now: current attributes with the committed object and its

@@ -2,7 +2,7 @@
 //! `Fault::Lost`): which request a lost transaction was, and what the change it made looks like
 //! to the checks.
 
-use truckeefs_core::{Attr, FileKind, Ino, InodeRow, Op, Reply, Txn, TxnOp, BLOCK_SIZE};
+use truckeefs_core::{Ino, Op, Reply, Txn, TxnOp};
 
 /// What `op` did if `txn` is its transaction (applied, its answer lost): the request and the
 /// answer the model takes it as (`Faults::decide` loses the answers of namespace and xattr
@@ -21,7 +21,7 @@ pub fn made_by(op: &Op, txn: &Txn) -> Option<(Op, Reply)> {
     // The attributes of an inode the transaction makes.
     let made = |ino: Ino| {
         txn.ops.iter().find_map(|t| match t {
-            TxnOp::InsertInode(r) if r.ino == ino => Some(attr_of(r)),
+            TxnOp::InsertInode(r) if r.ino == ino => Some(r.attr()),
             _ => None,
         })
     };
@@ -45,25 +45,5 @@ pub fn made_by(op: &Op, txn: &Txn) -> Option<(Op, Reply)> {
             Some((mknod, Reply::Entry(made(inserted(*parent, name)?)?)))
         }
         _ => None,
-    }
-}
-
-/// The attributes of a stored row, as the core answers them.
-fn attr_of(r: &InodeRow) -> Attr {
-    let size = if r.kind == FileKind::Directory { 4096 } else { r.size };
-    Attr {
-        ino: r.ino,
-        size,
-        blocks: size.div_ceil(512),
-        atime: r.atime,
-        mtime: r.mtime,
-        ctime: r.ctime,
-        kind: r.kind,
-        perm: r.perm,
-        nlink: r.nlink,
-        uid: r.uid,
-        gid: r.gid,
-        rdev: r.rdev,
-        blksize: BLOCK_SIZE,
     }
 }
