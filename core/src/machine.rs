@@ -2234,6 +2234,18 @@ impl Core {
         self.commit(vec![TxnOp::DeleteInode { ino }], false, None, vec![Cleanup::Staged(ino)]);
     }
 
+    /// The deletion of an orphan collected failed (its object's or its row's). Without
+    /// `shared_opens` the row stays for the next collection (the next start). With it, this host
+    /// tries again on the retry timer as it does for a file left to it to delete
+    /// (`reap_unseen`): no other host would before another one dies.
+    fn orphan_left(&mut self, ino: Ino) {
+        if self.config.shared_opens {
+            self.reaping.remove(&ino);
+            self.reap_again.insert(ino);
+            self.listings_again_at.get_or_insert(self.now + self.config.upload_retry);
+        }
+    }
+
     /// The transaction deleting `ino` committed: forget it and drop its data.
     fn finish_destroy(&mut self, ino: Ino) {
         self.reaping.remove(&ino);
@@ -3016,9 +3028,10 @@ impl Core {
                 }
             }
             Pending::OrphanObject(ino) => {
-                // If it failed, the row stays for the next collection.
                 if result.is_ok() {
                     self.delete_orphan_row(ino);
+                } else {
+                    self.orphan_left(ino);
                 }
             }
             Pending::ReapedObject(ino, object) => match result {
@@ -3206,7 +3219,9 @@ impl Core {
                                 }
                             }
                             Cleanup::Destroy(ino) if e.kind != IoErrorKind::Conflict => self.destroy_in_doubt(*ino),
-                            Cleanup::Destroy(_) | Cleanup::Staged(_) => {}
+                            // (An orphan's row: see `delete_orphan_row`.)
+                            Cleanup::Staged(ino) => self.orphan_left(*ino),
+                            Cleanup::Destroy(_) => {}
                         }
                     }
                     self.forget_clean_state();

@@ -2414,3 +2414,28 @@ fn an_unlink_applied_but_answered_with_a_failure_is_reaped_though_the_inode_left
     assert!(!a.store.inodes.contains_key(&ino), "the row is left without names");
     assert!(a.store.objects.is_empty(), "an object is left: {:?}", a.store.objects.keys());
 }
+
+/// Regression (found by the multi-host simulator, `--first 2800000 --seeds 1500 --steps 1500
+/// --hosts 4`: seed 2800965): the deletion of an orphan that a collection found (a file a dead
+/// host had kept open after its last name went) failed; the row was left "for the next
+/// collection", which no host runs before another one dies, so it stayed. The host now tries
+/// again on the retry timer.
+#[test]
+fn an_orphan_whose_deletion_failed_is_deleted_on_the_retry_timer() {
+    let mut a = shared_opens_host(1, Instant::now());
+    let (ino, fh) = a.fsynced("f", b"contents");
+    a.release(ino, fh);
+    a.core.handle_forget(a.now, ino, 1);
+    a.later(60);
+    // A dead host's orphan: its last name went elsewhere.
+    a.store.dentries.retain(|_, (i, _)| *i != ino);
+    a.store.inodes.get_mut(&ino).unwrap().nlink = 0;
+    a.core.collect_orphans(a.now);
+    let delete_row = a.hold(is_commit);
+    a.fail(delete_row);
+    a.settle();
+    assert!(a.store.inodes.contains_key(&ino), "the row's deletion failed");
+    a.later(60);
+    assert!(!a.store.inodes.contains_key(&ino), "the orphan's row is left");
+    assert!(a.store.objects.is_empty(), "and its object: {:?}", a.store.objects.keys());
+}
