@@ -1321,7 +1321,10 @@ impl Core {
                 for (rid, _) in d.flush_waiters.into_iter().chain(d.fsync_waiters).chain(d.close_waiters) {
                     self.reply(rid, Ok(Reply::Empty));
                 }
-                if let Some(Some(object)) = d.recommit {
+                // Objects this host uploaded for it and never committed, and old ones it was to
+                // delete, go too.
+                let uploaded = d.recommit.flatten().into_iter().chain(d.uncommitted.into_iter().map(|(object, _)| object));
+                for object in uploaded.chain(d.garbage) {
                     self.io(IoRequest::Store(StoreRequest::Delete { ino, object }), Pending::Ignore);
                 }
                 if d.staged || d.init_pending || d.record_on_disk {
@@ -2867,6 +2870,14 @@ impl Core {
         if d.upload.is_some() || d.busy() {
             return;
         }
+        if inode.row.nlink == 0 && inode.version_stale && d.dirty() {
+            // Without names by a transaction that failed (and may not have committed): the row
+            // says whether the data is still to upload, or goes with the file.
+            if !self.refreshing.contains(&ino) {
+                self.refresh(ino);
+            }
+            return;
+        }
         if inode.row.nlink == 0 {
             self.answer_unnamed_waiters(ino);
             return;
@@ -3092,6 +3103,14 @@ impl Core {
                 _ => {
                     self.refreshing.remove(&ino);
                     if let Some(inode) = self.inodes.get_mut(&ino) {
+                        let d = &mut inode.data;
+                        if d.dirty() && d.upload.is_none() && d.deadline.is_none() && d.recommit.is_none() {
+                            // Data still to upload waits for the row: read again on the retry
+                            // timer (`pump_upload`), not only when a request needs it.
+                            let when = self.now + self.config.upload_retry;
+                            d.deadline = Some(when);
+                            self.deadlines.insert((when, ino));
+                        }
                         if let Some(object) = inode.data.recommit.take() {
                             // The commit cannot run again without the row: retried later, as
                             // after any failed upload.
