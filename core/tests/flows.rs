@@ -168,6 +168,21 @@ impl Harness {
         self.collect();
     }
 
+    /// Unlinks `name` in the root: the store commits the transaction, and the core hears a
+    /// failure (its answer lost), which the user hears as EIO.
+    fn unlink_answer_lost(&mut self, name: &str) {
+        let unlink = self.send(Op::Unlink { parent: ROOT_INO, name: name.into() });
+        let commit = self.hold(is_commit);
+        self.lose_answer(commit);
+        assert_eq!(self.replies.remove(&unlink), Some(Err(libc::EIO)));
+    }
+
+    /// Nothing of `ino` is left in the store: neither its row nor an object.
+    fn assert_gone(&self, ino: Ino) {
+        assert!(!self.store.inodes.contains_key(&ino), "the row of {ino} is left");
+        assert!(self.store.objects.is_empty(), "an object is left: {:?}", self.store.objects.keys());
+    }
+
     /// Lets the timers run `secs` seconds later.
     fn later(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
@@ -2355,18 +2370,14 @@ fn an_upload_commit_applied_but_answered_with_a_failure_deletes_the_object_it_re
 fn an_unlink_applied_but_answered_with_a_failure_leaves_nothing_behind_after_the_close() {
     let mut h = Harness::new();
     let (ino, fh) = h.fsynced("f", b"contents");
-    let unlink = h.send(Op::Unlink { parent: ROOT_INO, name: b"f".to_vec() });
-    let commit = h.hold(is_commit);
-    h.lose_answer(commit);
+    h.unlink_answer_lost("f");
     h.settle();
-    assert_eq!(h.replies.remove(&unlink), Some(Err(libc::EIO)));
     assert!(!h.names(ROOT_INO).iter().any(|n| n == "f"), "the name is listed after its unlink");
     assert_eq!(h.call(Op::Lookup { parent: ROOT_INO, name: b"f".to_vec() }), Err(libc::ENOENT));
     assert_eq!(h.read(ino, 0, 100), b"contents");
     h.release(ino, fh);
     h.later(60);
-    assert!(!h.store.inodes.contains_key(&ino), "the row is left");
-    assert!(h.store.objects.is_empty(), "an object is left: {:?}", h.store.objects.keys());
+    h.assert_gone(ino);
 }
 
 /// The same for a file no handle holds: its row goes in the unlink's own transaction, and its
@@ -2378,15 +2389,22 @@ fn an_unlink_of_a_closed_file_applied_but_answered_with_a_failure_leaves_nothing
     h.release(ino, fh);
     h.later(60);
     assert_eq!(h.store.objects.len(), 1);
-    let unlink = h.send(Op::Unlink { parent: ROOT_INO, name: b"f".to_vec() });
-    let commit = h.hold(is_commit);
-    h.lose_answer(commit);
+    h.unlink_answer_lost("f");
     h.settle();
-    assert_eq!(h.replies.remove(&unlink), Some(Err(libc::EIO)));
     assert_eq!(h.call(Op::Lookup { parent: ROOT_INO, name: b"f".to_vec() }), Err(libc::ENOENT));
     h.later(60);
-    assert!(!h.store.inodes.contains_key(&ino), "the row is left");
-    assert!(h.store.objects.is_empty(), "an object is left: {:?}", h.store.objects.keys());
+    h.assert_gone(ino);
+}
+
+/// Host 1 (sharing open files) with a file "f" stored, closed and forgotten by the kernel: its
+/// inode is unused.
+fn stored_and_unused() -> (Harness, Ino) {
+    let mut a = shared_opens_host(1, Instant::now());
+    let (ino, fh) = a.fsynced("f", b"contents");
+    a.release(ino, fh);
+    a.core.handle_forget(a.now, ino, 1);
+    a.later(60);
+    (a, ino)
 }
 
 /// Regression (found by the multi-host simulator once namespace changes lost their answers,
@@ -2397,22 +2415,14 @@ fn an_unlink_of_a_closed_file_applied_but_answered_with_a_failure_leaves_nothing
 /// The host now reads the row on its own after such a failure (`reap_unseen`).
 #[test]
 fn an_unlink_applied_but_answered_with_a_failure_is_reaped_though_the_inode_left_memory() {
-    let mut a = shared_opens_host(1, Instant::now());
-    let (ino, fh) = a.fsynced("f", b"contents");
-    a.release(ino, fh);
-    a.core.handle_forget(a.now, ino, 1);
-    a.later(60);
-    let unlink = a.send(Op::Unlink { parent: ROOT_INO, name: b"f".to_vec() });
-    let commit = a.hold(is_commit);
-    a.lose_answer(commit);
-    assert_eq!(a.replies.remove(&unlink), Some(Err(libc::EIO)));
+    let (mut a, ino) = stored_and_unused();
+    a.unlink_answer_lost("f");
     // Another host's earlier change of the file is announced now: the inode, unused here,
     // leaves memory before the row read again comes back.
     a.core.handle_invalidation(a.now, Changes { inodes: vec![ino], entries: vec![] });
     a.settle();
     a.later(60);
-    assert!(!a.store.inodes.contains_key(&ino), "the row is left without names");
-    assert!(a.store.objects.is_empty(), "an object is left: {:?}", a.store.objects.keys());
+    a.assert_gone(ino);
 }
 
 /// Regression (found by the multi-host simulator, `--first 2800000 --seeds 1500 --steps 1500
@@ -2422,11 +2432,7 @@ fn an_unlink_applied_but_answered_with_a_failure_is_reaped_though_the_inode_left
 /// again on the retry timer.
 #[test]
 fn an_orphan_whose_deletion_failed_is_deleted_on_the_retry_timer() {
-    let mut a = shared_opens_host(1, Instant::now());
-    let (ino, fh) = a.fsynced("f", b"contents");
-    a.release(ino, fh);
-    a.core.handle_forget(a.now, ino, 1);
-    a.later(60);
+    let (mut a, ino) = stored_and_unused();
     // A dead host's orphan: its last name went elsewhere.
     a.store.dentries.retain(|_, (i, _)| *i != ino);
     a.store.inodes.get_mut(&ino).unwrap().nlink = 0;
@@ -2453,10 +2459,7 @@ fn a_file_whose_unlink_was_in_doubt_and_whose_row_could_not_be_read_leaves_nothi
     h.write(ino, fh, 0, b"contents");
     h.send(Op::Release { ino, fh, lock_owner: None });
     let upload = h.hold(is_upload);
-    let unlink = h.send(Op::Unlink { parent: ROOT_INO, name: b"f".to_vec() });
-    let commit = h.hold(is_commit);
-    h.lose_answer(commit);
-    assert_eq!(h.replies.remove(&unlink), Some(Err(libc::EIO)));
+    h.unlink_answer_lost("f");
     let reload = h.hold(is_load_of(ino));
     h.fail(reload);
     h.complete(upload);
