@@ -14,9 +14,10 @@
 //!   other random bytes to `PUT /uri` on the gateway, `$BENCH_ROUNDS` rounds taking turns,
 //!   medians compared (target >= 0.9x);
 //! - cold sequential read of that file through a fresh mount (empty block cache), against `curl`
-//!   of curl's upload, `$BENCH_ROUNDS` (default 3) rounds taking turns, the kernel's caches
-//!   dropped before each side, medians compared (target >= 1.0x). (Each side moves bytes of its
-//!   own: Tahoe's convergent CHK finishes an upload of bytes already in the grid early.)
+//!   of the same cap (the object the mount stored), `$BENCH_ROUNDS` (default 3) rounds taking
+//!   turns, the kernel's caches dropped before each side, medians compared (target >= 1.0x).
+//!   (The writes move bytes of their own: Tahoe's convergent CHK finishes an upload of bytes
+//!   already in the grid early.)
 //! - the first write of one byte into that file through a fresh mount, which copies the object
 //!   into the staging area first, against curl's cold read (no target);
 //! - create, stat and unlink of `$BENCH_FILES` (default 2000) empty files;
@@ -78,7 +79,6 @@ fn run() -> Result<()> {
     let store = Storage::new();
     let m = Mount::with_dirs_args(&store.data_dir, &store.cache_dir, &["-c", &cfg]);
     let (mut write_speeds, mut put_speeds) = (Vec::new(), Vec::new());
-    let mut cap = String::new();
     for round in 0..rounds {
         let fresh;
         let (name, bytes) = match round {
@@ -103,9 +103,8 @@ fn run() -> Result<()> {
         let t = Instant::now();
         let put = curl(&["-sS", "-f", "-T", local_copy.to_str().unwrap(), &format!("{}/uri", grid.url)])?;
         put_speeds.push(mib as f64 / t.elapsed().as_secs_f64());
-        let put = String::from_utf8(put).map_err(|_| "curl PUT: not a cap".to_string())?;
-        if round == 0 {
-            cap = put;
+        if !String::from_utf8_lossy(&put).starts_with("URI:") {
+            return Err("curl PUT: the gateway's answer is not a cap".into());
         }
         println!(
             "  write {mib} MiB + fsync: truckeefs {:.1} MiB/s, curl -T {:.1} MiB/s",
@@ -124,7 +123,9 @@ fn run() -> Result<()> {
     // --- cold read, against curl of the same object --------------------------------------------
     // Rounds taking turns, each side after the kernel's caches were dropped (the storage node's
     // share files too: neither side reads them from memory), the mount with an empty block
-    // cache; the medians are compared.
+    // cache; the medians are compared. Both sides read one cap: the object the mount stored for
+    // the file (FLAT links it as its inode number).
+    let file_cap = object_cap(grid, &config, ino)?;
     let (mut mount_speeds, mut curl_speeds) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let fresh_cache = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -155,11 +156,11 @@ fn run() -> Result<()> {
         let _ = fs::write("/proc/sys/vm/drop_caches", "3");
         let grid0 = grid_cpu(grid);
         let t = Instant::now();
-        let body = curl(&["-sS", "-f", &format!("{}/uri/{}", grid.url, cap.trim())])?;
+        let body = curl(&["-sS", "-f", &format!("{}/uri/{}", grid.url, file_cap)])?;
         curl_speeds.push(mib as f64 / t.elapsed().as_secs_f64());
         let curl_grid_cpu = grid_cpu(grid) - grid0;
-        if body.len() != data.len() {
-            return Err(format!("curl read {} bytes of {}", body.len(), data.len()));
+        if body != data {
+            return Err("the object in the grid holds other bytes than were written".into());
         }
         println!(
             "  cold read {mib} MiB: truckeefs {:.1} MiB/s, curl {:.1} MiB/s (CPU seconds: mount {:.2}, gateway and storage node {:.2} for the mount, {:.2} for curl)",
@@ -171,11 +172,6 @@ fn run() -> Result<()> {
         );
     }
     let (r_mount, r_curl) = (median(&mut mount_speeds), median(&mut curl_speeds));
-    // The mount's object is the one linked as its inode number (FLAT); check it is whole.
-    let file_cap = object_cap(grid, &config, ino)?;
-    if curl(&["-sS", "-f", &format!("{}/uri/{}", grid.url, file_cap)])? != data {
-        return Err("the object in the grid holds other bytes than were written".into());
-    }
 
     // --- copy back: the first write into the stored file, in a fresh mount ------------------
     // The mount copies the object into its staging area before the write lands (a cold read
