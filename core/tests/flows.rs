@@ -2396,6 +2396,59 @@ fn an_unlink_of_a_closed_file_applied_but_answered_with_a_failure_leaves_nothing
     h.assert_gone(ino);
 }
 
+/// A link applied but answered with a failure, of a file holding data not uploaded yet (its
+/// transaction's row holds the stored size, 0): the user hears EIO, then finds both names, the
+/// link count of two and all the data, stored whole once the file is closed.
+#[test]
+fn a_link_applied_but_answered_with_a_failure_keeps_the_data_not_uploaded_yet() {
+    let mut h = Harness::new();
+    let (ino, fh) = h.create(ROOT_INO, "f");
+    h.write(ino, fh, 0, b"not uploaded yet");
+    let link = h.send(Op::Link { ino, newparent: ROOT_INO, newname: b"g".to_vec() });
+    let commit = h.hold(is_commit);
+    h.lose_answer(commit);
+    assert_eq!(h.replies.remove(&link), Some(Err(libc::EIO)));
+    h.settle();
+    let g = h.entry(Op::Lookup { parent: ROOT_INO, name: b"g".to_vec() });
+    assert_eq!((g.ino, g.nlink, g.size), (ino, 2, 16));
+    assert_eq!(h.attr(ino).nlink, 2);
+    assert_eq!(h.read(ino, 0, 100), b"not uploaded yet");
+    h.release(ino, fh);
+    h.later(60);
+    let row = &h.store.inodes[&ino];
+    assert_eq!((row.nlink, row.size), (2, 16));
+    assert_eq!(stored_object(&h.store, ino), b"not uploaded yet");
+    assert_eq!(h.store.objects.len(), 1);
+}
+
+/// The same while the file's upload is under way: the upload's commit, made for the row before
+/// the link, must neither undo the link nor lose the data; on one host and on several.
+#[test]
+fn a_link_applied_but_answered_with_a_failure_during_an_upload_keeps_both() {
+    for mut h in [Harness::new(), shared_opens_host(1, Instant::now())] {
+        let (ino, fh) = h.create(ROOT_INO, "f");
+        h.write(ino, fh, 0, b"uploading");
+        let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
+        let upload = h.hold(is_upload);
+        let link = h.send(Op::Link { ino, newparent: ROOT_INO, newname: b"g".to_vec() });
+        let commit = h.hold(is_commit);
+        h.lose_answer(commit);
+        assert_eq!(h.replies.remove(&link), Some(Err(libc::EIO)));
+        h.complete(upload);
+        h.settle();
+        // (Several hosts: the close waits for the upload, for the other hosts' next open.)
+        assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
+        h.release(ino, fh);
+        h.later(60);
+        let row = &h.store.inodes[&ino];
+        assert_eq!((row.nlink, row.size), (2, 9));
+        assert_eq!(stored_object(&h.store, ino), b"uploading");
+        assert_eq!(h.store.objects.len(), 1);
+        let g = h.entry(Op::Lookup { parent: ROOT_INO, name: b"g".to_vec() });
+        assert_eq!((g.ino, g.nlink, g.size), (ino, 2, 9));
+    }
+}
+
 /// Host 1 (sharing open files) with a file "f" stored, closed and forgotten by the kernel: its
 /// inode is unused.
 fn stored_and_unused() -> (Harness, Ino) {

@@ -98,15 +98,18 @@ fn one_row_durably(txn: &Txn) -> bool {
 }
 
 /// A transaction of a namespace or xattr change: a create's, mkdir's, mknod's, symlink's,
-/// unlink's, rmdir's, rename's, setxattr's or removexattr's. Not a link's: its answer carries
-/// attributes the row does not hold (the size and times of data not uploaded yet). The checks
-/// learn from the lost transaction itself which request it answered (`lost::made_by`).
+/// link's, unlink's, rmdir's, rename's, setxattr's or removexattr's. The checks learn from the
+/// lost transaction itself which request it answered (`lost::made_by`).
 fn changes_names(txn: &Txn) -> bool {
     !txn.durable
         && txn.ops.iter().any(|op| {
             matches!(
                 op,
-                TxnOp::InsertInode(_) | TxnOp::DeleteDentry { .. } | TxnOp::SetXattr { .. } | TxnOp::RemoveXattr { .. }
+                TxnOp::InsertInode(_)
+                    | TxnOp::InsertDentry(_)
+                    | TxnOp::DeleteDentry { .. }
+                    | TxnOp::SetXattr { .. }
+                    | TxnOp::RemoveXattr { .. }
             )
         })
 }

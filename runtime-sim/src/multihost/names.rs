@@ -344,7 +344,10 @@ impl Mh {
                             return Err(self.unexpected(r, format!("linked, but the name is file {old}")));
                         }
                         self.entry_mut(p2, to.1).set(Some(ino), now);
-                        r.lookups += 1;
+                        // (A link whose answer was lost gave the kernel no reference.)
+                        if !r.made {
+                            r.lookups += 1;
+                        }
                         Ok(None)
                     }
                     Err(libc::EEXIST) if self.entry(p2, to.1).existed_since(since.min(r.issued)) => Ok(None),
