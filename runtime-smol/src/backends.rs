@@ -230,6 +230,26 @@ impl ObjectSource for BlockCache {
     }
 }
 
+/// The embedded stores belong to this mount alone (it holds the data directory's lock), and no
+/// upload runs yet: an object no inode row names is garbage, left by a crash between an upload
+/// and its commit (the staged copy is uploaded again) or during a deletion. It goes now, so a
+/// crash costs no space for good. Not with a metadata server: other hosts' uploads may be under
+/// way there.
+fn remove_unreferenced(meta: &mut SqliteMeta, objects: &ObjectDir) {
+    match meta.referenced_objects() {
+        Ok(keep) => {
+            let (count, bytes) = objects.remove_unreferenced(&keep);
+            if count > 0 {
+                tracing::info!(
+                    "{}: removed {count} objects ({bytes} bytes) that no file refers to, left by an interrupted upload or deletion",
+                    objects.dir().display()
+                );
+            }
+        }
+        Err(e) => tracing::warn!("not looking for objects no file refers to: {e}"),
+    }
+}
+
 /// Opens what `backends` names. Errors are one line naming the store.
 pub(crate) fn open(
     backends: Backends,
@@ -238,7 +258,7 @@ pub(crate) fn open(
 ) -> Result<(MetaStore, ObjectStore), crate::StartError> {
     use crate::StartError;
     let shared = backends.coordination.is_some();
-    let meta = match backends.meta {
+    let mut meta = match backends.meta {
         MetaBackend::Embedded => MetaStore::Sqlite(SqliteMeta::open(&data_dir.join("meta.sqlite"))?),
         MetaBackend::Mysql(config) => {
             let mut meta = MysqlMeta::open(&config).map_err(|e| StartError::Backend(e.to_string()))?;
@@ -250,9 +270,12 @@ pub(crate) fn open(
     let store = match backends.store {
         StoreBackend::Local => {
             let dir = data_dir.join("objects");
-            ObjectStore::Local(
-                ObjectDir::open(&dir).map_err(|source| StartError::Dir { path: dir.display().to_string(), source })?,
-            )
+            let objects =
+                ObjectDir::open(&dir).map_err(|source| StartError::Dir { path: dir.display().to_string(), source })?;
+            if let MetaStore::Sqlite(meta) = &mut meta {
+                remove_unreferenced(meta, &objects);
+            }
+            ObjectStore::Local(objects)
         }
         StoreBackend::Tahoe { client, rootcap, strategy, cache, maintenance } => {
             // The rootcap must name a directory the gateway can reach: say so now, not at the

@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use crate::backends::Fence;
@@ -180,6 +180,20 @@ impl SqliteMeta {
             .and_then(|mut st| st.query_row([], |r| r.get(0)))
             .map_err(|e| self.sql_error(e))?;
         Ok(v.max(0) as u64)
+    }
+
+    /// Every object some inode row names (see `backends::open`, which deletes the others).
+    /// Fails on a value that is not text rather than leave it out.
+    pub fn referenced_objects(&mut self) -> Result<HashSet<String>, IoError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT object FROM inodes WHERE object IS NOT NULL")
+            .map_err(|e| self.sql_error(e))?;
+        let objects = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<HashSet<_>, _>>())
+            .map_err(|e| self.sql_error(e))?;
+        Ok(objects)
     }
 
     /// Every entry naming `ino`, as `(parent, name)`.
@@ -1156,6 +1170,22 @@ mod tests {
         std::fs::write(&empty, "").unwrap();
         let mut meta = SqliteMeta::open(&empty).unwrap();
         assert!(load(&mut meta, ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn referenced_objects_are_those_of_the_rows_and_a_bad_one_fails() {
+        let (_dir, mut meta) = open_tmp();
+        let mut other = file_row(3, 1);
+        other.object = Some(ObjectId("fedcba".into()));
+        let mut none = file_row(4, 1);
+        none.object = None;
+        let ops = [file_row(2, 1), other, none].into_iter().map(TxnOp::InsertInode).collect();
+        commit(&mut meta, ops).unwrap();
+        let want: HashSet<String> = ["0123456789abcdef0123456789abcdef".to_string(), "fedcba".to_string()].into();
+        assert_eq!(meta.referenced_objects().unwrap(), want);
+        // A value that cannot be read: no set at all (one without it would let its object go).
+        meta.conn.execute_batch("UPDATE inodes SET object = x'00ff' WHERE ino = 3").unwrap();
+        assert_eq!(meta.referenced_objects().unwrap_err().kind, IoErrorKind::Other);
     }
 
     #[test]

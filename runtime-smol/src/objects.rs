@@ -5,6 +5,7 @@
 
 use crate::staging::Staging;
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -121,8 +122,7 @@ impl ObjectDir {
     /// from the metadata store can never name a file outside the directory.
     pub fn path_of(&self, id: &ObjectId) -> Result<PathBuf, IoError> {
         let name = id.0.as_str();
-        let plain_hex = (3..=128).contains(&name.len()) && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !plain_hex {
+        if !is_object_name(name) {
             return Err(IoError::new(
                 IoErrorKind::Corrupt,
                 format!(
@@ -143,6 +143,40 @@ impl ObjectDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.object_error(&e, id)),
         }
+    }
+
+    /// Deletes every object whose name is not in `keep`: for the embedded stores, which belong
+    /// to one mount alone, at its start, when no put is under way. (A crash between an upload's
+    /// put and its commit leaves an object no row names: the staged copy is uploaded again.)
+    /// Returns how many objects went and their bytes. A file or directory that is not an
+    /// object's is left alone, and so is an object that cannot be removed (with a warning).
+    pub fn remove_unreferenced(&self, keep: &HashSet<String>) -> (u64, u64) {
+        let (mut count, mut bytes) = (0, 0);
+        let Ok(prefixes) = fs::read_dir(&self.dir) else { return (0, 0) };
+        for prefix in prefixes.flatten() {
+            let prefix_name = prefix.file_name();
+            let Some(prefix_name) = prefix_name.to_str().filter(|n| n.len() == 2) else { continue };
+            let Ok(entries) = fs::read_dir(prefix.path()) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !is_object_name(name) || !name.starts_with(prefix_name) || keep.contains(name) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        count += 1;
+                        bytes += meta.len();
+                    }
+                    Err(e) => tracing::warn!("cannot remove an object no file refers to, {}: {e}", entry.path().display()),
+                }
+            }
+        }
+        (count, bytes)
     }
 
     /// Free and total space of the filesystem holding the directory.
@@ -188,6 +222,12 @@ pub fn execute_store(objects: &ObjectDir, staging: &Staging, req: &StoreRequest)
         StoreRequest::Delete { object, .. } => objects.delete(object).map(|()| IoReply::Done),
         StoreRequest::Space => objects.space(),
     }
+}
+
+/// A name the object directory may hold: plain lowercase hex, long enough for its prefix
+/// directory.
+fn is_object_name(name: &str) -> bool {
+    (3..=128).contains(&name.len()) && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A fresh object name: 128 random bits as 32 hex characters, unique across restarts and hosts.
@@ -357,6 +397,31 @@ mod tests {
             }
             other => panic!("unexpected reply {other:?}"),
         }
+    }
+
+    #[test]
+    fn objects_not_kept_are_removed_and_nothing_else() {
+        let (tmp, objects) = setup();
+        let src = tmp.path().join("src");
+        fs::write(&src, b"0123456789").unwrap();
+        let kept = objects.put_file(&src).unwrap();
+        let shared = objects.share(&kept).unwrap();
+        let gone = objects.put_file(&src).unwrap();
+        // Not objects' names: a temporary file, a file and a directory of other names.
+        let tmp_file = objects.dir().join(format!("{TMP_PREFIX}1-1"));
+        let notes = objects.dir().join(&kept.0[..2]).join("notes.txt");
+        let other_dir = objects.dir().join("xy");
+        fs::write(&tmp_file, b"x").unwrap();
+        fs::write(&notes, b"x").unwrap();
+        fs::create_dir(&other_dir).unwrap();
+        fs::write(other_dir.join("abcdef"), b"x").unwrap();
+        let keep: HashSet<String> = [kept.0.clone(), shared.0.clone()].into();
+        assert_eq!(objects.remove_unreferenced(&keep), (1, 10));
+        assert_eq!(objects.read(&gone, 0, 1).unwrap_err().kind, IoErrorKind::NotFound);
+        assert_eq!(data(objects.read(&kept, 0, 10)), b"0123456789");
+        assert_eq!(data(objects.read(&shared, 0, 10)), b"0123456789");
+        assert!(tmp_file.exists() && notes.exists() && other_dir.join("abcdef").exists());
+        assert_eq!(objects.remove_unreferenced(&keep), (0, 0));
     }
 
     #[test]

@@ -110,6 +110,62 @@ fn many_closed_files_survive_kill9() {
     m.unmount_ok();
 }
 
+/// The object files under `objects`, one per stored version.
+fn object_files(objects: &Path) -> usize {
+    let mut n = 0;
+    for prefix in fs::read_dir(objects).unwrap() {
+        let prefix = prefix.unwrap();
+        if prefix.file_type().unwrap().is_dir() {
+            n += fs::read_dir(prefix.path()).unwrap().filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file()).count();
+        }
+    }
+    n
+}
+
+/// Objects no file refers to (an upload a crash cut off between its put and its commit, a
+/// deletion a crash interrupted) go at the next mount: a crash costs no space for good.
+#[test]
+fn objects_left_by_a_crash_are_removed_at_the_next_mount() {
+    let m = Mount::new();
+    let store = m.storage();
+    let mut want = Vec::new();
+    for i in 0..40u64 {
+        let rel = format!("f{i}");
+        let data = pseudo_random_bytes(500 + i, 1 + (i as usize * 7919) % 300_000);
+        fs::write(m.path(&rel), &data).unwrap();
+        want.push((rel, data));
+    }
+    // Some go while their uploads may still run.
+    for (rel, _) in want.drain(30..) {
+        fs::remove_file(m.path(rel)).unwrap();
+    }
+    m.kill9();
+    let objects = store.data_dir.join("objects");
+    // What a crash between an upload's put and its commit leaves: an object no row names.
+    let stray = objects.join("ab").join("ab0000000000000000000000000000ff");
+    fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    fs::write(&stray, b"cut off").unwrap();
+    // A file that is no object: left alone.
+    let notes = objects.join("ab").join("notes.txt");
+    fs::write(&notes, b"mine").unwrap();
+
+    let m = Mount::on(&store);
+    assert!(!stray.exists(), "an object no file refers to is left");
+    assert!(notes.exists(), "a file that is no object was removed");
+    for (rel, data) in &want {
+        assert_bytes_eq(&fs::read(m.path(rel)).unwrap(), data, rel);
+    }
+    m.unmount_ok();
+    fs::remove_file(&notes).unwrap();
+    // Once more: what the last mount left is gone too, and each file has one object.
+    let m = Mount::on(&store);
+    for (rel, data) in &want {
+        assert_bytes_eq(&fs::read(m.path(rel)).unwrap(), data, rel);
+    }
+    m.unmount_ok();
+    assert_eq!(object_files(&objects), want.len(), "objects for {} files", want.len());
+}
+
 #[test]
 fn file_being_written_at_kill9_never_contains_unwritten_bytes() {
     let m = Mount::new();
