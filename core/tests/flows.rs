@@ -177,6 +177,14 @@ impl Harness {
         assert_eq!(self.replies.remove(&unlink), Some(Err(libc::EIO)));
     }
 
+    /// Links `ino` as `name` in the root, the answer lost as in `unlink_answer_lost`.
+    fn link_answer_lost(&mut self, ino: Ino, name: &str) {
+        let link = self.send(Op::Link { ino, newparent: ROOT_INO, newname: name.into() });
+        let commit = self.hold(is_commit);
+        self.lose_answer(commit);
+        assert_eq!(self.replies.remove(&link), Some(Err(libc::EIO)));
+    }
+
     /// Nothing of `ino` is left in the store: neither its row nor an object.
     fn assert_gone(&self, ino: Ino) {
         assert!(!self.store.inodes.contains_key(&ino), "the row of {ino} is left");
@@ -2396,6 +2404,15 @@ fn an_unlink_of_a_closed_file_applied_but_answered_with_a_failure_leaves_nothing
     h.assert_gone(ino);
 }
 
+/// The row of `ino` has `nlink` links and the size of `data`, its object holds `data`, and it is
+/// the only object in the store.
+fn assert_stored_alone(h: &Harness, ino: Ino, nlink: u32, data: &[u8]) {
+    let row = &h.store.inodes[&ino];
+    assert_eq!((row.nlink, row.size), (nlink, data.len() as u64));
+    assert_eq!(stored_object(&h.store, ino), data);
+    assert_eq!(h.store.objects.len(), 1, "objects in the store");
+}
+
 /// A link applied but answered with a failure, of a file holding data not uploaded yet (its
 /// transaction's row holds the stored size, 0): the user hears EIO, then finds both names, the
 /// link count of two and all the data, stored whole once the file is closed.
@@ -2404,10 +2421,7 @@ fn a_link_applied_but_answered_with_a_failure_keeps_the_data_not_uploaded_yet() 
     let mut h = Harness::new();
     let (ino, fh) = h.create(ROOT_INO, "f");
     h.write(ino, fh, 0, b"not uploaded yet");
-    let link = h.send(Op::Link { ino, newparent: ROOT_INO, newname: b"g".to_vec() });
-    let commit = h.hold(is_commit);
-    h.lose_answer(commit);
-    assert_eq!(h.replies.remove(&link), Some(Err(libc::EIO)));
+    h.link_answer_lost(ino, "g");
     h.settle();
     let g = h.entry(Op::Lookup { parent: ROOT_INO, name: b"g".to_vec() });
     assert_eq!((g.ino, g.nlink, g.size), (ino, 2, 16));
@@ -2415,10 +2429,7 @@ fn a_link_applied_but_answered_with_a_failure_keeps_the_data_not_uploaded_yet() 
     assert_eq!(h.read(ino, 0, 100), b"not uploaded yet");
     h.release(ino, fh);
     h.later(60);
-    let row = &h.store.inodes[&ino];
-    assert_eq!((row.nlink, row.size), (2, 16));
-    assert_eq!(stored_object(&h.store, ino), b"not uploaded yet");
-    assert_eq!(h.store.objects.len(), 1);
+    assert_stored_alone(&h, ino, 2, b"not uploaded yet");
 }
 
 /// The same while the file's upload is under way: the upload's commit, made for the row before
@@ -2430,20 +2441,14 @@ fn a_link_applied_but_answered_with_a_failure_during_an_upload_keeps_both() {
         h.write(ino, fh, 0, b"uploading");
         let flush = h.send(Op::Flush { ino, fh, lock_owner: 1 });
         let upload = h.hold(is_upload);
-        let link = h.send(Op::Link { ino, newparent: ROOT_INO, newname: b"g".to_vec() });
-        let commit = h.hold(is_commit);
-        h.lose_answer(commit);
-        assert_eq!(h.replies.remove(&link), Some(Err(libc::EIO)));
+        h.link_answer_lost(ino, "g");
         h.complete(upload);
         h.settle();
         // (Several hosts: the close waits for the upload, for the other hosts' next open.)
         assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Empty)));
         h.release(ino, fh);
         h.later(60);
-        let row = &h.store.inodes[&ino];
-        assert_eq!((row.nlink, row.size), (2, 9));
-        assert_eq!(stored_object(&h.store, ino), b"uploading");
-        assert_eq!(h.store.objects.len(), 1);
+        assert_stored_alone(&h, ino, 2, b"uploading");
         let g = h.entry(Op::Lookup { parent: ROOT_INO, name: b"g".to_vec() });
         assert_eq!((g.ino, g.nlink, g.size), (ino, 2, 9));
     }
