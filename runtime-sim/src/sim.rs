@@ -653,9 +653,15 @@ impl World {
     }
 
     /// What `op`, sent when the fault epoch was `epoch`, did if one of the transactions whose
-    /// answer was lost since is its own: the request and answer the checks take it as.
-    pub fn made_since(&self, epoch: u64, op: &Op) -> Option<(Op, Reply)> {
-        self.lost.iter().filter(|(at, _)| *at > epoch).find_map(|(_, txn)| crate::lost::made_by(op, txn))
+    /// answer was lost since is its own: the request and answer the checks take it as. Counted
+    /// for `--stats` (`answer lost, change made`, and `answer lost, link made` for a link).
+    pub fn made_since(&mut self, epoch: u64, op: &Op) -> Option<(Op, Reply)> {
+        let made = self.lost.iter().filter(|(at, _)| *at > epoch).find_map(|(_, txn)| crate::lost::made_by(op, txn))?;
+        self.histogram.entry("answer lost, change made").or_default().0 += 1;
+        if let Op::Link { .. } = made.0 {
+            self.histogram.entry("answer lost, link made").or_default().0 += 1;
+        }
+        Some(made)
     }
 
     /// A new mount process starts on what the crash left: a new core.
