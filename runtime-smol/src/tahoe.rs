@@ -738,6 +738,7 @@ impl TahoeClient {
                 _ => Err(self.status_error(&op, status, body)),
             })?;
             if at_end || out.len() == len {
+                check_length(&op, cap, offset, len as u64, out.len() as u64)?;
                 return Ok(out.into());
             }
         }
@@ -1161,6 +1162,20 @@ fn check_name(op: &Op<'_>, name: &str) -> Result<(), IoError> {
     }
 }
 
+/// A read of `len` bytes from `offset` of `cap` that got `got` bytes: with the object's size
+/// known from its cap (an immutable one), any other count than the size allows is a reply not
+/// as documented (a truncated body or another object's under a consistent Content-Length):
+/// its bytes must reach neither a reader nor the block cache. Other caps are not checked.
+fn check_length(op: &Op<'_>, cap: &ObjectId, offset: u64, len: u64, got: u64) -> Result<(), IoError> {
+    match immutable_size(&cap.0) {
+        Some(size) if got != size.saturating_sub(offset).min(len) => Err(op.err(
+            IoErrorKind::Corrupt,
+            format_args!("the gateway sent {got} bytes from offset {offset} of an object of {size} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The size an immutable cap records: the last field of `URI:CHK:key:hash:k:N:SIZE`, or the
 /// length of the base32 data of `URI:LIT:DATA`.
 fn immutable_size(cap: &str) -> Option<u64> {
@@ -1533,6 +1548,26 @@ mod tests {
         assert_eq!(e.kind, IoErrorKind::Other);
         assert!(e.message.contains("HTTP 500: boom <cap>"), "{e}");
         assert!(!e.message.contains("URI:"), "{e}");
+    }
+
+    /// Replies whose own headers agree with their bodies, but not with the object's size in
+    /// its cap (100 bytes): an HTML page for the whole object, a body cut short.
+    #[test]
+    fn reads_refuse_bodies_of_another_length_than_the_caps_size() {
+        let cap = ObjectId(CAP.into());
+        let url = fake_gateway(vec![
+            reply("200 OK", &["Content-Length: 22"], b"<html>surprise</html>\n"),
+            reply("200 OK", &["Content-Length: 50"], &[1u8; 50]),
+            reply("206 Partial Content", &["Content-Range: bytes 90-94/95", "Content-Length: 5"], b"abcde"),
+        ]);
+        let c = client(&url);
+        let e = c.read_range(&cap, 0, 64).unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::Corrupt, "{e}");
+        assert!(e.message.contains("22 bytes from offset 0 of an object of 100 bytes"), "{e}");
+        let e = c.read_range(&cap, 40, 20).unwrap_err();
+        assert!(e.message.contains("10 bytes from offset 40"), "{e}");
+        let e = c.read_range(&cap, 90, 10).unwrap_err();
+        assert!(e.message.contains("5 bytes from offset 90"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! connection to the gateway alive between streams. Timeouts, permits, the token and messages are as for every other
 //! request (see the parent module).
 
-use super::{cap_path, check_cap, content_range_value, status_error, Op, TahoeClient};
+use super::{cap_path, check_cap, check_length, content_range_value, status_error, Op, TahoeClient};
 use bytes::Bytes;
 use curl::easy::{Easy, List};
 use std::cell::Cell;
@@ -57,7 +57,28 @@ impl TahoeClient {
             return Ok(());
         }
         let _permit = self.permits.acquire();
-        crate::curl_easy::with_handle(|easy| self.stream_with(easy, &op, cap, offset, len, piece_len.max(1), piece))
+        // With the object's size known from its cap, a body that ends early or runs on is caught
+        // before its last piece reaches the reader: a piece shorter than `piece_len` is the last
+        // one, and it must end the object.
+        let piece_len = piece_len.max(1);
+        let expected = super::immutable_size(&cap.0).map(|size| size.saturating_sub(offset).min(len));
+        let (mut handed, mut stopped, mut refused) = (0u64, false, None);
+        let mut counted = |p: Bytes| {
+            let total = handed + p.len() as u64;
+            if expected.is_some_and(|e| total > e || (p.len() < piece_len && total != e)) {
+                refused = Some(total);
+                return false;
+            }
+            handed = total;
+            stopped = !piece(p);
+            !stopped
+        };
+        crate::curl_easy::with_handle(|easy| self.stream_with(easy, &op, cap, offset, len, piece_len, &mut counted))?;
+        match refused {
+            Some(got) => check_length(&op, cap, offset, len, got),
+            None if stopped => Ok(()),
+            None => check_length(&op, cap, offset, len, handed),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -262,14 +283,48 @@ mod tests {
         let data = vec![5u8; 1 << 20];
         let url = fake_gateway(vec![reply("200 OK", &[&format!("Content-Length: {}", data.len())], &data)]);
         let mut pieces = 0;
+        let cap = ObjectId(CAP.replace(":100", &format!(":{}", data.len())));
         client(&url)
-            .read_stream(&ObjectId(CAP.into()), 0, TahoeClient::STREAM_TO_END, 1000, &mut |p| {
+            .read_stream(&cap, 0, TahoeClient::STREAM_TO_END, 1000, &mut |p| {
                 assert_eq!(&p[..], &data[..1000]);
                 pieces += 1;
                 false
             })
             .unwrap();
         assert_eq!(pieces, 1);
+    }
+
+    /// A body of other length than the cap's size, under a Content-Length that matches it (a
+    /// truncating proxy, another object's bytes): an error, and no piece that would end the
+    /// object early reaches the reader (it would be cached as the object's last block).
+    #[test]
+    fn a_body_of_another_length_than_the_caps_size_is_refused() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let url = fake_gateway(vec![
+            // Cut short inside a piece, from the start and from an offset.
+            reply("200 OK", &["Content-Length: 50"], &data[..50]),
+            reply("206 Partial Content", &["Content-Range: bytes 30-59/100", "Content-Length: 30"], &data[30..60]),
+            // Cut short at a piece's end: every piece whole, the object still short.
+            reply("200 OK", &["Content-Length: 40"], &data[..40]),
+            // Longer than the object.
+            reply("200 OK", &["Content-Length: 120"], &[7u8; 120]),
+        ]);
+        let mut pieces = Vec::new();
+        let e = client(&url)
+            .read_stream(&ObjectId(CAP.into()), 0, TahoeClient::STREAM_TO_END, 20, &mut |p| {
+                pieces.push(p);
+                true
+            })
+            .unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::Corrupt, "{e}");
+        assert!(e.message.contains("50 bytes from offset 0 of an object of 100"), "{e}");
+        assert_eq!(joined(&pieces), &data[..40], "only whole pieces of the object's bytes");
+        let e = stream(&url, 30, TahoeClient::STREAM_TO_END, 20).unwrap_err();
+        assert!(e.message.contains("30 bytes from offset 30"), "{e}");
+        let e = stream(&url, 0, TahoeClient::STREAM_TO_END, 20).unwrap_err();
+        assert!(e.message.contains("40 bytes from offset 0"), "{e}");
+        let e = stream(&url, 0, TahoeClient::STREAM_TO_END, 20).unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::Corrupt, "{e}");
     }
 
     #[test]
