@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libc::{
     E2BIG, EAGAIN, EEXIST, EINVAL, EIO, EISDIR, EMLINK, ENAMETOOLONG, ENODATA, ENOENT,
-    ENOSPC, ENOTDIR, ENOTEMPTY, EOPNOTSUPP, EPERM, ERANGE, EACCES,
+    ENOSPC, ENOTDIR, ENOTEMPTY, EOPNOTSUPP, EPERM, ERANGE, ESTALE, EACCES,
 };
 
 /// The most links one inode may have (ext4's `EXT4_LINK_MAX`).
@@ -393,8 +393,9 @@ pub struct Core {
     /// Other hosts' changes may have been lost (see `invalidate_all`): everything cached goes,
     /// at the same moment as `invalidations`.
     invalidate_everything: bool,
-    /// Opens of a multi-host mount that re-read their inode already, with the object it had.
-    revalidated: HashMap<RequestId, Option<ObjectId>>,
+    /// Opens of a multi-host mount that re-read their inode already, with the row it had here
+    /// (`None`: not in memory).
+    revalidated: HashMap<RequestId, Option<InodeRow>>,
     /// Closes of a multi-host mount that re-read their inode already (see `flush`).
     close_checked: HashSet<RequestId>,
     loads_in_flight: u32,
@@ -424,7 +425,7 @@ pub struct Core {
     /// Files whose `LockRequest::Open` is in flight (their opens wait for it).
     opens_listing: HashSet<Ino>,
     /// Files whose listing was refused (another host is deleting them): their opens fail with
-    /// ENOENT (cleared with `absent`).
+    /// ESTALE, see `stale_handle` (cleared with `absent`).
     open_refused: HashSet<Ino>,
     /// Files without names this host is deleting after a `LockRequest::Reap` (from the request
     /// until the row is gone, or until another host turns out to hold it).
@@ -788,6 +789,7 @@ impl Core {
         match result {
             Ok(reply) => self.reply(p.id, Ok(reply)),
             Err(Stop::Errno(e)) => {
+                let e = self.stale_handle(&p.op, e);
                 self.reply(p.id, Err(e));
                 self.truncate_abandoned(&p.op);
             }
@@ -795,6 +797,33 @@ impl Core {
             Err(Stop::WaitLock) => self.lock_waiters.push(p),
             Err(Stop::Later) => {}
         }
+    }
+
+    /// With several hosts, an inode the kernel names by number that the store no longer has
+    /// was removed by another host after the kernel looked its name up (a rename over the
+    /// name, an unlink): ESTALE, not ENOENT. The kernel then looks the path up again and
+    /// retries once (`LOOKUP_REVAL`), so an open of a name another host has just replaced opens
+    /// the new file, and one of a name that went fails with ENOENT from that lookup.
+    fn stale_handle(&self, op: &Op, errno: i32) -> i32 {
+        if errno != ENOENT || !self.config.multi_host {
+            return errno;
+        }
+        let ino = match op {
+            Op::GetAttr { ino }
+            | Op::SetAttr { ino, .. }
+            | Op::ReadLink { ino }
+            | Op::Link { ino, .. }
+            | Op::Open { ino, .. }
+            | Op::OpenDir { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::GetXattr { ino, .. }
+            | Op::ListXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::Access { ino, .. } => *ino,
+            _ => return errno,
+        };
+        let gone = self.absent.contains(&ino) || self.deleted.contains(&ino) || self.open_refused.contains(&ino);
+        if gone { ESTALE } else { errno }
     }
 
     fn wake_parked(&mut self) {
@@ -929,7 +958,7 @@ impl Core {
                     return Err(ENOTDIR.into());
                 }
                 let fh = self.open_handle(*ino, *flags, false);
-                Ok(Reply::Opened { fh, keep_cache: false })
+                Ok(Reply::Opened { fh, keep_cache: false, stale_attrs: false })
             }
             Op::Read { ino, fh: _, offset, size } => {
                 let r = self.read(p.id, *ino, *offset, *size as u64, None);
@@ -1119,7 +1148,7 @@ impl Core {
         if self.config.multi_host && !self.revalidated.contains_key(&p.id) {
             // Close-to-open: read the inode again (another host may have closed a new
             // version), unless this host holds more than a copy of it.
-            let before = self.inodes.get(&ino).map(|i| i.row.object.clone());
+            let before = self.inodes.get(&ino).map(|i| i.row.clone());
             if self.is_forgettable(ino) {
                 self.inodes.remove(&ino);
             } else {
@@ -1127,7 +1156,7 @@ impl Core {
                 // all the same.
                 self.reread_row(ino);
             }
-            self.revalidated.insert(p.id, before.flatten());
+            self.revalidated.insert(p.id, before);
         }
         if let Err(stop) = self.ensure_inode(ino) {
             if !matches!(stop, Stop::Wait) {
@@ -1135,15 +1164,30 @@ impl Core {
             }
             return Err(stop);
         }
-        let keep_cache = match self.revalidated.remove(&p.id) {
-            Some(before) => before == self.inodes[&ino].row.object,
-            None => true,
+        let row = &self.inodes[&ino].row;
+        let revalidated = self.revalidated.remove(&p.id);
+        if let Some(before) = &revalidated {
+            // Read again without names that had names here: another host took its last name
+            // (a rename over it, say) after the kernel looked it up, and only an open handle
+            // somewhere keeps it. The name names another file now, or none: ESTALE makes the
+            // kernel look it up again (see `stale_handle`). A file this host knew unnamed (open
+            // and unlinked here, reopened through `/proc/PID/fd`) opens as before.
+            if row.nlink == 0 && row.kind == FileKind::Regular && before.as_ref().is_none_or(|b| b.nlink > 0) {
+                return Err(ESTALE.into());
+            }
+        }
+        let (keep_cache, stale_attrs) = match revalidated {
+            // Read again: what the kernel holds is as old as the row this host had, or, with no
+            // row here, of unknown age.
+            Some(Some(before)) => (before.object == row.object, before.attr() != row.attr()),
+            Some(None) => (row.object.is_none(), true),
+            None => (true, false),
         };
         if self.inodes[&ino].row.kind == FileKind::Directory {
             return Err(EISDIR.into());
         }
         let fh = self.open_handle(ino, flags, self.config.shared_opens);
-        Ok(Reply::Opened { fh, keep_cache })
+        Ok(Reply::Opened { fh, keep_cache, stale_attrs })
     }
 
     // ----- loading state -----
@@ -1597,7 +1641,10 @@ impl Core {
     /// atomically). Once per listing and inode: one read again is as new as the store (it is
     /// read once nothing of this host is in flight).
     fn ensure_named(&mut self, parent: Ino, ino: Ino) -> Result<(), Stop> {
-        let gone = self.absent.contains(&ino) || self.deleted.contains(&ino);
+        // (Or read again without names: the listing names it all the same, see `open`.)
+        let gone = self.absent.contains(&ino)
+            || self.deleted.contains(&ino)
+            || self.inodes.get(&ino).is_some_and(|i| i.row.nlink == 0);
         if self.config.multi_host && gone && !self.relisted.contains(&(parent, ino)) {
             if self.pending.values().any(|p| matches!(p, Pending::Commit { .. })) {
                 // The listing is the store plus this host's transactions in flight: read it

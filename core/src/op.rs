@@ -107,8 +107,11 @@ pub enum Reply {
     Data(Bytes),
     Written(u32),
     Empty,
-    /// `keep_cache`: the kernel's page cache for the file is still valid.
-    Opened { fh: u64, keep_cache: bool },
+    /// `keep_cache`: the kernel's page cache for the file is still valid. `stale_attrs`: the
+    /// open read a row whose attributes the kernel may hold older (another host changed the
+    /// file): the kernel must drop them before the open returns, or it reads up to a size
+    /// that is no longer the file's.
+    Opened { fh: u64, keep_cache: bool, stale_attrs: bool },
     Created { attr: Attr, fh: u64 },
     Dir(Vec<DirEntry>),
     StatFs(StatFs),

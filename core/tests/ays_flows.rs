@@ -160,7 +160,7 @@ fn tree_from_local_then_blob_through_the_chain_with_a_corrupt_local_copy() {
     assert_eq!(cmds[1].0[1], Arg::from("atime:files:d"));
     let (io, _) = h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Open { .. })));
     h.complete(io, Ok(AysReply::Present(Some(5))));
-    assert_eq!(h.reply(open), Some(Ok(Reply::Opened { fh, keep_cache: true })));
+    assert_eq!(h.reply(open), Some(Ok(Reply::Opened { fh, keep_cache: true, stale_attrs: false })));
     let rd = h.request(Op::Read { ino: f, fh, offset: 2, size: 100 });
     let (io, req) = h.take_io(|r| matches!(r, AysIo::Blob(BlobOp::Read { .. })));
     assert_eq!(req, AysIo::Blob(BlobOp::Read { handle: fh, offset: 2, len: 3 }));

@@ -866,20 +866,26 @@ fn a_busy_clean_staged_copy_gives_way_to_another_hosts_version_without_storing_i
     b.call(Op::Release { ino, fh: kept, lock_owner: None }).unwrap();
 }
 
+/// Two hosts sharing a store: A creates `f` with `contents` and closes it (its handle kept), B
+/// looks it up. A, B, the inode and A's handle.
+fn closed_on_a_looked_up_on_b(contents: &[u8]) -> (Harness, Harness, Ino, u64) {
+    let now = Instant::now();
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
+    let (ino, fh) = a.create(ROOT_INO, "f");
+    a.write(ino, fh, 0, contents);
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
+    b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
+    (a, b, ino, fh)
+}
+
 /// Regression (found by the multi-host simulator, `--hosts 3 --seed 151`): an open on a host that
 /// already had the file open did not read its row again, so before the invalidation arrived it
 /// used the version before another host's close (close-to-open broken; here the old object was
 /// already deleted, and the write answered EIO).
 #[test]
 fn an_open_reads_the_row_again_even_while_the_file_is_open() {
-    let now = Instant::now();
-    let mut a = Harness::with_config(Store::new(), now, multi_host());
-    let (ino, fh) = a.create(ROOT_INO, "f");
-    a.write(ino, fh, 0, b"old");
-    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
-
-    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
-    b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
+    let (mut a, mut b, ino, fh) = closed_on_a_looked_up_on_b(b"old");
     let Ok(Reply::Opened { fh: kept, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
     assert_eq!(b.read(ino, 0, 100), b"old");
 
@@ -887,11 +893,40 @@ fn an_open_reads_the_row_again_even_while_the_file_is_open() {
     assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
     // A's close is answered; B opens again before A's invalidation reaches it.
     b.store = a.store.clone();
-    let Ok(Reply::Opened { fh: again, keep_cache }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    let Ok(Reply::Opened { fh: again, keep_cache, .. }) = b.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
     assert!(!keep_cache, "the object changed: the kernel's page cache is stale");
     assert_eq!(b.read(ino, 0, 100), b"newer!");
     b.call(Op::Release { ino, fh: again, lock_owner: None }).unwrap();
     b.call(Op::Release { ino, fh: kept, lock_owner: None }).unwrap();
+}
+
+/// An open on a host whose kernel holds a file's attributes from before another host's close
+/// says so (`stale_attrs`): the kernel would read to the old size otherwise. Found by
+/// exploratory testing with two mounts: a file shrunk on one host read on the other at its old
+/// size, zeros past the new end. An open of an unchanged file, or on a single host, does not.
+#[test]
+fn an_open_after_another_hosts_change_drops_the_kernels_attributes() {
+    let (mut a, mut b, ino, fh) = closed_on_a_looked_up_on_b(b"a longer first version");
+    let opened = |b: &mut Harness| match b.call(Op::Open { ino, flags: libc::O_RDONLY }) {
+        Ok(Reply::Opened { fh, stale_attrs, .. }) => {
+            b.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+            stale_attrs
+        }
+        other => panic!("open: {other:?}"),
+    };
+    assert!(!opened(&mut b), "nothing changed since the lookup");
+    a.call(Op::SetAttr { ino, fh: Some(fh), set: SetAttr { size: Some(5), ..Default::default() } }).unwrap();
+    assert_eq!(a.call(Op::Flush { ino, fh, lock_owner: 1 }), Ok(Reply::Empty));
+    b.store = a.store.clone();
+    assert!(opened(&mut b), "shrunk by A: B's kernel holds the old size");
+    assert_eq!(b.read(ino, 0, 100), b"a lon");
+    assert!(!opened(&mut b));
+
+    let mut single = Harness::new();
+    let (ino, fh) = single.create(ROOT_INO, "g");
+    let Ok(Reply::Opened { stale_attrs, .. }) = single.call(Op::Open { ino, flags: libc::O_RDONLY }) else { panic!("open") };
+    assert!(!stale_attrs);
+    single.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
 }
 
 /// Regression (found by the multi-host simulator, `--hosts 3 --seed 45`): a file another host
@@ -919,6 +954,43 @@ fn a_file_deleted_by_another_host_leaves_no_staged_copy() {
     b.core.handle_invalidation(b.now, Changes { inodes: vec![ino], entries: vec![(ROOT_INO, b"f".to_vec())] });
     b.settle();
     assert!(!b.store.staged.contains_key(&ino), "the staged copy of a deleted file stays");
+}
+
+/// An inode the kernel still names that another host deleted, or left without names (a rename
+/// over its name while a third host held it open), answers ESTALE, not ENOENT: the kernel
+/// then looks the name up again and opens what it names now. Found by exploratory testing with
+/// two mounts: the usual replace (write a new file, rename it over the name) made the other
+/// host's next open of the name fail with ENOENT. A single host keeps ENOENT.
+#[test]
+fn an_inode_another_host_took_away_answers_estale() {
+    let now = Instant::now();
+    let mut a = Harness::with_config(Store::new(), now, multi_host());
+    let (ino, fh) = a.fsynced("f", b"f");
+    a.release(ino, fh);
+    let (g, gfh) = a.fsynced("g", b"g");
+    a.release(g, gfh);
+
+    let mut b = Harness::with_config(a.store.clone(), now, multi_host());
+    b.entry(Op::Lookup { parent: ROOT_INO, name: "f".into() });
+    b.entry(Op::Lookup { parent: ROOT_INO, name: "g".into() });
+    assert_eq!(a.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
+    b.store.inodes = a.store.inodes.clone();
+    b.store.dentries = a.store.dentries.clone();
+    assert_eq!(b.call(Op::Open { ino, flags: libc::O_RDONLY }), Err(libc::ESTALE));
+    assert_eq!(b.call(Op::GetAttr { ino }), Err(libc::ESTALE));
+
+    // g loses its last name, its row kept (as while another host holds it open).
+    b.store.inodes.get_mut(&g).unwrap().nlink = 0;
+    b.store.dentries.retain(|_, d| d.0 != g);
+    assert_eq!(b.call(Op::Open { ino: g, flags: libc::O_RDONLY }), Err(libc::ESTALE));
+    let e = b.call(Op::Lookup { parent: ROOT_INO, name: "g".into() });
+    assert_eq!(e, Err(libc::ENOENT), "the name is looked up again, in the store's listing");
+
+    let mut single = Harness::new();
+    let (ino, fh) = single.create(ROOT_INO, "f");
+    single.call(Op::Release { ino, fh, lock_owner: None }).unwrap();
+    assert_eq!(single.call(Op::Unlink { parent: ROOT_INO, name: "f".into() }), Ok(Reply::Empty));
+    assert_eq!(single.call(Op::GetAttr { ino }), Err(libc::ENOENT));
 }
 
 /// Regression (found by the multi-host simulator, `--hosts 4 --seed 384`): two publications of
@@ -2184,9 +2256,10 @@ fn a_reaped_file_loses_its_object_before_its_row() {
 }
 
 /// An open on host B of a file host A is deleting (its reap answered free, the row not deleted
-/// yet) is refused with ENOENT, and lists nothing; A's deletion goes through.
+/// yet) is refused with ESTALE (the kernel looks the name up again, and the user gets that
+/// lookup's ENOENT), and lists nothing; A's deletion goes through.
 #[test]
-fn an_open_racing_a_reap_fails_with_enoent() {
+fn an_open_racing_a_reap_fails_with_estale() {
     let now = Instant::now();
     let mut a = shared_opens_host(1, now);
     let (ino, fh) = a.create(ROOT_INO, "f");
@@ -2203,7 +2276,7 @@ fn an_open_racing_a_reap_fails_with_enoent() {
     assert_eq!(a.replies.remove(&id), Some(Ok(Reply::Empty)));
     assert!(a.store.reaping.contains(&ino));
     sync(&mut b, &a);
-    assert_eq!(b.call(Op::Open { ino, flags: libc::O_RDONLY }), Err(libc::ENOENT));
+    assert_eq!(b.call(Op::Open { ino, flags: libc::O_RDONLY }), Err(libc::ESTALE));
     assert!(b.store.opens.is_empty(), "a refused open lists nothing");
     a.settle();
     assert!(!a.store.inodes.contains_key(&ino));

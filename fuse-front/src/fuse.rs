@@ -26,7 +26,7 @@ enum Pending {
     Data(ReplyData),
     Write(ReplyWrite),
     Empty(ReplyEmpty),
-    Open(ReplyOpen),
+    Open(ReplyOpen, u64),
     Create(ReplyCreate),
     Dir(ReplyDirectory),
     DirPlus(ReplyDirectoryPlus),
@@ -40,7 +40,16 @@ enum Pending {
 pub struct Replies {
     pending: Mutex<HashMap<u64, Pending>>,
     ttl: Duration,
-    notices: OnceLock<mpsc::Sender<KernelNotice>>,
+    notices: OnceLock<mpsc::Sender<Notice>>,
+}
+
+/// What the invalidation thread sends the kernel, in order.
+enum Notice {
+    Kernel(KernelNotice),
+    /// An open whose file another host changed: the kernel's attributes of `ino` are dropped
+    /// first (with `FUSE_AUTO_INVAL_DATA`, its next read fetches them again and, if the size
+    /// or mtime moved, drops the pages), then the open is answered.
+    Open { ino: u64, reply: ReplyOpen, fh: u64, flags: u32 },
 }
 
 impl Replies {
@@ -52,13 +61,25 @@ impl Replies {
     /// thread holding the driver's lock: the kernel may be holding a directory's lock while it
     /// waits for a request that needs the driver (a deadlock), so they go through this thread.
     pub fn set_notifier(&self, n: fuser::Notifier) {
-        let (tx, rx) = mpsc::channel::<KernelNotice>();
+        let (tx, rx) = mpsc::channel::<Notice>();
         let spawned = std::thread::Builder::new().name("truckeefs-notify".into()).spawn(move || {
             for notice in rx {
-                let r = match &notice {
-                    KernelNotice::InvalInode { ino } => n.inval_inode(*ino, 0, 0),
-                    KernelNotice::InvalEntry { parent, name } => n.inval_entry(*parent, OsStr::from_bytes(name)),
+                let (r, notice) = match notice {
+                    Notice::Kernel(k) => (
+                        match &k {
+                            KernelNotice::InvalInode { ino } => n.inval_inode(*ino, 0, 0),
+                            KernelNotice::InvalEntry { parent, name } => n.inval_entry(*parent, OsStr::from_bytes(name)),
+                        },
+                        k,
+                    ),
+                    Notice::Open { ino, reply, fh, flags } => {
+                        // The attributes only (a negative offset): no page is touched.
+                        let r = n.inval_inode(ino, -1, 0);
+                        reply.opened(fh, flags);
+                        (r, KernelNotice::InvalInode { ino })
+                    }
                 };
+                // ENOENT: the kernel holds nothing of the inode.
                 if let Err(e) = r {
                     tracing::debug!(?notice, error = %e, "kernel invalidation");
                 }
@@ -81,19 +102,20 @@ impl Sink for ReplySink {
         // A poisoned lock means a panic elsewhere already; answering is still right.
         let pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id.0);
         match pending {
-            Some(p) => answer(p, result, self.0.ttl),
+            Some(p) => answer(&self.0, p, result),
             None => tracing::error!(?id, "reply for an unknown request"),
         }
     }
 
     fn notice(&self, notice: KernelNotice) {
         if let Some(tx) = self.0.notices.get() {
-            let _ = tx.send(notice);
+            let _ = tx.send(Notice::Kernel(notice));
         }
     }
 }
 
-fn answer(p: Pending, result: Result<Reply, i32>, ttl: Duration) {
+fn answer(replies: &Replies, p: Pending, result: Result<Reply, i32>) {
+    let ttl = replies.ttl;
     let reply = match result {
         Ok(r) => r,
         Err(errno) => return p.error(errno),
@@ -104,8 +126,18 @@ fn answer(p: Pending, result: Result<Reply, i32>, ttl: Duration) {
         (Pending::Data(r), Reply::Data(d)) => r.data(&d),
         (Pending::Write(r), Reply::Written(n)) => r.written(n),
         (Pending::Empty(r), Reply::Empty) => r.ok(),
-        (Pending::Open(r), Reply::Opened { fh, keep_cache }) => {
-            r.opened(fh, if keep_cache { fuser::consts::FOPEN_KEEP_CACHE } else { 0 })
+        (Pending::Open(r, ino), Reply::Opened { fh, keep_cache, stale_attrs }) => {
+            let flags = if keep_cache { fuser::consts::FOPEN_KEEP_CACHE } else { 0 };
+            match replies.notices.get() {
+                Some(tx) if stale_attrs => {
+                    if let Err(mpsc::SendError(Notice::Open { reply, fh, flags, .. })) =
+                        tx.send(Notice::Open { ino, reply: r, fh, flags })
+                    {
+                        reply.opened(fh, flags);
+                    }
+                }
+                _ => r.opened(fh, flags),
+            }
         }
         (Pending::Create(r), Reply::Created { attr, fh }) => r.created(&ttl, &file_attr(&attr), 0, fh, 0),
         (Pending::Dir(mut r), Reply::Dir(entries)) => {
@@ -147,7 +179,7 @@ impl Pending {
             Pending::Data(r) => r.error(errno),
             Pending::Write(r) => r.error(errno),
             Pending::Empty(r) => r.error(errno),
-            Pending::Open(r) => r.error(errno),
+            Pending::Open(r, _) => r.error(errno),
             Pending::Create(r) => r.error(errno),
             Pending::Dir(r) => r.error(errno),
             Pending::DirPlus(r) => r.error(errno),
@@ -210,14 +242,16 @@ pub struct FuseFs {
     replies: Arc<Replies>,
     next_id: u64,
     shutdown: ShutdownResult,
-    /// flock(2) goes to the core (as whole-file record locks) instead of staying in the kernel:
-    /// on a multi-host mount, so that other hosts see it.
-    flock_in_core: bool,
+    /// A multi-host mount: flock(2) goes to the core (as whole-file record locks) instead of
+    /// staying in the kernel, so that other hosts see it; and the kernel checks a file's
+    /// attributes before it reads (`FUSE_AUTO_INVAL_DATA`), so that an open which found the
+    /// file changed by another host drops its cached size (`Reply::Opened::stale_attrs`).
+    multi_host: bool,
 }
 
 impl FuseFs {
-    pub fn new(runtime: Runtime, replies: Arc<Replies>, shutdown: ShutdownResult, flock_in_core: bool) -> FuseFs {
-        FuseFs { runtime: Some(runtime), replies, next_id: 1, shutdown, flock_in_core }
+    pub fn new(runtime: Runtime, replies: Arc<Replies>, shutdown: ShutdownResult, multi_host: bool) -> FuseFs {
+        FuseFs { runtime: Some(runtime), replies, next_id: 1, shutdown, multi_host }
     }
 
     fn send(&mut self, req: &Request<'_>, op: Op, pending: Pending) {
@@ -236,8 +270,12 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         use fuser::consts::*;
         let mut wanted = FUSE_POSIX_LOCKS | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS;
-        if self.flock_in_core {
+        if self.multi_host {
             wanted |= FUSE_FLOCK_LOCKS;
+            // (With no attribute caching, every open looks its file up afresh already.)
+            if !self.replies.ttl.is_zero() {
+                wanted |= FUSE_AUTO_INVAL_DATA;
+            }
         }
         if let Err(unsupported) = config.add_capabilities(wanted) {
             tracing::debug!(unsupported, "kernel lacks some FUSE capabilities");
@@ -352,7 +390,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        self.send(req, Op::Open { ino, flags }, Pending::Open(reply));
+        self.send(req, Op::Open { ino, flags }, Pending::Open(reply, ino));
     }
 
     fn read(
@@ -413,7 +451,7 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        self.send(req, Op::OpenDir { ino, flags }, Pending::Open(reply));
+        self.send(req, Op::OpenDir { ino, flags }, Pending::Open(reply, ino));
     }
 
     fn readdir(&mut self, req: &Request<'_>, ino: u64, fh: u64, offset: i64, reply: ReplyDirectory) {
@@ -432,6 +470,22 @@ impl Filesystem for FuseFs {
 
     fn fsyncdir(&mut self, req: &Request<'_>, ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
         self.send(req, Op::FsyncDir { ino, fh }, Pending::Empty(reply));
+    }
+
+    /// No ioctl is supported: ENOTTY, as a regular file answers one it does not know (a
+    /// program's `isatty` asks with `TCGETS` on every open), and no log line each time.
+    fn ioctl(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _flags: u32,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(libc::ENOTTY);
     }
 
     fn statfs(&mut self, req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {

@@ -99,6 +99,59 @@ fn a_file_closed_on_one_host_is_read_whole_on_the_other() {
     h.b.unmount_ok();
 }
 
+/// Reads `p` to its end in 1 MiB reads without asking its size first (as `dd bs=1M` does).
+fn read_without_stat(p: &Path) -> Vec<u8> {
+    let mut f = fs::File::open(p).unwrap();
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return got;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An open right after the other host closed a shorter version reads that version, not the old
+/// size with zeros past the new end: the kernel holds the attributes this host last gave it, so
+/// the open drops them before it returns (`Reply::Opened::stale_attrs`), whether or not the
+/// other host's invalidation has arrived, and the first read fetches them again
+/// (`FUSE_AUTO_INVAL_DATA`). In rounds: the race is with that invalidation.
+#[test]
+fn an_open_right_after_the_other_host_shrank_a_file_reads_its_new_size() {
+    let h = two_hosts();
+    for round in 0..5u64 {
+        let v1 = pseudo_random_bytes(10 + round, 3 * 1024 * 1024 + 17);
+        let v2 = pseudo_random_bytes(20 + round, 2 * 1024 * 1024 + 5);
+        fs::write(h.a.path("f"), &v1).unwrap();
+        // A's kernel holds the attributes, fresh, for its attribute timeout.
+        assert_eq!(fs::metadata(h.a.path("f")).unwrap().len(), v1.len() as u64);
+        fs::write(h.b.path("f"), &v2).unwrap();
+        assert_bytes_eq(&read_without_stat(&h.a.path("f")), &v2, &format!("round {round}: A's open after B's close"));
+    }
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
+/// The usual way to replace a file (write a new one, rename it over the name) on one host, and
+/// an open of the name on the other right after: the new file, never ENOENT. The kernel there
+/// still has the name's old inode, which the rename deleted; its open answers ESTALE, and the
+/// kernel looks the name up again. A create of the name (`O_CREAT|O_TRUNC`) likewise.
+#[test]
+fn a_name_the_other_host_replaced_by_a_rename_opens_the_new_file() {
+    let h = two_hosts();
+    for round in 0..8 {
+        fs::write(h.a.path("c"), format!("old {round}")).unwrap();
+        assert_eq!(read(&h.a.path("c")), format!("old {round}").as_bytes());
+        fs::write(h.b.path("c.tmp"), format!("new {round}")).unwrap();
+        fs::rename(h.b.path("c.tmp"), h.b.path("c")).unwrap();
+        let got = fs::read(h.a.path("c")).unwrap_or_else(|e| panic!("round {round}: A's open of the replaced name: {e}"));
+        assert_eq!(got, format!("new {round}").as_bytes(), "round {round}");
+    }
+    h.a.unmount_ok();
+    h.b.unmount_ok();
+}
+
 #[test]
 fn names_made_on_one_host_appear_on_the_other() {
     let h = two_hosts();

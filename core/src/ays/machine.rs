@@ -676,7 +676,7 @@ impl AysCore {
                     self.log(LogLevel::Error, format!("mount {}: {why} (metadata from {from})", self.spec.name));
                     Err(libc::EIO)
                 }
-                Some(NodeKind::Dir { .. }) => Ok(Reply::Opened { fh: 0, keep_cache: true }),
+                Some(NodeKind::Dir { .. }) => Ok(Reply::Opened { fh: 0, keep_cache: true, stale_attrs: false }),
                 Some(_) => Err(libc::ENOTDIR),
                 None => Err(libc::ENOENT),
             },
@@ -795,7 +795,7 @@ impl AysCore {
         let Some(node) = self.tree.get(ino) else { return self.reply(id, Err(libc::ENOENT)) };
         let path = node.path.clone();
         let meta = match &node.kind {
-            NodeKind::Dir { .. } => return self.reply(id, Ok(Reply::Opened { fh: 0, keep_cache: true })),
+            NodeKind::Dir { .. } => return self.reply(id, Ok(Reply::Opened { fh: 0, keep_cache: true, stale_attrs: false })),
             NodeKind::File { meta, .. } => meta.clone(),
         };
         let overlay = self.in_overlay(&path);
@@ -899,7 +899,7 @@ impl AysCore {
         let result = if o.created {
             self.attr(ino).map(|attr| Reply::Created { attr, fh })
         } else {
-            Ok(Reply::Opened { fh, keep_cache: !overlay })
+            Ok(Reply::Opened { fh, keep_cache: !overlay, stale_attrs: false })
         };
         self.reply(o.id, result);
     }

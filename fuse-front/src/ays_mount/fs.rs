@@ -220,11 +220,11 @@ fn answer(replies: &AysReplies, p: Pending, result: Result<Reply, i32>) {
         (Pending::Data(r), Reply::Data(d)) => r.data(&d),
         (Pending::Write(r), Reply::Written(n)) => r.written(n),
         (Pending::Empty(r), Reply::Empty) => r.ok(),
-        (Pending::Open(r), Reply::Opened { fh, keep_cache }) => {
+        (Pending::Open(r), Reply::Opened { fh, keep_cache, .. }) => {
             r.opened(fh, if keep_cache { fuser::consts::FOPEN_KEEP_CACHE } else { 0 })
         }
         // A file: passed through where it is kept in cache (read-only, outside the debug overlay).
-        (Pending::OpenFile(r, ino), Reply::Opened { fh, keep_cache }) => replies.open_file(r, fh, ino, keep_cache),
+        (Pending::OpenFile(r, ino), Reply::Opened { fh, keep_cache, .. }) => replies.open_file(r, fh, ino, keep_cache),
         (Pending::Create(r), Reply::Created { attr, fh }) => r.created(&ttl, &file_attr(&attr), 0, fh, 0),
         (Pending::Dir(mut r), Reply::Dir(entries)) => {
             for e in entries {
@@ -505,6 +505,21 @@ impl Filesystem for AysFs {
 
     fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _flags: i32, reply: ReplyEmpty) {
         reply.ok();
+    }
+
+    /// ENOTTY, as the main mount answers (`fuse.rs`).
+    fn ioctl(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _flags: u32,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(libc::ENOTTY);
     }
 
     fn statfs(&mut self, req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
