@@ -130,6 +130,22 @@ fn open_fifo_writer(path: &Path, child: &mut std::process::Child) -> fs::File {
     }
 }
 
+/// Nor in `/proc/PID/environ` (`ps e`, for its own user and root) of a running mount: the
+/// re-execution carries a secret flag's value in the environment, and the mount overwrites it
+/// there once read (removing the variable leaves the block `/proc` shows as it was).
+#[test]
+fn secret_flags_are_not_in_the_environment_of_a_running_mount() {
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let m = truckeefs_tests::Mount::with_dirs_args(data.path(), cache.path(), &["--auth-token=hunter2hunter2"]);
+    let environ = fs::read(format!("/proc/{}/environ", m.pid())).unwrap();
+    let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+    assert!(environ.contains("TRUCKEEFS_FLAG_AUTH_TOKEN=**************"), "the flag went another way: {environ}");
+    assert!(!environ.contains("hunter2"), "{environ}");
+    let cmdline = fs::read(format!("/proc/{}/cmdline", m.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("hunter2"));
+    m.unmount_ok();
+}
+
 /// A secret flag must not be visible in `/proc/PID/cmdline` (which `ps` shows to every user) while
 /// the process runs. The configuration file is a FIFO, so the process waits in its open until
 /// the test writes it, and the test reads the command line of the process at exactly that point:

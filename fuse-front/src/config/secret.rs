@@ -133,9 +133,28 @@ pub fn hide_secret_flags() -> Result<(), String> {
 }
 
 /// Removes the variables [`hide_secret_flags`] set, once the configuration has read them, so
-/// that no process this one starts inherits them. Call it before any thread starts: changing
-/// the environment races with threads that read it.
+/// that no process this one starts inherits them, and overwrites their values where
+/// `/proc/PID/environ` (`ps e`) reads them: the environment block the process started with,
+/// which removing a variable leaves as it was. Call it before any thread starts: changing the
+/// environment races with threads that read it.
 pub fn forget_moved_flags() {
+    extern "C" {
+        static environ: *const *mut libc::c_char;
+    }
+    let names: Vec<String> = SECRET_KEYS.iter().map(|key| format!("{}=", moved_flag_env(key))).collect();
+    // SAFETY: `environ` is the C library's NULL-terminated array of NUL-terminated strings, not
+    // changed by another thread (none runs yet); each value is overwritten within its own
+    // length, NUL kept.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if let Some(name) = names.iter().find(|n| text.starts_with(n.as_bytes())) {
+                std::ptr::write_bytes((*entry).add(name.len()), b'*', text.len() - name.len());
+            }
+            entry = entry.add(1);
+        }
+    }
     for key in SECRET_KEYS {
         std::env::remove_var(moved_flag_env(key));
     }
