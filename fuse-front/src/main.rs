@@ -64,8 +64,8 @@ fn main() -> ExitCode {
             init_logging(args.verbose);
             match mount(args) {
                 Ok(()) => ExitCode::SUCCESS,
+                // One line: the log goes to the same stderr.
                 Err(e) => {
-                    tracing::error!("{e}");
                     eprintln!("truckeefs: {e}");
                     ExitCode::FAILURE
                 }
@@ -76,7 +76,8 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn,truckeefs=info,truckeefs_runtime_smol=info,fuser::mnt=off",
+        // isahc warns of each failed request on its own; the error that follows names it.
+        0 => "warn,truckeefs=info,truckeefs_runtime_smol=info,fuser::mnt=off,isahc=error",
         1 => "info,truckeefs=debug,truckeefs_runtime_smol=debug,truckeefs_core=debug,fuser::mnt=off",
         _ => "debug,truckeefs=trace,truckeefs_runtime_smol=trace,truckeefs_core=trace",
     };

@@ -482,8 +482,12 @@ impl Driver {
                         if let (MetaRequest::ListOrphans, Ok(IoReply::Orphans(rows))) = (&req, &mut result) {
                             self.spare_live_hosts_orphans(rows);
                         }
-                        if let Err(e) = &result {
-                            tracing::error!(error = %e, "metadata store");
+                        match &result {
+                            // Another host changed a row first: the core runs the request again
+                            // on the rows read afresh, or answers it with an errno; not a fault.
+                            Err(e) if e.kind == IoErrorKind::Conflict => tracing::debug!(error = %e, "metadata store"),
+                            Err(e) => tracing::error!(error = %e, "metadata store"),
+                            Ok(_) => {}
                         }
                         if let MetaRequest::Commit(txn) = &req {
                             if let (Some(p), true) = (&self.publisher, maybe_committed) {
@@ -705,7 +709,7 @@ impl Driver {
                 IoRequest::Meta(_) => unreachable!("metadata requests run inline"),
             };
             if let Err(e) = &result {
-                tracing::warn!(error = %e, "local I/O");
+                tracing::warn!(error = %e, "I/O request failed");
             }
             let mut d = shared.lock();
             d.last_progress = Instant::now();

@@ -204,6 +204,8 @@ fn mount_with_test_integration_refuses_an_unreachable_gateway() {
     assert!(run.status.is_some_and(|s| !s.success()), "exit status {:?}:\n{}", run.status, run.output);
     let message: Vec<&str> = run.output.lines().filter(|l| l.starts_with("truckeefs: ")).collect();
     assert_eq!(message.len(), 1, "{}", run.output);
+    // Not said again as a log line (the log goes to the same stderr), nor by the HTTP client.
+    assert!(!run.output.contains("ERROR") && !run.output.contains("WARN"), "{}", run.output);
     for w in ["self-test failed: integration: tahoe", &format!("127.0.0.1:{port}"), "unreachable", "test_integration false"] {
         assert!(message[0].contains(w), "{w:?} missing from {}", message[0]);
     }
